@@ -1,0 +1,28 @@
+# pgolf: an OpenAI Parameter Golf submission as a cached DAG of stages.
+#   snakemake --cores 2 --configfile recipes/smoke.yaml        (CPU, minutes)
+#   snakemake --workflow-profile profiles/local-8gpu            (the record recipe on one 8-GPU node)
+from snakemake.utils import min_version
+
+min_version("9.12")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    ds=DATASET,
+    name=RUN,
+    seed="|".join(str(s) for s in config["run"]["seeds"]),
+
+
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),
+    localrule: True

@@ -1,0 +1,123 @@
+"""Resolve and validate configuration outside Snakemake, exactly as the Snakefile does.
+
+    python -m pgolf.config resolve config.yaml recipes/smoke.yaml > resolved.json
+
+Overlays merge over the base like Snakemake's `--configfile` (mappings merge key by key, every other value
+replaces), then each schema fragment in workflow/schemas/ validates the result and fills its defaults.
+Stage CLIs take `--config` as a path to such a JSON file or as the JSON text itself (the rules pass the
+sections each stage reads, from `params:`), and need neither Snakemake nor jsonschema.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .errors import PgolfError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "workflow" / "schemas"
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Snakemake's update_config: mappings merge recursively, anything else in the overlay replaces."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml(path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise PgolfError(f"{path}: config file not found; pass config.yaml or a file from recipes/")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PgolfError(f"{path}: not valid YAML ({e}); fix the syntax at the position shown") from None
+    if not isinstance(data, dict):
+        raise PgolfError(f"{path}: top level must be a mapping of sections (data:, train:, ...)")
+    return data
+
+
+def schema_fragments() -> list[Path]:
+    return sorted(SCHEMA_DIR.glob("*.schema.yaml"))
+
+
+def validate(config: dict, source="config") -> dict:
+    """Validate against every schema fragment, filling defaults in place (Snakemake's set_default)."""
+    import jsonschema
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, json.loads(json.dumps(sub["default"])))
+        yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": set_defaults})
+    for fragment in schema_fragments():
+        schema = load_yaml(fragment)
+        errors = sorted(Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            raise PgolfError(
+                f"{source}: {where}: {e.message} (schema {fragment.name}); fix that key in your config or recipe"
+            )
+    return config
+
+
+def resolve(paths) -> dict:
+    """Merge config files left to right and validate the result."""
+    if not paths:
+        raise PgolfError("pgolf.config resolve: name at least one config file (config.yaml first)")
+    merged = {}
+    for path in paths:
+        merged = deep_merge(merged, load_yaml(path))
+    return validate(merged, source=" + ".join(str(p) for p in paths))
+
+
+def load_stage_config(arg: str) -> dict:
+    """A stage's `--config`: inline JSON (as the rules pass it) or the path of a resolved JSON file."""
+    text = arg.strip()
+    if not text.startswith("{"):
+        path = Path(arg)
+        if not path.exists():
+            raise PgolfError(f"{arg}: config not found; write one with `python -m pgolf.config resolve`")
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PgolfError(f"--config: not valid JSON ({e}); pass a file from `pgolf.config resolve`") from None
+
+
+def from_dict(cls, values: dict | None, where: str):
+    """Build a config dataclass from a mapping; unknown keys are an error naming the section."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    return cls(**values)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.config", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    res = sub.add_parser("resolve", help="merge config files left to right, validate, print JSON")
+    res.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    json.dump(resolve(args.files), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main)

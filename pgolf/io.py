@@ -1,0 +1,42 @@
+"""Atomic file output: write under a temporary name, rename only when complete."""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path, data: bytes):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path, obj):
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path):
+    from .errors import PgolfError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PgolfError(f"{path}: file not found; build it first (run the stage that writes it)") from None
+    except json.JSONDecodeError as e:
+        raise PgolfError(f"{path}: not valid JSON ({e}); delete it and re-run the stage that writes it") from None
