@@ -25,10 +25,12 @@ def module_files(*modules):
     return [f"pgolf/{m.replace('.', '/')}.py" for m in modules]
 
 
-def torchrun(gpus):
-    """Launcher for the distributed stages: one rank per GPU, or `hardware.cpu_procs` gloo ranks on the CPU."""
-    procs = gpus if gpus > 0 else config["hardware"].get("cpu_procs", 1)
-    return f"torchrun --standalone --nproc-per-node={procs}"
+def torchrun(gpus=None):
+    """Launcher prefix of the distributed stages (pgolf.launch): torchrun with one rank per GPU, `hardware.cpu_procs`
+    gloo ranks on the CPU, or one torchrun per node inside a multi-node SLURM job."""
+    hardware = config["hardware"]
+    gpus = hardware["gpus"] if gpus is None else gpus
+    return f"python -m pgolf.launch --gpus {gpus} --cpu-procs {hardware.get('cpu_procs', 1)} --"
 
 
 def document_inputs(wildcards):

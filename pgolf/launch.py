@@ -1,0 +1,53 @@
+"""Start a distributed stage with torchrun: one node (standalone) or, inside a multi-node SLURM job, one
+torchrun per node meeting at the first node.
+
+    python -m pgolf.launch --gpus 8 --cpu-procs 1 -- -m pgolf.train --config ... --out-dir ...
+
+`--gpus 0` starts `--cpu-procs` gloo ranks on the CPU. In a SLURM allocation of several nodes (the
+slurm-multinode profile) the first call re-runs itself under `srun` with one task per node; each task then
+starts torchrun with a c10d rendezvous at the first host of the allocation.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+RENDEZVOUS_PORT = 29500
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, expanded by scontrol (which knows every bracket form)."""
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    return hosts.stdout.split()[0]
+
+
+def command(gpus: int, cpu_procs: int, stage_args: list[str], env=os.environ) -> list[str]:
+    """The command this process should exec, given the environment it runs in."""
+    ranks = gpus if gpus > 0 else cpu_procs
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}"]
+    nodes = int(env.get("SLURM_NNODES", "1"))
+    if nodes <= 1:
+        return [*torchrun, "--standalone", *stage_args]
+    if "SLURM_PROCID" not in env:
+        # The batch script itself: fan out to one task per node, each re-entering this launcher.
+        return ["srun", f"--ntasks={nodes}", "--ntasks-per-node=1", sys.executable, "-m", "pgolf.launch",
+                f"--gpus={gpus}", f"--cpu-procs={cpu_procs}", "--", *stage_args]
+    return [*torchrun, f"--nnodes={nodes}", f"--node-rank={env['SLURM_NODEID']}", "--rdzv-backend=c10d",
+            f"--rdzv-id={env['SLURM_JOB_ID']}", f"--rdzv-endpoint={first_host(env['SLURM_JOB_NODELIST'])}:{RENDEZVOUS_PORT}",
+            *stage_args]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs per node (hardware.gpus); 0 = CPU")
+    parser.add_argument("--cpu-procs", type=int, default=1, help="gloo ranks when --gpus is 0")
+    parser.add_argument("stage_args", nargs=argparse.REMAINDER, help="after --: the stage, e.g. -m pgolf.train ...")
+    args = parser.parse_args(argv)
+    stage_args = args.stage_args[1:] if args.stage_args[:1] == ["--"] else args.stage_args
+    cmd = command(args.gpus, args.cpu_procs, stage_args)
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()
