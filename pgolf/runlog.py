@@ -44,12 +44,9 @@ def header(stage: str, config: dict) -> dict:
         "argv": sys.argv,
         "config": config,
     }
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # record it where the stage uses torch; never import it just for the log
+    if torch is not None:
         info["torch"] = torch.__version__
-    except ImportError:
-        pass
     return info
 
 
