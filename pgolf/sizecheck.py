@@ -1,0 +1,67 @@
+"""The 16 MB check: packed model bytes plus counted code bytes must fit the challenge's decimal cap.
+
+    python -m pgolf.sizecheck --pgrp results/<name>/seed<seed>/quant/<preset>/model.pgrp \
+        --pack-json .../pack.json --code .../train_gpt.py --preset <preset> --out .../size.json
+
+Over the cap it stops with the breakdown and the preset knobs that shrink the artifact, and writes nothing, so
+evaluation never starts (record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
+"""
+
+import argparse
+from pathlib import Path
+
+from .codepack import read_header
+from .errors import PgolfError
+from .io import write_json
+from .pack import stream_sizes, verify
+
+CAP_BYTES = 16_000_000
+
+
+def size_report(pgrp, pack_json, code) -> dict:
+    data = verify(pgrp, pack_json)
+    versions = read_header(code)
+    code_bytes = Path(code).stat().st_size
+    total = len(data) + code_bytes
+    return {
+        "artifact_bytes": len(data),
+        "code_bytes": code_bytes,
+        "total_bytes": total,
+        "cap_bytes": CAP_BYTES,
+        "headroom_bytes": CAP_BYTES - total,
+        "streams": stream_sizes(data, str(pgrp)),
+        "code_python": versions["python"],
+        "code_python_minifier": versions["python_minifier"],
+    }
+
+
+def over_cap_message(report: dict, preset: str) -> str:
+    streams = ", ".join(f"{name} {size:,}" for name, size in report["streams"].items())
+    knobs = f"quant.presets.{preset}"
+    return (
+        f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
+        f"{-report['headroom_bytes']:,} (model.pgrp {report['artifact_bytes']:,} = {streams}; "
+        f"train_gpt.py {report['code_bytes']:,}). Shrink it in {knobs}: raise the clip sigmas "
+        f"({{attn,mlp,embed}}.clip_sigmas; a larger k gives smaller streams), lower embed.bits, or lower "
+        f"lqer.top_k; then re-run"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.sizecheck", description="Check the 16 MB cap.")
+    parser.add_argument("--pgrp", required=True, help="model.pgrp from the pack stage")
+    parser.add_argument("--pack-json", required=True, help="pack.json beside it (its sha256 is checked)")
+    parser.add_argument("--code", required=True, help="train_gpt.py from the code stage")
+    parser.add_argument("--preset", default="<preset>", help="preset name, for the message over the cap")
+    parser.add_argument("--out", required=True, help="size.json to write")
+    args = parser.parse_args(argv)
+    report = size_report(args.pgrp, args.pack_json, args.code)
+    if report["headroom_bytes"] < 0:
+        raise PgolfError(f"{args.pgrp} + {args.code}: {over_cap_message(report, args.preset)}")
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main)

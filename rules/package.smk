@@ -1,0 +1,78 @@
+# Packaging, per preset: the quantized state -> model.pgrp (per-group lrzip), the pgolf sources -> the single-file
+# train_gpt.py, and the 16 MB check over both. The code rule's params hold the config without `quant` plus this
+# preset only, so editing another preset leaves this preset's script (and everything after it) cached.
+import re
+from pathlib import Path
+
+
+wildcard_constraints:
+    preset="|".join(re.escape(p) for p in config["quant"]["presets"]),
+
+
+def package_sources():
+    """Every module the submission script carries (pgolf/**/*.py): an edit anywhere re-writes it."""
+    root = Path(workflow.basedir)
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("pgolf/**/*.py"))
+
+
+def code_config(wildcards):
+    """The code job's --config: the config without `quant`, plus this preset only (as pgolf.codepack narrows it)."""
+    narrowed = {k: v for k, v in config.items() if k != "quant"}
+    preset = config["quant"]["presets"][wildcards.preset]
+    narrowed["quant"] = {
+        "presets": {wildcards.preset: preset},
+        "submission_preset": wildcards.preset,
+    }
+    return json.dumps(narrowed, sort_keys=True)
+
+
+rule pack:
+    input:
+        quantized="results/{name}/seed{seed}/quant/{preset}/quantized.pt",
+        code=module_files("pack"),
+    output:
+        pgrp="results/{name}/seed{seed}/quant/{preset}/model.pgrp",
+        info="results/{name}/seed{seed}/quant/{preset}/pack.json",
+    log:
+        "logs/pack/{name}/seed{seed}/{preset}.log",
+    conda:
+        "../envs/pgolf.yaml"
+    threads: 8
+    resources:
+        gpu=min(config["hardware"]["gpus"], 1),
+    shell:
+        "python -m pgolf.pack --quantized {input.quantized} --out {output.pgrp} > {log} 2>&1"
+
+
+rule code:
+    input:
+        code=package_sources(),
+    output:
+        "results/{name}/seed{seed}/quant/{preset}/train_gpt.py",
+    log:
+        "logs/code/{name}/seed{seed}/{preset}.log",
+    localrule: True
+    conda:
+        "../envs/pgolf.yaml"
+    params:
+        config=code_config,
+    shell:
+        "python -m pgolf.codepack --config {params.config:q} --preset {wildcards.preset} --out {output} > {log} 2>&1"
+
+
+rule size_check:
+    input:
+        pgrp="results/{name}/seed{seed}/quant/{preset}/model.pgrp",
+        info="results/{name}/seed{seed}/quant/{preset}/pack.json",
+        script="results/{name}/seed{seed}/quant/{preset}/train_gpt.py",
+        code=module_files("sizecheck", "pack", "codepack"),
+    output:
+        "results/{name}/seed{seed}/quant/{preset}/size.json",
+    log:
+        "logs/size_check/{name}/seed{seed}/{preset}.log",
+    localrule: True
+    conda:
+        "../envs/pgolf.yaml"
+    shell:
+        "python -m pgolf.sizecheck --pgrp {input.pgrp} --pack-json {input.info} --code {input.script} "
+        "--preset {wildcards.preset} --out {output} > {log} 2>&1"
