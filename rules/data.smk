@@ -60,7 +60,7 @@ else:
         input:
             unpack(document_inputs),
             tokenizer="resources/data/{ds}/tokenizer.model",
-            code=module_files("tokenize", "caseops", "sources", "shards"),
+            code=module_files("tokenize", "tokenizer", "caseops", "sources", "shards"),
         output:
             "resources/data/{ds}/manifest.json",
         log:
