@@ -1,0 +1,71 @@
+"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (record-stack.md §5.2, §6).
+
+    python -m pgolf.quantize --config CFG --model results/<name>/seed<S>/train/model.pt \
+        --hessians results/<name>/seed<S>/train/hessians.pt --preset record \
+        --out results/<name>/seed<S>/quant/record/quantized.pt
+
+CFG holds `{"preset": {...that preset...}, "hardware": {...}}` (the quantize rule puts only that preset in its
+params, so editing one preset re-runs only that preset). Writes quantized.pt ({"tensors", "meta", "config"}, the
+packer's input) and report.json beside it (per tensor: storage, bits, clip sigmas, ‖W−Ŵ‖_F and the H-weighted
+error before and after LQER; the LQER and AWQ picks; seconds).
+"""
+
+import argparse
+import pickle
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .cli import run_cli
+from .config import load_stage_config
+from .dist import require_gpus
+from .errors import PgolfError
+from .hessians import load_model
+from .io import atomic_path, write_json
+from .quant import Preset, quantize_state
+from .runlog import RunLog
+
+
+def load_hessians(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PgolfError(f"{path}: Hessians not found; run the hessians stage for this model first")
+    try:
+        hessians = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise PgolfError(f"{path}: unreadable ({e}); delete it and re-run the hessians stage") from None
+    if not isinstance(hessians, dict) or "act_rms" not in hessians:
+        raise PgolfError(f"{path}: not a hessians.pt (no act_rms); re-run the hessians stage")
+    return hessians
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.quantize", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help='JSON text or path: {"preset": {...}, "hardware": {...}}')
+    parser.add_argument("--model", required=True, help="results/<name>/seed<S>/train/model.pt")
+    parser.add_argument("--hessians", required=True, help="results/<name>/seed<S>/train/hessians.pt")
+    parser.add_argument("--preset", required=True, help="the preset's name (recorded in the report)")
+    parser.add_argument("--out", required=True, help="results/<name>/seed<S>/quant/<preset>/quantized.pt")
+    args = parser.parse_args(argv)
+
+    config = load_stage_config(args.config)
+    if "preset" not in config:
+        raise PgolfError('--config: needs {"preset": {...}}, the quant.presets entry to apply')
+    preset = Preset.parse(config["preset"], f"config preset {args.preset}")
+    gpus = config.get("hardware", {}).get("gpus", 0)
+    require_gpus(gpus)
+    device = torch.device("cuda" if gpus > 0 else "cpu")
+    log = RunLog("quantize", config)
+    model, model_config = load_model(args.model, "cpu")
+    quantized, report = quantize_state(
+        model.unbanked_state_dict(), load_hessians(args.hessians), preset, model_config=model_config, device=device
+    )
+    with atomic_path(args.out) as tmp:
+        torch.save(quantized, tmp)
+    write_json(Path(args.out).with_name("report.json"), {"preset": args.preset, "settings": dataclasses.asdict(preset), "device": str(device), **report})
+    log.write({"event": "done", "seconds": report["seconds"], "lqer": report["lqer_picks"], "awq": report["awq_picks"]})
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,78 @@
+# Hessians (GPTQ calibration over the trained model) and quantization, one branch per preset: the preset is the
+# {preset} wildcard and the quantize job's params hold that preset alone, so editing one preset re-runs only its
+# quantize -> pack -> ... branch while training and the Hessians stay cached.
+import re
+
+QUANT_MODULES = [
+    f"quant.{m}"
+    for m in ("__init__", "preset", "gptq", "awq", "lqer", "dequant", "state")
+]
+
+HESSIAN_RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+
+_presets = set(config["quant"]["presets"])
+_unknown_builds = sorted(set(config["quant"].get("build", [])) - _presets)
+if _unknown_builds:
+    raise ValueError(
+        f"config quant.build lists {_unknown_builds}, which are not in quant.presets; "
+        "add those presets or remove them from quant.build"
+    )
+
+
+wildcard_constraints:
+    preset="|".join(re.escape(p) for p in config["quant"]["presets"]),
+
+
+def quant_config(wildcards):
+    """The quantize job's --config: this preset alone plus the GPU count."""
+    preset = config["quant"]["presets"][wildcards.preset]
+    hardware = {"gpus": config["hardware"]["gpus"]}
+    return json.dumps({"preset": preset, "hardware": hardware}, sort_keys=True)
+
+
+rule hessians:
+    input:
+        model="results/{name}/seed{seed}/train/model.pt",
+        manifest=f"{DATA_DIR}/manifest.json",
+        code=module_files(
+            "hessians", "model", "attention", "shards", "dist", "launch", "runlog"
+        ),
+    output:
+        hessians="results/{name}/seed{seed}/train/hessians.pt",
+        summary="results/{name}/seed{seed}/train/hessians.json",
+    log:
+        "logs/hessians/{name}/seed{seed}.log",
+    conda:
+        "../envs/pgolf.yaml"
+    threads: 4 * HESSIAN_RANKS
+    resources:
+        gpu=config["hardware"]["gpus"],
+    params:
+        config=stage_config("hessians", "hardware"),
+        launch=torchrun(),
+        ranks=HESSIAN_RANKS,
+    shell:
+        "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
+        "{params.launch} -m pgolf.hessians --config {params.config:q} --model {input.model} "
+        "--manifest {input.manifest} --seed {wildcards.seed} --out {output.hessians} > {log} 2>&1"
+
+
+rule quantize:
+    input:
+        model="results/{name}/seed{seed}/train/model.pt",
+        hessians="results/{name}/seed{seed}/train/hessians.pt",
+        code=module_files("quantize", "hessians", "model", "runlog", *QUANT_MODULES),
+    output:
+        quantized="results/{name}/seed{seed}/quant/{preset}/quantized.pt",
+        report="results/{name}/seed{seed}/quant/{preset}/report.json",
+    log:
+        "logs/quantize/{name}/seed{seed}/{preset}.log",
+    conda:
+        "../envs/pgolf.yaml"
+    resources:
+        gpu=min(config["hardware"]["gpus"], 1),
+    params:
+        config=quant_config,
+    shell:
+        "python -m pgolf.quantize --config {params.config:q} --model {input.model} --hessians {input.hessians} "
+        "--preset {wildcards.preset} --out {output.quantized} > {log} 2>&1"
