@@ -1,0 +1,209 @@
+"""Document-causal attention with the backend chosen at run time.
+
+A row of token ids may hold several documents, each starting at a BOS token; a query attends only to keys of
+its own document at or before its position (and, with a sliding window, at most `window` positions back:
+FlashAttention's `window_size=(window, 0)`). Backends, fastest first, all computing the same function:
+
+- `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, optional extra `.[flash]`;
+- `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
+- `varlen`: PyTorch's `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
+- `flex`: FlexAttention with a document-causal block mask (compiled on CUDA, unfused on CPU);
+- `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
+
+The three varlen backends flatten the batch into one packed stream cut at every BOS and row start; the cuts
+come from a `nonzero`, so choosing one of them lets torch.compile capture data-dependent shapes (otherwise a
+fullgraph compile would stop there).
+"""
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import PgolfError
+from .shards import BOS_ID
+
+BACKENDS = ("fa3", "flash_attn", "varlen", "flex", "sdpa")
+VARLEN_BACKENDS = ("fa3", "flash_attn", "varlen")
+_FLASH_MODULES = {"fa3": "flash_attn_interface", "flash_attn": "flash_attn"}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A resolved backend: its name and, for the varlen kinds, the kernel entry point."""
+
+    name: str
+    varlen_fn: Callable | None = None
+    torch_varlen_window: bool = False  # torch's varlen_attn takes window_size (newer) rather than is_causal
+    torch_varlen_gqa: bool = False
+
+
+def _import_flash(name: str):
+    try:
+        return importlib.import_module(_FLASH_MODULES[name]).flash_attn_varlen_func
+    except (ImportError, AttributeError):
+        return None
+
+
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _try_backend(name: str, cuda: bool, windowed: bool) -> Backend | None:
+    if name in _FLASH_MODULES:  # a CUDA kernel in practice; importable only where it is installed
+        fn = _import_flash(name)
+        return Backend(name, fn) if fn is not None else None
+    if name == "varlen":
+        fn = _torch_varlen() if cuda else None
+        if fn is None:
+            return None
+        params = inspect.signature(fn).parameters
+        if windowed and "window_size" not in params:  # torch 2.9-2.10 take is_causal only
+            return None
+        return Backend(name, fn, "window_size" in params, "enable_gqa" in params)
+    if name == "flex":
+        return Backend(name) if _flex_available() else None
+    return Backend(name)
+
+
+def resolve_backend(requested: str, device, windowed: bool = False) -> Backend:
+    """`requested` is a name from BACKENDS or "auto" (CUDA: the first available varlen kernel, else flex;
+    CPU: sdpa). `windowed` says whether some layer uses a sliding window."""
+    if requested not in BACKENDS + ("auto",):
+        raise PgolfError(f"attention backend {requested!r}: unknown; use one of {('auto',) + BACKENDS}")
+    cuda = torch.device(device).type == "cuda"
+    if requested != "auto":
+        candidates = (requested,)
+    else:
+        candidates = VARLEN_BACKENDS + ("flex", "sdpa") if cuda else ("sdpa",)
+    for name in candidates:
+        backend = _try_backend(name, cuda, windowed)
+        if backend is not None:
+            if name in VARLEN_BACKENDS:
+                torch._dynamo.config.capture_dynamic_output_shape_ops = True
+            return backend
+    raise PgolfError(
+        f"attention backend {requested!r} is not usable on {torch.device(device).type} with torch "
+        f"{torch.__version__}; install the `flash` extra, use a CUDA device, or set it to 'auto'"
+    )
+
+
+@dataclass
+class DocLayout:
+    """Where documents begin, in the form the chosen backend wants; built once per forward."""
+
+    doc_ids: torch.Tensor  # (B, T) int32: document index within each row
+    cu_seqlens: torch.Tensor | None = None  # (n_docs + 1,) int32 over the flattened batch (varlen backends)
+    max_seqlen: int = 0
+    masks: dict = field(default_factory=dict)  # window (None = full) -> flex BlockMask or (B, 1, T, T) bool
+
+
+def document_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Document index of every token: a BOS starts a new document (tokens before the first BOS are doc 0)."""
+    return torch.cumsum((ids == BOS_ID).to(torch.int32), dim=1, dtype=torch.int32)
+
+
+def document_mask(doc_ids: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(B, 1, T, T) bool: query t may attend key s (same document, s <= t, t - s <= window)."""
+    T = doc_ids.size(1)
+    pos = torch.arange(T, device=doc_ids.device)
+    allowed = pos[None, :] <= pos[:, None]
+    if window is not None:
+        allowed = allowed & (pos[:, None] - pos[None, :] <= window)
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (same_doc & allowed)[:, None]
+
+
+def _flex_block_mask(doc_ids: torch.Tensor, window: int | None):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, kv):
+        keep = (kv <= q) & (doc_ids[b, q] == doc_ids[b, kv])
+        return keep & (q - kv <= window) if window is not None else keep
+
+    B, T = doc_ids.shape
+    return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device)
+
+
+def build_layout(ids: torch.Tensor, backend: Backend, windows) -> DocLayout:
+    """Document boundaries of a (B, T) batch for `backend`; `windows` = the set of windows the layers use."""
+    doc_ids = document_ids(ids)
+    layout = DocLayout(doc_ids)
+    if backend.name in VARLEN_BACKENDS:
+        B, T = ids.shape
+        starts = ids == BOS_ID
+        starts[:, 0] = True
+        offsets = torch.nonzero(starts.flatten()).flatten().to(torch.int32)
+        total = torch.full((1,), B * T, dtype=torch.int32, device=ids.device)
+        layout.cu_seqlens = torch.cat([offsets, total])
+        layout.max_seqlen = T
+    elif backend.name == "flex":
+        layout.masks = {w: _flex_block_mask(doc_ids, w) for w in windows}
+    else:
+        layout.masks = {w: document_mask(doc_ids, w) for w in windows}
+    return layout
+
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, block_mask):
+    """FlexAttention; compiled once on CUDA (the unfused eager path materializes every score)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = flex_attention
+    if q.is_cuda and not torch.compiler.is_compiling():
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        fn = _compiled_flex
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
+
+
+def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = None) -> torch.Tensor:
+    """Causal attention within documents. q (B, T, H, D), k/v (B, T, Hkv, D) -> (B, T, H, D); scale 1/sqrt(D)."""
+    B, T, H, D = q.shape
+    if backend.name in VARLEN_BACKENDS:
+        qf, kf, vf = (t.reshape(B * T, t.size(2), D) for t in (q, k, v))
+        cu, n = layout.cu_seqlens, layout.max_seqlen
+        left = -1 if window is None else window
+        if backend.name == "varlen":
+            if not backend.torch_varlen_gqa and kf.size(1) != H:
+                kf, vf = (t.repeat_interleave(H // t.size(1), dim=1) for t in (kf, vf))
+            extra = {"enable_gqa": True} if backend.torch_varlen_gqa else {}
+            if backend.torch_varlen_window:
+                extra["window_size"] = (left, 0)
+            else:
+                extra["is_causal"] = True
+            y = backend.varlen_fn(qf, kf, vf, cu, cu, n, n, **extra)
+        else:
+            y = backend.varlen_fn(
+                qf, kf, vf, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=n, max_seqlen_k=n,
+                causal=True, window_size=(left, 0),
+            )
+            if isinstance(y, tuple):  # some FA3 releases also return the log-sum-exp
+                y = y[0]
+        return y.reshape(B, T, H, D)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if backend.name == "flex":
+        y = _flex(qt, kt, vt, layout.masks[window])
+    else:
+        y = F.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=layout.masks[window], enable_gqa=kt.size(1) != qt.size(1)
+        )
+    return y.transpose(1, 2)

@@ -1,0 +1,169 @@
+"""Document-causal attention: masks, layouts, and every backend against a plain softmax reference."""
+
+import inspect
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+
+from pgolf import attention
+from pgolf.attention import attend, build_layout, document_ids, document_mask, resolve_backend
+from pgolf.errors import PgolfError
+
+BOS = 1
+
+
+def reference_attention(q, k, v, doc_ids, window):
+    """Slow reference: the visibility rule spelled out per (query, key) pair, then a dense masked softmax."""
+    B, T, H, D = q.shape
+    rep = H // k.size(2)
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    docs = doc_ids.tolist()
+    visible = torch.tensor(
+        [[[s <= t and docs[b][s] == docs[b][t] and (window is None or t - s <= window) for s in range(T)]
+          for t in range(T)] for b in range(B)]
+    )
+    scores = torch.einsum("bthd,bshd->bhts", q, k) / D**0.5
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    return torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
+
+
+def fake_flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                      causal=False, window_size=(-1, -1), **unused):
+    """flash_attn_varlen_func's documented API in plain torch (packed (total, H, D) tensors)."""
+    assert torch.equal(cu_seqlens_q, cu_seqlens_k) and cu_seqlens_q.dtype == torch.int32 and causal
+    H, D = q.shape[1], q.shape[2]
+    rep = H // k.shape[1]
+    out = torch.empty_like(q)
+    bounds = cu_seqlens_q.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        assert b - a <= max_seqlen_q
+        qs, ks, vs = q[a:b], k[a:b].repeat_interleave(rep, 1), v[a:b].repeat_interleave(rep, 1)
+        scores = torch.einsum("thd,shd->hts", qs, ks) * (softmax_scale or D**-0.5)
+        t = torch.arange(b - a)
+        allowed = t[None, :] <= t[:, None]
+        if window_size[0] >= 0:
+            allowed &= t[:, None] - t[None, :] <= window_size[0]
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out[a:b] = torch.einsum("hts,shd->thd", scores.softmax(-1), vs)
+    return out, torch.zeros(1)  # FA3 releases that also return the log-sum-exp
+
+
+def torch_varlen_new(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                     window_size=(-1, -1), enable_gqa=False):
+    assert window_size[1] == 0 and (enable_gqa or key.shape[1] == query.shape[1])
+    return fake_flash_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=True,
+                             window_size=window_size)[0]
+
+
+def torch_varlen_old(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None,
+                     scale=None):
+    assert is_causal and key.shape[1] == query.shape[1], "old varlen_attn has no GQA: heads must be repeated"
+    return fake_flash_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=True)[0]
+
+
+def random_batch(B=3, T=40, H=4, Hkv=2, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 50, (B, T), generator=g)
+    ids[0, [0, 9, 10, 25]] = BOS  # includes a one-token document
+    ids[1, [5, 30]] = BOS  # tokens before the first BOS form their own document
+    q = torch.randn(B, T, H, D, generator=g)
+    k = torch.randn(B, T, Hkv, D, generator=g)
+    v = torch.randn(B, T, Hkv, D, generator=g)
+    return ids, q, k, v
+
+
+@pytest.fixture
+def fake_flash(monkeypatch):
+    for name in ("flash_attn_interface", "flash_attn"):
+        module = types.ModuleType(name)
+        module.flash_attn_varlen_func = fake_flash_varlen
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_document_ids_start_at_bos():
+    ids = torch.tensor([[5, 1, 7, 7, 1, 1, 3], [1, 2, 3, 4, 5, 6, 7]])
+    assert document_ids(ids).tolist() == [[0, 1, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1]]
+
+
+def test_document_mask_is_causal_within_documents_and_window():
+    ids = torch.tensor([[1, 4, 4, 4, 1, 4]])
+    full = document_mask(document_ids(ids), None)[0, 0].int().tolist()
+    assert full == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 1, 1],
+    ]
+    windowed = document_mask(document_ids(ids), 1)[0, 0].int()
+    assert windowed[3].tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_varlen_layout_cuts_at_every_bos_and_row_start(fake_flash):
+    ids = torch.tensor([[1, 4, 4, 1, 4], [4, 4, 1, 4, 4]])
+    layout = build_layout(ids, resolve_backend("fa3", "cpu"), {None})
+    assert layout.cu_seqlens.dtype == torch.int32
+    assert layout.cu_seqlens.tolist() == [0, 3, 5, 7, 10]
+    assert layout.max_seqlen == 5
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("name", ["sdpa", "flex", "fa3", "flash_attn", "varlen_new", "varlen_old"])
+def test_backends_match_reference(name, window, fake_flash, monkeypatch):
+    ids, q, k, v = random_batch()
+    if name.startswith("varlen"):
+        fake = torch_varlen_new if name == "varlen_new" else torch_varlen_old
+        monkeypatch.setattr(attention, "_torch_varlen", lambda: fake)
+        if name == "varlen_old" and window is not None:
+            with pytest.raises(PgolfError):  # old torch: no sliding window, so the backend is refused
+                resolve_backend("varlen", "cuda", windowed=True)
+            return
+        backend = resolve_backend("varlen", "cuda", windowed=window is not None)
+    else:
+        backend = resolve_backend(name, "cpu", windowed=window is not None)
+    layout = build_layout(ids, backend, {window})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex on the CPU warns that it runs unfused
+        y = attend(backend, q, k, v, layout, window)
+    expected = reference_attention(q, k, v, document_ids(ids), window)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_picks_sdpa_on_cpu_and_flash_on_cuda(fake_flash):
+    assert resolve_backend("auto", "cpu").name == "sdpa"
+    backend = resolve_backend("auto", "cuda")
+    assert backend.name == "fa3" and backend.varlen_fn is fake_flash_varlen
+
+
+def test_auto_on_cuda_without_flash_uses_torch_varlen(monkeypatch):
+    monkeypatch.setattr(attention, "_import_flash", lambda name: None)
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: torch_varlen_old)
+    assert resolve_backend("auto", "cuda").name == "varlen"
+    assert resolve_backend("auto", "cuda", windowed=True).name == "flex"  # old varlen cannot slide
+
+
+def test_backend_errors_name_the_fix(monkeypatch):
+    with pytest.raises(PgolfError, match="unknown"):
+        resolve_backend("xformers", "cpu")
+    with pytest.raises(PgolfError, match="not usable on cpu"):
+        resolve_backend("varlen", "cpu")
+    monkeypatch.delitem(sys.modules, "flash_attn_interface", raising=False)
+    monkeypatch.setattr(attention, "_import_flash", lambda name: None)
+    with pytest.raises(PgolfError, match="flash"):
+        resolve_backend("fa3", "cuda")
+
+
+def test_torch_varlen_flags_follow_the_installed_signature():
+    fn = attention._torch_varlen()
+    if fn is None:
+        pytest.skip("this torch has no varlen_attn")
+    params = inspect.signature(fn).parameters
+    backend = attention._try_backend("varlen", cuda=True, windowed=False)
+    assert backend.varlen_fn is fn
+    assert backend.torch_varlen_window == ("window_size" in params)
+    assert backend.torch_varlen_gqa == ("enable_gqa" in params)
+    assert backend.torch_varlen_window or "is_causal" in params

@@ -1,0 +1,293 @@
+"""The record model: exact size, causality, document isolation, recurrence, hooks and the unbanked view."""
+
+import dataclasses
+import sys
+import types
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pgolf.errors import PgolfError
+from pgolf.model import GPT, ModelConfig, layer_orders, softcap
+
+ROOT = Path(__file__).resolve().parent.parent
+BOS = 1
+
+# Every component on: 3 looped layers (1-2, twice extra), XSA on the last 3, lanes from layer 3.
+TINY = dict(vocab_size=64, num_layers=5, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0, rope_dims=4,
+            gate_window=4, num_loops=2, loop_start=1, loop_end=2, parallel_start_layer=3, xsa_last_n=3,
+            train_seq_len=32)
+
+
+def tiny_model(seed=0, **overrides) -> GPT:
+    """A tiny model with every parameter moved off its (often zero) init so that every path is live."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(**{**TINY, **overrides}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bank") or name == "tok_emb.weight":
+                p.normal_(0, p.size(-1) ** -0.5 if name.endswith("bank") else 1.0)
+            elif not name.startswith("softcap_"):
+                p.add_(0.5 * torch.randn_like(p))
+    model.looping = True
+    return model.eval()
+
+
+def batch(B=2, T=24, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, TINY["vocab_size"], (B, T), generator=g)
+    ids[:, 0] = BOS
+    ids[0, 10] = BOS
+    return ids
+
+
+def test_record_parameter_count_is_upstreams():
+    with torch.device("meta"):  # shapes only: the record's orthogonal init takes long on 2 cores
+        model = GPT(ModelConfig())
+    assert sum(p.numel() for p in model.parameters()) == 35_945_671  # train_seed42.log: model_params
+    assert model.qo_bank.shape == (22, 512, 512) and model.kv_bank.shape == (22, 256, 512)
+    assert model.mlp_up_bank.shape == (11, 2048, 512) and model.mlp_down_bank.shape == (11, 512, 2048)
+
+
+def test_init():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TINY))
+    n = model.config.num_layers
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.005, rel=0.05)
+    assert model.qo_bank[n:].abs().max() == 0 and model.mlp_down_bank.abs().max() == 0  # zero-init outputs
+    for w in (model.qo_bank[0], model.kv_bank[n], model.mlp_up_bank[2].T):  # orthogonal rows or columns
+        small = min(w.shape)
+        gram = w @ w.T if w.size(0) == small else w.T @ w
+        torch.testing.assert_close(gram, torch.eye(small), atol=1e-5, rtol=0)
+    assert model.smear_gate.weight.abs().max() == 0 and model.smear_lambda.item() == 0
+    assert torch.equal(model.blocks[0].attn.q_gain, torch.full((4,), 5.0))
+
+
+def test_defaults_equal_config_yaml_and_smoke_overlay_is_valid():
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert config["model"] == dataclasses.asdict(ModelConfig())
+    smoke = yaml.safe_load((ROOT / "recipes" / "smoke.yaml").read_text())
+    ModelConfig.from_dict({**config["model"], **smoke["model"]})
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(PgolfError, match="model.num_kv_heads"):
+        ModelConfig(num_kv_heads=3)
+    with pytest.raises(PgolfError, match="model.loop_start"):
+        ModelConfig(loop_start=6, loop_end=4)
+    with pytest.raises(PgolfError, match="model.seq_schedule"):
+        ModelConfig(seq_schedule=[[1024, 0.5], [2048, 0.3]])
+    with pytest.raises(PgolfError, match="unknown key"):
+        ModelConfig.from_dict({"num_layer": 3})
+    assert ModelConfig(seq_schedule=[[1024, 0.1], [3072, 1]]).seq_schedule == [[1024, 0.1], [3072, 1.0]]
+
+
+def test_recurrence_order_and_encoder_decoder_split():
+    record = ModelConfig()
+    assert layer_orders(record, looping=True) == ([0, 1, 2, 3, 4, 5, 3, 4], [5, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert layer_orders(record, looping=False) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10])
+    model = tiny_model(num_layers=11, loop_start=3, loop_end=5, num_loops=2, parallel_start_layer=8)
+    applied = []
+    model(batch(), capture=lambda name, x: applied.append(int(name.split(".")[1])) if "c_q" in name else None)
+    assert applied == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert model.virtual_layers() == applied
+
+
+def test_future_tokens_never_change_earlier_logits():
+    model, ids = tiny_model(), batch()
+    changed = ids.clone()
+    changed[:, 15:] = torch.randint(2, 64, changed[:, 15:].shape)
+    changed[1, 18] = BOS
+    a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :15], b[:, :15], atol=1e-5, rtol=1e-5)
+    assert (a[:, 15:] - b[:, 15:]).abs().max() > 1e-3
+
+
+def test_earlier_documents_never_change_a_documents_logits():
+    model = tiny_model()
+    doc = torch.tensor([BOS, 5, 9, 12, 7, 30, 31, 8])
+    alone = model(doc[None])[0]
+    for prefix in (torch.tensor([BOS, 3, 4]), torch.tensor([BOS, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]),
+                   torch.tensor([17, 18])):  # the last: tokens before the first BOS of a window
+        packed = model(torch.cat([prefix, doc])[None])[0]
+        torch.testing.assert_close(packed[len(prefix):], alone, atol=1e-4, rtol=1e-4)
+    # without the BOS the same tokens continue the previous document and the logits do change
+    joined = model(torch.cat([torch.tensor([BOS, 3, 4]), doc[1:]])[None])[0]
+    assert (joined[3:] - alone[1:]).abs().max() > 1e-3
+
+
+def test_smear_gate_never_carries_into_bos():
+    model = tiny_model()
+    ids = torch.tensor([[BOS, 5, 6, BOS, 7], [BOS, 9, 50, BOS, 7]])  # differ only just before the second BOS
+    x = model._embed(ids, torch.float32)
+    torch.testing.assert_close(x[0, 3:], x[1, 3:])
+    assert (x[0, 2] - x[1, 2]).abs().max() > 1e-3
+    smeared = model._embed(torch.tensor([[BOS, 5, 6, 8, 7]]), torch.float32)
+    assert (smeared[0, 3] - x[0, 3]).abs().max() > 1e-3  # a non-BOS token at that place is smeared
+
+
+def test_capture_names_counts_and_rows():
+    model, ids = tiny_model(), batch()
+    seen = Counter()
+    widths = {}
+
+    def capture(name, rows):
+        seen[name] += 1
+        widths[name] = rows.shape
+        assert not rows.requires_grad
+
+    model(ids, capture=capture)
+    c, n_rows = model.config, ids.numel()
+    expected = {"tok_emb.weight": 1}
+    for i in range(c.num_layers):
+        times = 3 if 1 <= i <= 2 else 1
+        for part in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"):
+            expected[f"blocks.{i}.{part}.weight"] = times
+    assert dict(seen) == expected
+    assert widths["blocks.0.attn.c_k.weight"] == (n_rows, c.model_dim)
+    assert widths["blocks.4.mlp.proj.weight"] == (n_rows, c.mlp_dim)
+    assert widths["tok_emb.weight"] == (n_rows, c.model_dim)
+    assert set(expected) - {"tok_emb.weight"} == {k for k in model.unbanked_state_dict() if k.endswith(
+        ("c_q.weight", "c_k.weight", "c_v.weight", "proj.weight", "fc.weight"))}
+
+
+def test_adapters_change_outputs_only_where_used():
+    model, ids = tiny_model(), batch()
+    base = model(ids)
+    calls = Counter()
+
+    def silent(kind, slot, x):
+        calls[kind, slot] += 1
+        return None
+
+    torch.testing.assert_close(model(ids, adapters=silent), base, atol=0, rtol=0)
+    slots = len(model.virtual_layers())
+    assert set(calls) == {(k, s) for k in "q k v o mlp".split() for s in range(slots)} | {("head", 0)}
+
+    def row1_only(kind, slot, x):  # a per-document adapter that is zero for document row 0
+        out = {"q": 32, "k": 16, "v": 16, "o": 32, "mlp": 32, "head": 64}[kind]
+        delta = torch.zeros(*x.shape[:-1], out)
+        if kind == "mlp" and slot == slots - 1 or kind == "v" and slot == 0:
+            delta[1] = 0.3
+        return delta
+
+    out = model(ids, adapters=row1_only)
+    torch.testing.assert_close(out[0], base[0])
+    assert (out[1] - base[1]).abs().max() > 1e-3
+
+    bump = torch.randn(64)
+    head = model(ids, adapters=lambda kind, slot, x: bump.expand(*x.shape[:-1], 64) if kind == "head" else None)
+    pre = model._project(model.hidden(ids), None, None)
+    torch.testing.assert_close(head, softcap(pre + bump, 30.0), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_reductions_agree_with_logits():
+    model, ids = tiny_model(), batch()
+    targets = torch.roll(ids, -1, dims=1)
+    logits = model(ids)
+    per_token = model(ids, targets, reduction="none")
+    assert per_token.shape == ids.shape and per_token.dtype == torch.float32
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), targets.reshape(-1), reduction="none")
+    torch.testing.assert_close(per_token.reshape(-1), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(ids, targets), per_token.mean())
+    assert logits.abs().max() <= 30.0
+
+
+def test_unbanked_round_trip_is_exact():
+    model, ids = tiny_model(), batch()
+    state = model.unbanked_state_dict()
+    assert next(iter(state)) == "tok_emb.weight"
+    assert not any(name.endswith("bank") for name in state)
+    n = model.config.num_layers
+    torch.testing.assert_close(state["blocks.2.attn.proj.weight"], model.qo_bank[n + 2], atol=0, rtol=0)
+    torch.testing.assert_close(state["blocks.3.attn.c_v.weight"], model.kv_bank[n + 3], atol=0, rtol=0)
+    copy = GPT.from_unbanked(dataclasses.asdict(model.config), state).eval()
+    copy.looping = True
+    for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(model(ids), copy(ids))
+    assert sum(t.numel() for t in state.values()) == sum(p.numel() for p in model.parameters())
+
+
+def test_load_unbanked_rejects_a_mismatched_state():
+    state = tiny_model().unbanked_state_dict()
+    missing = dict(state)
+    del missing["blocks.0.mlp.fc.weight"]
+    with pytest.raises(PgolfError, match="missing"):
+        tiny_model().load_unbanked(missing)
+    with pytest.raises(PgolfError, match="wrong shapes"):
+        tiny_model(mlp_mult=3.0).load_unbanked(state)
+
+
+def test_param_groups_partition_the_parameters_and_all_learn():
+    model = tiny_model().train()
+    groups = model.param_groups()
+    assert [tuple(p.shape) for p in groups["matrix"]] == [(10, 32, 32), (10, 16, 32), (5, 64, 32), (5, 32, 64)]
+    assert groups["embed"] == [model.tok_emb.weight]
+    flat = [id(p) for ps in groups.values() for p in ps]
+    assert len(flat) == len(set(flat)) and set(flat) == {id(p) for p in model.parameters()}
+    ids = batch()
+    model(ids, torch.roll(ids, -1, 1)).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
+def test_zero_gated_xsa_equals_no_xsa():
+    gated = tiny_model(gated_xsa=True)
+    assert sum(p.numel() for p in gated.parameters()) == sum(p.numel() for p in tiny_model().parameters()) + 3 * 4
+    plain = tiny_model(xsa_last_n=0)
+    state = {k: v for k, v in gated.state_dict().items() if "xsa_alpha" not in k}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        for block in gated.blocks:
+            if hasattr(block.attn, "xsa_alpha"):
+                block.attn.xsa_alpha.zero_()
+    ids = batch()
+    torch.testing.assert_close(gated(ids), plain(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_asym_softcap_is_eval_only_and_identity_at_init():
+    model = tiny_model(asym_logit_rescale=True)
+    ids = batch()
+    targets = torch.roll(ids, -1, 1)
+    fixed = tiny_model()
+    torch.testing.assert_close(model(ids), fixed(ids))
+    with torch.no_grad():
+        model.softcap_neg.fill_(10.0)
+    assert (model(ids) - fixed(ids)).abs().max() > 1e-3
+    torch.testing.assert_close(model.train()(ids, targets), fixed.train()(ids, targets))
+
+
+def test_sliding_window_at_least_the_sequence_is_full_attention():
+    ids = batch()
+    full = tiny_model()(ids)
+    torch.testing.assert_close(tiny_model(attn_window=ids.size(1))(ids), full)
+    narrow = tiny_model(attn_window=3, attn_window_layers=[0, 4])(ids)
+    assert (narrow - full).abs().max() > 1e-3
+
+
+def test_looping_off_runs_the_plain_stack():
+    model = tiny_model()
+    model.looping = False
+    applied = []
+    model(batch(), capture=lambda name, x: applied.append(name) if "c_q" in name else None)
+    assert [int(n.split(".")[1]) for n in applied] == [0, 1, 2, 3, 4]
+
+
+def test_model_backends_agree(monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_attention import fake_flash_varlen
+
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_varlen_func = fake_flash_varlen
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", module)
+    model, ids = tiny_model(attn_window=5, attn_window_layers=[1]), batch()
+    reference = model(ids)
+    for name in ("fa3", "flex"):
+        model.attention_backend = name
+        with warnings.catch_warnings(), torch.no_grad():  # flex has no CPU backward
+            warnings.simplefilter("ignore")
+            torch.testing.assert_close(model(ids), reference, atol=1e-5, rtol=1e-5)
