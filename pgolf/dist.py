@@ -43,8 +43,12 @@ def require_gpus(gpus: int):
         )
 
 
+_holders = 0  # nested init()s: run_all holds the group across stages, each stage's shutdown() then leaves it
+
+
 def init(gpus: int) -> Dist:
     """Read torchrun's environment (or run as a single process) and join the process group."""
+    global _holders
     require_gpus(gpus)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -56,9 +60,13 @@ def init(gpus: int) -> Dist:
         device = torch.device("cpu")
     if world > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group(backend="nccl" if gpus > 0 else "gloo", device_id=device if gpus > 0 else None)
+    _holders += 1
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
 def shutdown():
-    if torch_dist.is_initialized():
+    """Leave the process group once the outermost init() is done with it."""
+    global _holders
+    _holders = max(_holders - 1, 0)
+    if _holders == 0 and torch_dist.is_initialized():
         torch_dist.destroy_process_group()

@@ -10,9 +10,21 @@ for fragment in sorted(
 ):
     validate(config, schema=str(fragment))
 
+PRESETS = list(config["quant"]["presets"])
+_unknown_presets = sorted(
+    ({config["submission"]["preset"]} | set(config["quant"].get("build", [])))
+    - set(PRESETS)
+)
+if _unknown_presets:
+    raise ValueError(
+        f"config: submission.preset / quant.build name {_unknown_presets}, which are not in quant.presets; "
+        "add those presets or fix the names"
+    )
+
 DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
 DATA_DIR = f"resources/data/{DATASET}"
+SUBMISSION_FOLDER = config["submission"]["folder"]
 
 
 def stage_config(*sections):
@@ -50,6 +62,63 @@ def docs_option():
     return ""
 
 
+def submission_presets():
+    """Presets built for every seed: the submission's, then those listed in quant.build."""
+    presets = [config["submission"]["preset"]]
+    return presets + [p for p in config["quant"].get("build", []) if p not in presets]
+
+
 def final_targets():
-    """The default target: the data audit (later stages extend this to the submission)."""
-    return [f"{DATA_DIR}/data_audit.json"]
+    """The default target: the submission folder plus every built preset's eval.json for every seed."""
+    return [f"results/{RUN}/submission/{SUBMISSION_FOLDER}/submission.json"] + expand(
+        "results/{name}/seed{seed}/quant/{preset}/eval.json",
+        name=RUN,
+        seed=config["run"]["seeds"],
+        preset=submission_presets(),
+    )
+
+
+def submission_inputs(wildcards):
+    """What the records folder reads: every seed's train log, Hessian, size and eval outputs of the submission preset."""
+    seeds = config["run"]["seeds"]
+    run = f"results/{wildcards.name}"
+    preset = config["submission"]["preset"]
+    return {
+        "audit": f"{DATA_DIR}/data_audit.json",
+        "tokenizer": f"{DATA_DIR}/tokenizer.model",
+        "train": expand(
+            f"{run}/seed{{seed}}/train/{{f}}",
+            seed=seeds,
+            f=["summary.json", "log.jsonl", "hessians.json"],
+        ),
+        "quant": expand(
+            f"{run}/seed{{seed}}/quant/{preset}/{{f}}",
+            seed=seeds,
+            f=["size.json", "eval.json", "train_gpt.py"],
+        ),
+    }
+
+
+def quant_config(wildcards):
+    """The quantize job's --config: this preset alone plus the GPU count, so other presets' edits leave it cached."""
+    preset = config["quant"]["presets"][wildcards.preset]
+    return json.dumps(
+        {"preset": preset, "hardware": {"gpus": config["hardware"]["gpus"]}},
+        sort_keys=True,
+    )
+
+
+def package_sources():
+    """Every module the submission script carries (pgolf/**/*.py): an edit anywhere re-writes it."""
+    root = Path(workflow.basedir)
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("pgolf/**/*.py"))
+
+
+def code_config(wildcards):
+    """The code job's --config: the config without `quant`, plus this preset only (as pgolf.codepack narrows it)."""
+    narrowed = {k: v for k, v in config.items() if k != "quant"}
+    narrowed["quant"] = {
+        "presets": {wildcards.preset: config["quant"]["presets"][wildcards.preset]},
+        "submission_preset": wildcards.preset,
+    }
+    return json.dumps(narrowed, sort_keys=True)

@@ -1,29 +1,6 @@
 # Packaging, per preset: the quantized state -> model.pgrp (per-group lrzip), the pgolf sources -> the single-file
 # train_gpt.py, and the 16 MB check over both. The code rule's params hold the config without `quant` plus this
 # preset only, so editing another preset leaves this preset's script (and everything after it) cached.
-import re
-from pathlib import Path
-
-
-wildcard_constraints:
-    preset="|".join(re.escape(p) for p in config["quant"]["presets"]),
-
-
-def package_sources():
-    """Every module the submission script carries (pgolf/**/*.py): an edit anywhere re-writes it."""
-    root = Path(workflow.basedir)
-    return sorted(p.relative_to(root).as_posix() for p in root.glob("pgolf/**/*.py"))
-
-
-def code_config(wildcards):
-    """The code job's --config: the config without `quant`, plus this preset only (as pgolf.codepack narrows it)."""
-    narrowed = {k: v for k, v in config.items() if k != "quant"}
-    preset = config["quant"]["presets"][wildcards.preset]
-    narrowed["quant"] = {
-        "presets": {wildcards.preset: preset},
-        "submission_preset": wildcards.preset,
-    }
-    return json.dumps(narrowed, sort_keys=True)
 
 
 rule pack:

@@ -1,33 +1,12 @@
 # Hessians (GPTQ calibration over the trained model) and quantization, one branch per preset: the preset is the
 # {preset} wildcard and the quantize job's params hold that preset alone, so editing one preset re-runs only its
 # quantize -> pack -> ... branch while training and the Hessians stay cached.
-import re
-
 QUANT_MODULES = [
     f"quant.{m}"
     for m in ("__init__", "preset", "gptq", "awq", "lqer", "dequant", "state")
 ]
 
 HESSIAN_RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
-
-_presets = set(config["quant"]["presets"])
-_unknown_builds = sorted(set(config["quant"].get("build", [])) - _presets)
-if _unknown_builds:
-    raise ValueError(
-        f"config quant.build lists {_unknown_builds}, which are not in quant.presets; "
-        "add those presets or remove them from quant.build"
-    )
-
-
-wildcard_constraints:
-    preset="|".join(re.escape(p) for p in config["quant"]["presets"]),
-
-
-def quant_config(wildcards):
-    """The quantize job's --config: this preset alone plus the GPU count."""
-    preset = config["quant"]["presets"][wildcards.preset]
-    hardware = {"gpus": config["hardware"]["gpus"]}
-    return json.dumps({"preset": preset, "hardware": hardware}, sort_keys=True)
 
 
 rule hessians:

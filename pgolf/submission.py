@@ -1,0 +1,264 @@
+"""The submission: the in-process pipeline that train_gpt.py runs, and the records folder the DAG ends in.
+
+    python -m pgolf.submission --config CFG --run-dir results/<name> --data-dir resources/data/<ds> \\
+        --out-dir results/<name>/submission/<folder>
+
+The folder follows the challenge's records/track_10min_16mb/ format: train_gpt.py, README.md, submission.json,
+one log per seed, the tokenizer, requirements.txt and audit.json, every figure read from a measured output.
+`run_all(config)` is what the generated train_gpt.py calls: data (when absent) -> train -> hessians -> quantize
+-> pack -> size check -> evaluate in one torchrun job, writing the same files as the DAG.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from .config import load_stage_config
+from .errors import PgolfError
+from .io import read_json, write_bytes, write_json
+from .stats import acceptance
+
+TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
+REQUIREMENTS = ["torch>=2.9", "numpy", "sentencepiece", "brotli"]  # what train_gpt.py imports besides pgolf
+
+
+class Layout:
+    """Where the DAG (and run_all) keeps each stage's files; the rules spell the same paths."""
+
+    def __init__(self, config: dict, seed: int, preset: str, root="."):
+        root = Path(root)
+        self.data = root / "resources" / "data" / config["data"]["name"]
+        self.train = root / "results" / config["run"]["name"] / f"seed{seed}" / "train"
+        self.quant = root / "results" / config["run"]["name"] / f"seed{seed}" / "quant" / preset
+        self.manifest, self.audit = self.data / "manifest.json", self.data / "data_audit.json"
+
+
+def _data_stage(config: dict, layout: Layout, cfg: str):
+    """Build resources/data/<ds>/ as the data rules would (rank 0, before training)."""
+    from . import audit, download, tokenize, tokenizer
+
+    source = config["data"]["source"]
+    if source == "hf_shards":
+        download.main(["--config", cfg, "--out", str(layout.manifest)])
+    else:
+        docs = []
+        if source == "hf_docs":
+            docs_path = layout.data.parent.parent / "hub" / config["data"]["name"] / "docs.jsonl"
+            download.main(["--config", cfg, "--out", str(docs_path)])
+            docs = ["--docs", str(docs_path)]
+        model = str(layout.data / "tokenizer.model")
+        tokenizer.main(["--config", cfg, *docs, "--out", model])
+        tokenize.main(["--config", cfg, *docs, "--tokenizer", model, "--out", str(layout.manifest)])
+    audit.main(["--config", cfg, "--manifest", str(layout.manifest), "--out", str(layout.audit)])
+
+
+def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
+    """One seed of the whole pipeline in this (torchrun) process group; returns eval.json's contents."""
+    from . import dist as pgdist
+    from . import evaluate, hessians, pack, quantize, sizecheck, train
+
+    seed = int(os.environ.get("SEED", config["run"]["seeds"][0])) if seed is None else seed
+    preset = config["quant"].get("submission_preset", config["submission"]["preset"])
+    code_path = code_path or sys.argv[0]
+    layout = Layout(config, seed, preset, root)
+    cfg = json.dumps(config, sort_keys=True)
+    quant_cfg = json.dumps({"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]})
+    dist = pgdist.init(config["hardware"]["gpus"])
+    try:
+        if dist.is_main and not layout.audit.exists():
+            _data_stage(config, layout, cfg)
+        dist.barrier()
+        train.main(["--config", cfg, "--manifest", str(layout.manifest), "--audit", str(layout.audit),
+                    "--seed", str(seed), "--out-dir", str(layout.train)])
+        hessians.main(["--config", cfg, "--model", str(layout.train / "model.pt"), "--manifest",
+                       str(layout.manifest), "--seed", str(seed), "--out", str(layout.train / "hessians.pt")])
+        if dist.is_main:
+            quantize.main(["--config", quant_cfg, "--model", str(layout.train / "model.pt"), "--hessians",
+                           str(layout.train / "hessians.pt"), "--preset", preset,
+                           "--out", str(layout.quant / "quantized.pt")])
+            pack.main(["--quantized", str(layout.quant / "quantized.pt"), "--out", str(layout.quant / "model.pgrp")])
+            sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
+                            "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
+        dist.barrier()
+        evaluate.main(["prequant", "--config", cfg, "--model", str(layout.train / "model.pt"),
+                       "--manifest", str(layout.manifest), "--out", str(layout.train / "prequant.json")])
+        evaluate.main(["artifact", "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),
+                       "--pack-json", str(layout.quant / "pack.json"), "--size", str(layout.quant / "size.json"),
+                       "--prequant", str(layout.train / "prequant.json"), "--manifest", str(layout.manifest),
+                       "--out", str(layout.quant / "eval.json")])
+        return read_json(layout.quant / "eval.json")
+    finally:
+        pgdist.shutdown()
+
+
+def seed_outputs(config: dict, run_dir: Path, seed: int, preset: str) -> dict:
+    """Every measured output of one seed the folder reports."""
+    train, quant = run_dir / f"seed{seed}" / "train", run_dir / f"seed{seed}" / "quant" / preset
+    return {
+        "summary": read_json(train / "summary.json"),
+        "hessians": read_json(train / "hessians.json"),
+        "size": read_json(quant / "size.json"),
+        "eval": read_json(quant / "eval.json"),
+        "log_lines": (train / "log.jsonl").read_text().splitlines(),
+        "header": json.loads((train / "log.jsonl").read_text().split("\n", 1)[0]),
+        "script": quant / "train_gpt.py",
+    }
+
+
+def audit_checks(config: dict, data_audit: dict, seeds: dict) -> dict:
+    """audit.json: each rule of the challenge checked against the output that measured it."""
+    checks = {}
+    for seed, out in seeds.items():
+        train_s = out["summary"]["train_seconds"] + out["hessians"]["seconds"]
+        ev = out["eval"]
+        score_first = ev["probes"]["score_first"]
+        tilt_causal = ev["probes"]["tilt_causal"]
+        checks[f"seed{seed}"] = {
+            "train_seconds_incl_hessians": {"value": train_s, "limit": TIME_BUDGET_SECONDS,
+                                            "passed": train_s <= TIME_BUDGET_SECONDS},
+            "eval_seconds": {"value": ev["seconds"]["eval_timer"], "limit": TIME_BUDGET_SECONDS,
+                             "passed": ev["seconds"]["eval_timer"] <= TIME_BUDGET_SECONDS},
+            "total_bytes": {"value": out["size"]["total_bytes"], "limit": out["size"]["cap_bytes"],
+                            "passed": out["size"]["total_bytes"] <= out["size"]["cap_bytes"]},
+            "targets_scored": {"value": ev["scored"], "expected": ev["targets"], "passed": ev["scored"] == ev["targets"]},
+            "score_first_probe": {**score_first, "passed": bool(score_first["passed"])},
+            "tilt_causality_probe": tilt_causal if tilt_causal == "off"
+            else {**tilt_causal, "passed": bool(tilt_causal["identical"])},
+        }
+    checks["train_val_overlap"] = {**data_audit["overlap"], "limit_fraction": data_audit["max_overlap_fraction"],
+                                   "passed": bool(data_audit["passed"])}
+
+    def passed(node):
+        if isinstance(node, dict):
+            return all(passed(v) for k, v in node.items() if isinstance(v, dict)) and node.get("passed", True)
+        return True
+
+    return {"all_passed": passed(checks), "checks": checks}
+
+
+def submission_json(config: dict, seeds: dict, stats: dict) -> dict:
+    sub = config["submission"]
+    results = {
+        str(seed): {
+            "val_loss": out["eval"]["ttt"]["val_loss"],
+            "val_bpb": out["eval"]["final_bpb"],
+            "artifact_bytes": out["size"]["total_bytes"],
+            "steps": out["summary"]["steps"],
+            "step_avg_ms": round(1000 * out["summary"]["train_seconds"] / max(out["summary"]["steps"], 1), 1),
+            "eval_time_s": round(out["eval"]["seconds"]["eval_timer"], 1),
+        }
+        for seed, out in seeds.items()
+    }
+    losses = [r["val_loss"] for r in results.values()]
+    bpbs = [r["val_bpb"] for r in results.values()]
+    sizes = [r["artifact_bytes"] for r in results.values()]
+    first = next(iter(seeds.values()))
+    gpus = config["hardware"]["gpus"]
+    return {
+        "author": sub["author"], "github_id": sub["github_id"], "name": sub["name"], "blurb": sub["blurb"],
+        "date": sub["date"], "track": sub["track"],
+        "val_loss": statistics.fmean(losses), "val_bpb": statistics.fmean(bpbs),
+        "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+        "val_bpb_std": statistics.stdev(bpbs) if len(bpbs) > 1 else 0.0,
+        "seeds": [int(s) for s in seeds], "seed_results": results,
+        "comparison_baseline_bpb": sub["comparison_bpb"],
+        "delta_vs_leaderboard_bpb": stats["delta_bpb"], "delta_vs_leaderboard_nats": stats["delta_nats"],
+        "artifact_bytes_mean": statistics.fmean(sizes), "artifact_bytes_max": max(sizes), "bytes_total": max(sizes),
+        "train_steps_mean": statistics.fmean(r["steps"] for r in results.values()),
+        "step_avg_ms_mean": statistics.fmean(r["step_avg_ms"] for r in results.values()),
+        "hardware": f"{gpus}x {first['summary']['device']}" if gpus else f"CPU ({first['summary']['device']})",
+        "pytorch_version": first["header"].get("torch"),
+        "technique_summary": sub["name"],
+    }
+
+
+def readme(config: dict, seeds: dict, stats: dict, audit: dict, sub_json: dict) -> str:
+    sub = config["submission"]
+    rows = "\n".join(
+        f"| {seed} | {out['eval']['prequant']['val_bpb']:.5f} | {out['eval']['quantized']['val_bpb']:.5f} | "
+        f"{out['eval']['final_bpb']:.5f} | {out['summary']['steps']} | {out['summary']['train_seconds']:.1f} | "
+        f"{out['hessians']['seconds']:.1f} | {out['eval']['seconds']['eval_timer']:.1f} | {out['size']['total_bytes']:,} |"
+        for seed, out in seeds.items()
+    )
+    size = next(iter(seeds.values()))["size"]
+    streams = "\n".join(f"| {name} | {n:,} |" for name, n in size["streams"].items())
+    p = "n/a (one seed)" if stats["p_value"] is None else f"{stats['p_value']:.4g}"
+    return f"""# {sub['name']}
+
+{sub['blurb']}
+
+Built by pgolf (a cached Snakemake DAG of the record stack); preset `{sub['preset']}`, run `{config['run']['name']}`.
+Reproduce one seed with `SEED=<seed> torchrun --standalone --nproc_per_node={max(config['hardware']['gpus'], 1)} train_gpt.py`.
+
+## Results
+
+| seed | pre-quant bpb | quantized bpb | final bpb | steps | train s | Hessians s | eval s | total bytes |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Mean val_bpb **{sub_json['val_bpb']:.8f}** (std {sub_json['val_bpb_std']:.5f}) over {len(seeds)} seed(s);
+val_loss {sub_json['val_loss']:.8f} nats.
+
+## Acceptance (record-stack.md §1.1)
+
+Against {stats['comparison_bpb']} bpb: delta {stats['delta_bpb']:+.5f} bpb / {stats['delta_nats']:+.5f} nats; required
+improvement {stats['required_improvement_nats']} nats, one-sided t-test p = {p}; accepted: {stats['accepted']}.
+
+## Size (seed {next(iter(seeds))})
+
+artifact {size['artifact_bytes']:,} + code {size['code_bytes']:,} = **{size['total_bytes']:,}** of {size['cap_bytes']:,}
+bytes (headroom {size['headroom_bytes']:,}); code minified by Python {size['code_python']}.
+
+| stream | bytes |
+|---|---|
+{streams}
+
+## Hardware and timings
+
+{sub_json['hardware']}, PyTorch {sub_json['pytorch_version']}. Training seconds count the loop plus Hessian
+collection; evaluation seconds are the timed phased TTT eval. audit.json: all checks passed = {audit['all_passed']}.
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.submission", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="resolved config: JSON text or path")
+    parser.add_argument("--run-dir", required=True, type=Path, help="results/<name>")
+    parser.add_argument("--data-dir", required=True, type=Path, help="resources/data/<ds>")
+    parser.add_argument("--out-dir", required=True, type=Path, help="results/<name>/submission/<folder>")
+    args = parser.parse_args(argv)
+    config = load_stage_config(args.config)
+    preset = config["submission"]["preset"]
+    seeds = {seed: seed_outputs(config, args.run_dir, seed, preset) for seed in config["run"]["seeds"]}
+    stats = acceptance([o["eval"]["ttt"]["val_loss"] for o in seeds.values()],
+                       [o["eval"]["final_bpb"] for o in seeds.values()], config["submission"]["comparison_bpb"])
+    audit = audit_checks(config, read_json(args.data_dir / "data_audit.json"), seeds)
+    sub_json = submission_json(config, seeds, stats)
+    sub_json["acceptance"] = stats
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    scripts = {o["script"].read_bytes() for o in seeds.values()}
+    if len(scripts) != 1:
+        raise PgolfError(f"{args.run_dir}: the seeds' train_gpt.py differ; re-run the code rule for every seed")
+    write_bytes(out / "train_gpt.py", scripts.pop())
+    shutil.copyfile(args.data_dir / "tokenizer.model", out / "tokenizer.model")
+    for seed, o in seeds.items():
+        extra = [json.dumps({"event": name, **o[key]}, sort_keys=True)
+                 for name, key in (("hessians", "hessians"), ("size", "size"), ("eval", "eval"))]
+        write_bytes(out / f"train_seed{seed}.log", ("\n".join(o["log_lines"] + extra) + "\n").encode())
+    requirements = REQUIREMENTS + [f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the model"]
+    write_bytes(out / "requirements.txt", ("\n".join(requirements) + "\n").encode())
+    write_json(out / "audit.json", audit)
+    write_bytes(out / "README.md", readme(config, seeds, stats, audit, sub_json).encode())
+    write_json(out / "submission.json", sub_json)  # last: the rule's marker that the folder is complete
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,41 @@
+# Training (torchrun): one model per seed. model.pt is protected, so a later edit cannot silently throw away a
+# 10-minute 8-GPU run; a checkpoint.pt beside the outputs (not an output itself) lets a crashed or requeued job
+# resume where it stopped.
+TRAIN_RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+
+
+rule train:
+    input:
+        manifest=f"{DATA_DIR}/manifest.json",
+        audit=f"{DATA_DIR}/data_audit.json",
+        code=module_files(
+            "train",
+            "optim",
+            "loader",
+            "checkpoint",
+            "model",
+            "attention",
+            "shards",
+            "dist",
+            "launch",
+            "runlog",
+        ),
+    output:
+        model=protected("results/{name}/seed{seed}/train/model.pt"),
+        summary="results/{name}/seed{seed}/train/summary.json",
+        log="results/{name}/seed{seed}/train/log.jsonl",
+    log:
+        "logs/train/{name}/seed{seed}.log",
+    conda:
+        "../envs/pgolf.yaml"
+    threads: 4 * TRAIN_RANKS
+    resources:
+        gpu=config["hardware"]["gpus"],
+    params:
+        config=stage_config("model", "train", "hardware"),
+        launch=torchrun(),
+        ranks=TRAIN_RANKS,
+    shell:
+        "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
+        "{params.launch} -m pgolf.train --config {params.config:q} --manifest {input.manifest} "
+        "--audit {input.audit} --seed {wildcards.seed} --out-dir $(dirname {output.model}) > {log} 2>&1"
