@@ -1,0 +1,389 @@
+"""Training stage (record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents.
+
+    python -m pgolf.train --config CFG --manifest resources/data/<ds>/manifest.json \\
+        --audit resources/data/<ds>/data_audit.json --seed S --out-dir results/<name>/seed<S>/train
+
+Several ranks: `torchrun --standalone --nproc-per-node=N -m pgolf.train ...` (N divides 8; the global batch stays
+`train.batch_tokens` through 8 // N accumulated micro-steps). CFG (a resolved config, JSON text or path) holds the
+sections model, train, hardware and run. Writes model.pt ({"config", "state_dict": EMA weights fp32 by the unbanked
+names, "train": summary}), summary.json and log.jsonl into the out dir. A checkpoint.pt there (written every
+`train.checkpoint_minutes`) is resumed automatically and deleted once model.pt is written.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+from . import checkpoint
+from . import dist as pdist
+from .config import from_dict, load_stage_config
+from .errors import PgolfError
+from .io import atomic_path, read_json, write_json
+from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
+from .model import GPT, ModelConfig, config_dict
+from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
+from .runlog import RunLog
+from .shards import load_manifest, shard_paths
+from .cli import summary
+
+
+@dataclasses.dataclass
+class TrainConfig(OptimConfig):
+    """The `train:` section; record values (PR #1855, record-stack.md Appendix A) as defaults."""
+
+    schedule: str = "time"  # time: the record's wallclock schedule; steps: reproducible, over `steps`
+    steps: int = 20000  # the steps schedule's length; in the time schedule only a cap (never reached)
+    budget_seconds: float = 600.0
+    hessian_reserve_seconds: float = 0.5  # kept from the budget for the Hessian collection loop
+    batch_tokens: int = 786432
+    warmdown_frac: float = 0.85
+    min_lr: float = 0.1
+    ema_decay: float = 0.9965
+    compile: bool = True  # torch.compile on GPU (never on the CPU)
+    compile_warmup_steps: int = 20  # per looping state and sequence length, outside the timer, then undone
+    checkpoint_minutes: float = 5.0  # 0 = no periodic checkpoint
+    log_every: int = 100
+
+    def __post_init__(self):
+        if self.schedule not in ("time", "steps"):
+            raise PgolfError(f"config train.schedule: {self.schedule!r} is not time or steps; fix it in your config")
+        if self.schedule == "time" and self.budget_seconds <= self.hessian_reserve_seconds:
+            raise PgolfError("config train.budget_seconds must exceed train.hessian_reserve_seconds; fix the config")
+
+    @property
+    def loop_seconds(self) -> float:
+        return self.budget_seconds - self.hessian_reserve_seconds
+
+
+def schedule_frac(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Training progress in [0, 1]: steps done, or loop seconds spent out of the budget less the reserve."""
+    frac = step / cfg.steps if cfg.schedule == "steps" else elapsed / cfg.loop_seconds
+    return min(max(frac, 0.0), 1.0)
+
+
+def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
+    """Progressive context: the first [seq_len, until_frac] of `seq_schedule` with frac < until_frac."""
+    if not model_cfg.seq_schedule:
+        return model_cfg.train_seq_len
+    for seq_len, until in model_cfg.seq_schedule:
+        if frac < until:
+            return int(seq_len)
+    return int(model_cfg.seq_schedule[-1][0])
+
+
+def seq_lens(model_cfg: ModelConfig) -> list[int]:
+    return sorted({int(n) for n, _ in model_cfg.seq_schedule}) if model_cfg.seq_schedule else [model_cfg.train_seq_len]
+
+
+def check_inputs(model_cfg, cfg, manifest_path, audit_path):
+    audit = read_json(audit_path)
+    if audit.get("passed") is not True:
+        problems = "; ".join(audit.get("problems", [])) or "no `passed: true` in it"
+        raise PgolfError(f"{audit_path}: the data audit failed ({problems}); fix the data and re-run the audit")
+    manifest = load_manifest(manifest_path)
+    if manifest["vocab_size"] > model_cfg.vocab_size:
+        raise PgolfError(
+            f"{manifest_path}: vocabulary {manifest['vocab_size']} exceeds model.vocab_size {model_cfg.vocab_size}; "
+            "set model.vocab_size to the data's vocabulary"
+        )
+    chunk = cfg.batch_tokens // CHUNKS
+    bad = [n for n in seq_lens(model_cfg) if cfg.batch_tokens % CHUNKS or chunk % n]
+    if bad:
+        raise PgolfError(
+            f"config train.batch_tokens {cfg.batch_tokens}: each of the {CHUNKS} micro-batches must hold whole "
+            f"sequences of {bad}; use a multiple of {CHUNKS} x the sequence length"
+        )
+
+
+def peak_memory_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """One rank's training run; rank 0 writes the log, checkpoints and outputs."""
+
+    def __init__(self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None):
+        self.config, self.model_cfg, self.cfg = config, model_cfg, cfg
+        self.paths, self.seed, self.out_dir, self.dist = paths, seed, Path(out_dir), dist
+        self.stop_after_step = stop_after_step
+        self.device = dist.device
+        self.accum = accum_steps(dist.world)
+        self.compiled = cfg.compile and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(seed)  # the same initial weights on every rank
+        self.model = GPT(model_cfg).to(self.device).train()
+        # Automatic dynamic shapes: the per-batch document layout may vary in size, and a static compile would
+        # recompile for every new size.
+        self.forward = torch.compile(self.model) if self.compiled else self.model
+        self.opt = Optimizers(self.model.param_groups(), cfg, dist.world, dist.rank, compile_muon=self.compiled)
+        self.ema = EMA(self.model.parameters(), cfg.ema_decay)
+        self.step, self.elapsed, self.position = 0, 0.0, start_position()
+        self.phase = {"before": [0.0, 0], "after": [0.0, 0]}  # looping off/on: [seconds, steps]
+        self.looping_from = None
+        self.records = []  # the log's records after the header, kept for a resumed run's log
+        identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed}
+        for volatile in ("checkpoint_minutes", "log_every", "compile", "compile_warmup_steps"):
+            identity["train"].pop(volatile)
+        self.identity = json.loads(json.dumps(identity))
+        self.log = None
+        if dist.is_main:
+            self.log = RunLog("train", config, self.out_dir / "log.jsonl.partial", echo=not sys.stderr.isatty())
+
+    # ----- state -----
+    def state_dict(self) -> dict:
+        return {
+            "identity": self.identity,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": [s.cpu() for s in self.ema.state_dict()],
+            "optimizer": _to_cpu(self.opt.state_dict()),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "position": self.position,
+            "phase": self.phase,
+            "looping_from": self.looping_from,
+            "rng": checkpoint.rng_state(),
+            "records": self.records,
+        }
+
+    def load_state_dict(self, state: dict):
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
+        self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
+        self.phase, self.looping_from = state["phase"], state["looping_from"]
+        self.records = state["records"]
+        checkpoint.set_rng_state(state["rng"])
+
+    def save_checkpoint(self):
+        state = self.state_dict()  # collective: every rank gathers its Muon shards
+        if self.dist.is_main:
+            checkpoint.save(self.out_dir, state)
+        self.dist.barrier()
+
+    # ----- steps -----
+    def train_step(self, rows, seq_len, lr_mult, momentum):
+        """One global batch: accumulated micro-steps, then the optimizer; returns this rank's mean loss."""
+        total = torch.zeros((), device=self.device)
+        for k in range(self.accum):
+            ids = rows[k, :-1].reshape(-1, seq_len)
+            targets = rows[k, 1:].reshape(-1, seq_len)
+            loss = self.forward(ids, targets)
+            (loss / self.accum).backward()
+            total += loss.detach()
+        grad_norm = self.opt.step(lr_mult, momentum)
+        self.opt.zero_grad()
+        return total / self.accum, grad_norm
+
+    def compile_warmup(self):
+        """Compile every (looping, sequence length) variant outside the timer, then restore the initial state."""
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_opt = copy.deepcopy(self.opt.state_dict())
+        loader = self.make_loader(start_position())
+        try:
+            for looping in sorted({False, self.model_cfg.num_loops > 0}):
+                self.model.looping = looping
+                for seq_len in seq_lens(self.model_cfg):
+                    for _ in range(self.cfg.compile_warmup_steps):
+                        rows = next(loader).to(self.device, non_blocking=True)
+                        self.train_step(rows, seq_len, 1.0, muon_momentum(0, self.cfg))
+        finally:
+            loader.close()
+        self.model.load_state_dict(saved_model)
+        self.opt.load_state_dict(saved_opt)
+        self.model.looping = False
+        self.emit({"event": "compile_warmup_done"})
+
+    def make_loader(self, position):
+        return DocumentLoader(self.paths, self.cfg.batch_tokens, self.dist.world, self.dist.rank, position=position,
+                              pin_memory=self.device.type == "cuda")
+
+    def emit(self, record: dict):
+        if self.log:
+            self.records.append(record)
+            self.log.write(record)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def mean_over_ranks(self, value: torch.Tensor) -> float:
+        value = value.detach().float().clone()
+        if self.dist.enabled:
+            torch_dist.all_reduce(value)
+            value /= self.dist.world
+        return float(value)
+
+    # ----- the loop -----
+    def resume(self):
+        """Continue from the out dir's checkpoint, if any; its log records are written again (not echoed)."""
+        resumed = checkpoint.load(self.out_dir, self.identity)
+        if resumed is None:
+            return
+        self.load_state_dict(resumed)
+        if self.log:
+            self.log.echo, echo = False, self.log.echo
+            for record in self.records:
+                self.log.write(record)
+            self.log.echo = echo
+        self.emit({"event": "resume", "step": self.step, "elapsed_s": self.elapsed})
+
+    def agree(self, checkpoint_due: bool) -> tuple[bool, bool]:
+        """(done, checkpoint now), the same on every rank: one all-reduce (MAX) of the loop time and the flag."""
+        flags = torch.tensor([self.elapsed, float(checkpoint_due)], device=self.device, dtype=torch.float64)
+        if self.dist.enabled:
+            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        done = self.step >= self.cfg.steps
+        if self.cfg.schedule == "time":
+            self.elapsed = float(flags[0])  # the slowest rank decides when the budget is spent
+            done = done or self.elapsed >= self.cfg.loop_seconds
+        return done, float(flags[1]) > 0 and not done
+
+    def run(self):
+        self.resume()
+        if self.compiled and self.cfg.compile_warmup_steps > 0:
+            self.compile_warmup()
+        loader = self.make_loader(self.position)
+        bar = _progress_bar(self.cfg) if self.dist.is_main and sys.stderr.isatty() else None
+        last_checkpoint = time.perf_counter()
+        interval = [0.0, 0]  # seconds and steps since the last log record
+        loss = torch.zeros((), device=self.device)
+        done = self.step >= self.cfg.steps
+        while not done:
+            frac = schedule_frac(self.cfg, self.step, self.elapsed)
+            looping = self.model_cfg.num_loops > 0 and frac >= self.model_cfg.enable_looping_at
+            if looping and self.looping_from is None:
+                self.looping_from = self.step
+                self.emit({"event": "looping_enabled", "step": self.step, "frac": round(frac, 4)})
+            self.model.looping = looping
+            seq_len = seq_len_at(self.model_cfg, frac)
+            lr_mult = lr_multiplier(frac, self.cfg.warmdown_frac, self.cfg.min_lr)
+            start = time.perf_counter()
+            rows = next(loader).to(self.device, non_blocking=True)
+            loss, grad_norm = self.train_step(rows, seq_len, lr_mult, muon_momentum(self.step, self.cfg))
+            self.ema.update()
+            self.sync()
+            seconds = time.perf_counter() - start
+            self.step, self.position, self.elapsed = self.step + 1, loader.state_dict(), self.elapsed + seconds
+            for acc in (self.phase["after" if looping else "before"], interval):
+                acc[0] += seconds
+                acc[1] += 1
+            minutes = (time.perf_counter() - last_checkpoint) / 60
+            done, save = self.agree(0 < self.cfg.checkpoint_minutes <= minutes)
+            if done or self.step % self.cfg.log_every == 0:
+                self.log_step(loss, grad_norm, lr_mult, seq_len, looping, interval)
+                interval = [0.0, 0]
+            if bar:
+                bar.update(1 if self.cfg.schedule == "steps" else seconds)
+            stop_here = self.stop_after_step == self.step and not done
+            if save or stop_here:
+                self.save_checkpoint()
+                last_checkpoint = time.perf_counter()
+            if stop_here:
+                self.emit({"event": "stopped", "step": self.step, "reason": "--stop-after-step"})
+                loader.close()
+                return None
+        loader.close()
+        if bar:
+            bar.close()
+        return self.finish(self.mean_over_ranks(loss))
+
+    def log_step(self, loss, grad_norm, lr_mult, seq_len, looping, interval):
+        loss_value = self.mean_over_ranks(loss)
+        seconds, steps = interval
+        self.emit({
+            "event": "step", "step": self.step, "loss": round(loss_value, 5), "grad_norm": round(float(grad_norm), 4),
+            "lr_mult": round(lr_mult, 5), "matrix_lr": self.cfg.matrix_lr * lr_mult, "seq_len": seq_len,
+            "looping": looping, "elapsed_s": round(self.elapsed, 3),
+            "ms_per_step": round(1000 * seconds / max(steps, 1), 2),
+            "tokens_per_s": round(self.cfg.batch_tokens * steps / max(seconds, 1e-9)),
+            "peak_mem_mib": round(peak_memory_mib(self.device), 1),
+        })
+
+    def finish(self, final_loss: float) -> dict:
+        """Swap the EMA in, write model.pt, summary.json and log.jsonl (rank 0), delete the checkpoint."""
+        self.ema.copy_to_params()
+        ms = {k: round(1000 * s / n, 2) if n else None for k, (s, n) in self.phase.items()}
+        summary = {
+            "steps": self.step, "train_seconds": round(self.elapsed, 3), "schedule": self.cfg.schedule,
+            "ms_per_step_before_looping": ms["before"], "ms_per_step_after_looping": ms["after"],
+            "looping_from_step": self.looping_from, "tokens": self.step * self.cfg.batch_tokens,
+            "final_loss": round(final_loss, 5), "peak_memory_mib": round(peak_memory_mib(self.device), 1),
+            "world_size": self.dist.world, "accum_steps": self.accum, "seed": self.seed,
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+        }
+        if self.dist.is_main:
+            state = {k: v.detach().float().cpu() for k, v in self.model.unbanked_state_dict().items()}
+            self.emit({"event": "done", **summary})
+            self.log.close()
+            os.replace(self.out_dir / "log.jsonl.partial", self.out_dir / "log.jsonl")
+            write_json(self.out_dir / "summary.json", summary)
+            with atomic_path(self.out_dir / "model.pt") as tmp:
+                torch.save({"config": config_dict(self.model_cfg), "state_dict": state, "train": summary}, tmp)
+            checkpoint.remove(self.out_dir)
+        self.dist.barrier()
+        return summary
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _progress_bar(cfg: TrainConfig):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    if cfg.schedule == "steps":
+        return tqdm(total=cfg.steps, unit="step", desc="train", dynamic_ncols=True)
+    return tqdm(total=round(cfg.loop_seconds), unit="s", desc="train", dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}]")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.train", description=summary(__doc__))
+    parser.add_argument("--config", required=True, help="resolved config: JSON text or path")
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--audit", required=True, type=Path)
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--stop-after-step", type=int, help="debug: checkpoint after this step and exit")
+    args = parser.parse_args(argv)
+    config = load_stage_config(args.config)
+    missing = [s for s in ("model", "train", "hardware") if s not in config]
+    if missing:
+        raise PgolfError(f"--config lacks section(s) {missing}; pass a config resolved by `pgolf.config resolve`")
+    model_cfg = ModelConfig.from_dict(config["model"], "config model")
+    cfg = from_dict(TrainConfig, config["train"], "config train")
+    check_inputs(model_cfg, cfg, args.manifest, args.audit)
+    paths = shard_paths(args.manifest, "train")
+    dist = pdist.init(config["hardware"]["gpus"])
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        Trainer(config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step).run()
+    finally:
+        pdist.shutdown()
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,184 @@
+"""The training stage: loss falls on real text, resume equality, world size 1 vs 2 (gloo under torchrun), outputs,
+the time schedule, bad input, and TrainConfig defaults against config.yaml."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pgolf import checkpoint
+from pgolf.errors import PgolfError
+from pgolf.model import ModelConfig
+from pgolf.shards import write_shard
+from pgolf.train import TrainConfig, main, schedule_frac, seq_len_at
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 258  # bytes + 2: BOS is 1
+
+MODEL = {"vocab_size": VOCAB, "num_layers": 3, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
+         "rope_dims": 8, "xsa_last_n": 3, "num_loops": 1, "loop_start": 1, "loop_end": 1, "parallel_start_layer": 2,
+         "train_seq_len": 32, "enable_looping_at": 0.5}
+STEPS = 10
+TRAIN = {"schedule": "steps", "steps": STEPS, "batch_tokens": 8 * 2 * 32, "log_every": 1, "checkpoint_minutes": 0,
+         "ema_decay": 0.5, "matrix_lr": 0.05, "embed_lr": 0.05, "scalar_lr": 0.05}
+
+
+def byte_documents():
+    """Real English text: Python's own documentation topics, one document each, as byte tokens after a BOS."""
+    from pydoc_data.topics import topics
+
+    tokens = []
+    for key in sorted(topics)[:40]:
+        tokens.append(1)
+        tokens.extend(b + 2 for b in topics[key].encode())
+    return np.array(tokens)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    tokens = byte_documents()
+    parts = np.array_split(tokens, 3)
+    entries = [write_shard(root / f"fineweb_train_{i:06d}.bin", p) for i, p in enumerate(parts)]
+    for e in entries:
+        e["path"] = Path(e["path"]).name
+    manifest = {"dataset": "bytes", "source": "local", "tokenizer": {"path": "none", "sha256": ""},
+                "vocab_size": VOCAB, "shards": {"train": entries}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "data_audit.json").write_text(json.dumps({"passed": True}))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # in-process runs; 2 busy cores make oversubscribed OpenMP crawl
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(tmp_path, **train):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": MODEL, "train": {**TRAIN, **train}, "hardware": {"gpus": 0},
+                                "run": {"name": "t", "seeds": [3]}}))
+    return path
+
+
+def args(cfg, data, out, *extra):
+    return ["--config", str(cfg), "--manifest", str(data / "manifest.json"), "--audit", str(data / "data_audit.json"),
+            "--seed", "3", "--out-dir", str(out), *extra]
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    torch.set_num_threads(1)
+    main(args(config(tmp), data, tmp / "out"))
+    return tmp / "out"
+
+
+def test_outputs_and_loss_falls_on_real_text(uninterrupted):
+    out = uninterrupted
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "model.pt", "summary.json"]
+    log = records(out)
+    assert log[0]["event"] == "start" and log[0]["config"]["train"]["steps"] == STEPS
+    assert "sources_sha256" in log[0]["code_version"]
+    steps = [r for r in log if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    assert {"loss", "lr_mult", "ms_per_step", "tokens_per_s", "peak_mem_mib"} <= set(steps[0])
+    assert steps[0]["loss"] > 4.5  # ~ln(258) at initialization
+    assert steps[-1]["loss"] < steps[0]["loss"] - 1.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["tokens"] == STEPS * TRAIN["batch_tokens"]
+    assert summary["world_size"] == 1 and summary["accum_steps"] == 8
+    assert summary["looping_from_step"] == STEPS // 2
+    assert summary["ms_per_step_before_looping"] > 0 and summary["ms_per_step_after_looping"] > 0
+    saved = torch.load(out / "model.pt")
+    assert saved["config"] == dataclasses.asdict(ModelConfig(**MODEL))
+    assert saved["train"] == summary
+    assert "tok_emb.weight" in saved["state_dict"] and "blocks.0.attn.c_q.weight" in saved["state_dict"]
+    assert all(t.dtype == torch.float32 for t in saved["state_dict"].values())
+
+
+def test_resumed_run_ends_with_the_same_weights(uninterrupted, data, tmp_path):
+    out = tmp_path / "out"
+    main(args(config(tmp_path), data, out, "--stop-after-step", "4"))
+    assert checkpoint.checkpoint_path(out).exists() and not (out / "model.pt").exists()
+    main(args(config(tmp_path), data, out))
+    assert not checkpoint.checkpoint_path(out).exists()
+    full, resumed = torch.load(uninterrupted / "model.pt"), torch.load(out / "model.pt")
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, t in full["state_dict"].items():
+        assert torch.equal(t, resumed["state_dict"][name]), name
+    log = records(out)
+    assert [r["step"] for r in log if r["event"] == "step"] == list(range(1, STEPS + 1))
+    assert any(r["event"] == "resume" and r["step"] == 4 for r in log)
+
+
+def test_two_gloo_ranks_match_one_process(uninterrupted, data, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pgolf.train",
+           *args(config(tmp_path), data, out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one, two = torch.load(uninterrupted / "model.pt"), torch.load(out / "model.pt")
+    assert two["train"]["world_size"] == 2 and two["train"]["accum_steps"] == 4
+    assert two["train"]["tokens"] == one["train"]["tokens"]
+    assert two["train"]["final_loss"] == pytest.approx(one["train"]["final_loss"], abs=1e-4)
+    for name, t in one["state_dict"].items():
+        assert torch.allclose(t, two["state_dict"][name], atol=1e-4, rtol=1e-4), name
+
+
+def test_time_schedule_stops_at_the_budget_less_the_reserve(data, tmp_path):
+    out = tmp_path / "out"
+    main(args(config(tmp_path, schedule="time", budget_seconds=2.0, hessian_reserve_seconds=0.5, log_every=1000),
+              data, out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_seconds"] >= 1.5 and summary["steps"] < 1000
+    assert len([r for r in records(out) if r["event"] == "step"]) == 1  # only the last step is logged
+
+
+def test_schedule_fractions_and_sequence_lengths():
+    steps = TrainConfig(schedule="steps", steps=200)
+    assert schedule_frac(steps, 50, 999.0) == 0.25
+    timed = TrainConfig(budget_seconds=600, hessian_reserve_seconds=0.5)
+    assert schedule_frac(timed, 7, 299.75) == pytest.approx(0.5)
+    assert schedule_frac(timed, 7, 700.0) == 1.0
+    progressive = ModelConfig(seq_schedule=[[1024, 0.1], [2048, 0.7], [3072, 1.0]])
+    assert [seq_len_at(progressive, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [1024, 1024, 2048, 2048,
+                                                                                        3072, 3072]
+    assert seq_len_at(ModelConfig(), 0.5) == 2048
+
+
+def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):
+    bad_audit = tmp_path / "audit.json"
+    bad_audit.write_text(json.dumps({"passed": False, "problems": ["3 val documents also in train"]}))
+    cfg = config(tmp_path)
+    argv = args(cfg, data, tmp_path / "out")
+    with pytest.raises(PgolfError, match=r"audit failed \(3 val documents also in train\)"):
+        main([*argv[:4], "--audit", str(bad_audit), *argv[6:]])
+    with pytest.raises(PgolfError, match="batch_tokens"):
+        main(args(config(tmp_path, batch_tokens=8 * 40), data, tmp_path / "out"))
+    with pytest.raises(PgolfError, match="train.schedule"):
+        main(args(config(tmp_path, schedule="wallclock"), data, tmp_path / "out"))
+    out = tmp_path / "out"
+    main(args(config(tmp_path), data, out, "--stop-after-step", "1"))
+    with pytest.raises(PgolfError, match="checkpoint of a different"):
+        main(args(config(tmp_path, matrix_lr=0.01), data, out))
+
+
+def test_train_config_defaults_equal_config_yaml():
+    section = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]
+    assert section == dataclasses.asdict(TrainConfig())
