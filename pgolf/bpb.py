@@ -1,0 +1,164 @@
+"""Bits per byte (record-stack.md §1.3): byte counts per target and the diagnostic (non-TTT) evaluation.
+
+val_bpb = (Σ target NLL in nats / ln 2) / Σ target bytes, summed in float64 and all-reduced over ranks.
+Every byte count is attached to a stream position: `position_bytes[i]` is what the target token at stream
+position i covers, either from the CaseOps sidecar (original pre-transform UTF-8 bytes) or, for a tokenizer
+without one, from SentencePiece lookup tables (base bytes + one for a leading "▁" unless it follows a boundary).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from .errors import PgolfError
+from .shards import BOS_ID, load_manifest, load_split, shard_paths, tokenizer_path
+
+PAD_ID = 0  # fills windows past their end: no BOS, so it adds no document and, by causality, changes nothing
+
+
+@dataclasses.dataclass
+class ValData:
+    """The val token stream (from its first BOS) and the byte count of the target at each position."""
+
+    tokens: np.ndarray  # int64 (N,)
+    position_bytes: np.ndarray  # int32 (N,); entries at BOS positions are never scored
+    docs: int
+
+    @property
+    def targets(self) -> int:
+        """Every non-BOS token is a target, predicted from its own document's prefix."""
+        return int((self.tokens != BOS_ID).sum())
+
+
+def sentencepiece_luts(model_path):
+    """Per token id: UTF-8 bytes of the piece without its leading "▁", whether it has one, whether it is a boundary."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    vocab = sp.get_piece_size()
+    base = np.zeros(vocab, dtype=np.int32)
+    leading_space = np.zeros(vocab, dtype=bool)
+    boundary = np.zeros(vocab, dtype=bool)
+    for i in range(vocab):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            boundary[i] = True
+        elif sp.is_byte(i):
+            base[i] = 1
+        else:
+            piece = sp.id_to_piece(i)
+            leading_space[i] = piece.startswith("\u2581")
+            base[i] = len(piece[1:].encode() if leading_space[i] else piece.encode())
+    return base, leading_space, boundary
+
+
+def lut_position_bytes(tokens: np.ndarray, luts) -> np.ndarray:
+    """Bytes of the target at each position given the token before it (position 0 has no predecessor)."""
+    base, leading_space, boundary = luts
+    tokens = np.asarray(tokens, dtype=np.int64)
+    out = base[tokens].astype(np.int32)
+    out[1:] += (leading_space[tokens[1:]] & ~boundary[tokens[:-1]]).astype(np.int32)
+    out[0] = 0
+    return out
+
+
+def load_val(manifest_path, docs_limit=None) -> ValData:
+    """The val split cut to whole documents (optionally the first `docs_limit`), with per-position byte counts."""
+    tokens = load_split(manifest_path, "val").astype(np.int64)
+    bos = np.flatnonzero(tokens == BOS_ID)
+    if tokens.size == 0 or bos.size == 0 or bos[0] != 0:
+        raise PgolfError(
+            f"{manifest_path}: the val split must start with a BOS token (id {BOS_ID}) and hold at least one "
+            "document; re-run the data stage (tokenize or download)"
+        )
+    end = tokens.size if docs_limit is None or docs_limit >= bos.size else int(bos[docs_limit])
+    if shard_paths(manifest_path, "val_bytes"):
+        sidecar = load_split(manifest_path, "val_bytes")
+        if sidecar.size != tokens.size:
+            raise PgolfError(
+                f"{manifest_path}: val byte sidecar has {sidecar.size} entries for {tokens.size} val tokens; "
+                "re-download or re-tokenize the data set"
+            )
+        position_bytes = sidecar[:end].astype(np.int32)
+    else:
+        path = tokenizer_path(manifest_path)
+        if not path.exists():
+            raise PgolfError(f"{path}: tokenizer not found; re-run the data stage that writes it")
+        vocab = load_manifest(manifest_path)["vocab_size"]
+        luts = sentencepiece_luts(path)
+        if luts[0].size != vocab:
+            raise PgolfError(f"{path}: {luts[0].size} pieces but the manifest says vocab_size {vocab}; re-tokenize")
+        position_bytes = lut_position_bytes(tokens[:end], luts)
+    docs = int(min(bos.size, docs_limit if docs_limit is not None else bos.size))
+    return ValData(tokens=tokens[:end], position_bytes=position_bytes, docs=docs)
+
+
+class Totals:
+    """Running sums of scored NLL (nats), bytes and tokens, as float64 on the scoring device."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, nll: torch.Tensor, nbytes: torch.Tensor):
+        """Add already-masked per-token NLL and byte counts (1-D, same length)."""
+        self.sums += torch.stack((nll.double().sum(), nbytes.double().sum(), nll.new_tensor(nll.numel()).double()))
+
+    def reduced(self, dist) -> dict:
+        sums = dist.all_reduce_(self.sums.clone())
+        loss, nbytes, tokens = (float(x) for x in sums.cpu())
+        return {
+            "val_loss": loss / max(tokens, 1.0),
+            "val_bpb": loss / math.log(2) / max(nbytes, 1.0),
+            "scored": int(round(tokens)),
+            "bytes": int(round(nbytes)),
+        }
+
+
+def windows(n_tokens: int, seq_len: int, stride=None, truncate_tail=False):
+    """(context_start, first_target, end_target) per window; the scored target ranges tile [1, n_tokens).
+
+    Non-overlapping (stride None): each window scores all its targets. Sliding: windows end `stride` targets
+    apart and score only those, with up to `seq_len` tokens of context (the first window scores all of its).
+    """
+    spans, first = [], 1
+    while first < n_tokens:
+        end = min(first + (seq_len if stride is None or first == 1 else stride), n_tokens)
+        if truncate_tail and end - first < (seq_len if stride is None else stride):
+            break
+        context = first - 1 if stride is None else max(0, end - 1 - seq_len)
+        spans.append((context, first, end))
+        first = end
+    return spans
+
+
+@torch.no_grad()
+def diagnostic_eval(model, val: ValData, seq_len: int, batch_seqs: int, dist, stride=None, truncate_tail=False):
+    """Score the val stream in windows (documents isolated by the model); returns the reduced totals.
+
+    Each rank takes a contiguous range of windows; windows are padded to `seq_len` so every forward has one
+    shape. `model` may be a compiled wrapper; the model itself runs bf16 on CUDA.
+    """
+    device = dist.device
+    tokens = torch.as_tensor(val.tokens, device=device)
+    position_bytes = torch.as_tensor(val.position_bytes, device=device)
+    spans = windows(tokens.numel(), seq_len, stride, truncate_tail)
+    lo, hi = len(spans) * dist.rank // dist.world, len(spans) * (dist.rank + 1) // dist.world
+    totals = Totals(device)
+    offsets = torch.arange(seq_len, device=device)
+    for i in range(lo, hi, batch_seqs):
+        batch = torch.tensor(spans[i : min(i + batch_seqs, hi)], device=device)
+        if batch.shape[0] < batch_seqs:  # keep one shape: the extra rows are empty windows
+            pad = batch[-1:].clone()
+            pad[:, 1] = pad[:, 2]
+            batch = torch.cat([batch, pad.expand(batch_seqs - batch.shape[0], 3)])
+        context, first, end = batch.unbind(1)
+        positions = context[:, None] + offsets  # stream position of each input token
+        target_pos = positions + 1
+        valid = target_pos < end[:, None]
+        ids = torch.where(valid, tokens[positions.clamp(max=tokens.numel() - 1)], PAD_ID)
+        targets = torch.where(valid, tokens[target_pos.clamp(max=tokens.numel() - 1)], PAD_ID)
+        scored = valid & (target_pos >= first[:, None]) & (targets != BOS_ID)
+        nll = model(ids, targets, reduction="none").float()
+        totals.add(nll[scored], position_bytes[target_pos[scored]])
+    return totals.reduced(dist)

@@ -1,0 +1,288 @@
+"""The eval_prequant and evaluate stages: diagnostic bits per byte and the timed phased score-first TTT eval.
+
+    python -m pgolf.evaluate prequant --config CFG --model results/<name>/seed<S>/train/model.pt \\
+        --manifest resources/data/<ds>/manifest.json --out results/<name>/seed<S>/train/prequant.json
+    python -m pgolf.evaluate artifact --config CFG --pgrp .../quant/<p>/model.pgrp --pack-json .../pack.json \\
+        --size .../size.json --prequant .../train/prequant.json --manifest resources/data/<ds>/manifest.json \\
+        --out .../quant/<p>/eval.json
+
+Several ranks: `python -m pgolf.launch --gpus N -- -m pgolf.evaluate ...`. CFG (a resolved config, JSON text or
+path) holds the sections eval and hardware. `artifact` checks the blob against pack.json, unpacks and
+dequantizes it, warms up compilation on random tokens (GPU), scores the quantized model, then runs the timed
+evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.json (SPEC.md).
+"""
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from . import dist as pgdist
+from . import ngram
+from .bpb import ValData, diagnostic_eval, load_val
+from .config import from_dict, load_stage_config
+from .errors import PgolfError
+from .io import read_json, write_json
+from .model import GPT, ModelConfig
+from .runlog import RunLog
+from .shards import BOS_ID
+from .ttt import PhasedTTT, TTTConfig
+from .cli import summary
+
+PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """`eval`: the diagnostic windows, the val subset, and the TTT and tilt subsections (record values)."""
+
+    seq_len: int = 2048  # EVAL_SEQ_LEN of the diagnostic windows
+    batch_tokens: int = 524288  # VAL_BATCH_TOKENS over all ranks
+    sliding_stride: int | None = None  # None: non-overlapping windows; e.g. 64 for the older sliding eval
+    truncate_tail: bool = False
+    val_docs_limit: int | None = None  # score only the first documents (smoke and bench runs); None = all
+    compile: bool = True  # torch.compile the model on GPU (warm-up outside the timer)
+    ttt: TTTConfig = dataclasses.field(default_factory=TTTConfig)
+    tilt: ngram.TiltConfig = dataclasses.field(default_factory=ngram.TiltConfig)
+
+    @classmethod
+    def parse(cls, section: dict | None) -> "EvalConfig":
+        section = dict(section or {})
+        ttt = from_dict(TTTConfig, section.pop("ttt", None), "config eval.ttt")
+        tilt = from_dict(ngram.TiltConfig, section.pop("tilt", None), "config eval.tilt")
+        cfg = from_dict(cls, section, "config eval")
+        cfg.ttt, cfg.tilt = ttt, tilt
+        if tilt.enabled and not ttt.enabled:
+            raise PgolfError("config eval.tilt.enabled: the tilt applies inside the TTT eval; enable eval.ttt too")
+        return cfg
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_trained(path) -> GPT:
+    """The EMA model of a model.pt ({"config", "state_dict" by unbanked names, "train"})."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PgolfError(f"{path}: trained model not found; run the train stage first") from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise PgolfError(f"{path}: not a readable model.pt ({e}); re-run the train stage") from None
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise PgolfError(f"{path}: lacks config/state_dict; re-run the train stage that writes it")
+    config = ModelConfig.from_dict(checkpoint["config"], f"{path}: config")
+    return GPT.from_unbanked(config, checkpoint["state_dict"])
+
+
+def load_artifact(pgrp, pack_json) -> GPT:
+    """Check the blob's sha256 against pack.json, unpack, dequantize and build the model."""
+    from .pack import unpack, verify
+    from .quant import dequantize_state
+
+    quantized = unpack(verify(pgrp, pack_json), source=str(pgrp))
+    config = ModelConfig.from_dict(quantized["config"], f"{pgrp}: model config")
+    return GPT.from_unbanked(config, dequantize_state(quantized))
+
+
+def prepare(model: GPT, cfg: EvalConfig, dist):
+    """The model on its device, eval mode, looping on, frozen; and the callable that runs it (compiled on GPU)."""
+    model = model.to(dist.device).eval()
+    model.looping = True
+    for p in model.parameters():
+        p.requires_grad_(False)
+    forward = model
+    if dist.device.type == "cuda" and cfg.compile:
+        forward = torch.compile(model)
+    return model, forward
+
+
+def batch_seqs(cfg: EvalConfig, dist) -> int:
+    return max(1, cfg.batch_tokens // (cfg.seq_len * dist.world))
+
+
+def score(forward, val: ValData, cfg: EvalConfig, dist) -> dict:
+    result = diagnostic_eval(
+        forward, val, cfg.seq_len, batch_seqs(cfg, dist), dist, cfg.sliding_stride, cfg.truncate_tail
+    )
+    if not cfg.truncate_tail and result["scored"] != val.targets:
+        raise PgolfError(
+            f"diagnostic eval scored {result['scored']} of {val.targets} val targets; this is a bug in "
+            "pgolf.bpb (every target must be scored exactly once), report it"
+        )
+    return result
+
+
+def warmup(model, forward, ttt: PhasedTTT, cfg: EvalConfig, dist):
+    """Compile every shape the timed eval runs, on random tokens (no val data), leaving all weights unchanged."""
+    vocab, device = model.config.vocab_size, dist.device
+
+    def random_ids(rows, length):
+        ids = torch.randint(2, vocab, (rows, length), device=device)
+        ids[:, 0] = BOS_ID
+        return ids
+
+    with torch.no_grad():
+        ids = random_ids(batch_seqs(cfg, dist), cfg.seq_len)
+        forward(ids, ids, reduction="none")
+    t = cfg.ttt
+    widths = {t.chunk_size, *(chunk for _, chunk in t.short_doc_chunks)}
+    for length in range(t.window_multiple, t.seq_len + t.window_multiple, t.window_multiple):
+        ids = random_ids(t.batch_size, min(length, t.seq_len))
+        for width in sorted(widths):
+            index = torch.zeros(t.batch_size, width, dtype=torch.long, device=device)
+            targets = torch.randint(2, vocab, index.shape, device=device)
+            nll, _ = ttt.chunk_nll(ids, index, targets, targets)
+            nll.sum().backward()
+    for p in ttt.lora.parameters():
+        p.grad = None
+    if t.phases:
+        params = list(model.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        model.train()
+        ids = random_ids(t.global_batch_seqs, t.seq_len)
+        forward(ids, ids, reduction="none").sum().backward()
+        model.eval()
+        for p in params:
+            p.grad = None
+            p.requires_grad_(False)
+    sync(device)
+
+
+def check_coverage(coverage: torch.Tensor, val: ValData) -> int:
+    """Every non-BOS target scored exactly once and nothing else: returns the scored count or fails."""
+    coverage = coverage.cpu().numpy()
+    is_target = val.tokens != BOS_ID
+    wrong = int(np.count_nonzero(coverage[is_target] != 1)) + int(np.count_nonzero(coverage[~is_target]))
+    if wrong:
+        raise PgolfError(
+            f"TTT eval scored {wrong} positions not exactly once ({val.targets} targets); this is a bug in "
+            "pgolf.ttt, report it"
+        )
+    return int(coverage.sum())
+
+
+def run_prequant(args, config, dist, log):
+    cfg = EvalConfig.parse(config.get("eval"))
+    t0 = time.perf_counter()
+    model, forward = prepare(load_trained(args.model), cfg, dist)
+    val = load_val(args.manifest, cfg.val_docs_limit)
+    t1 = time.perf_counter()
+    result = score(forward, val, cfg, dist)
+    sync(dist.device)
+    seconds = {"load": t1 - t0, "eval": time.perf_counter() - t1}
+    out = {**result, "targets": val.targets, "val_docs": val.docs, "world": dist.world, "seconds": seconds}
+    log.write({"event": "prequant", **out})
+    return out
+
+
+def run_artifact(args, config, dist, log):
+    cfg = EvalConfig.parse(config.get("eval"))
+    prequant = read_json(args.prequant)
+    size = read_json(args.size)
+    seconds = {}
+    t0 = time.perf_counter()
+    model, forward = prepare(load_artifact(args.pgrp, args.pack_json), cfg, dist)
+    val = load_val(args.manifest, cfg.val_docs_limit)
+    ttt = PhasedTTT(model, val, cfg.ttt, dist, forward=forward) if cfg.ttt.enabled else None
+    seconds["load"] = time.perf_counter() - t0
+    if dist.device.type == "cuda" and ttt is not None:
+        t0 = time.perf_counter()
+        warmup(model, forward, ttt, cfg, dist)
+        seconds["warmup"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    quantized = score(forward, val, cfg, dist)
+    sync(dist.device)
+    seconds["quantized_eval"] = time.perf_counter() - t0
+    log.write({"event": "quantized", **quantized})
+
+    out = {
+        "prequant": {k: prequant[k] for k in ("val_loss", "val_bpb")},
+        "quantized": {k: quantized[k] for k in ("val_loss", "val_bpb")},
+        "targets": val.targets,
+        "bytes": int(val.position_bytes[val.tokens != BOS_ID].sum()),
+        "val_docs": val.docs,
+        "world": dist.world,
+        "device": str(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else "cpu",
+        "artifact_bytes": size.get("total_bytes"),
+        "tilt": {"enabled": cfg.tilt.enabled, "gated_share": 0.0},
+        "probes": {"tilt_causal": "off"},
+    }
+    hints = None
+    if ttt is None:
+        out.update(ttt=None, final_bpb=quantized["val_bpb"], scored=quantized["scored"], seconds=seconds)
+        out["probes"]["score_first"] = "off (eval.ttt.enabled is false)"
+        out["projected_8gpu_seconds"] = seconds["quantized_eval"] * dist.world / 8
+        return out
+    dist.barrier()
+    sync(dist.device)
+    timer = time.perf_counter()  # the eval timer: hints and TTT
+    if cfg.tilt.enabled:
+        hints = ngram.hints(val.tokens, cfg.tilt.order, cfg.tilt.threshold)
+        seconds["hints"] = time.perf_counter() - timer
+    result = ttt.run(hints, cfg.tilt.boost)
+    sync(dist.device)
+    seconds["eval_timer"] = time.perf_counter() - timer
+    seconds.update(result.seconds)
+    scored = check_coverage(result.coverage, val)
+    out.update(
+        ttt={k: result.totals[k] for k in ("val_loss", "val_bpb")},
+        final_bpb=result.totals["val_bpb"],
+        scored=scored,
+        seconds=seconds,
+        projected_8gpu_seconds=seconds["eval_timer"] * dist.world / 8,
+        ttt_phases=result.phases,
+    )
+    out["probes"]["score_first"] = result.probe
+    if cfg.tilt.enabled:
+        out["ttt_no_tilt"] = {k: result.untilted[k] for k in ("val_loss", "val_bpb")}
+        out["tilt"].update(
+            gated_share=result.gated / max(scored, 1), order=cfg.tilt.order, threshold=cfg.tilt.threshold,
+            boost=cfg.tilt.boost,
+        )
+    log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
+    if cfg.tilt.enabled and dist.is_main:  # outside the timer, on one rank
+        out["probes"]["tilt_causal"] = ngram.causality_probe(
+            val.tokens, cfg.tilt.order, cfg.tilt.threshold, cfg.tilt.probe_cuts, np.random.default_rng(PROBE_SEED),
+            full=hints,
+        )
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pgolf.evaluate", description=summary(__doc__))
+    sub = parser.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser("prequant", help="diagnostic score of the trained (unquantized) model")
+    pre.add_argument("--model", required=True, help="results/<name>/seed<S>/train/model.pt")
+    art = sub.add_parser("artifact", help="quantized diagnostic score and the timed TTT eval of a packed artifact")
+    art.add_argument("--pgrp", required=True, help="results/<name>/seed<S>/quant/<preset>/model.pgrp")
+    art.add_argument("--pack-json", required=True, help="its pack.json (sha256 checked before unpacking)")
+    art.add_argument("--size", required=True, help="its size.json")
+    art.add_argument("--prequant", required=True, help="results/<name>/seed<S>/train/prequant.json")
+    for p in (pre, art):
+        p.add_argument("--config", required=True, help="JSON text or path with the eval and hardware sections")
+        p.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")
+        p.add_argument("--out", required=True, help="the JSON to write")
+    args = parser.parse_args(argv)
+
+    config = load_stage_config(args.config)
+    dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))
+    try:
+        log = RunLog(f"evaluate {args.command}", config, echo=dist.is_main)
+        run = run_prequant if args.command == "prequant" else run_artifact
+        out = run(args, config, dist, log)
+        if dist.is_main:
+            write_json(args.out, out)
+            log.write({"event": "done", "out": args.out})
+    finally:
+        pgdist.shutdown()
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,189 @@
+"""Phased score-first LoRA TTT: bookkeeping, score-before-update, document isolation, tilt, world sizes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pgolf.bpb import ValData
+from pgolf.dist import Dist
+from pgolf.model import GPT, ModelConfig
+from pgolf.ttt import PhasedTTT, TTTConfig, batch_queue, chunk_sizes, phase_boundaries, split_documents
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+SMALL = dict(
+    seq_len=48, chunk_size=16, batch_size=4, lora_rank=4, lora_alpha=8.0, lr=1e-2, window_multiple=16,
+    global_chunk_tokens=128, global_batch_seqs=2, prefix_docs=6, phases=2,
+)
+
+
+def tiny_model(seed=0) -> GPT:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=64, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8, gate_window=4,
+        num_loops=1, loop_start=1, loop_end=2, parallel_start_layer=3, xsa_last_n=2,
+    )
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.looping = True
+    return model
+
+
+def corpus(n_docs=12, seed=0, max_len=90) -> ValData:
+    rng = np.random.default_rng(seed)
+    docs = [np.concatenate([[1], rng.integers(2, 64, size=int(rng.integers(1, max_len)))]) for _ in range(n_docs)]
+    docs.insert(3, np.array([1]))  # an empty document (BOS alone): nothing to score
+    tokens = np.concatenate(docs).astype(np.int64)
+    return ValData(tokens=tokens, position_bytes=rng.integers(0, 5, size=tokens.size).astype(np.int32), docs=n_docs + 1)
+
+
+def run_ttt(val, model=None, hints=None, **overrides):
+    cfg = TTTConfig(**{**SMALL, **overrides})
+    return PhasedTTT(model or tiny_model(), val, cfg, CPU).run(hints, boost=2.625)
+
+
+def test_documents_batches_chunks_and_phases():
+    tokens = np.array([1, 5, 6, 1, 1, 7, 1, 8, 9, 10, 11])
+    starts, lengths = split_documents(tokens)
+    assert starts.tolist() == [0, 4, 6] and lengths.tolist() == [3, 2, 5]
+    queue = batch_queue(np.array([5, 1, 9, 3, 7]), 2)
+    assert [q.tolist() for q in queue] == [[2], [0, 4], [1, 3]]  # longest batch first
+    cfg = TTTConfig(short_doc_chunks=[[2000, 24], [256, 8]])
+    assert chunk_sizes(np.array([10, 256, 257, 2000, 2001]), cfg).tolist() == [8, 8, 24, 24, 48]
+    assert phase_boundaries(TTTConfig(), 50000) == [833, 1666, 2500]  # the record's three phases
+    assert phase_boundaries(TTTConfig(), 1666) == [833]  # a phase after every document is useless
+    assert phase_boundaries(TTTConfig(phases=0), 50000) == []
+
+
+def test_every_target_scored_exactly_once_with_phases():
+    val = corpus()
+    result = run_ttt(val, short_doc_chunks=[[20, 4]])
+    coverage = result.coverage.numpy()
+    assert (coverage[val.tokens != 1] == 1).all() and (coverage[val.tokens == 1] == 0).all()
+    assert result.totals["scored"] == val.targets
+    assert result.totals["bytes"] == int(val.position_bytes[val.tokens != 1].sum())
+    assert [p["boundary"] for p in result.phases] == [3, 6] and all(p["steps"] > 0 for p in result.phases)
+    expected_bpb = result.position_nll.double().sum().item() / np.log(2) / result.totals["bytes"]
+    assert result.totals["val_bpb"] == pytest.approx(expected_bpb, rel=1e-9)
+
+
+def first_batch_chunks(val, chunk):
+    """Stream positions of chunk 0 and chunk 1 of the documents in the first (longest) batch."""
+    starts, lengths = split_documents(val.tokens)
+    docs = batch_queue(lengths, SMALL["batch_size"])[0]
+    first = [np.arange(s + 1, s + 1 + chunk) for s, n in zip(starts[docs], lengths[docs]) if n - 1 > 2 * chunk]
+    second = [p + chunk for p in first]
+    return np.concatenate(first), np.concatenate(second)
+
+
+def test_score_happens_before_the_update(monkeypatch):
+    """Corrupting the adapters right after each step leaves that chunk's score as it was, and changes the next."""
+    val = corpus()
+    clean = run_ttt(val, phases=0).position_nll
+    step = torch.optim.AdamW.step
+
+    def corrupting_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(torch.randn_like(p))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", corrupting_step)
+    corrupted = run_ttt(val, phases=0).position_nll
+    chunk0, chunk1 = first_batch_chunks(val, SMALL["chunk_size"])
+    assert torch.equal(clean[chunk0], corrupted[chunk0])
+    assert not torch.allclose(clean[chunk1], corrupted[chunk1])
+
+
+def test_score_first_probe_measures_the_update():
+    probe = run_ttt(corpus(), phases=0, probe_batches=2).probe
+    assert probe["chunks"] == 2 and probe["passed"]
+    assert probe["max_abs_diff_before_update"] == 0.0
+    assert probe["max_abs_diff_after_update"] > 1e-3  # the probe would see a score taken after the step
+
+
+def test_documents_never_see_each_other():
+    """Changing one document of a batch changes no other document's scores (adapters and windows per document)."""
+    val = corpus(n_docs=4)
+    base = run_ttt(val, phases=0).position_nll
+    starts, lengths = split_documents(val.tokens)
+    victim = int(np.argmax(lengths))
+    tokens = val.tokens.copy()
+    span = slice(starts[victim] + 1, starts[victim] + lengths[victim])
+    tokens[span] = np.random.default_rng(1).integers(2, 64, size=lengths[victim] - 1)
+    changed = run_ttt(ValData(tokens, val.position_bytes, val.docs), phases=0).position_nll
+    others = np.ones(tokens.size, dtype=bool)
+    others[span] = False
+    assert torch.equal(base[others], changed[others])
+    assert not torch.equal(base[span], changed[span])
+
+
+def test_tilt_changes_the_score_only_on_gated_positions():
+    val = corpus()
+    rng = np.random.default_rng(3)
+    hint = rng.integers(2, 64, size=val.tokens.size).astype(np.int32)
+    hint[::3] = val.tokens[::3]  # some hints are right
+    gated = rng.random(val.tokens.size) < 0.4
+    plain = run_ttt(val, phases=0)
+    tilted = run_ttt(val, hints=(hint, gated), phases=0)
+    differs = (plain.position_nll != tilted.position_nll).numpy()
+    assert differs.any() and not (differs & ~gated).any()
+    assert tilted.untilted == plain.totals  # the adapters train on the untilted loss
+    assert tilted.gated == int(gated[val.tokens != 1].sum())
+    right = gated & (hint == val.tokens) & (val.tokens != 1)
+    assert (tilted.position_nll[right] < plain.position_nll[right]).all()  # a correct hint lowers the loss
+
+
+def world_results(d) -> dict:
+    """Diagnostic totals, TTT totals independent of batch placement, and a phased run's coverage."""
+    from pgolf.bpb import diagnostic_eval
+
+    val = corpus(n_docs=10)
+    out = {"diag": diagnostic_eval(tiny_model(), val, 32, 3, d)}
+    independent = TTTConfig(**{**SMALL, "phases": 0, "warm_start_a": False})
+    out["ttt"] = PhasedTTT(tiny_model(), val, independent, d).run().totals
+    phased = PhasedTTT(tiny_model(), val, TTTConfig(**SMALL), d).run()
+    out["phased_coverage_ok"] = bool(((phased.coverage == 1) == torch.as_tensor(val.tokens != 1)).all())
+    out["phases"] = len(phased.phases)
+    return out
+
+
+WORKER = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from test_ttt import world_results
+from pgolf import dist as pgdist
+torch.set_num_threads(1)
+d = pgdist.init(0)
+out = world_results(d)
+if d.is_main:
+    json.dump(out, open({out!r}, "w"))
+pgdist.shutdown()
+"""
+
+
+def test_world_sizes_one_and_two_agree(tmp_path):
+    """gloo with two ranks (torchrun) gives the totals of one rank; the shared queue runs every phase."""
+    script, out = tmp_path / "worker.py", tmp_path / "world2.json"
+    script.write_text(WORKER.format(tests=str(ROOT / "tests"), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = world_results(CPU), json.loads(out.read_text())
+    for key in ("diag", "ttt"):
+        assert one[key]["scored"] == two[key]["scored"] and one[key]["bytes"] == two[key]["bytes"]
+        assert one[key]["val_loss"] == pytest.approx(two[key]["val_loss"], rel=1e-6)
+    assert one["phased_coverage_ok"] and two["phased_coverage_ok"]
+    assert one["phases"] == two["phases"] == 2
