@@ -12,3 +12,8 @@ def run_cli(main, argv=None):
         prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "pgolf"
         print(f"pgolf error ({prog}): {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def summary(doc: str | None) -> str | None:
+    """A module docstring's first line for argparse; None inside train_gpt.py, whose minified modules have none."""
+    return doc.split("\n", 1)[0] if doc else None

@@ -1,0 +1,123 @@
+"""The smoke DAG end to end (one session-scoped run): the records folder, its audit, and the rerun story."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import snakemake
+from test_workflow import planned_jobs
+
+pytestmark = pytest.mark.smoke
+FOLDER = "results/smoke/submission/2026-11-23_pgolf_smoke"
+DATA_JOBS = {"download", "tokenizer", "tokenize", "audit_data", "train", "hessians", "eval_prequant"}
+
+
+@pytest.fixture
+def finished_copy(smoke_run, tmp_path):
+    """A copy of the finished smoke run (outputs, mtimes and .snakemake metadata), free to edit."""
+    dest = tmp_path / "run"
+    shutil.copytree(smoke_run, dest, symlinks=True)
+    return dest
+
+
+def edit_config(workdir, edit):
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_submission_folder(smoke_run):
+    folder = smoke_run / FOLDER
+    for name in ("README.md", "submission.json", "audit.json", "train_gpt.py", "requirements.txt",
+                 "tokenizer.model", "train_seed1.log"):
+        assert (folder / name).is_file(), name
+    audit = json.loads((folder / "audit.json").read_text())
+    assert audit["all_passed"] is True
+    seed = audit["checks"]["seed1"]
+    assert seed["targets_scored"]["value"] == seed["targets_scored"]["expected"] > 0
+    assert seed["tilt_causality_probe"]["identical"] is True  # the smoke recipe turns the tilt on
+    assert seed["score_first_probe"]["max_abs_diff_before_update"] <= seed["score_first_probe"]["tolerance"]
+    sub = json.loads((folder / "submission.json").read_text())
+    ev = json.loads((smoke_run / "results/smoke/seed1/quant/record/eval.json").read_text())
+    assert sub["val_bpb"] == ev["final_bpb"] and sub["seeds"] == [1]
+    assert (folder / "train_gpt.py").read_bytes() == (smoke_run / "results/smoke/seed1/quant/record/train_gpt.py").read_bytes()
+
+
+def test_size_and_eval_contracts(smoke_run):
+    quant = smoke_run / "results/smoke/seed1/quant/record"
+    size = json.loads((quant / "size.json").read_text())
+    assert size["total_bytes"] == size["artifact_bytes"] + size["code_bytes"]
+    assert size["artifact_bytes"] == (quant / "model.pgrp").stat().st_size
+    assert size["code_bytes"] == (quant / "train_gpt.py").stat().st_size
+    assert size["headroom_bytes"] == size["cap_bytes"] - size["total_bytes"] and size["cap_bytes"] == 16_000_000
+    ev = json.loads((quant / "eval.json").read_text())
+    for key in ("prequant", "quantized", "ttt", "ttt_no_tilt"):
+        assert set(ev[key]) >= {"val_loss", "val_bpb"}
+    assert ev["final_bpb"] == ev["ttt"]["val_bpb"] and ev["scored"] == ev["targets"]
+    assert 0 < ev["tilt"]["gated_share"] < 1 and ev["projected_8gpu_seconds"] > 0
+
+
+def test_finished_run_has_nothing_to_do(finished_copy):
+    out = snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml").stdout
+    assert "Nothing to be done" in out
+
+
+def test_editing_one_preset_reruns_only_its_branch(finished_copy):
+    edit_config(finished_copy, lambda c: c["quant"]["presets"]["awq"]["attn"].update(bits=5))
+    out = snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml").stdout
+    jobs = planned_jobs(out)
+    assert jobs == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "all": 1}
+    assert "Params have changed since last execution" in out
+    assert re.search(r"rule quantize:.*?wildcards: name=smoke, seed=1, preset=awq", out, re.S)
+    assert "preset=record" not in out
+
+
+def test_editing_the_submission_preset_rebuilds_the_folder(finished_copy):
+    edit_config(finished_copy, lambda c: c["quant"]["presets"]["record"]["embed"].update(clip_sigmas=15.0))
+    jobs = planned_jobs(snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml").stdout)
+    assert not DATA_JOBS & set(jobs)
+    assert jobs["submission"] == 1 and jobs["quantize"] == 1
+
+
+def test_a_new_preset_builds_beside_the_others(finished_copy):
+    def add(config):
+        config["quant"]["presets"]["mlp5"] = {"mlp": {"bits": 5, "clip_sigmas": 11.5}}
+    edit_config(finished_copy, add)
+    (finished_copy / "more.yaml").write_text("quant:\n  build: [awq, mlp5]\n")
+    out = snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml", "more.yaml").stdout
+    assert planned_jobs(out) == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "all": 1}
+    assert "preset=mlp5" in out and "preset=awq" not in out
+
+
+def test_generated_script_reproduces_the_dag(smoke_run, tmp_path):
+    """train_gpt.py (pgolf not importable) reruns the pipeline in-process and matches the DAG's eval.json."""
+    shutil.copytree(smoke_run / "resources", tmp_path / "resources")
+    script = smoke_run / FOLDER / "train_gpt.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONNOUSERSITE"] = "1"
+    proc = subprocess.run([sys.executable, "-S", "-c", _isolated_run(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ours = json.loads((tmp_path / "results/smoke/seed1/quant/record/eval.json").read_text())
+    dag = json.loads((smoke_run / "results/smoke/seed1/quant/record/eval.json").read_text())
+    for key in ("prequant", "quantized", "ttt"):
+        assert ours[key]["val_bpb"] == pytest.approx(dag[key]["val_bpb"], rel=2e-3), key
+    assert ours["targets"] == dag["targets"] and ours["scored"] == dag["scored"]
+
+
+def _isolated_run(script):
+    """Run the script with site-packages on the path but the pgolf checkout and its editable install hidden."""
+    return (
+        "import site, sys; site.main(); "
+        "sys.path[:] = [p for p in sys.path if 'pgolf' not in p and not p.endswith('/work/main')]; "
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]; "
+        "import importlib.util; assert importlib.util.find_spec('pgolf') is None, 'pgolf still importable'; "
+        f"sys.argv = [{str(script)!r}]; exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'))"
+    )
