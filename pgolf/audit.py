@@ -17,7 +17,7 @@ import hashlib
 
 import numpy as np
 
-from .cli import run_cli, summary
+from .cli import doc_summary, run_cli
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import write_json
@@ -167,7 +167,7 @@ def audit(manifest_path, cfg: AuditConfig) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.audit", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.audit", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config (JSON text or file) with `audit`")
     parser.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")
     parser.add_argument("--out", required=True, help="resources/data/<ds>/data_audit.json")

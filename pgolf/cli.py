@@ -14,6 +14,6 @@ def run_cli(main, argv=None):
         sys.exit(2)
 
 
-def summary(doc: str | None) -> str | None:
+def doc_summary(doc: str | None) -> str | None:
     """A module docstring's first line for argparse; None inside train_gpt.py, whose minified modules have none."""
     return doc.split("\n", 1)[0] if doc else None

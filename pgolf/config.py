@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import PgolfError
-from .cli import summary
+from .cli import doc_summary
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "workflow" / "schemas"
 
@@ -109,7 +109,7 @@ def from_dict(cls, values: dict | None, where: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.config", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.config", description=doc_summary(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     res = sub.add_parser("resolve", help="merge config files left to right, validate, print JSON")
     res.add_argument("files", nargs="+")

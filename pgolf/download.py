@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from .caseops import OPERATORS as CASEOPS_OPERATORS
-from .cli import run_cli, summary
+from .cli import doc_summary, run_cli
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
@@ -304,7 +304,7 @@ def download_docs(hub: HubConfig, out: Path, log: RunLog):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.download", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.download", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config (JSON text or file) with the data section")
     parser.add_argument("--out", required=True, type=Path, help="manifest.json (hf_shards) or docs.jsonl (hf_docs)")
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ from .model import GPT, ModelConfig
 from .runlog import RunLog
 from .shards import BOS_ID
 from .ttt import PhasedTTT, TTTConfig
-from .cli import summary
+from .cli import doc_summary
 
 PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
 
@@ -254,7 +254,7 @@ def run_artifact(args, config, dist, log):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.evaluate", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.evaluate", description=doc_summary(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("prequant", help="diagnostic score of the trained (unquantized) model")
     pre.add_argument("--model", required=True, help="results/<name>/seed<S>/train/model.pt")

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as torch_dist
 
 from . import dist as pgdist
-from .cli import run_cli, summary
+from .cli import doc_summary, run_cli
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
@@ -157,7 +157,7 @@ def collect(model: GPT, windows: CalibrationWindows, config: HessianConfig, devi
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.hessians", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.hessians", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="JSON text or path with the hessians and hardware sections")
     parser.add_argument("--model", required=True, help="results/<name>/seed<S>/train/model.pt")
     parser.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")

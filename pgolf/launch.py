@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from .cli import summary
+from .cli import doc_summary
 
 RENDEZVOUS_PORT = 29500
 
@@ -41,7 +41,7 @@ def command(gpus: int, cpu_procs: int, stage_args: list[str], env=os.environ) ->
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.launch", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.launch", description=doc_summary(__doc__))
     parser.add_argument("--gpus", type=int, required=True, help="GPUs per node (hardware.gpus); 0 = CPU")
     parser.add_argument("--cpu-procs", type=int, default=1, help="gloo ranks when --gpus is 0")
     parser.add_argument("stage_args", nargs=argparse.REMAINDER, help="after --: the stage, e.g. -m pgolf.train ...")

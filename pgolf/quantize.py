@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import run_cli, summary
+from .cli import doc_summary, run_cli
 from .config import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
@@ -41,7 +41,7 @@ def load_hessians(path) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.quantize", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.quantize", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help='JSON text or path: {"preset": {...}, "hardware": {...}}')
     parser.add_argument("--model", required=True, help="results/<name>/seed<S>/train/model.pt")
     parser.add_argument("--hessians", required=True, help="results/<name>/seed<S>/train/hessians.pt")

@@ -22,7 +22,7 @@ from .config import load_stage_config
 from .errors import PgolfError
 from .io import read_json, write_bytes, write_json
 from .stats import acceptance
-from .cli import summary
+from .cli import doc_summary
 
 TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
 REQUIREMENTS = ["torch>=2.9", "numpy", "sentencepiece", "brotli"]  # what train_gpt.py imports besides pgolf
@@ -227,7 +227,7 @@ collection; evaluation seconds are the timed phased TTT eval. audit.json: all ch
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.submission", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.submission", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config: JSON text or path")
     parser.add_argument("--run-dir", required=True, type=Path, help="results/<name>")
     parser.add_argument("--data-dir", required=True, type=Path, help="resources/data/<ds>")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import caseops
-from .cli import run_cli, summary
+from .cli import doc_summary, run_cli
 from .config import load_stage_config
 from .errors import PgolfError
 from .io import write_json
@@ -342,7 +342,7 @@ def build(cfg, tokenizer_path, out, docs_path=None, workers=None, progress=True)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.tokenize", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.tokenize", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config (JSON text or file) with `data`")
     parser.add_argument("--tokenizer", required=True, help="resources/data/<ds>/tokenizer.model")
     parser.add_argument("--out", required=True, help="resources/data/<ds>/manifest.json (shards go beside it)")

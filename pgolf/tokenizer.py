@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from . import caseops
-from .cli import run_cli, summary
+from .cli import doc_summary, run_cli
 from .config import load_stage_config
 from .errors import PgolfError
 from .io import write_bytes
@@ -149,7 +149,7 @@ def train(documents, vocab_size: int) -> bytes:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.tokenizer", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.tokenizer", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config (JSON text or file) with `data`")
     parser.add_argument("--out", required=True, help="resources/data/<ds>/tokenizer.model")
     parser.add_argument("--docs", help="document file to train on instead of the configured source")

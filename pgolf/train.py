@@ -33,7 +33,7 @@ from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
 from .shards import load_manifest, shard_paths
-from .cli import summary
+from .cli import doc_summary
 
 
 @dataclasses.dataclass
@@ -359,7 +359,7 @@ def _progress_bar(cfg: TrainConfig):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pgolf.train", description=summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m pgolf.train", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config: JSON text or path")
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--audit", required=True, type=Path)
