@@ -11,6 +11,9 @@ min_version("9.12")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -27,6 +30,7 @@ include: "rules/quantize.smk"
 include: "rules/package.smk"
 include: "rules/evaluate.smk"
 include: "rules/submission.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -36,6 +36,7 @@ MINIFY_OPTIONS = dict(
     remove_asserts=True,
     prefer_single_line=True,
 )
+DAG_ONLY = {"report.py"}  # plots for `snakemake --report`: not counted code, since the submission never imports it
 HEADER = re.compile(r"# pgolf .* minified by Python (\S+) with python-minifier (\S+)")
 
 BOOTSTRAP = """\
@@ -69,6 +70,15 @@ def module_name(relpath: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def submitted_files(package_dir=PACKAGE_DIR) -> list[Path]:
+    """The package's modules that train_gpt.py carries: all but the DAG-only ones it never imports."""
+    package_dir = Path(package_dir)
+    return [
+        path for path in sorted(package_dir.rglob("*.py"))
+        if "__pycache__" not in path.parts and path.relative_to(package_dir).as_posix() not in DAG_ONLY
+    ]
+
+
 def package_modules(package_dir=PACKAGE_DIR) -> dict:
     """{module name: (path relative to the package's parent, minified source)}, sorted by name.
 
@@ -76,9 +86,7 @@ def package_modules(package_dir=PACKAGE_DIR) -> dict:
     """
     package_dir = Path(package_dir)
     modules = {}
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
+    for path in submitted_files(package_dir):
         rel = path.relative_to(package_dir.parent).as_posix()
         modules[module_name(rel)] = (rel, minify(path.read_text(), rel))
         for parent in path.relative_to(package_dir.parent).parents:

@@ -25,6 +25,7 @@ DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
 DATA_DIR = f"resources/data/{DATASET}"
 SUBMISSION_FOLDER = config["submission"]["folder"]
+REPORT_FIGURES = ["loss", "size", "bpb", "presets"]
 
 
 def stage_config(*sections):
@@ -69,12 +70,16 @@ def submission_presets():
 
 
 def final_targets():
-    """The default target: the submission folder plus every built preset's eval.json for every seed."""
-    return [f"results/{RUN}/submission/{SUBMISSION_FOLDER}/submission.json"] + expand(
-        "results/{name}/seed{seed}/quant/{preset}/eval.json",
-        name=RUN,
-        seed=config["run"]["seeds"],
-        preset=submission_presets(),
+    """The default target: the submission folder, every built preset's eval.json for every seed, the report figures."""
+    return (
+        [f"results/{RUN}/submission/{SUBMISSION_FOLDER}/submission.json"]
+        + expand(
+            "results/{name}/seed{seed}/quant/{preset}/eval.json",
+            name=RUN,
+            seed=config["run"]["seeds"],
+            preset=submission_presets(),
+        )
+        + expand(f"results/{RUN}/report/{{figure}}.svg", figure=REPORT_FIGURES)
     )
 
 
@@ -109,9 +114,11 @@ def quant_config(wildcards):
 
 
 def package_sources():
-    """Every module the submission script carries (pgolf/**/*.py): an edit anywhere re-writes it."""
+    """Every module the submission script carries (pgolf.codepack decides which): an edit there re-writes it."""
+    from pgolf.codepack import submitted_files
+
     root = Path(workflow.basedir)
-    return sorted(p.relative_to(root).as_posix() for p in root.glob("pgolf/**/*.py"))
+    return [p.relative_to(root).as_posix() for p in submitted_files(root / "pgolf")]
 
 
 def code_config(wildcards):

@@ -38,6 +38,8 @@ def test_submission_folder(smoke_run):
     for name in ("README.md", "submission.json", "audit.json", "train_gpt.py", "requirements.txt",
                  "tokenizer.model", "train_seed1.log"):
         assert (folder / name).is_file(), name
+    for figure in ("loss", "size", "bpb", "presets"):
+        assert (smoke_run / f"results/smoke/report/{figure}.svg").is_file(), figure
     audit = json.loads((folder / "audit.json").read_text())
     assert audit["all_passed"] is True
     seed = audit["checks"]["seed1"]
@@ -73,7 +75,7 @@ def test_editing_one_preset_reruns_only_its_branch(finished_copy):
     edit_config(finished_copy, lambda c: c["quant"]["presets"]["awq"]["attn"].update(bits=5))
     out = snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml").stdout
     jobs = planned_jobs(out)
-    assert jobs == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "all": 1}
+    assert jobs == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "report": 1, "all": 1}
     assert "Params have changed since last execution" in out
     assert re.search(r"rule quantize:.*?wildcards: name=smoke, seed=1, preset=awq", out, re.S)
     assert "preset=record" not in out
@@ -92,7 +94,7 @@ def test_a_new_preset_builds_beside_the_others(finished_copy):
     edit_config(finished_copy, add)
     (finished_copy / "more.yaml").write_text("quant:\n  build: [awq, mlp5]\n")
     out = snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml", "more.yaml").stdout
-    assert planned_jobs(out) == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "all": 1}
+    assert planned_jobs(out) == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "report": 1, "all": 1}
     assert "preset=mlp5" in out and "preset=awq" not in out
 
 
