@@ -31,6 +31,7 @@ include: "rules/package.smk"
 include: "rules/evaluate.smk"
 include: "rules/submission.smk"
 include: "rules/report.smk"
+include: "rules/artifact.smk"
 
 
 rule all:

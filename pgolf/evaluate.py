@@ -43,6 +43,7 @@ class EvalConfig:
     sliding_stride: int | None = None  # None: non-overlapping windows; e.g. 64 for the older sliding eval
     truncate_tail: bool = False
     val_docs_limit: int | None = None  # score only the first documents (smoke and bench runs); None = all
+    artifact: str | None = None  # a .pgrp made elsewhere: the DAG sizes and scores it instead of training
     compile: bool = True  # torch.compile the model on GPU (warm-up outside the timer)
     ttt: TTTConfig = dataclasses.field(default_factory=TTTConfig)
     tilt: ngram.TiltConfig = dataclasses.field(default_factory=ngram.TiltConfig)
@@ -182,7 +183,7 @@ def run_prequant(args, config, dist, log):
 
 def run_artifact(args, config, dist, log):
     cfg = EvalConfig.parse(config.get("eval"))
-    prequant = read_json(args.prequant)
+    prequant = read_json(args.prequant) if args.prequant else None  # none for an artifact made elsewhere
     size = read_json(args.size)
     seconds = {}
     t0 = time.perf_counter()
@@ -201,7 +202,7 @@ def run_artifact(args, config, dist, log):
     log.write({"event": "quantized", **quantized})
 
     out = {
-        "prequant": {k: prequant[k] for k in ("val_loss", "val_bpb")},
+        "prequant": {k: prequant[k] for k in ("val_loss", "val_bpb")} if prequant else None,
         "quantized": {k: quantized[k] for k in ("val_loss", "val_bpb")},
         "targets": val.targets,
         "bytes": int(val.position_bytes[val.tokens != BOS_ID].sum()),
@@ -262,7 +263,7 @@ def main(argv=None):
     art.add_argument("--pgrp", required=True, help="results/<name>/seed<S>/quant/<preset>/model.pgrp")
     art.add_argument("--pack-json", required=True, help="its pack.json (sha256 checked before unpacking)")
     art.add_argument("--size", required=True, help="its size.json")
-    art.add_argument("--prequant", required=True, help="results/<name>/seed<S>/train/prequant.json")
+    art.add_argument("--prequant", help="results/<name>/seed<S>/train/prequant.json (omitted for eval.artifact)")
     for p in (pre, art):
         p.add_argument("--config", required=True, help="JSON text or path with the eval and hardware sections")
         p.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")

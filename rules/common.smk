@@ -70,7 +70,10 @@ def submission_presets():
 
 
 def final_targets():
-    """The default target: the submission folder, every built preset's eval.json for every seed, the report figures."""
+    """The default target: the submission folder, every built preset's eval.json for every seed, the report figures;
+    with eval.artifact set, the sized and scored outside artifact instead."""
+    if config["eval"].get("artifact"):
+        return [f"results/{RUN}/artifact/eval.json"]
     return (
         [f"results/{RUN}/submission/{SUBMISSION_FOLDER}/submission.json"]
         + expand(

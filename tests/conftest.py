@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA = ROOT / "tests" / "data"
+# upstream's outputs for 322 documents (adversarial strings first) and the canonical CaseOps tokenizer, from the
+# project's shared references
+GOLDEN = TEST_DATA / "caseops-golden.jsonl.gz"
+CANONICAL = TEST_DATA / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "workflow", "recipes", "envs", "profiles", "pgolf"]
 
 

@@ -2,9 +2,7 @@
 
 import gzip
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +12,8 @@ from pgolf import caseops
 from pgolf.caseops import ALLCAPS, CAPNEXT, ESC, TITLE, CaseOpsError
 from pgolf.errors import PgolfError
 
-SHARED = Path(os.environ.get("PGOLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-GOLDEN = SHARED / "reference" / "caseops-golden.jsonl.gz"
+from conftest import GOLDEN
+
 
 
 def reference_encode(text: str) -> str:
@@ -64,8 +62,6 @@ def test_spec_examples(text, expected):
 
 
 def test_golden_documents_match_upstream():
-    if not GOLDEN.exists():
-        pytest.skip(f"{GOLDEN} not found (set PGOLF_SHARED to the shared folder)")
     rows = [json.loads(line) for line in gzip.open(GOLDEN, "rt", encoding="utf-8")]
     assert len(rows) == 322
     for row in rows:

@@ -26,7 +26,7 @@ IMPORTED = ["pgolf", "pgolf.errors", "pgolf.io", "pgolf.config", "pgolf.pack", "
 PROBE = """
 import importlib.util, json, os, runpy, sys
 sys.path = [p for p in sys.path if not os.path.exists(os.path.join(p or '.', 'pgolf'))]
-sys.meta_path = [f for f in sys.meta_path if 'editable' not in type(f).__module__]
+sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '') + type(f).__module__]
 assert importlib.util.find_spec('pgolf') is None, 'pgolf is importable without the script'
 script = runpy.run_path(sys.argv[1], run_name='bundle')
 names = json.loads(sys.argv[2])

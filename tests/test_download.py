@@ -18,11 +18,13 @@ import pytest
 from pgolf.download import HubConfig, allow_patterns
 from pgolf.shards import BOS_ID, load_manifest, load_split, shard_paths, write_shard
 
+from conftest import CANONICAL
+
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = next(Path("/work/shared/reference/upstream-1855").glob("*.model"))
+TOKENIZER = CANONICAL
 CASEOPS = "romeerp/parameter-golf-caseops-v1"
 PLAIN = "kevclark/parameter-golf"
 DOCS = "willdepueoai/parameter-golf"

@@ -118,8 +118,32 @@ def _isolated_run(script):
     """Run the script with site-packages on the path but the pgolf checkout and its editable install hidden."""
     return (
         "import site, sys; site.main(); "
-        "sys.path[:] = [p for p in sys.path if 'pgolf' not in p and not p.endswith('/work/main')]; "
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]; "
+        "import os; sys.path[:] = [p for p in sys.path if not os.path.exists(os.path.join(p or '.', 'pgolf'))]; "
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '') + type(f).__module__]; "
         "import importlib.util; assert importlib.util.find_spec('pgolf') is None, 'pgolf still importable'; "
         f"sys.argv = [{str(script)!r}]; exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'))"
     )
+
+
+def test_an_outside_artifact_is_sized_and_scored_without_training(finished_copy):
+    blob = finished_copy / "outside.pgrp"
+    blob.write_bytes((finished_copy / "results/smoke/seed1/quant/record/model.pgrp").read_bytes())
+    (finished_copy / "artifact.yaml").write_text("eval:\n  artifact: outside.pgrp\n")
+    args = ("--configfile", "recipes/smoke.yaml", "artifact.yaml")
+    jobs = planned_jobs(snakemake(finished_copy, "-n", *args).stdout)
+    assert jobs == {"artifact_index": 1, "artifact_size": 1, "artifact_evaluate": 1, "all": 1}
+    snakemake(finished_copy, *args)
+    ours = json.loads((finished_copy / "results/smoke/artifact/eval.json").read_text())
+    dag = json.loads((finished_copy / "results/smoke/seed1/quant/record/eval.json").read_text())
+    assert ours["prequant"] is None
+    assert ours["quantized"]["val_bpb"] == pytest.approx(dag["quantized"]["val_bpb"], rel=1e-6)
+    size = json.loads((finished_copy / "results/smoke/artifact/size.json").read_text())
+    assert size["artifact_bytes"] == blob.stat().st_size
+
+
+def test_a_corrupt_outside_artifact_is_refused(finished_copy):
+    (finished_copy / "bad.pgrp").write_bytes(b"NOPE" + bytes(64))
+    (finished_copy / "artifact.yaml").write_text("eval:\n  artifact: bad.pgrp\n")
+    proc = snakemake(finished_copy, "--configfile", "recipes/smoke.yaml", "artifact.yaml", check=False)
+    assert proc.returncode != 0 and "bad.pgrp" in proc.stdout and "magic" in proc.stdout.lower()
+    assert not (finished_copy / "results/smoke/artifact/pack.json").exists()

@@ -2,7 +2,6 @@
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -10,8 +9,8 @@ import sentencepiece as spm
 from pgolf import caseops, tokenizer
 from pgolf.errors import PgolfError
 
-SHARED = Path(os.environ.get("PGOLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-CANONICAL = SHARED / "reference" / "upstream-1855" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+from conftest import CANONICAL
+
 DOCS = [
     f"The NASA Launch {i}: OpenAI and McDonald's met in Paris; iPhone sales rose {i * 7}% in Q{i % 4 + 1}."
     for i in range(300)
@@ -49,8 +48,6 @@ def test_cli_trains_on_local_documents(tmp_path):
 
 
 def test_given_canonical_model_is_validated_and_copied(tmp_path):
-    if not CANONICAL.exists():
-        pytest.skip(f"{CANONICAL} not found (set PGOLF_SHARED to the shared folder)")
     out = tmp_path / "tokenizer.model"
     tokenizer.main(["--config", config_file(tmp_path, tokenizer=str(CANONICAL)), "--out", str(out)])
     assert out.read_bytes() == CANONICAL.read_bytes()
