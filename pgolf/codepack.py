@@ -106,6 +106,8 @@ def narrow_config(config: dict, preset: str) -> dict:
         )
     narrowed = {key: value for key, value in config.items() if key != "quant"}
     narrowed["quant"] = {"presets": {preset: presets[preset]}, "submission_preset": preset}
+    if "eval" in narrowed:  # eval.artifact switches the DAG to an outside blob; the submission never reads it
+        narrowed["eval"] = {key: value for key, value in narrowed["eval"].items() if key != "artifact"}
     return narrowed
 
 

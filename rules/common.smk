@@ -125,10 +125,7 @@ def package_sources():
 
 
 def code_config(wildcards):
-    """The code job's --config: the config without `quant`, plus this preset only (as pgolf.codepack narrows it)."""
-    narrowed = {k: v for k, v in config.items() if k != "quant"}
-    narrowed["quant"] = {
-        "presets": {wildcards.preset: config["quant"]["presets"][wildcards.preset]},
-        "submission_preset": wildcards.preset,
-    }
-    return json.dumps(narrowed, sort_keys=True)
+    """The code job's --config: the config without `quant`, plus this preset only, as pgolf.codepack narrows it."""
+    from pgolf.codepack import narrow_config
+
+    return json.dumps(narrow_config(config, wildcards.preset), sort_keys=True)
