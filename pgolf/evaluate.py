@@ -25,7 +25,7 @@ from .bpb import ValData, diagnostic_eval, load_val
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import read_json, write_json
-from .model import GPT, ModelConfig
+from .model import GPT, ModelConfig, load_trained
 from .runlog import RunLog
 from .shards import BOS_ID
 from .ttt import PhasedTTT, TTTConfig
@@ -63,20 +63,6 @@ class EvalConfig:
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def load_trained(path) -> GPT:
-    """The EMA model of a model.pt ({"config", "state_dict" by unbanked names, "train"})."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PgolfError(f"{path}: trained model not found; run the train stage first") from None
-    except Exception as e:  # torch raises many types for a damaged file
-        raise PgolfError(f"{path}: not a readable model.pt ({e}); re-run the train stage") from None
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
-        raise PgolfError(f"{path}: lacks config/state_dict; re-run the train stage that writes it")
-    config = ModelConfig.from_dict(checkpoint["config"], f"{path}: config")
-    return GPT.from_unbanked(config, checkpoint["state_dict"])
 
 
 def load_artifact(pgrp, pack_json) -> GPT:
@@ -170,7 +156,7 @@ def check_coverage(coverage: torch.Tensor, val: ValData) -> int:
 def run_prequant(args, config, dist, log):
     cfg = EvalConfig.parse(config.get("eval"))
     t0 = time.perf_counter()
-    model, forward = prepare(load_trained(args.model), cfg, dist)
+    model, forward = prepare(load_trained(args.model)[0], cfg, dist)
     val = load_val(args.manifest, cfg.val_docs_limit)
     t1 = time.perf_counter()
     result = score(forward, val, cfg, dist)

@@ -14,8 +14,6 @@ toward the training budget).
 """
 
 import argparse
-import pickle
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from .cli import doc_summary, run_cli
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
-from .model import GPT, ModelConfig
+from .model import GPT, load_trained
 from .runlog import RunLog
 from .shards import load_manifest, read_shard, shard_paths
 
@@ -124,21 +122,6 @@ class HessianSums:
         return out
 
 
-def load_model(path, device) -> tuple[GPT, dict]:
-    """The trained model of a model.pt ({"config", "state_dict" by unbanked names, "train"}) on `device`,
-    and its config dict."""
-    path = Path(path)
-    if not path.exists():
-        raise PgolfError(f"{path}: trained model not found; run the train stage first")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        config = ModelConfig.from_dict(checkpoint["config"], f"{path}: config")
-        state = checkpoint["state_dict"]
-    except (KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise PgolfError(f"{path}: not a usable model.pt ({e}); re-run the train stage that writes it") from None
-    return GPT.from_unbanked(config, state).to(device), dataclasses.asdict(config)
-
-
 @torch.no_grad()
 def collect(model: GPT, windows: CalibrationWindows, config: HessianConfig, device) -> tuple[HessianSums, float]:
     """Run the calibration batches through the model (eval mode, looping on); return the sums and loop seconds."""
@@ -170,7 +153,7 @@ def main(argv=None):
     dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))
     try:
         log = RunLog("hessians", config, echo=dist.is_main)
-        model, model_config = load_model(args.model, dist.device)
+        model, model_config = load_trained(args.model, dist.device)
         vocab = load_manifest(args.manifest)["vocab_size"]
         if vocab > model_config["vocab_size"]:
             raise PgolfError(

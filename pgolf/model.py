@@ -512,3 +512,17 @@ class GPT(nn.Module):
 def config_dict(config: ModelConfig) -> dict:
     """The ModelConfig as saved in model.pt and quantized.pt (plain JSON-able values)."""
     return dataclasses.asdict(config)
+
+
+def load_trained(path, device="cpu") -> tuple["GPT", dict]:
+    """The EMA model of a model.pt ({"config", "state_dict" by unbanked names, "train"}) on `device`, and its config."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PgolfError(f"{path}: trained model not found; run the train stage first") from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise PgolfError(f"{path}: not a readable model.pt ({e}); re-run the train stage") from None
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise PgolfError(f"{path}: lacks config/state_dict; re-run the train stage that writes it")
+    config = ModelConfig.from_dict(checkpoint["config"], f"{path}: config")
+    return GPT.from_unbanked(config, checkpoint["state_dict"]).to(device), dataclasses.asdict(config)

@@ -21,8 +21,8 @@ from .cli import doc_summary, run_cli
 from .config import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
-from .hessians import load_model
 from .io import atomic_path, write_json
+from .model import load_trained
 from .quant import Preset, quantize_state
 from .runlog import RunLog
 
@@ -57,7 +57,7 @@ def main(argv=None):
     require_gpus(gpus)
     device = torch.device("cuda" if gpus > 0 else "cpu")
     log = RunLog("quantize", config)
-    model, model_config = load_model(args.model, "cpu")
+    model, model_config = load_trained(args.model, "cpu")
     quantized, report = quantize_state(
         model.unbanked_state_dict(), load_hessians(args.hessians), preset, model_config=model_config, device=device
     )

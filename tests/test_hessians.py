@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from pgolf.errors import PgolfError
-from pgolf.hessians import CalibrationWindows, HessianConfig, HessianSums, load_model, rank_files, rank_rng
+from pgolf.hessians import CalibrationWindows, HessianConfig, HessianSums, rank_files, rank_rng
+from pgolf.model import load_trained
 from pgolf.model import GPT, ModelConfig
 from pgolf.shards import write_shard
 
@@ -123,7 +124,7 @@ def test_two_gloo_ranks_equal_one_process_over_the_union_of_batches(tmp_path):
     assert summary["batches"] == 4 and summary["world"] == 2 and summary["tokens"] == 4 * 2 * 32
     assert summary["seconds"] > 0
 
-    model, _ = load_model(tmp_path / "model.pt", "cpu")
+    model, _ = load_trained(tmp_path / "model.pt", "cpu")
     model.eval()
     model.looping = True
     paths = sorted(tmp_path.glob("fineweb_train_*.bin"))
@@ -142,10 +143,10 @@ def test_two_gloo_ranks_equal_one_process_over_the_union_of_batches(tmp_path):
 
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(PgolfError, match="run the train stage"):
-        load_model(tmp_path / "model.pt", "cpu")
+        load_trained(tmp_path / "model.pt", "cpu")
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(PgolfError, match="re-run the train stage"):
-        load_model(tmp_path / "model.pt", "cpu")
+        load_trained(tmp_path / "model.pt", "cpu")
 
 
 def test_config_yaml_mirrors_the_dataclass_defaults():
