@@ -44,3 +44,17 @@ def read_json(path):
         raise PgolfError(f"{path}: file not found; build it first (run the stage that writes it)") from None
     except json.JSONDecodeError as e:
         raise PgolfError(f"{path}: not valid JSON ({e}); delete it and re-run the stage that writes it") from None
+
+
+def load_torch(path, what: str, stage: str):
+    """torch.load a stage's output on the CPU (tensors only); a missing or damaged file is one clear error."""
+    import torch
+
+    from .errors import PgolfError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PgolfError(f"{path}: file not found; run the {stage} stage first") from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise PgolfError(f"{path}: not a readable {what} ({e}); re-run the {stage} stage") from None

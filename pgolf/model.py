@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .attention import Backend, DocLayout, attend, build_layout, resolve_backend
 from .config import from_dict
 from .errors import PgolfError
+from .io import load_torch
 from .shards import BOS_ID
 
 BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
@@ -516,12 +517,7 @@ def config_dict(config: ModelConfig) -> dict:
 
 def load_trained(path, device="cpu") -> tuple["GPT", dict]:
     """The EMA model of a model.pt ({"config", "state_dict" by unbanked names, "train"}) on `device`, and its config."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PgolfError(f"{path}: trained model not found; run the train stage first") from None
-    except Exception as e:  # torch raises many types for a damaged file
-        raise PgolfError(f"{path}: not a readable model.pt ({e}); re-run the train stage") from None
+    checkpoint = load_torch(path, "model.pt", "train")
     if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
         raise PgolfError(f"{path}: lacks config/state_dict; re-run the train stage that writes it")
     config = ModelConfig.from_dict(checkpoint["config"], f"{path}: config")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import PgolfError
-from .io import read_json, write_bytes, write_json
+from .io import load_torch, read_json, write_bytes, write_json
 
 MAGIC = b"PGRP"
 GROUPS = ("tok_emb", "attn.c_k", "attn.c_q", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")
@@ -331,12 +331,7 @@ def verify(blob_path, pack_json_path) -> bytes:
 
 
 def load_quantized(path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PgolfError(f"{path}: file not found; run the quantize rule first") from None
-    except Exception as e:  # torch raises many types for a damaged file
-        raise PgolfError(f"{path}: cannot be read as a quantized state ({e}); re-run the quantize rule") from None
+    state = load_torch(path, "quantized state", "quantize")
     try:
         _check_state(state)
     except PgolfError as e:

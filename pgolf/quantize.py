@@ -11,7 +11,6 @@ error before and after LQER; the LQER and AWQ picks; seconds).
 """
 
 import argparse
-import pickle
 import dataclasses
 from pathlib import Path
 
@@ -21,20 +20,14 @@ from .cli import doc_summary, run_cli
 from .config import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
-from .io import atomic_path, write_json
+from .io import atomic_path, load_torch, write_json
 from .model import load_trained
 from .quant import Preset, quantize_state
 from .runlog import RunLog
 
 
 def load_hessians(path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise PgolfError(f"{path}: Hessians not found; run the hessians stage for this model first")
-    try:
-        hessians = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise PgolfError(f"{path}: unreadable ({e}); delete it and re-run the hessians stage") from None
+    hessians = load_torch(path, "hessians.pt", "hessians")
     if not isinstance(hessians, dict) or "act_rms" not in hessians:
         raise PgolfError(f"{path}: not a hessians.pt (no act_rms); re-run the hessians stage")
     return hessians
