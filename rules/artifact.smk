@@ -50,7 +50,7 @@ if config["eval"].get("artifact"):
             "logs/artifact_evaluate/{name}.log",
         conda:
             "../envs/pgolf.yaml"
-        threads: config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+        threads: RANKS
         resources:
             gpu=config["hardware"]["gpus"],
         params:

@@ -26,6 +26,8 @@ RUN = config["run"]["name"]
 DATA_DIR = f"resources/data/{DATASET}"
 SUBMISSION_FOLDER = config["submission"]["folder"]
 REPORT_FIGURES = ["loss", "size", "bpb", "presets"]
+# ranks of every torchrun stage: one per GPU, or hardware.cpu_procs gloo ranks on the CPU (as pgolf.launch starts them)
+RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
 
 
 def stage_config(*sections):

@@ -31,7 +31,7 @@ rule eval_prequant:
         "logs/eval_prequant/{name}/seed{seed}.log",
     conda:
         "../envs/pgolf.yaml"
-    threads: config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+    threads: RANKS
     resources:
         gpu=config["hardware"]["gpus"],
     params:
@@ -56,7 +56,7 @@ rule evaluate:
         "logs/evaluate/{name}/seed{seed}/{preset}.log",
     conda:
         "../envs/pgolf.yaml"
-    threads: config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+    threads: RANKS
     resources:
         gpu=config["hardware"]["gpus"],
     params:

@@ -6,8 +6,6 @@ QUANT_MODULES = [
     for m in ("__init__", "preset", "gptq", "awq", "lqer", "dequant", "state")
 ]
 
-HESSIAN_RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
-
 
 rule hessians:
     input:
@@ -23,13 +21,13 @@ rule hessians:
         "logs/hessians/{name}/seed{seed}.log",
     conda:
         "../envs/pgolf.yaml"
-    threads: 4 * HESSIAN_RANKS
+    threads: 4 * RANKS
     resources:
         gpu=config["hardware"]["gpus"],
     params:
         config=stage_config("hessians", "hardware"),
         launch=torchrun(),
-        ranks=HESSIAN_RANKS,
+        ranks=RANKS,
     shell:
         "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
         "{params.launch} -m pgolf.hessians --config {params.config:q} --model {input.model} "

@@ -1,7 +1,6 @@
 # Training (torchrun): one model per seed. model.pt is protected, so a later edit cannot silently throw away a
 # 10-minute 8-GPU run; a checkpoint.pt beside the outputs (not an output itself) lets a crashed or requeued job
 # resume where it stopped.
-TRAIN_RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
 
 
 rule train:
@@ -28,13 +27,13 @@ rule train:
         "logs/train/{name}/seed{seed}.log",
     conda:
         "../envs/pgolf.yaml"
-    threads: 4 * TRAIN_RANKS
+    threads: 4 * RANKS
     resources:
         gpu=config["hardware"]["gpus"],
     params:
         config=stage_config("model", "train", "hardware"),
         launch=torchrun(),
-        ranks=TRAIN_RANKS,
+        ranks=RANKS,
     shell:
         "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
         "{params.launch} -m pgolf.train --config {params.config:q} --manifest {input.manifest} "
