@@ -10,9 +10,9 @@ FlashAttention's `window_size=(window, 0)`). Backends, fastest first, all comput
 - `flex`: FlexAttention with a document-causal block mask (compiled on CUDA, unfused on CPU);
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
-The three varlen backends flatten the batch into one packed stream cut at every BOS and row start; the cuts
-come from a `nonzero`, so choosing one of them lets torch.compile capture data-dependent shapes (otherwise a
-fullgraph compile would stop there).
+The three varlen backends flatten the batch into one packed stream cut at every BOS and row start
+(`segment_offsets`). Built inside the model, the cuts come from a `nonzero`, so choosing one of them lets
+torch.compile capture data-dependent shapes; the trainer passes them in, built on the CPU.
 """
 
 import importlib
@@ -140,18 +140,26 @@ def _flex_block_mask(doc_ids: torch.Tensor, window: int | None):
     return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device)
 
 
-def build_layout(ids: torch.Tensor, backend: Backend, windows) -> DocLayout:
-    """Document boundaries of a (B, T) batch for `backend`; `windows` = the set of windows the layers use."""
+def segment_offsets(ids: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens (n_segments + 1,) int32 of a (B, T) batch flattened: a segment starts at every BOS and at every
+    row start, and the last entry is B * T. The trainer builds it on the CPU (no device-to-host sync for the
+    `nonzero`, and a plain input size that compiles once with a dynamic length)."""
+    B, T = ids.shape
+    starts = ids == BOS_ID
+    starts[:, 0] = True
+    offsets = torch.nonzero(starts.flatten()).flatten().to(torch.int32)
+    total = torch.full((1,), B * T, dtype=torch.int32, device=ids.device)
+    return torch.cat([offsets, total])
+
+
+def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch.Tensor | None = None) -> DocLayout:
+    """Document boundaries of a (B, T) batch for `backend`; `windows` = the set of windows the layers use;
+    `cu_seqlens` = segment_offsets(ids) when the caller already has it (on ids' device)."""
     doc_ids = document_ids(ids)
     layout = DocLayout(doc_ids)
     if backend.name in VARLEN_BACKENDS:
-        B, T = ids.shape
-        starts = ids == BOS_ID
-        starts[:, 0] = True
-        offsets = torch.nonzero(starts.flatten()).flatten().to(torch.int32)
-        total = torch.full((1,), B * T, dtype=torch.int32, device=ids.device)
-        layout.cu_seqlens = torch.cat([offsets, total])
-        layout.max_seqlen = T
+        layout.cu_seqlens = segment_offsets(ids) if cu_seqlens is None else cu_seqlens
+        layout.max_seqlen = ids.size(1)
     elif backend.name == "flex":
         layout.masks = {w: _flex_block_mask(doc_ids, w) for w in windows}
     else:

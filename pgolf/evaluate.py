@@ -15,12 +15,13 @@ evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.j
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import dist as pgdist
-from . import ngram
+from . import compile_cache, ngram
 from .bpb import ValData, diagnostic_eval, load_val
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
@@ -254,7 +255,9 @@ def main(argv=None):
         p.add_argument("--config", required=True, help="JSON text or path with the eval and hardware sections")
         p.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")
         p.add_argument("--out", required=True, help="the JSON to write")
+        p.add_argument("--compile-cache", type=Path, help="keep torch.compile's caches in this folder")
     args = parser.parse_args(argv)
+    compile_cache.use(args.compile_cache)
 
     config = load_stage_config(args.config)
     dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))

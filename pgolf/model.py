@@ -8,6 +8,7 @@ Every stage codes against `GPT`:
     logits = model(ids)                              # (B, T, V) float32, softcapped
     model(ids, capture=fn)                           # fn(name, rows) for every quantized matrix's input rows
     model(ids, targets, adapters=fn)                 # fn(kind, slot, x) -> tensor added to that output (TTT LoRA)
+    model(ids, targets, cu_seqlens=segment_offsets(ids))  # document cuts made ahead (the trainer, on the CPU)
     model.looping = True                             # depth recurrence (training turns it on at enable_looping_at)
     state = model.unbanked_state_dict(); GPT.from_unbanked(config, state)
 
@@ -383,7 +384,7 @@ class GPT(nn.Module):
             x = torch.cat([x[:, :1], x[:, 1:] + g * x[:, :-1] * not_bos], dim=1)
         return rms_norm(x)
 
-    def hidden(self, ids: torch.Tensor, capture=None, adapters=None) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None) -> torch.Tensor:
         """Final-norm output (B, T, d) in the compute dtype (bf16 on CUDA, fp32 on CPU)."""
         c = self.config
         dtype = torch.bfloat16 if ids.is_cuda else torch.float32
@@ -391,7 +392,7 @@ class GPT(nn.Module):
         windows = {b.attn.window for b in self.blocks}
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
         banks = tuple(getattr(self, b).to(dtype) for b in BANKS)
-        p = _Pass(backend, build_layout(ids, backend, windows), banks, cos, sin, capture, adapters)
+        p = _Pass(backend, build_layout(ids, backend, windows, cu_seqlens), banks, cos, sin, capture, adapters)
         x = x0 = self._embed(ids, dtype)
         enc, dec = self.layer_order()
         skips = []
@@ -432,17 +433,18 @@ class GPT(nn.Module):
                 logits = logits + delta.float()
         return logits
 
-    def forward(self, ids, targets=None, *, reduction: str = "mean", capture=None, adapters=None):
+    def forward(self, ids, targets=None, *, reduction: str = "mean", capture=None, adapters=None, cu_seqlens=None):
         """Softcapped logits (B, T, V) fp32, or with targets the CE loss (mean, or (B, T) for "none").
 
         capture(name, rows): input rows (N, in) of every quantized matrix, on every application.
         adapters(kind, slot, x): kind in ADAPTER_KINDS, slot = position in virtual_layers() (0 for "head");
         a returned tensor is added to that output (q/k/v/o: x = normed block input; mlp: normed MLP input;
         head: the final hidden, added to the logits before the softcap).
+        cu_seqlens: pgolf.attention.segment_offsets(ids) on ids' device, when the caller made it already.
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        logits = self._project(self.hidden(ids, capture, adapters), capture, adapters)
+        logits = self._project(self.hidden(ids, capture, adapters, cu_seqlens), capture, adapters)
         cap = self.config.logit_softcap
         if self.config.asym_logit_rescale and not self.training:
             capped = asym_softcap(logits, self.softcap_pos.float(), self.softcap_neg.float())

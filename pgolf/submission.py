@@ -37,6 +37,7 @@ class Layout:
         self.train = root / "results" / config["run"]["name"] / f"seed{seed}" / "train"
         self.quant = root / "results" / config["run"]["name"] / f"seed{seed}" / "quant" / preset
         self.manifest, self.audit = self.data / "manifest.json", self.data / "data_audit.json"
+        self.compile_cache = root / "results" / config["run"]["name"] / "compile_cache"
 
 
 def _data_stage(config: dict, layout: Layout, cfg: str):
@@ -75,7 +76,7 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
             _data_stage(config, layout, cfg)
         dist.barrier()
         train.main(["--config", cfg, "--manifest", str(layout.manifest), "--audit", str(layout.audit),
-                    "--seed", str(seed), "--out-dir", str(layout.train)])
+                    "--seed", str(seed), "--out-dir", str(layout.train), "--compile-cache", str(layout.compile_cache)])
         hessians.main(["--config", cfg, "--model", str(layout.train / "model.pt"), "--manifest",
                        str(layout.manifest), "--seed", str(seed), "--out", str(layout.train / "hessians.pt")])
         if dist.is_main:
@@ -86,9 +87,10 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
             sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
                             "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
         dist.barrier()
-        evaluate.main(["prequant", "--config", cfg, "--model", str(layout.train / "model.pt"),
+        cache = ["--compile-cache", str(layout.compile_cache)]
+        evaluate.main(["prequant", *cache, "--config", cfg, "--model", str(layout.train / "model.pt"),
                        "--manifest", str(layout.manifest), "--out", str(layout.train / "prequant.json")])
-        evaluate.main(["artifact", "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),
+        evaluate.main(["artifact", *cache, "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),
                        "--pack-json", str(layout.quant / "pack.json"), "--size", str(layout.quant / "size.json"),
                        "--prequant", str(layout.train / "prequant.json"), "--manifest", str(layout.manifest),
                        "--out", str(layout.quant / "eval.json")])

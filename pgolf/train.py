@@ -7,7 +7,9 @@ Several ranks: `torchrun --standalone --nproc-per-node=N -m pgolf.train ...` (N 
 `train.batch_tokens` through 8 // N accumulated micro-steps). CFG (a resolved config, JSON text or path) holds the
 sections model, train, hardware and run. Writes model.pt ({"config", "state_dict": EMA weights fp32 by the unbanked
 names, "train": summary}), summary.json and log.jsonl into the out dir. A checkpoint.pt there (written every
-`train.checkpoint_minutes`) is resumed automatically and deleted once model.pt is written.
+`train.checkpoint_minutes`) is resumed automatically and deleted once model.pt is written. `--compile-cache DIR`
+(the rule passes results/<name>/compile_cache) keeps torch.compile's caches there, so a re-run or a resume on the
+same machine starts training without recompiling.
 """
 
 import argparse
@@ -23,11 +25,12 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from . import checkpoint
+from . import checkpoint, compile_cache
 from . import dist as pdist
 from .config import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, read_json, write_json
+from .attention import segment_offsets
 from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
 from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
@@ -133,6 +136,7 @@ class Trainer:
         self.step, self.elapsed, self.position = 0, 0.0, start_position()
         self.phase = {"before": [0.0, 0], "after": [0.0, 0]}  # looping off/on: [seconds, steps]
         self.looping_from = None
+        self.compile_seconds = None  # the compile warm-up's wall seconds, outside the training timer
         self.records = []  # the log's records after the header, kept for a resumed run's log
         identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed}
         for volatile in ("checkpoint_minutes", "log_every", "compile", "compile_warmup_steps"):
@@ -174,13 +178,29 @@ class Trainer:
         self.dist.barrier()
 
     # ----- steps -----
-    def train_step(self, rows, seq_len, lr_mult, momentum):
-        """One global batch: accumulated micro-steps, then the optimizer; returns this rank's mean loss."""
-        total = torch.zeros((), device=self.device)
+    def micro_batches(self, rows: torch.Tensor, seq_len: int) -> list[tuple]:
+        """(ids, targets, cu_seqlens) on the device for each micro-step of the loader's CPU rows. On CUDA the
+        document cuts are made here on the CPU: no device-to-host sync inside the step, and a compiled graph
+        whose only varying size is the cut count (marked dynamic, so it never recompiles)."""
+        on_device = rows.to(self.device, non_blocking=True)
+        batches = []
         for k in range(self.accum):
-            ids = rows[k, :-1].reshape(-1, seq_len)
-            targets = rows[k, 1:].reshape(-1, seq_len)
-            loss = self.forward(ids, targets)
+            ids = on_device[k, :-1].reshape(-1, seq_len)
+            targets = on_device[k, 1:].reshape(-1, seq_len)
+            cu = None
+            if self.device.type == "cuda":
+                cu = segment_offsets(rows[k, :-1].reshape(-1, seq_len)).to(self.device, non_blocking=True)
+                if self.compiled:
+                    torch._dynamo.maybe_mark_dynamic(cu, 0)
+            batches.append((ids, targets, cu))
+        return batches
+
+    def train_step(self, rows, seq_len, lr_mult, momentum):
+        """One global batch (the loader's CPU rows): accumulated micro-steps, then the optimizer; returns this
+        rank's mean loss and the gradient norm."""
+        total = torch.zeros((), device=self.device)
+        for ids, targets, cu in self.micro_batches(rows, seq_len):
+            loss = self.forward(ids, targets, cu_seqlens=cu)
             (loss / self.accum).backward()
             total += loss.detach()
         grad_norm = self.opt.step(lr_mult, momentum)
@@ -189,6 +209,7 @@ class Trainer:
 
     def compile_warmup(self):
         """Compile every (looping, sequence length) variant outside the timer, then restore the initial state."""
+        start = time.perf_counter()
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_opt = copy.deepcopy(self.opt.state_dict())
         loader = self.make_loader(start_position())
@@ -197,14 +218,15 @@ class Trainer:
                 self.model.looping = looping
                 for seq_len in seq_lens(self.model_cfg):
                     for _ in range(self.cfg.compile_warmup_steps):
-                        rows = next(loader).to(self.device, non_blocking=True)
-                        self.train_step(rows, seq_len, 1.0, muon_momentum(0, self.cfg))
+                        self.train_step(next(loader), seq_len, 1.0, muon_momentum(0, self.cfg))
         finally:
             loader.close()
         self.model.load_state_dict(saved_model)
         self.opt.load_state_dict(saved_opt)
         self.model.looping = False
-        self.emit({"event": "compile_warmup_done"})
+        self.sync()
+        self.compile_seconds = round(time.perf_counter() - start, 2)
+        self.emit({"event": "compile_warmup_done", "seconds": self.compile_seconds})
 
     def make_loader(self, position):
         return DocumentLoader(self.paths, self.cfg.batch_tokens, self.dist.world, self.dist.rank, position=position,
@@ -271,8 +293,7 @@ class Trainer:
             seq_len = seq_len_at(self.model_cfg, frac)
             lr_mult = lr_multiplier(frac, self.cfg.warmdown_frac, self.cfg.min_lr)
             start = time.perf_counter()
-            rows = next(loader).to(self.device, non_blocking=True)
-            loss, grad_norm = self.train_step(rows, seq_len, lr_mult, muon_momentum(self.step, self.cfg))
+            loss, grad_norm = self.train_step(next(loader), seq_len, lr_mult, muon_momentum(self.step, self.cfg))
             self.ema.update()
             self.sync()
             seconds = time.perf_counter() - start
@@ -319,7 +340,8 @@ class Trainer:
         summary = {
             "steps": self.step, "train_seconds": round(self.elapsed, 3), "schedule": self.cfg.schedule,
             "ms_per_step_before_looping": ms["before"], "ms_per_step_after_looping": ms["after"],
-            "looping_from_step": self.looping_from, "tokens": self.step * self.cfg.batch_tokens,
+            "looping_from_step": self.looping_from, "compile_warmup_seconds": self.compile_seconds,
+            "tokens": self.step * self.cfg.batch_tokens,
             "final_loss": round(final_loss, 5), "peak_memory_mib": round(peak_memory_mib(self.device), 1),
             "world_size": self.dist.world, "accum_steps": self.accum, "seed": self.seed,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
@@ -366,7 +388,9 @@ def main(argv=None):
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--stop-after-step", type=int, help="debug: checkpoint after this step and exit")
+    parser.add_argument("--compile-cache", type=Path, help="keep torch.compile's caches in this folder")
     args = parser.parse_args(argv)
+    compile_cache.use(args.compile_cache)
     config = load_stage_config(args.config)
     missing = [s for s in ("model", "train", "hardware") if s not in config]
     if missing:

@@ -56,7 +56,8 @@ if config["eval"].get("artifact"):
         params:
             config=stage_config("eval", "hardware"),
             launch=torchrun(),
+            compile_cache=compile_cache_dir,
         shell:
             "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate artifact --config {params.config:q} "
             "--pgrp {input.pgrp} --pack-json {input.info} --size {input.size_json} "
-            "--manifest {input.manifest} --out {output} > {log} 2>&1"
+            "--manifest {input.manifest} --compile-cache {params.compile_cache} --out {output} > {log} 2>&1"

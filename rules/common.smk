@@ -48,6 +48,11 @@ def torchrun(gpus=None):
     return f"python -m pgolf.launch --gpus {gpus} --cpu-procs {hardware.get('cpu_procs', 1)} --"
 
 
+def compile_cache_dir(wildcards):
+    """torch.compile's caches of a run, next to its outputs and shared by its seeds (pgolf.compile_cache)."""
+    return f"results/{wildcards.name}/compile_cache"
+
+
 def document_inputs(wildcards):
     """Raw documents a tokenizer/tokenize job reads: the local corpus, the hub's docs.jsonl, or none (builtin)."""
     source = config["data"]["source"]

@@ -13,6 +13,7 @@ EVAL_MODULES = [
     "shards",
     "dist",
     "launch",
+    "compile_cache",
 ]
 EVAL_MODULES += [
     f"quant.{m}"
@@ -37,9 +38,11 @@ rule eval_prequant:
     params:
         config=stage_config("eval", "hardware"),
         launch=torchrun(),
+        compile_cache=compile_cache_dir,
     shell:
         "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate prequant --config {params.config:q} "
-        "--model {input.model} --manifest {input.manifest} --out {output} > {log} 2>&1"
+        "--model {input.model} --manifest {input.manifest} --compile-cache {params.compile_cache} "
+        "--out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -62,7 +65,8 @@ rule evaluate:
     params:
         config=stage_config("eval", "hardware"),
         launch=torchrun(),
+        compile_cache=compile_cache_dir,
     shell:
         "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate artifact --config {params.config:q} "
         "--pgrp {input.pgrp} --pack-json {input.info} --size {input.size_json} --prequant {input.prequant} "
-        "--manifest {input.manifest} --out {output} > {log} 2>&1"
+        "--manifest {input.manifest} --compile-cache {params.compile_cache} --out {output} > {log} 2>&1"

@@ -18,6 +18,7 @@ rule train:
             "dist",
             "launch",
             "runlog",
+            "compile_cache",
         ),
     output:
         model=protected("results/{name}/seed{seed}/train/model.pt"),
@@ -34,7 +35,9 @@ rule train:
         config=stage_config("model", "train", "hardware"),
         launch=torchrun(),
         ranks=RANKS,
+        compile_cache=compile_cache_dir,
     shell:
         "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
         "{params.launch} -m pgolf.train --config {params.config:q} --manifest {input.manifest} "
-        "--audit {input.audit} --seed {wildcards.seed} --out-dir $(dirname {output.model}) > {log} 2>&1"
+        "--audit {input.audit} --seed {wildcards.seed} --out-dir $(dirname {output.model}) "
+        "--compile-cache {params.compile_cache} > {log} 2>&1"

@@ -167,3 +167,28 @@ def test_torch_varlen_flags_follow_the_installed_signature():
     assert backend.torch_varlen_window == ("window_size" in params)
     assert backend.torch_varlen_gqa == ("enable_gqa" in params)
     assert backend.torch_varlen_window or "is_causal" in params
+
+
+def test_model_takes_cuts_made_ahead_on_the_cpu(fake_flash):
+    """The trainer's CPU-made cu_seqlens give the same loss as the cuts the model makes itself, and are used."""
+    from pgolf.attention import segment_offsets
+    from pgolf.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=4,
+                            gate_window=4, num_loops=0, loop_start=0, loop_end=0, parallel_start_layer=None,
+                            xsa_last_n=2, train_seq_len=16))
+    with torch.no_grad():
+        model.qo_bank.normal_(0, 0.2)  # the O projections start at zero; make attention reach the loss
+    model.attention_backend = "fa3"
+    ids = torch.randint(2, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    ids[:, 0], ids[0, 7], ids[1, 3] = BOS, BOS, BOS
+    targets = torch.roll(ids, -1, dims=1)
+    cuts = segment_offsets(ids)
+    assert cuts.tolist() == [0, 7, 16, 19, 32]
+    inside = model(ids, targets, reduction="none")
+    torch.testing.assert_close(model(ids, targets, reduction="none", cu_seqlens=cuts), inside, rtol=0, atol=0)
+    one_segment_per_row = torch.tensor([0, 16, 32], dtype=torch.int32)
+    leaked = model(ids, targets, reduction="none", cu_seqlens=one_segment_per_row)
+    assert not torch.allclose(leaked[0, 7:], inside[0, 7:])  # attention across the BOS changes the second doc
+    torch.testing.assert_close(leaked[0, :7], inside[0, :7])  # and nothing before it

@@ -4,6 +4,7 @@ the time schedule, bad input, and TrainConfig defaults against config.yaml."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,16 @@ def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):
 def test_train_config_defaults_equal_config_yaml():
     section = yaml.safe_load((ROOT / "config.yaml").read_text())["train"]
     assert section == dataclasses.asdict(TrainConfig())
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend needs a C++ compiler")
+def test_compile_cache_holds_inductor_and_autograd_caches(tmp_path):
+    """--compile-cache: what torch.compile writes (FX graphs, AOTAutograd entries) lands in the given folder."""
+    script = ("import pathlib, sys, torch\nfrom pgolf import compile_cache\n"
+              "compile_cache.use(pathlib.Path(sys.argv[1]))\n"
+              "x = torch.randn(8, requires_grad=True)\n"
+              "torch.compile(lambda t: (2 * t).sin().sum())(x).backward()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], check=True, env=env, cwd=ROOT)
+    written = {p.relative_to(tmp_path / "cache").parts[0] for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert {"fxgraph", "aotautograd"} <= written

@@ -1,0 +1,259 @@
+"""Training throughput of the record model on one GPU: the trainer of `python -m pgolf.train`, measured.
+
+    python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
+        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--out throughput.json]
+
+The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
+one GPU), every step the product's `Trainer.train_step`. In one run:
+- the bf16 ceiling: median time of an 8192^3 bf16 matmul over 4 rotating random input pairs (SPEC.md);
+- compile: wall seconds of the first step of each looping state (cold cache in --cache, emptied first) less one
+  steady step;
+- median ms/step, tokens/s, model TFLOP/s and MFU before and after looping, peak memory, the loss curve;
+- the first steps' losses of an eager run from the same weights and data, against the compiled run's;
+- restart: a new process on the same --cache, seconds from its start to the end of its first step in each state;
+- with --profile, the CUDA kernels that take most time in one looped step.
+Model FLOPs per token = 6 x (matrix parameters applied per token, looped layers once per application, + LM head)
++ 12 x d_model x (mean attended keys per query) per layer application (SPEC.md). Prints a table last.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pgolf import compile_cache
+from pgolf import dist as pdist
+from pgolf.attention import segment_offsets
+from pgolf.loader import start_position
+from pgolf.model import ModelConfig, layer_orders
+from pgolf.optim import muon_momentum
+from pgolf.shards import shard_paths
+from pgolf.train import TrainConfig, Trainer
+
+# The upstream record script on one H100 with the bench corpus (the issue's anchor; not measured here).
+ANCHOR_H100 = {"ms_before": 847, "ms_looped": 1276, "tflops": 242, "mfu": 0.34, "peak_gib": 42.3}
+
+
+def bf16_ceiling(size: int, device, repeats: int = 20) -> float:
+    """TFLOP/s of a bf16 size^3 matmul: median over `repeats` timed products cycling through 4 random pairs."""
+    pairs = [(torch.randn(size, size, device=device, dtype=torch.bfloat16),
+              torch.randn(size, size, device=device, dtype=torch.bfloat16)) for _ in range(4)]
+    for a, b in pairs:
+        a @ b
+    times = []
+    for i in range(repeats):
+        a, b = pairs[i % 4]
+        times.append(_timed(lambda: a @ b, device))
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def flops_per_token(cfg: ModelConfig, looping: bool, mean_keys: float) -> float:
+    """Model FLOPs per trained token (forward + backward), the SPEC.md definition."""
+    d, kv, hidden = cfg.model_dim, cfg.kv_dim, cfg.mlp_dim
+    per_layer = 2 * d * d + 2 * kv * d + 2 * hidden * d  # Q, O; K, V; MLP up, down
+    enc, dec = layer_orders(cfg, looping)
+    applications = len(enc) + len(dec)
+    matrices = applications * per_layer + cfg.vocab_size * d
+    return 6 * matrices + 12 * d * mean_keys * applications
+
+
+def mean_attended_keys(rows: torch.Tensor, seq_len: int) -> float:
+    """Mean number of keys a query sees under the document-causal mask (segments cut at BOS and row starts)."""
+    cuts = segment_offsets(rows[:, :-1].reshape(-1, seq_len)).double()
+    lengths = cuts[1:] - cuts[:-1]
+    return float((lengths * (lengths + 1) / 2).sum() / lengths.sum())
+
+
+def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
+    model_cfg = ModelConfig.from_dict(json.loads(args.model)) if args.model else ModelConfig()
+    cfg = TrainConfig(schedule="steps", steps=10**6, batch_tokens=args.batch_tokens, compile=compiled,
+                      compile_warmup_steps=0, checkpoint_minutes=0)
+    config = {"model": vars(model_cfg), "train": vars(cfg), "bench": vars(args)}
+    with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
+        return Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
+
+
+class Run:
+    """Steps of one trainer over the loader's stream from its start, each timed with a sync."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.loader = trainer.make_loader(start_position())
+        self.steps = []  # {"step", "looping", "loss", "seconds"}
+        self.keys = []  # mean attended keys of each batch
+
+    def step(self, looping: bool) -> dict:
+        t = self.trainer
+        t.model.looping = looping
+        seq_len = t.model_cfg.train_seq_len
+        t.sync()
+        start = time.perf_counter()
+        rows = next(self.loader)
+        loss, _ = t.train_step(rows, seq_len, 1.0, muon_momentum(len(self.steps), t.cfg))
+        t.ema.update()
+        t.sync()
+        record = {"step": len(self.steps) + 1, "looping": looping, "loss": float(loss),
+                  "seconds": time.perf_counter() - start}
+        self.steps.append(record)
+        self.keys.append(mean_attended_keys(rows, seq_len))
+        return record
+
+    def close(self):
+        self.loader.close()
+
+
+def restart_probe(args, dist) -> dict:
+    """The wall-clock time at which the first step of each state ends (a fresh process on a filled cache)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run(make_trainer(args, True, Path(tmp), dist))
+        done = {}
+        for looping in (False, True):
+            run.step(looping)
+            done["looping" if looping else "before_looping"] = time.time()
+        run.close()
+    return done
+
+
+def kernel_table(run: Run, top: int = 12) -> list[dict]:
+    """CUDA kernels by total time over one looped step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run.step(True)
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events)
+    events.sort(key=lambda e: -e.device_time_total)
+    return [{"kernel": e.key[:70], "calls": e.count, "ms": round(e.device_time_total / 1000, 2),
+             "share": round(e.device_time_total / total, 4)} for e in events[:top]]
+
+
+def phase_summary(records, keys, model_cfg, batch_tokens, ceiling) -> dict:
+    steady = records[1:]  # the first step of a state compiles
+    seconds = statistics.median(r["seconds"] for r in steady)
+    mean_keys = statistics.fmean(keys)
+    flops = flops_per_token(model_cfg, records[0]["looping"], mean_keys)
+    tflops = flops * batch_tokens / seconds / 1e12
+    return {"ms_per_step": round(1000 * seconds, 1), "tokens_per_s": round(batch_tokens / seconds),
+            "mean_attended_keys": round(mean_keys, 1), "model_tflops": round(tflops, 1),
+            "mfu": round(tflops / ceiling, 4), "first_step_s": round(records[0]["seconds"], 2),
+            "compile_s": round(records[0]["seconds"] - seconds, 2)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=10, help="steady steps per looping state")
+    parser.add_argument("--eager-steps", type=int, default=3)
+    parser.add_argument("--loss-tolerance", type=float, default=0.02, help="max |compiled - eager| first losses")
+    parser.add_argument("--cache", type=Path, help="compile cache (emptied first); default: a temporary folder")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
+    parser.add_argument("--model", help="ModelConfig overrides as JSON (CPU dry runs); default: the record model")
+    parser.add_argument("--ceiling-size", type=int, default=8192)
+    parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    dist = pdist.init(1 if torch.cuda.is_available() else 0)
+    device = dist.device
+    if args.restart_probe:
+        compile_cache.use(args.cache)
+        print(json.dumps(restart_probe(args, dist)))
+        return
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="pgolf-compile-"))
+    shutil.rmtree(cache, ignore_errors=True)
+    compile_cache.use(cache)
+    ceiling = bf16_ceiling(args.ceiling_size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "ceiling_tflops": round(ceiling, 1), "batch_tokens": args.batch_tokens}
+    tmp = Path(tempfile.mkdtemp(prefix="pgolf-bench-"))
+
+    trainer = make_trainer(args, True, tmp / "compiled", dist)
+    result["compiled"] = trainer.compiled
+    run = Run(trainer)
+    phases = {}
+    for looping in (False, True):
+        first = len(run.steps)
+        for _ in range(args.steps + 1):
+            run.step(looping)
+        name = "looping" if looping else "before_looping"
+        phases[name] = phase_summary(run.steps[first:], run.keys[first:], trainer.model_cfg, args.batch_tokens,
+                                     ceiling)
+    result["phases"] = phases
+    result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) \
+        if device.type == "cuda" else None
+    if args.profile and device.type == "cuda":
+        result["kernels"] = kernel_table(run)
+    result["losses"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in run.steps]
+    run.close()
+    del run, trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    eager = Run(make_trainer(args, False, tmp / "eager", dist))
+    eager_losses = [eager.step(False)["loss"] for _ in range(args.eager_steps)]
+    eager.close()
+    compiled_losses = [r["loss"] for r in result["losses"][: args.eager_steps]]
+    worst = max(abs(a - b) for a, b in zip(compiled_losses, eager_losses))
+    result["eager_check"] = {"compiled": compiled_losses, "eager": [round(x, 4) for x in eager_losses],
+                             "max_abs_diff": round(worst, 5), "tolerance": args.loss_tolerance,
+                             "passed": worst <= args.loss_tolerance}
+
+    probe = [sys.executable, __file__, "--restart-probe", "--manifest", str(args.manifest), "--cache", str(cache),
+             "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed)]
+    if args.model:
+        probe += ["--model", args.model]
+    launched = time.time()
+    done = subprocess.run(probe, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    result["restart_s"] = {k: round(t - launched, 2) for k, t in json.loads(done).items()}
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print_table(result)
+
+
+def print_table(r: dict):
+    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}; bf16 ceiling {r['ceiling_tflops']} "
+          f"TFLOP/s; batch {r['batch_tokens']:,} tokens; peak memory {r['peak_memory_gib']} GiB")
+    print("| phase | ms/step | tokens/s | mean keys | model TFLOP/s | MFU | compile s | restart: first step at s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, p in r["phases"].items():
+        print(f"| {name} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {p['mean_attended_keys']} | "
+              f"{p['model_tflops']} | {p['mfu']:.1%} | {p['compile_s']} | {r['restart_s'][name]} |")
+    a = ANCHOR_H100
+    print(f"| upstream anchor (H100, issue) | {a['ms_before']} / {a['ms_looped']} | | | ~{a['tflops']} | "
+          f"~{a['mfu']:.0%} | | |")
+    e = r["eager_check"]
+    print(f"eager check: compiled {e['compiled']} vs eager {e['eager']}: max |diff| {e['max_abs_diff']} "
+          f"(tolerance {e['tolerance']}) -> {'pass' if e['passed'] else 'FAIL'}")
+    for k in r.get("kernels", []):
+        print(f"  {k['share']:6.1%} {k['ms']:9.2f} ms {k['calls']:5d}x  {k['kernel']}")
+
+
+if __name__ == "__main__":
+    main()
