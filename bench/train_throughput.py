@@ -205,6 +205,7 @@ def main(argv=None):
         phases[name] = phase_summary(run.steps[first:], run.keys[first:], trainer.model_cfg, args.batch_tokens,
                                      ceiling)
     result["phases"] = phases
+    save(args.out, result)
     result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) \
         if device.type == "cuda" else None
     if args.profile and device.type == "cuda":
@@ -223,6 +224,7 @@ def main(argv=None):
     result["eager_check"] = {"compiled": compiled_losses, "eager": [round(x, 4) for x in eager_losses],
                              "max_abs_diff": round(worst, 5), "tolerance": args.loss_tolerance,
                              "passed": worst <= args.loss_tolerance}
+    save(args.out, result)
 
     probe = [sys.executable, __file__, "--restart-probe", "--manifest", str(args.manifest), "--cache", str(cache),
              "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed)]
@@ -232,9 +234,14 @@ def main(argv=None):
     done = subprocess.run(probe, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     result["restart_s"] = {k: round(t - launched, 2) for k, t in json.loads(done).items()}
     shutil.rmtree(tmp, ignore_errors=True)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save(args.out, result)
     print_table(result)
+
+
+def save(path: Path | None, result: dict):
+    """Written after each part, so that a run cut short by its time limit still leaves what it measured."""
+    if path:
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def print_table(r: dict):

@@ -15,11 +15,10 @@ import torch
 from pgolf import ngram
 from pgolf.bpb import ValData
 from pgolf.dist import init
-from pgolf.evaluate import EvalConfig, prepare, score, sync, warmup
+from pgolf.evaluate import FINEWEB_VAL_TARGETS, EvalConfig, prepare, score, sync, warmup
 from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import PhasedTTT
 
-FULL_VAL_TARGETS = 47_851_520
 
 
 def synthetic_val(docs: int, vocab: int, seed: int = 0) -> ValData:
@@ -77,7 +76,7 @@ def main():
         ("probe max diff before / after update",
          f"{probe['max_abs_diff_before_update']:.2e} / {probe['max_abs_diff_after_update']:.2e}"),
         ("diag bpb / ttt bpb", f"{diag['val_bpb']:.4f} / {result.totals['val_bpb']:.4f}"),
-        ("projected full val on 8 devices s", FULL_VAL_TARGETS / (val.targets / seconds) / 8),
+        ("projected full val on 8 devices s", FINEWEB_VAL_TARGETS / (val.targets / seconds) / 8),
     ]
     if dist.device.type == "cuda":
         rows.append(("peak memory GiB", torch.cuda.max_memory_allocated() / 2**30))

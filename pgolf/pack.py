@@ -371,6 +371,8 @@ def main(argv=None):
     source.add_argument("--quantized", help="quantized.pt from the quantize stage")
     source.add_argument("--index", help="a model.pgrp made elsewhere (eval.artifact): check it, copy it, describe it")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the brotli-only comparison (one core compresses the whole state: minutes)")
     args = parser.parse_args(argv)
     if args.index:
         return index(args.index, args.out)
@@ -388,8 +390,9 @@ def main(argv=None):
         "sha256": sha256(data),
     }
     log.write({"event": "packed", **info})
-    info["brotli_baseline_bytes"] = brotli_baseline_bytes(state)
-    info["saved_vs_baseline_bytes"] = info["brotli_baseline_bytes"] - len(data)
+    if not args.no_baseline:
+        info["brotli_baseline_bytes"] = brotli_baseline_bytes(state)
+        info["saved_vs_baseline_bytes"] = info["brotli_baseline_bytes"] - len(data)
     out = Path(args.out)
     write_bytes(out, data)
     write_json(out.with_name("pack.json"), info)

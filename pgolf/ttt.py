@@ -21,6 +21,7 @@ import torch
 import torch.distributed as torch_dist
 
 from . import ngram
+from .attention import segment_offsets
 from .bpb import PAD_ID, Totals, ValData
 from .lora import KINDS, BatchedLoRA, adapter_shapes
 from .shards import BOS_ID
@@ -58,6 +59,14 @@ class TTTConfig:
     global_grad_clip: float = 1.0
     window_multiple: int = 128  # TTT windows padded to a multiple of this (fewer compiled shapes)
     probe_batches: int = 2  # batches per rank whose middle chunk is re-scored by the score-first probe
+
+
+def window_cuts(ids: torch.Tensor) -> torch.Tensor:
+    """cu_seqlens of TTT windows: a window holds one document (its BOS at column 0 or cut off before it, PAD
+    after its end), so the cuts are the row starts. Made from the shape alone: no `nonzero`, and so no
+    data-dependent size in the compiled graphs."""
+    B, T = ids.shape
+    return torch.arange(0, B * T + 1, T, dtype=torch.int32, device=ids.device)
 
 
 def split_documents(tokens: np.ndarray):
@@ -123,8 +132,9 @@ class PhasedTTT:
     def __init__(self, model, val: ValData, cfg: TTTConfig, dist, forward=None):
         """`forward` is the callable that runs the model (a compiled wrapper of `model` on GPU)."""
         self.model, self.cfg, self.dist = model, cfg, dist
-        self.forward = forward or model
+        self.forward = model if forward is None else forward  # a compiled module has no truth value
         device = dist.device
+        self.host_tokens = val.tokens  # the global phases build their batches on the host
         self.tokens = torch.as_tensor(val.tokens, device=device)
         self.position_bytes = torch.as_tensor(val.position_bytes, device=device)
         self.starts, self.lengths = split_documents(val.tokens)
@@ -138,7 +148,8 @@ class PhasedTTT:
     # ----- one chunk step -----
     def chunk_nll(self, ids, in_idx, targets, hint):
         """Per-token NLL (B, width) at the chunk positions and log q of each position's hint, one log-softmax."""
-        logits = self.forward(ids, adapters=self.lora)
+        torch._dynamo.maybe_mark_dynamic(ids, 1)  # one compiled graph for every window length
+        logits = self.forward(ids, adapters=self.lora, cu_seqlens=window_cuts(ids))
         picked = logits.gather(1, in_idx[..., None].expand(-1, -1, logits.size(-1)))
         return ngram.score_terms(picked, targets, hint)
 
@@ -242,8 +253,8 @@ class PhasedTTT:
         """One epoch of distributed SGD on all base weights over the first `boundary` scored documents."""
         cfg, dist, model, device = self.cfg, self.dist, self.model, self.dist.device
         docs = np.concatenate(self.queue[: min(claimed, len(self.queue))])[:boundary]
-        stream = torch.cat([self.tokens[s : s + n] for s, n in zip(self.starts[docs], self.lengths[docs])])
-        n_chunks = -(-(stream.numel() - 1) // cfg.global_chunk_tokens)
+        stream = np.concatenate([self.host_tokens[s : s + n] for s, n in zip(self.starts[docs], self.lengths[docs])])
+        n_chunks = -(-(stream.size - 1) // cfg.global_chunk_tokens)
         params = [p for p in model.parameters()]
         for p in params:
             p.requires_grad_(True)
@@ -255,19 +266,23 @@ class PhasedTTT:
                 for group in opt.param_groups:
                     group["lr"] = cfg.global_lr * 0.5 * (1 + math.cos(math.pi * c / (n_chunks - 1)))
                 lo = c * cfg.global_chunk_tokens
-                hi = min(lo + cfg.global_chunk_tokens, stream.numel() - 1)
+                hi = min(lo + cfg.global_chunk_tokens, stream.size - 1)
                 seqs = [(s, min(s + cfg.seq_len, hi)) for s in range(lo, hi, cfg.seq_len)]
                 mine = seqs[dist.rank :: dist.world]
                 for i in range(0, len(mine), cfg.global_batch_seqs):
                     part = mine[i : i + cfg.global_batch_seqs]
-                    ids = torch.full((len(part), cfg.seq_len), PAD_ID, dtype=torch.long, device=device)
-                    targets = torch.full_like(ids, PAD_ID)
-                    mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+                    ids = np.full((len(part), cfg.seq_len), PAD_ID, dtype=np.int64)
+                    targets = np.full_like(ids, PAD_ID)
+                    mask = np.zeros(ids.shape, dtype=bool)
                     for row, (s, e) in enumerate(part):
                         ids[row, : e - s] = stream[s:e]
                         targets[row, : e - s] = stream[s + 1 : e + 1]
                         mask[row, : e - s] = True
-                    nll = self.forward(ids, targets, reduction="none")
+                    ids, targets, mask = (torch.from_numpy(a) for a in (ids, targets, mask))
+                    cuts = segment_offsets(ids).to(device)  # made on the host, like the trainer's
+                    torch._dynamo.maybe_mark_dynamic(cuts, 0)
+                    ids, targets, mask = ids.to(device), targets.to(device), mask.to(device)
+                    nll = self.forward(ids, targets, reduction="none", cu_seqlens=cuts)
                     ((nll * mask).sum() / (hi - lo)).backward()  # the chunk's mean over every rank's share
                 self._all_reduce_grads(params)
                 torch.nn.utils.clip_grad_norm_(params, cfg.global_grad_clip)
@@ -277,7 +292,7 @@ class PhasedTTT:
         model.eval()
         for p in params:
             p.requires_grad_(False)
-        return {"boundary": boundary, "docs": int(docs.size), "tokens": int(stream.numel()), "steps": steps}
+        return {"boundary": boundary, "docs": int(docs.size), "tokens": int(stream.size), "steps": steps}
 
     def _all_reduce_grads(self, params):
         if not self.dist.enabled:

@@ -187,3 +187,27 @@ def test_world_sizes_one_and_two_agree(tmp_path):
         assert one[key]["val_loss"] == pytest.approx(two[key]["val_loss"], rel=1e-6)
     assert one["phased_coverage_ok"] and two["phased_coverage_ok"]
     assert one["phases"] == two["phases"] == 2
+
+
+def test_windows_hold_one_document_so_their_cuts_are_the_row_starts(monkeypatch):
+    """window_cuts (made from the shape, no nonzero) equals the model's own BOS/row-start cuts of every window."""
+    from pgolf.attention import segment_offsets
+    from pgolf.ttt import window_cuts
+
+    seen = []
+    model = tiny_model()
+    original = model.forward
+
+    def forward(ids, *args, cu_seqlens=None, **kwargs):
+        if cu_seqlens is not None:  # (adapter_shapes' probe forward passes none)
+            assert torch.equal(cu_seqlens, segment_offsets(ids))
+            if kwargs.get("adapters") is not None:
+                assert torch.equal(cu_seqlens, window_cuts(ids))
+            seen.append((kwargs.get("adapters") is not None, ids.size(1), cu_seqlens.numel() - ids.size(0) - 1))
+        return original(ids, *args, cu_seqlens=cu_seqlens, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    result = run_ttt(corpus(), model=model, seq_len=32)  # windows shorter than documents: context cut off
+    assert result.totals["scored"] == corpus().targets
+    assert len({length for is_window, length, _ in seen if is_window}) > 1  # several window lengths
+    assert any(extra_cuts > 0 for is_window, _, extra_cuts in seen if not is_window)  # packed global batches

@@ -1,0 +1,104 @@
+# Shared set-up of bench/gpu_experiment.sh and bench/gpu_evaluate.sh (sourced, never run): the carried wheels
+# and lrzip, the stage configs written here by bench/device_configs.py, and run_stage (one timed, logged stage).
+#   PGOLF_DEVICE_CONFIGS  folder of the stage configs (default .device/configs)
+#   PGOLF_ALLOW_CPU=1     run configs with hardware.gpus 0 on a machine that has a GPU (CPU dry run)
+#   PGOLF_DEADLINE_S      seconds after the script's start at which a running stage is killed (default 560), so the
+#                         summaries still reach $OUT inside the device's 10-minute limit
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+: "${OUT:?set OUT to the folder whose files come back}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+T_SCRIPT=$EPOCHREALTIME
+DEADLINE_S=${PGOLF_DEADLINE_S:-560}
+
+CFG=${PGOLF_DEVICE_CONFIGS:-.device/configs}
+if [ ! -f "$CFG/vars.sh" ]; then
+    echo "$CFG/vars.sh: missing; run 'python bench/device_configs.py' on the development machine and carry .device" >&2
+    exit 2
+fi
+# shellcheck source=/dev/null
+source "$CFG/vars.sh"
+
+# The machine must match the configs: GPU configs on a GPU machine, CPU dry-run configs only where there is none.
+if [ "$PG_GPUS" -gt 0 ] && ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "$CFG: hardware.gpus is $PG_GPUS but no GPU is visible here (nvidia-smi -L failed)" >&2
+    exit 2
+fi
+if [ "$PG_GPUS" -eq 0 ] && nvidia-smi -L >/dev/null 2>&1 && [ "${PGOLF_ALLOW_CPU:-0}" != 1 ]; then
+    echo "$CFG: hardware.gpus is 0 (a CPU dry run's configs?) on a GPU machine; re-run 'python bench/device_configs.py'" >&2
+    exit 2
+fi
+
+# A plain `python` for the stages (the GPU image has only python3); the carried wheels when the modules are missing.
+PY=$(command -v python3 || command -v python)
+if ! command -v python >/dev/null 2>&1; then
+    # a wrapper, not a symlink: a virtual environment's python3 finds its pyvenv.cfg only under its own path
+    mkdir -p /tmp/pgolf-bin && printf '#!/bin/sh\nexec %q "$@"\n' "$PY" >/tmp/pgolf-bin/python &&
+        chmod +x /tmp/pgolf-bin/python && export PATH=/tmp/pgolf-bin:$PATH
+fi
+if ! "$PY" -c 'import brotli, python_minifier' 2>/dev/null; then
+    if ! compgen -G ".whl/*.whl" >/dev/null; then
+        echo "brotli / python-minifier missing and no .whl/*.whl carried" >&2
+        exit 2
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    "$PY" -c 'import brotli, python_minifier' || { echo "the carried wheels in .whl/ do not import" >&2; exit 2; }
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! command -v lrzip >/dev/null 2>&1; then
+    if ! compgen -G ".deb/*.deb" >/dev/null; then
+        echo "lrzip missing and no .deb/*.deb carried" >&2
+        exit 2
+    fi
+    for f in .deb/*.deb; do dpkg -x "$f" /tmp/lrz || exit 2; done
+    # liblzo2 ships under /lib, liblz4 under /usr/lib
+    export PATH=/tmp/lrz/usr/bin:$PATH
+    export LD_LIBRARY_PATH=/tmp/lrz/lib/x86_64-linux-gnu:/tmp/lrz/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+T_SETUP=$(awk -v a="$T_SCRIPT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+
+DATA=resources/data/$PG_DS
+RUNDIR=results/$PG_RUN
+TRAIN=$RUNDIR/seed$PG_SEED/train
+QUANT=$RUNDIR/seed$PG_SEED/quant/$PG_PRESET
+LAUNCH=(python -m pgolf.launch --gpus "$PG_GPUS" --cpu-procs "$PG_CPU_PROCS" --)
+NPROC=$(nproc)
+# threads of the train and hessians rules (4 per rank, capped at the cores as Snakemake caps them), per rank
+THREADS=$((4 * PG_RANKS < NPROC ? 4 * PG_RANKS : NPROC))
+OMP_PER_RANK=$(((THREADS + PG_RANKS - 1) / PG_RANKS))
+
+# --compile-cache results/<name>/compile_cache, as the rules pass it, where the stage takes the option.
+compile_cache() {
+    if grep -q -- '"--compile-cache"' "pgolf/$1.py" 2>/dev/null; then
+        echo "--compile-cache $RUNDIR/compile_cache"
+    fi
+}
+
+# run_stage NAME COMMAND...: run one stage with its output in $LOGDIR/NAME.log, append "NAME seconds rc" to
+# $LOGDIR/stages.tsv; returns the stage's exit status. A stage still running at the deadline is killed with its
+# whole process group (torchrun's ranks, lrzip) and reports exit 124.
+run_stage() {
+    local name=$1 t0 rc left
+    shift
+    left=$(awk -v a="$T_SCRIPT" -v b="$EPOCHREALTIME" -v d="$DEADLINE_S" 'BEGIN { printf "%d", d - (b - a) }')
+    t0=$EPOCHREALTIME
+    if [ "$left" -lt 5 ]; then
+        echo "not started: ${DEADLINE_S} s deadline (PGOLF_DEADLINE_S) reached" >"$LOGDIR/$name.log"
+        rc=124
+    else
+        echo "[$(date +%T)] $name (${left} s left): $*"
+        timeout -k 10 "$left" "$@" >"$LOGDIR/$name.log" 2>&1
+        rc=$?
+        [ "$rc" -eq 124 ] && echo "killed at the ${DEADLINE_S} s deadline (PGOLF_DEADLINE_S)" >>"$LOGDIR/$name.log"
+    fi
+    printf '%s\t%s\t%s\n' "$name" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')" "$rc" \
+        >>"$LOGDIR/stages.tsv"
+    if [ "$rc" -ne 0 ]; then
+        echo "[$(date +%T)] $name FAILED (exit $rc); last lines of $LOGDIR/$name.log:"
+        tail -n 30 "$LOGDIR/$name.log"
+    fi
+    return "$rc"
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Device call 2 of 2: score the model.pgrp that bench/gpu_experiment.sh brought back (recipes/bench-1gpu.yaml).
+#
+# Re-tokenizes the corpus (tokenizer, tokenize: deterministic, so the val shards equal call 1's; the table says
+# whether their sha256s match), then runs the evaluate rule's `python -m pgolf.evaluate artifact` on the first
+# call's model.pgrp, pack.json, size.json and prequant.json (if call 1 got that far): the quantized diagnostic score (so quantized minus
+# prequant) and the timed phased TTT eval. Files under $OUT:
+#   eval.json        pgolf.evaluate's output (seconds per phase inside)
+#   evaluation.json  stages, quantized - prequant, the eval summary, whether val shards and configs match call 1
+#   stages.json      wall seconds and exit status of each stage
+#   logs.txt         the tail of every stage's log
+#
+# Here: copy call 1's files into .device/from_experiment/ (or set PGOLF_FROM_EXPERIMENT), carry .device.
+# There: OUT=... bash bench/gpu_evaluate.sh   (carry .whl .deb bench/data .device)
+source "$(dirname "$0")/device_common.sh"
+
+FROM=${PGOLF_FROM_EXPERIMENT:-.device/from_experiment}
+LOGDIR=logs/device/evaluate
+for f in model.pgrp pack.json size.json; do
+    if [ ! -f "$FROM/$f" ]; then
+        echo "$FROM/$f: missing; copy the first call's files (bench/gpu_experiment.sh's \$OUT) there and carry .device" >&2
+        exit 2
+    fi
+done
+PREQUANT=()
+if [ -f "$FROM/prequant.json" ]; then
+    PREQUANT=(--prequant "$FROM/prequant.json")
+else
+    echo "$FROM/prequant.json: missing (eval_prequant did not finish in call 1); scoring without it"
+fi
+rm -rf "$DATA" "$LOGDIR" "$QUANT/eval.json"
+mkdir -p "$LOGDIR" "$DATA" "$QUANT"
+printf 'setup\t%s\t0\n' "$T_SETUP" >"$LOGDIR/stages.tsv"
+{
+    echo "recipes: $PG_RECIPES; preset $PG_PRESET; gpus $PG_GPUS; nproc $NPROC; artifact $FROM/model.pgrp"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
+} >"$LOGDIR/machine.txt" 2>&1
+cat "$LOGDIR/machine.txt"
+
+stages() {
+    # shellcheck disable=SC2086  # PG_DOCS_OPTION and the compile-cache options are word lists
+    run_stage tokenizer python -m pgolf.tokenizer --config "$CFG/data.json" $PG_DOCS_OPTION --out "$DATA/tokenizer.model" &&
+    run_stage tokenize python -m pgolf.tokenize --config "$CFG/data.json" $PG_DOCS_OPTION \
+        --tokenizer "$DATA/tokenizer.model" --workers "$NPROC" --out "$DATA/manifest.json" &&
+    run_stage evaluate "${LAUNCH[@]}" -m pgolf.evaluate artifact --config "$CFG/eval.json" \
+        --pgrp "$FROM/model.pgrp" --pack-json "$FROM/pack.json" --size "$FROM/size.json" \
+        "${PREQUANT[@]}" --manifest "$DATA/manifest.json" $(compile_cache evaluate) \
+        --out "$QUANT/eval.json"
+}
+stages
+rc=$?
+
+[ -f "$QUANT/eval.json" ] && cp "$QUANT/eval.json" "$OUT/"
+python bench/device_report.py evaluate --out "$OUT" --logs "$LOGDIR" --configs "$CFG" --data "$DATA" \
+    --experiment "$FROM" --eval "$QUANT/eval.json" --rc "$rc" || { [ "$rc" -eq 0 ] && rc=1; }
+exit "$rc"

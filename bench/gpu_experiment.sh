@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Device call 1 of 2: train briefly, collect Hessians, quantize, pack (recipes/bench-1gpu.yaml on the lent GPU).
+#
+# Runs the DAG's stages directly as `python -m pgolf.<stage>`, in a topological order of the rules and with the
+# rules' arguments (rules/*.smk): tokenizer, tokenize, audit_data, train, hessians, quantize (the submission
+# preset), pack, code, size_check, eval_prequant. The artifact comes first: without prequant.json the second call
+# still scores it (only quantized minus prequant is then missing). The first failing stage stops the run (except
+# that eval_prequant still runs after a size_check over the cap), and a
+# stage still running at PGOLF_DEADLINE_S (default 560 s) is killed; what exists still comes back. Files under
+# $OUT (8 at most):
+#   model.pgrp pack.json size.json prequant.json   what bench/gpu_evaluate.sh needs (carry them in .device/from_experiment/)
+#   report.json      the quantize stage's report
+#   stages.json      wall seconds and exit status of each stage
+#   experiment.json  stages + train summary and log + hessians.json + prequant + pack + size + audit + manifest
+#   logs.txt         the tail of every stage's log (more of the failing one)
+#
+# Prepare here (jsonschema is missing there):  bash bench/prepare.sh && python bench/device_configs.py
+# There: OUT=... bash bench/gpu_experiment.sh   (carry .whl .deb bench/data .device)
+# CPU dry run here: bash bench/gpu_dryrun.sh
+source "$(dirname "$0")/device_common.sh"
+
+LOGDIR=logs/device/experiment
+case "$PG_DATA_SOURCE" in
+    local | builtin) ;;
+    *) echo "data.source $PG_DATA_SOURCE needs the network; the device experiment takes local or builtin data" >&2; exit 2 ;;
+esac
+# A fresh start: no stale checkpoint.pt to resume, no compile cache from an earlier call on a warm machine.
+rm -rf "$DATA" "$RUNDIR" "$LOGDIR"
+mkdir -p "$LOGDIR" "$DATA" "$TRAIN" "$QUANT"
+printf 'setup\t%s\t0\n' "$T_SETUP" >"$LOGDIR/stages.tsv"
+{
+    echo "recipes: $PG_RECIPES; preset $PG_PRESET; gpus $PG_GPUS; nproc $NPROC"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    python -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
+    lrzip -V 2>&1 | head -n 1
+} >"$LOGDIR/machine.txt" 2>&1
+cat "$LOGDIR/machine.txt"
+
+stages() {
+    # shellcheck disable=SC2086  # PG_DOCS_OPTION and the compile-cache options are word lists
+    run_stage tokenizer python -m pgolf.tokenizer --config "$CFG/data.json" $PG_DOCS_OPTION --out "$DATA/tokenizer.model" &&
+    run_stage tokenize python -m pgolf.tokenize --config "$CFG/data.json" $PG_DOCS_OPTION \
+        --tokenizer "$DATA/tokenizer.model" --workers "$NPROC" --out "$DATA/manifest.json" &&
+    run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
+        --out "$DATA/data_audit.json" &&
+    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
+        --manifest "$DATA/manifest.json" --audit "$DATA/data_audit.json" --seed "$PG_SEED" --out-dir "$TRAIN" \
+        $(compile_cache train) &&
+    run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.hessians \
+        --config "$CFG/hessians.json" --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --seed "$PG_SEED" \
+        --out "$TRAIN/hessians.pt" &&
+    run_stage quantize python -m pgolf.quantize --config "$CFG/quantize.json" --model "$TRAIN/model.pt" \
+        --hessians "$TRAIN/hessians.pt" --preset "$PG_PRESET" --out "$QUANT/quantized.pt" &&
+    # lrzip bounds the pack: every core, no OMP cap (pgolf.pack starts one lrzip per group, each threaded)
+    # --no-baseline: the brotli-only comparison is one core on the whole state for minutes, past this call's budget
+    run_stage pack env -u OMP_NUM_THREADS python -m pgolf.pack --no-baseline --quantized "$QUANT/quantized.pt" \
+        --out "$QUANT/model.pgrp" &&
+    run_stage code python -m pgolf.codepack --config "$CFG/code.json" --preset "$PG_PRESET" \
+        --out "$QUANT/train_gpt.py" &&
+    {
+        # over the cap, size_check fails with the byte breakdown; the prequant score (independent of it) still runs
+        run_stage size_check python -m pgolf.sizecheck --pgrp "$QUANT/model.pgrp" --pack-json "$QUANT/pack.json" \
+            --code "$QUANT/train_gpt.py" --preset "$PG_PRESET" --out "$QUANT/size.json"
+        local size_rc=$?
+        run_stage eval_prequant "${LAUNCH[@]}" -m pgolf.evaluate prequant --config "$CFG/eval.json" \
+            --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" $(compile_cache evaluate) \
+            --out "$TRAIN/prequant.json" && return "$size_rc"
+    }
+}
+stages
+rc=$?
+
+# What came out, even after a failure: the files the second call needs, the report, and the summaries.
+for f in "$QUANT/model.pgrp" "$QUANT/pack.json" "$QUANT/size.json" "$TRAIN/prequant.json" "$QUANT/report.json"; do
+    [ -f "$f" ] && cp "$f" "$OUT/"
+done
+python bench/device_report.py experiment --out "$OUT" --logs "$LOGDIR" --configs "$CFG" --data "$DATA" \
+    --train "$TRAIN" --quant "$QUANT" --rc "$rc" || { [ "$rc" -eq 0 ] && rc=1; }
+exit "$rc"
