@@ -102,3 +102,27 @@ run_stage() {
     fi
     return "$rc"
 }
+
+# begin_stages [NOTE]: a fresh $LOGDIR with the setup time as its first stage, and the machine described in
+# $LOGDIR/machine.txt (and on stdout).
+begin_stages() {
+    mkdir -p "$LOGDIR"
+    printf 'setup\t%s\t0\n' "$T_SETUP" >"$LOGDIR/stages.tsv"
+    {
+        echo "recipes: $PG_RECIPES; preset $PG_PRESET; gpus $PG_GPUS; nproc $NPROC${1:+; $1}"
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+        python -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
+        lrzip -V 2>&1 | head -n 1
+    } >"$LOGDIR/machine.txt" 2>&1
+    cat "$LOGDIR/machine.txt"
+}
+
+# The tokenizer and tokenize rules: resources/data/<ds>/ from the carried corpus (deterministic, so every call
+# makes the same shards).
+tokenize_data() {
+    # shellcheck disable=SC2086  # PG_DOCS_OPTION is a word list
+    run_stage tokenizer python -m pgolf.tokenizer --config "$CFG/data.json" $PG_DOCS_OPTION \
+        --out "$DATA/tokenizer.model" &&
+        run_stage tokenize python -m pgolf.tokenize --config "$CFG/data.json" $PG_DOCS_OPTION \
+            --tokenizer "$DATA/tokenizer.model" --workers "$NPROC" --out "$DATA/manifest.json"
+}

@@ -29,20 +29,12 @@ else
     echo "$FROM/prequant.json: missing (eval_prequant did not finish in call 1); scoring without it"
 fi
 rm -rf "$DATA" "$LOGDIR" "$QUANT/eval.json"
-mkdir -p "$LOGDIR" "$DATA" "$QUANT"
-printf 'setup\t%s\t0\n' "$T_SETUP" >"$LOGDIR/stages.tsv"
-{
-    echo "recipes: $PG_RECIPES; preset $PG_PRESET; gpus $PG_GPUS; nproc $NPROC; artifact $FROM/model.pgrp"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-    python -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
-} >"$LOGDIR/machine.txt" 2>&1
-cat "$LOGDIR/machine.txt"
+mkdir -p "$DATA" "$QUANT"
+begin_stages "artifact $FROM/model.pgrp"
 
 stages() {
-    # shellcheck disable=SC2086  # PG_DOCS_OPTION and the compile-cache options are word lists
-    run_stage tokenizer python -m pgolf.tokenizer --config "$CFG/data.json" $PG_DOCS_OPTION --out "$DATA/tokenizer.model" &&
-    run_stage tokenize python -m pgolf.tokenize --config "$CFG/data.json" $PG_DOCS_OPTION \
-        --tokenizer "$DATA/tokenizer.model" --workers "$NPROC" --out "$DATA/manifest.json" &&
+    # shellcheck disable=SC2086  # the compile-cache option is a word list
+    tokenize_data &&
     run_stage evaluate "${LAUNCH[@]}" -m pgolf.evaluate artifact --config "$CFG/eval.json" \
         --pgrp "$FROM/model.pgrp" --pack-json "$FROM/pack.json" --size "$FROM/size.json" \
         "${PREQUANT[@]}" --manifest "$DATA/manifest.json" $(compile_cache evaluate) \

@@ -26,21 +26,12 @@ case "$PG_DATA_SOURCE" in
 esac
 # A fresh start: no stale checkpoint.pt to resume, no compile cache from an earlier call on a warm machine.
 rm -rf "$DATA" "$RUNDIR" "$LOGDIR"
-mkdir -p "$LOGDIR" "$DATA" "$TRAIN" "$QUANT"
-printf 'setup\t%s\t0\n' "$T_SETUP" >"$LOGDIR/stages.tsv"
-{
-    echo "recipes: $PG_RECIPES; preset $PG_PRESET; gpus $PG_GPUS; nproc $NPROC"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-    python -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
-    lrzip -V 2>&1 | head -n 1
-} >"$LOGDIR/machine.txt" 2>&1
-cat "$LOGDIR/machine.txt"
+mkdir -p "$DATA" "$TRAIN" "$QUANT"
+begin_stages
 
 stages() {
-    # shellcheck disable=SC2086  # PG_DOCS_OPTION and the compile-cache options are word lists
-    run_stage tokenizer python -m pgolf.tokenizer --config "$CFG/data.json" $PG_DOCS_OPTION --out "$DATA/tokenizer.model" &&
-    run_stage tokenize python -m pgolf.tokenize --config "$CFG/data.json" $PG_DOCS_OPTION \
-        --tokenizer "$DATA/tokenizer.model" --workers "$NPROC" --out "$DATA/manifest.json" &&
+    # shellcheck disable=SC2086  # the compile-cache option is a word list
+    tokenize_data &&
     run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
         --out "$DATA/data_audit.json" &&
     run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
