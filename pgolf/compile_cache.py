@@ -2,11 +2,15 @@
 
 Inductor's FX-graph and AOTAutograd caches and Triton's kernels all live under TORCHINDUCTOR_CACHE_DIR, so a
 re-run or a resume on the same machine skips code generation and kernel builds; only Dynamo traces again.
-Stages that compile take `--compile-cache DIR` and call `use(DIR)` before their first compile.
+Stages that compile take `--compile-cache DIR` (add_argument) and call `use(DIR)` before their first compile.
 """
 
 import os
 from pathlib import Path
+
+
+def add_argument(parser):
+    parser.add_argument("--compile-cache", type=Path, help="keep torch.compile's caches in this folder")
 
 
 def use(directory: Path | None) -> Path | None:

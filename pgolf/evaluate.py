@@ -15,7 +15,6 @@ evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.j
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -263,7 +262,7 @@ def main(argv=None):
         p.add_argument("--config", required=True, help="JSON text or path with the eval and hardware sections")
         p.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")
         p.add_argument("--out", required=True, help="the JSON to write")
-        p.add_argument("--compile-cache", type=Path, help="keep torch.compile's caches in this folder")
+        compile_cache.add_argument(p)
     args = parser.parse_args(argv)
     compile_cache.use(args.compile_cache)
 

@@ -75,8 +75,9 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
         if dist.is_main and not layout.audit.exists():
             _data_stage(config, layout, cfg)
         dist.barrier()
+        cache = ["--compile-cache", str(layout.compile_cache)]
         train.main(["--config", cfg, "--manifest", str(layout.manifest), "--audit", str(layout.audit),
-                    "--seed", str(seed), "--out-dir", str(layout.train), "--compile-cache", str(layout.compile_cache)])
+                    "--seed", str(seed), "--out-dir", str(layout.train), *cache])
         hessians.main(["--config", cfg, "--model", str(layout.train / "model.pt"), "--manifest",
                        str(layout.manifest), "--seed", str(seed), "--out", str(layout.train / "hessians.pt")])
         if dist.is_main:
@@ -87,7 +88,6 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
             sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
                             "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
         dist.barrier()
-        cache = ["--compile-cache", str(layout.compile_cache)]
         evaluate.main(["prequant", *cache, "--config", cfg, "--model", str(layout.train / "model.pt"),
                        "--manifest", str(layout.manifest), "--out", str(layout.train / "prequant.json")])
         evaluate.main(["artifact", *cache, "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),

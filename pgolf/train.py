@@ -388,7 +388,7 @@ def main(argv=None):
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--stop-after-step", type=int, help="debug: checkpoint after this step and exit")
-    parser.add_argument("--compile-cache", type=Path, help="keep torch.compile's caches in this folder")
+    compile_cache.add_argument(parser)
     args = parser.parse_args(argv)
     compile_cache.use(args.compile_cache)
     config = load_stage_config(args.config)
