@@ -1,7 +1,7 @@
 """Training throughput of the record model on one GPU: the trainer of `python -m pgolf.train`, measured.
 
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
-        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--out throughput.json]
+        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
 one GPU), every step the product's `Trainer.train_step`. In one run:
@@ -92,7 +92,9 @@ def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
                       compile_warmup_steps=0, checkpoint_minutes=0)
     config = {"model": vars(model_cfg), "train": vars(cfg), "bench": vars(args)}
     with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
-        return Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
+        trainer = Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
+    trainer.model.attention_backend = args.attention
+    return trainer
 
 
 class Run:
@@ -174,6 +176,7 @@ def main(argv=None):
     parser.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
     parser.add_argument("--model", help="ModelConfig overrides as JSON (CPU dry runs); default: the record model")
     parser.add_argument("--ceiling-size", type=int, default=8192)
+    parser.add_argument("--attention", default="auto", help="attention backend (pgolf.attention.BACKENDS or auto)")
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -189,7 +192,7 @@ def main(argv=None):
     ceiling = bf16_ceiling(args.ceiling_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "attention": args.attention,
               "torch": torch.__version__, "ceiling_tflops": round(ceiling, 1), "batch_tokens": args.batch_tokens}
     tmp = Path(tempfile.mkdtemp(prefix="pgolf-bench-"))
 
@@ -227,7 +230,7 @@ def main(argv=None):
     save(args.out, result)
 
     probe = [sys.executable, __file__, "--restart-probe", "--manifest", str(args.manifest), "--cache", str(cache),
-             "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed)]
+             "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed), "--attention", args.attention]
     if args.model:
         probe += ["--model", args.model]
     launched = time.time()
@@ -245,8 +248,8 @@ def save(path: Path | None, result: dict):
 
 
 def print_table(r: dict):
-    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}; bf16 ceiling {r['ceiling_tflops']} "
-          f"TFLOP/s; batch {r['batch_tokens']:,} tokens; peak memory {r['peak_memory_gib']} GiB")
+    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}; bf16 ceiling "
+          f"{r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; peak memory {r['peak_memory_gib']} GiB")
     print("| phase | ms/step | tokens/s | mean keys | model TFLOP/s | MFU | compile s | restart: first step at s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, p in r["phases"].items():
