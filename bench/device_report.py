@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from pgolf.io import write_json
+
 TAIL_LINES, FAILED_TAIL_LINES, LINE_CHARS = 25, 150, 500
 
 
@@ -84,10 +86,6 @@ def write_logs(out: Path, logs: Path, stages: dict):
         )
         parts.append(head + " ====\n" + "\n".join(shown))
     (out / "logs.txt").write_text("\n\n".join(parts) + "\n")
-
-
-def write_json(path: Path, data):
-    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def number(value):
