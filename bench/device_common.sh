@@ -70,12 +70,7 @@ NPROC=$(nproc)
 THREADS=$((4 * PG_RANKS < NPROC ? 4 * PG_RANKS : NPROC))
 OMP_PER_RANK=$(((THREADS + PG_RANKS - 1) / PG_RANKS))
 
-# --compile-cache results/<name>/compile_cache, as the rules pass it, where the stage takes the option.
-compile_cache() {
-    if grep -q -- '"--compile-cache"' "pgolf/$1.py" 2>/dev/null; then
-        echo "--compile-cache $RUNDIR/compile_cache"
-    fi
-}
+COMPILE_CACHE=$RUNDIR/compile_cache # where the rules put torch.compile's caches (pgolf.compile_cache)
 
 # run_stage NAME COMMAND...: run one stage with its output in $LOGDIR/NAME.log, append "NAME seconds rc" to
 # $LOGDIR/stages.tsv; returns the stage's exit status. A stage still running at the deadline is killed with its

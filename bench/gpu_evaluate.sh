@@ -33,11 +33,10 @@ mkdir -p "$DATA" "$QUANT"
 begin_stages "artifact $FROM/model.pgrp"
 
 stages() {
-    # shellcheck disable=SC2086  # the compile-cache option is a word list
     tokenize_data &&
     run_stage evaluate "${LAUNCH[@]}" -m pgolf.evaluate artifact --config "$CFG/eval.json" \
         --pgrp "$FROM/model.pgrp" --pack-json "$FROM/pack.json" --size "$FROM/size.json" \
-        "${PREQUANT[@]}" --manifest "$DATA/manifest.json" $(compile_cache evaluate) \
+        "${PREQUANT[@]}" --manifest "$DATA/manifest.json" --compile-cache "$COMPILE_CACHE" \
         --out "$QUANT/eval.json"
 }
 stages

@@ -30,13 +30,12 @@ mkdir -p "$DATA" "$TRAIN" "$QUANT"
 begin_stages
 
 stages() {
-    # shellcheck disable=SC2086  # the compile-cache option is a word list
     tokenize_data &&
     run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
         --out "$DATA/data_audit.json" &&
     run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
         --manifest "$DATA/manifest.json" --audit "$DATA/data_audit.json" --seed "$PG_SEED" --out-dir "$TRAIN" \
-        $(compile_cache train) &&
+        --compile-cache "$COMPILE_CACHE" &&
     run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.hessians \
         --config "$CFG/hessians.json" --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --seed "$PG_SEED" \
         --out "$TRAIN/hessians.pt" &&
@@ -54,8 +53,7 @@ stages() {
             --code "$QUANT/train_gpt.py" --preset "$PG_PRESET" --out "$QUANT/size.json"
         local size_rc=$?
         run_stage eval_prequant "${LAUNCH[@]}" -m pgolf.evaluate prequant --config "$CFG/eval.json" \
-            --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" $(compile_cache evaluate) \
-            --out "$TRAIN/prequant.json" && return "$size_rc"
+            --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --out "$TRAIN/prequant.json" && return "$size_rc"
     }
 }
 stages

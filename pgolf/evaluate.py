@@ -45,7 +45,7 @@ class EvalConfig:
     truncate_tail: bool = False
     val_docs_limit: int | None = None  # score only the first documents (smoke and bench runs); None = all
     artifact: str | None = None  # a .pgrp made elsewhere: the DAG sizes and scores it instead of training
-    compile: bool = True  # torch.compile the model on GPU (warm-up outside the timer)
+    compile: bool = True  # torch.compile the TTT chunk step on GPU (warm-up outside the timer)
     ttt: TTTConfig = dataclasses.field(default_factory=TTTConfig)
     tilt: ngram.TiltConfig = dataclasses.field(default_factory=ngram.TiltConfig)
 
@@ -76,27 +76,23 @@ def load_artifact(pgrp, pack_json) -> GPT:
     return GPT.from_unbanked(config, dequantize_state(quantized))
 
 
-def prepare(model: GPT, cfg: EvalConfig, dist):
-    """The model on its device, eval mode, looping on, frozen; and the callable that runs it (compiled on GPU)."""
+def prepare(model: GPT, dist) -> GPT:
+    """The model on its device, eval mode, looping on, frozen."""
     model = model.to(dist.device).eval()
     model.looping = True
     for p in model.parameters():
         p.requires_grad_(False)
-    forward = model
-    if dist.device.type == "cuda" and cfg.compile:
-        # torch 2.11's Inductor fails an assertion of this analysis on the global phase's dynamic-shape backward
-        torch._inductor.config.triton.coalesce_tiling_analysis = False
-        forward = torch.compile(model)
-    return model, forward
+    return model
 
 
 def batch_seqs(cfg: EvalConfig, dist) -> int:
     return max(1, cfg.batch_tokens // (cfg.seq_len * dist.world))
 
 
-def score(forward, val: ValData, cfg: EvalConfig, dist) -> dict:
+def score(model, val: ValData, cfg: EvalConfig, dist) -> dict:
+    """The diagnostic eval (eager: it is outside the timer and takes seconds, less than compiling it would)."""
     result = diagnostic_eval(
-        forward, val, cfg.seq_len, batch_seqs(cfg, dist), dist, cfg.sliding_stride, cfg.truncate_tail
+        model, val, cfg.seq_len, batch_seqs(cfg, dist), dist, cfg.sliding_stride, cfg.truncate_tail
     )
     if not cfg.truncate_tail and result["scored"] != val.targets:
         raise PgolfError(
@@ -106,41 +102,9 @@ def score(forward, val: ValData, cfg: EvalConfig, dist) -> dict:
     return result
 
 
-def warmup(model, forward, ttt: PhasedTTT, cfg: EvalConfig, dist):
-    """Compile every shape the timed eval runs, on random tokens (no val data), leaving all weights unchanged."""
-    vocab, device = model.config.vocab_size, dist.device
-
-    def random_ids(rows, length):
-        ids = torch.randint(2, vocab, (rows, length), device=device)
-        ids[:, 0] = BOS_ID
-        return ids
-
-    with torch.no_grad():
-        ids = random_ids(batch_seqs(cfg, dist), cfg.seq_len)
-        forward(ids, ids, reduction="none")
-    t = cfg.ttt
-    widths = {t.chunk_size, *(chunk for _, chunk in t.short_doc_chunks)}
-    for length in range(t.window_multiple, t.seq_len + t.window_multiple, t.window_multiple):
-        ids = random_ids(t.batch_size, min(length, t.seq_len))
-        for width in sorted(widths):
-            index = torch.zeros(t.batch_size, width, dtype=torch.long, device=device)
-            targets = torch.randint(2, vocab, index.shape, device=device)
-            nll, _ = ttt.chunk_nll(ids, index, targets, targets)
-            nll.sum().backward()
-    for p in ttt.lora.parameters():
-        p.grad = None
-    if t.phases:
-        params = list(model.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        model.train()
-        ids = random_ids(t.global_batch_seqs, t.seq_len)
-        forward(ids, ids, reduction="none").sum().backward()
-        model.eval()
-        for p in params:
-            p.grad = None
-            p.requires_grad_(False)
-    sync(device)
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def check_coverage(coverage: torch.Tensor, val: ValData) -> int:
@@ -159,10 +123,10 @@ def check_coverage(coverage: torch.Tensor, val: ValData) -> int:
 def run_prequant(args, config, dist, log):
     cfg = EvalConfig.parse(config.get("eval"))
     t0 = time.perf_counter()
-    model, forward = prepare(load_trained(args.model)[0], cfg, dist)
+    model = prepare(load_trained(args.model)[0], dist)
     val = load_val(args.manifest, cfg.val_docs_limit)
     t1 = time.perf_counter()
-    result = score(forward, val, cfg, dist)
+    result = score(model, val, cfg, dist)
     sync(dist.device)
     seconds = {"load": t1 - t0, "eval": time.perf_counter() - t1}
     out = {**result, "targets": val.targets, "val_docs": val.docs, "world": dist.world, "seconds": seconds}
@@ -181,16 +145,17 @@ def run_artifact(args, config, dist, log):
     size = read_json(args.size)
     seconds = {}
     t0 = time.perf_counter()
-    model, forward = prepare(load_artifact(args.pgrp, args.pack_json), cfg, dist)
+    model = prepare(load_artifact(args.pgrp, args.pack_json), dist)
     val = load_val(args.manifest, cfg.val_docs_limit)
-    ttt = PhasedTTT(model, val, cfg.ttt, dist, forward=forward) if cfg.ttt.enabled else None
+    compiled = cfg.compile and dist.device.type == "cuda"
+    ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=compiled) if cfg.ttt.enabled else None
     seconds["load"] = time.perf_counter() - t0
-    if dist.device.type == "cuda" and ttt is not None:
+    if compiled and ttt is not None:
         t0 = time.perf_counter()
-        warmup(model, forward, ttt, cfg, dist)
+        ttt.warmup()
         seconds["warmup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    quantized = score(forward, val, cfg, dist)
+    quantized = score(model, val, cfg, dist)
     sync(dist.device)
     seconds["quantized_eval"] = time.perf_counter() - t0
     log.write({"event": "quantized", **quantized})
@@ -215,6 +180,7 @@ def run_artifact(args, config, dist, log):
         return out
     dist.barrier()
     sync(dist.device)
+    graphs = compiled_graphs()
     timer = time.perf_counter()  # the eval timer: hints and TTT
     if cfg.tilt.enabled:
         hints = ngram.hints(val.tokens, cfg.tilt.order, cfg.tilt.threshold)
@@ -230,6 +196,7 @@ def run_artifact(args, config, dist, log):
         scored=scored,
         seconds=seconds,
         projected_8gpu_seconds=projected_8gpu(seconds["eval_timer"], scored, dist),
+        graphs_compiled_in_timer=compiled_graphs() - graphs,  # 0 when the warm-up covered every shape
         ttt_phases=result.phases,
     )
     out["probes"]["score_first"] = result.probe
@@ -262,9 +229,10 @@ def main(argv=None):
         p.add_argument("--config", required=True, help="JSON text or path with the eval and hardware sections")
         p.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")
         p.add_argument("--out", required=True, help="the JSON to write")
-        compile_cache.add_argument(p)
+    compile_cache.add_argument(art)  # only the TTT chunk step compiles
     args = parser.parse_args(argv)
-    compile_cache.use(args.compile_cache)
+    if args.command == "artifact":
+        compile_cache.use(args.compile_cache)
 
     config = load_stage_config(args.config)
     dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))

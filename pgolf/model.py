@@ -444,17 +444,23 @@ class GPT(nn.Module):
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        logits = self._project(self.hidden(ids, capture, adapters, cu_seqlens), capture, adapters)
-        cap = self.config.logit_softcap
+        h = self.hidden(ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens)
+        if targets is None:
+            return self.logits(h, capture, adapters)
         if self.config.asym_logit_rescale and not self.training:
-            capped = asym_softcap(logits, self.softcap_pos.float(), self.softcap_neg.float())
-            if targets is None:
-                return capped
+            capped = self.logits(h, capture, adapters)
             loss = F.cross_entropy(capped.reshape(-1, capped.size(-1)), targets.reshape(-1), reduction=reduction)
             return loss.reshape(targets.shape) if reduction == "none" else loss
-        if targets is None:
-            return softcap(logits, cap)
-        return softcapped_cross_entropy(logits, targets, cap, reduction)
+        logits = self._project(h, capture, adapters)
+        return softcapped_cross_entropy(logits, targets, self.config.logit_softcap, reduction)
+
+    def logits(self, h: torch.Tensor, capture=None, adapters=None) -> torch.Tensor:
+        """Softcapped logits (..., V) fp32 of final hidden states h (..., d): the head alone, so a caller that
+        needs a few positions of a window (TTT chunks) projects only those."""
+        logits = self._project(h, capture, adapters)
+        if self.config.asym_logit_rescale and not self.training:
+            return asym_softcap(logits, self.softcap_pos.float(), self.softcap_neg.float())
+        return softcap(logits, self.config.logit_softcap)
 
     # ----- optimizer groups and the unbanked view -----
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

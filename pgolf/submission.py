@@ -88,7 +88,7 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
             sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
                             "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
         dist.barrier()
-        evaluate.main(["prequant", *cache, "--config", cfg, "--model", str(layout.train / "model.pt"),
+        evaluate.main(["prequant", "--config", cfg, "--model", str(layout.train / "model.pt"),
                        "--manifest", str(layout.manifest), "--out", str(layout.train / "prequant.json")])
         evaluate.main(["artifact", *cache, "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),
                        "--pack-json", str(layout.quant / "pack.json"), "--size", str(layout.quant / "size.json"),

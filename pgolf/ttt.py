@@ -69,6 +69,14 @@ def window_cuts(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(0, B * T + 1, T, dtype=torch.int32, device=ids.device)
 
 
+def chunk_terms(model, lora, ids, in_idx, targets, hint):
+    """(nll, log q of the hint) at the chunk positions `in_idx` (B, width) of windows `ids` (B, T): the final
+    hidden states are gathered before the head, so the vocabulary projection runs on the chunk, not the window."""
+    h = model.hidden(ids, adapters=lora, cu_seqlens=window_cuts(ids))
+    h = h.gather(1, in_idx[..., None].expand(-1, -1, h.size(-1)))
+    return ngram.score_terms(model.logits(h, adapters=lora), targets, hint)
+
+
 def split_documents(tokens: np.ndarray):
     """(starts, lengths) of the documents that hold at least one target (the stream starts with BOS)."""
     starts = np.flatnonzero(tokens == BOS_ID)
@@ -129,10 +137,11 @@ class TTTResult:
 
 
 class PhasedTTT:
-    def __init__(self, model, val: ValData, cfg: TTTConfig, dist, forward=None):
-        """`forward` is the callable that runs the model (a compiled wrapper of `model` on GPU)."""
+    def __init__(self, model, val: ValData, cfg: TTTConfig, dist, compile: bool = False):
+        """`compile`: torch.compile the chunk step (GPU); the global phases run eagerly (a few seconds per
+        phase, not worth compiling a second full-model backward)."""
         self.model, self.cfg, self.dist = model, cfg, dist
-        self.forward = model if forward is None else forward  # a compiled module has no truth value
+        self.terms = torch.compile(chunk_terms) if compile else chunk_terms
         device = dist.device
         self.host_tokens = val.tokens  # the global phases build their batches on the host
         self.tokens = torch.as_tensor(val.tokens, device=device)
@@ -148,18 +157,41 @@ class PhasedTTT:
     # ----- one chunk step -----
     def chunk_nll(self, ids, in_idx, targets, hint):
         """Per-token NLL (B, width) at the chunk positions and log q of each position's hint, one log-softmax."""
-        torch._dynamo.maybe_mark_dynamic(ids, 1)  # one compiled graph for every window length
-        logits = self.forward(ids, adapters=self.lora, cu_seqlens=window_cuts(ids))
-        picked = logits.gather(1, in_idx[..., None].expand(-1, -1, logits.size(-1)))
-        return ngram.score_terms(picked, targets, hint)
+        for t in (ids, in_idx, targets, hint):  # one compiled graph for every window length and chunk width
+            torch._dynamo.maybe_mark_dynamic(t, 1)
+        return self.terms(self.model, self.lora, ids, in_idx, targets, hint)
 
-    def _layout(self, starts, j0, j1):
-        """Device tensors of one step: input ids, chunk positions in the window, targets and their stream positions."""
+    def warmup(self):
+        """Compile the chunk step for every window length and chunk width the eval can run, on random tokens (no
+        val data), leaving every weight unchanged."""
+        cfg, device, vocab = self.cfg, self.dist.device, self.model.config.vocab_size
+        self._freeze_base()  # the state the chunk steps run in (the compiled graph guards on it)
+        widths = {cfg.chunk_size, *(chunk for _, chunk in cfg.short_doc_chunks)}
+        for length in range(cfg.window_multiple, cfg.seq_len + cfg.window_multiple, cfg.window_multiple):
+            ids = torch.randint(2, vocab, (cfg.batch_size, min(length, cfg.seq_len)), device=device)
+            ids[:, 0] = BOS_ID
+            for width in sorted(widths):
+                index = torch.randint(0, ids.size(1), (cfg.batch_size, width), device=device)
+                targets = torch.randint(2, vocab, index.shape, device=device)
+                hint = torch.randint(2, vocab, index.shape, device=device)  # not `targets`: aliasing recompiles
+                self.chunk_nll(ids, index, targets, hint)[0].sum().backward()
+        for p in self.lora.parameters():
+            p.grad = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _freeze_base(self):
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def _layout(self, starts, j0, j1, width):
+        """Device tensors of one step: input ids, chunk positions in the window, targets and their stream positions.
+        `width` = the batch's chunk size, fixed over its steps (positions past a chunk's end are not valid)."""
         cfg, device = self.cfg, self.dist.device
         ctx = np.maximum(0, j1 - 1 - cfg.seq_len)
         win = j1 - 1 - ctx
         length = min(cfg.seq_len, -(-max(int(win.max()), 1) // cfg.window_multiple) * cfg.window_multiple)
-        width = int((j1 - j0).max())
         vec = torch.from_numpy(np.stack([starts + ctx, win, j0 - 1 - ctx, starts + j0, j1 - j0])).to(device)
         base, win_t, first_idx, first_pos, count = vec
         last = self.tokens.numel() - 1
@@ -209,7 +241,7 @@ class PhasedTTT:
             active = c < n_chunks
             j0 = np.where(active, 1 + c * chunk, 1)
             j1 = np.where(active, 1 + np.minimum((c + 1) * chunk, n_targets), 1)
-            inputs, positions, valid = self._layout(starts, j0, j1)
+            inputs, positions, valid = self._layout(starts, j0, j1, int(chunk.max()))
             nll, log_q = self.chunk_nll(*inputs)
             self._score(nll, log_q, inputs, positions, valid)
             train = active & (c < n_chunks - 1)  # a document's last chunk is scored, never trained on
@@ -279,19 +311,16 @@ class PhasedTTT:
                         targets[row, : e - s] = stream[s + 1 : e + 1]
                         mask[row, : e - s] = True
                     ids, targets, mask = (torch.from_numpy(a) for a in (ids, targets, mask))
-                    cuts = segment_offsets(ids).to(device)  # made on the host, like the trainer's
-                    torch._dynamo.maybe_mark_dynamic(cuts, 0)
+                    cuts = segment_offsets(ids).to(device)  # made on the host: no device-to-host sync
                     ids, targets, mask = ids.to(device), targets.to(device), mask.to(device)
-                    nll = self.forward(ids, targets, reduction="none", cu_seqlens=cuts)
+                    nll = model(ids, targets, reduction="none", cu_seqlens=cuts)
                     ((nll * mask).sum() / (hi - lo)).backward()  # the chunk's mean over every rank's share
                 self._all_reduce_grads(params)
                 torch.nn.utils.clip_grad_norm_(params, cfg.global_grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 steps += 1
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
+        self._freeze_base()
         return {"boundary": boundary, "docs": int(docs.size), "tokens": int(stream.size), "steps": steps}
 
     def _all_reduce_grads(self, params):
@@ -320,9 +349,7 @@ class PhasedTTT:
         self.coverage = torch.zeros(self.tokens.numel(), dtype=torch.int32, device=device)
         self.position_nll = torch.zeros(self.tokens.numel(), dtype=torch.float32, device=device)
         self.probes_left, self.probe_diffs = self.cfg.probe_batches, []
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model.eval()
+        self._freeze_base()
         counters = SharedCounters(dist)
         phase, phases, sgd_seconds = 0, [], 0.0
         start = time.perf_counter()

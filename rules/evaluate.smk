@@ -38,11 +38,9 @@ rule eval_prequant:
     params:
         config=stage_config("eval", "hardware"),
         launch=torchrun(),
-        compile_cache=compile_cache_dir,
     shell:
         "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate prequant --config {params.config:q} "
-        "--model {input.model} --manifest {input.manifest} --compile-cache {params.compile_cache} "
-        "--out {output} > {log} 2>&1"
+        "--model {input.model} --manifest {input.manifest} --out {output} > {log} 2>&1"
 
 
 rule evaluate:

@@ -196,9 +196,9 @@ def test_windows_hold_one_document_so_their_cuts_are_the_row_starts(monkeypatch)
 
     seen = []
     model = tiny_model()
-    original = model.forward
+    original = model.hidden
 
-    def forward(ids, *args, cu_seqlens=None, **kwargs):
+    def hidden(ids, *args, cu_seqlens=None, **kwargs):
         if cu_seqlens is not None:  # (adapter_shapes' probe forward passes none)
             assert torch.equal(cu_seqlens, segment_offsets(ids))
             if kwargs.get("adapters") is not None:
@@ -206,8 +206,57 @@ def test_windows_hold_one_document_so_their_cuts_are_the_row_starts(monkeypatch)
             seen.append((kwargs.get("adapters") is not None, ids.size(1), cu_seqlens.numel() - ids.size(0) - 1))
         return original(ids, *args, cu_seqlens=cu_seqlens, **kwargs)
 
-    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(model, "hidden", hidden)
     result = run_ttt(corpus(), model=model, seq_len=32)  # windows shorter than documents: context cut off
     assert result.totals["scored"] == corpus().targets
     assert len({length for is_window, length, _ in seen if is_window}) > 1  # several window lengths
     assert any(extra_cuts > 0 for is_window, _, extra_cuts in seen if not is_window)  # packed global batches
+
+
+def test_chunk_terms_project_only_the_chunk_and_match_the_whole_window():
+    """The head on the gathered chunk positions gives the losses of the full-window logits (slow reference)."""
+    from pgolf.lora import BatchedLoRA, adapter_shapes
+    from pgolf.ngram import score_terms
+    from pgolf.ttt import chunk_terms
+
+    model = tiny_model().eval()
+    lora = BatchedLoRA(adapter_shapes(model, TTTConfig().targets), 3, 4, 8.0, "cpu")
+    with torch.no_grad():
+        for b in lora.b.values():  # B starts at zero: make every adapter, the head's too, change the output
+            b.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(2, 64, (3, 20), generator=g)
+    ids[:, 0] = 1
+    in_idx = torch.randint(0, 20, (3, 5), generator=g)
+    targets = torch.randint(2, 64, (3, 5), generator=g)
+    hint = torch.randint(-1, 64, (3, 5), generator=g)
+    nll, logq = chunk_terms(model, lora, ids, in_idx, targets, hint)
+    logits = model(ids, adapters=lora)
+    ref_nll, ref_logq = score_terms(logits.gather(1, in_idx[..., None].expand(-1, -1, 64)), targets, hint)
+    assert nll.shape == (3, 5)
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logq, ref_logq, rtol=1e-5, atol=1e-5)
+    without = score_terms(model(ids).gather(1, in_idx[..., None].expand(-1, -1, 64)), targets, hint)[0]
+    assert (nll - without).abs().max() > 1e-3  # the adapters took part
+
+
+def test_warmup_compiles_every_shape_the_timed_eval_runs():
+    """After PhasedTTT.warmup no graph is compiled inside the run (a compile there would count against the eval
+    timer), and the compiled chunk step scores what the eager one does. aot_eager: dynamo's guards and shapes
+    are the same as under Inductor, without the C++ build of the CPU kernels."""
+    from pgolf import ngram
+    from pgolf.evaluate import compiled_graphs
+    from pgolf.ttt import chunk_terms
+
+    val = corpus(n_docs=20, max_len=120)
+    cfg = TTTConfig(**{**SMALL, "short_doc_chunks": [[40, 8]]})
+    hints = ngram.hints(val.tokens, 3, 0.5)
+    eager = PhasedTTT(tiny_model(), val, cfg, CPU).run(hints, boost=2.625)
+    ttt = PhasedTTT(tiny_model(), val, cfg, CPU)
+    ttt.terms = torch.compile(chunk_terms, backend="aot_eager")
+    ttt.warmup()
+    before = compiled_graphs()
+    compiled = ttt.run(hints, boost=2.625)
+    assert compiled_graphs() == before
+    assert compiled.totals["scored"] == eager.totals["scored"] == val.targets
+    assert compiled.totals["val_loss"] == pytest.approx(eager.totals["val_loss"], rel=1e-6)
