@@ -2,13 +2,19 @@
 
 A row of token ids may hold several documents, each starting at a BOS token; a query attends only to keys of
 its own document at or before its position (and, with a sliding window, at most `window` positions back:
-FlashAttention's `window_size=(window, 0)`). Backends, fastest first, all computing the same function:
+FlashAttention's `window_size=(window, 0)`). Backends, all computing the same function:
 
 - `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, optional extra `.[flash]`;
+- `flex`: FlexAttention with a document-causal block mask (compiled on CUDA, unfused on CPU); one kernel is
+  compiled per input shape;
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
-- `varlen`: PyTorch's `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
-- `flex`: FlexAttention with a document-causal block mask (compiled on CUDA, unfused on CPU);
+- `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
+
+"auto" takes the first one available in AUTO_ORDER: for fixed shapes (training, Hessians) flex comes before the
+FA2 kernels, since a compiled training step of the record model ran 4% faster with it than with `varlen` on an
+H200 (bench/RESULTS.md); where shapes vary from call to call (evaluation: TTT windows, short last batches) the
+varlen kernels come first, since they take every length without compiling anything.
 
 The three varlen backends flatten the batch into one packed stream cut at every BOS and row start
 (`segment_offsets`). Built inside the model, the cuts come from a `nonzero`, so choosing one of them lets
@@ -27,6 +33,10 @@ from .errors import PgolfError
 from .shards import BOS_ID
 
 BACKENDS = ("fa3", "flash_attn", "varlen", "flex", "sdpa")
+AUTO_ORDER = {  # on CUDA, by whether the input shapes stay fixed; the CPU takes sdpa
+    "fixed": ("fa3", "flex", "flash_attn", "varlen", "sdpa"),
+    "varying": ("fa3", "flash_attn", "varlen", "flex", "sdpa"),
+}
 VARLEN_BACKENDS = ("fa3", "flash_attn", "varlen")
 _FLASH_MODULES = {"fa3": "flash_attn_interface", "flash_attn": "flash_attn"}
 
@@ -81,16 +91,16 @@ def _try_backend(name: str, cuda: bool, windowed: bool) -> Backend | None:
     return Backend(name)
 
 
-def resolve_backend(requested: str, device, windowed: bool = False) -> Backend:
-    """`requested` is a name from BACKENDS or "auto" (CUDA: the first available varlen kernel, else flex;
-    CPU: sdpa). `windowed` says whether some layer uses a sliding window."""
+def resolve_backend(requested: str, device, windowed: bool = False, shapes: str = "fixed") -> Backend:
+    """`requested` is a name from BACKENDS or "auto" (CUDA: the first available of AUTO_ORDER[shapes]; CPU: sdpa).
+    `windowed` says whether some layer uses a sliding window."""
     if requested not in BACKENDS + ("auto",):
         raise PgolfError(f"attention backend {requested!r}: unknown; use one of {('auto',) + BACKENDS}")
     cuda = torch.device(device).type == "cuda"
     if requested != "auto":
         candidates = (requested,)
     else:
-        candidates = VARLEN_BACKENDS + ("flex", "sdpa") if cuda else ("sdpa",)
+        candidates = AUTO_ORDER[shapes] if cuda else ("sdpa",)
     for name in candidates:
         backend = _try_backend(name, cuda, windowed)
         if backend is not None:

@@ -300,12 +300,16 @@ class GPT(nn.Module):
 
     @attention_backend.setter
     def attention_backend(self, name: str):
+        self.set_attention(name)
+
+    def set_attention(self, name: str, shapes: str = "fixed"):
+        """`name` as for attention_backend; `shapes` ("fixed" or "varying") orders "auto" (pgolf.attention)."""
         windowed = any(b.attn.window is not None for b in self.blocks)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         self._backends = {}
         for device in devices:
             try:
-                self._backends[device] = resolve_backend(name, device, windowed)
+                self._backends[device] = resolve_backend(name, device, windowed, shapes)
             except PgolfError as e:
                 self._backends[device] = e  # raised only if the model runs there
         self._attention_backend = name
