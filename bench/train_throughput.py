@@ -93,7 +93,7 @@ def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
     config = {"model": vars(model_cfg), "train": vars(cfg), "bench": vars(args)}
     with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
         trainer = Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
-    trainer.model.attention_backend = args.attention
+    trainer.model.set_attention(args.attention, compiled=trainer.compiled)
     return trainer
 
 
@@ -192,12 +192,13 @@ def main(argv=None):
     ceiling = bf16_ceiling(args.ceiling_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "attention": args.attention,
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "ceiling_tflops": round(ceiling, 1), "batch_tokens": args.batch_tokens}
     tmp = Path(tempfile.mkdtemp(prefix="pgolf-bench-"))
 
     trainer = make_trainer(args, True, tmp / "compiled", dist)
     result["compiled"] = trainer.compiled
+    result["attention"] = trainer.model.backend(device).name
     run = Run(trainer)
     phases = {}
     for looping in (False, True):

@@ -11,10 +11,11 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
-"auto" takes the first one available in AUTO_ORDER: for fixed shapes (training, Hessians) flex comes before the
-FA2 kernels, since a compiled training step of the record model ran 4% faster with it than with `varlen` on an
-H200 (bench/RESULTS.md); where shapes vary from call to call (evaluation: TTT windows, short last batches) the
-varlen kernels come first, since they take every length without compiling anything.
+"auto" takes the first one available in AUTO_ORDER. Inside the compiled training step flex comes before the FA2
+kernels: the record model's step ran 4% faster with it than with `varlen` on an H200. Everywhere else (eager
+forwards: Hessians, diagnostic eval, TTT's global phases; TTT's dynamic-shape chunk graph) the varlen kernels come
+first: they take every shape as it comes, where eager flex first compiled 12.7 s for the Hessian batch's shape and
+then ran no faster (bench/RESULTS.md).
 
 The three varlen backends flatten the batch into one packed stream cut at every BOS and row start
 (`segment_offsets`). Built inside the model, the cuts come from a `nonzero`, so choosing one of them lets
@@ -33,9 +34,9 @@ from .errors import PgolfError
 from .shards import BOS_ID
 
 BACKENDS = ("fa3", "flash_attn", "varlen", "flex", "sdpa")
-AUTO_ORDER = {  # on CUDA, by whether the input shapes stay fixed; the CPU takes sdpa
-    "fixed": ("fa3", "flex", "flash_attn", "varlen", "sdpa"),
-    "varying": ("fa3", "flash_attn", "varlen", "flex", "sdpa"),
+AUTO_ORDER = {  # on CUDA, by whether the caller runs the model inside the compiled training step; the CPU takes sdpa
+    "compiled": ("fa3", "flex", "flash_attn", "varlen", "sdpa"),
+    "eager": ("fa3", "flash_attn", "varlen", "flex", "sdpa"),
 }
 VARLEN_BACKENDS = ("fa3", "flash_attn", "varlen")
 _FLASH_MODULES = {"fa3": "flash_attn_interface", "flash_attn": "flash_attn"}
@@ -91,16 +92,16 @@ def _try_backend(name: str, cuda: bool, windowed: bool) -> Backend | None:
     return Backend(name)
 
 
-def resolve_backend(requested: str, device, windowed: bool = False, shapes: str = "fixed") -> Backend:
-    """`requested` is a name from BACKENDS or "auto" (CUDA: the first available of AUTO_ORDER[shapes]; CPU: sdpa).
-    `windowed` says whether some layer uses a sliding window."""
+def resolve_backend(requested: str, device, windowed: bool = False, compiled: bool = False) -> Backend:
+    """`requested` is a name from BACKENDS or "auto" (CUDA: the first available of AUTO_ORDER; CPU: sdpa).
+    `windowed` says whether some layer uses a sliding window; `compiled`, whether the compiled training step runs it."""
     if requested not in BACKENDS + ("auto",):
         raise PgolfError(f"attention backend {requested!r}: unknown; use one of {('auto',) + BACKENDS}")
     cuda = torch.device(device).type == "cuda"
     if requested != "auto":
         candidates = (requested,)
     else:
-        candidates = AUTO_ORDER[shapes] if cuda else ("sdpa",)
+        candidates = AUTO_ORDER["compiled" if compiled else "eager"] if cuda else ("sdpa",)
     for name in candidates:
         backend = _try_backend(name, cuda, windowed)
         if backend is not None:

@@ -77,9 +77,8 @@ def load_artifact(pgrp, pack_json) -> GPT:
 
 
 def prepare(model: GPT, dist) -> GPT:
-    """The model on its device, eval mode, looping on, frozen, with an attention kernel that takes every length."""
+    """The model on its device, eval mode, looping on, frozen."""
     model = model.to(dist.device).eval()
-    model.set_attention("auto", shapes="varying")
     model.looping = True
     for p in model.parameters():
         p.requires_grad_(False)

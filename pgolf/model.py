@@ -302,19 +302,21 @@ class GPT(nn.Module):
     def attention_backend(self, name: str):
         self.set_attention(name)
 
-    def set_attention(self, name: str, shapes: str = "fixed"):
-        """`name` as for attention_backend; `shapes` ("fixed" or "varying") orders "auto" (pgolf.attention)."""
+    def set_attention(self, name: str, compiled: bool = False):
+        """`name` as for attention_backend; `compiled` (the trainer's compiled step runs the model) orders "auto"
+        (pgolf.attention.AUTO_ORDER)."""
         windowed = any(b.attn.window is not None for b in self.blocks)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         self._backends = {}
         for device in devices:
             try:
-                self._backends[device] = resolve_backend(name, device, windowed, shapes)
+                self._backends[device] = resolve_backend(name, device, windowed, compiled)
             except PgolfError as e:
                 self._backends[device] = e  # raised only if the model runs there
         self._attention_backend = name
 
-    def _backend(self, device: torch.device) -> Backend:
+    def backend(self, device: torch.device) -> Backend:
+        """The attention backend this model runs on `device` (its `name` says which kernel "auto" chose)."""
         backend = self._backends.get(device.type)
         if backend is None:
             raise PgolfError(f"attention: device {device.type} is not supported; run on the CPU or CUDA")
@@ -392,7 +394,7 @@ class GPT(nn.Module):
         """Final-norm output (B, T, d) in the compute dtype (bf16 on CUDA, fp32 on CPU)."""
         c = self.config
         dtype = torch.bfloat16 if ids.is_cuda else torch.float32
-        backend = self._backend(ids.device)
+        backend = self.backend(ids.device)
         windows = {b.attn.window for b in self.blocks}
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
         banks = tuple(getattr(self, b).to(dtype) for b in BANKS)

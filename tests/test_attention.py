@@ -139,14 +139,14 @@ def test_auto_picks_sdpa_on_cpu_and_flash_on_cuda(fake_flash):
     assert backend.name == "fa3" and backend.varlen_fn is fake_flash_varlen
 
 
-def test_auto_on_cuda_without_fa3_orders_flex_and_torch_varlen_by_shapes(monkeypatch):
+def test_auto_on_cuda_without_fa3_takes_flex_only_for_the_compiled_training_step(monkeypatch):
     monkeypatch.setattr(attention, "_import_flash", lambda name: None)
     monkeypatch.setattr(attention, "_torch_varlen", lambda: torch_varlen_old)
-    assert resolve_backend("auto", "cuda").name == "flex"  # fixed shapes: training
-    assert resolve_backend("auto", "cuda", shapes="varying").name == "varlen"  # evaluation
-    assert resolve_backend("auto", "cuda", windowed=True, shapes="varying").name == "flex"  # old varlen cannot slide
-    monkeypatch.setattr(attention, "_flex_available", lambda: False)
+    assert resolve_backend("auto", "cuda", compiled=True).name == "flex"
     assert resolve_backend("auto", "cuda").name == "varlen"
+    assert resolve_backend("auto", "cuda", windowed=True).name == "flex"  # old varlen cannot slide
+    monkeypatch.setattr(attention, "_flex_available", lambda: False)
+    assert resolve_backend("auto", "cuda", compiled=True).name == "varlen"
 
 
 def test_backend_errors_name_the_fix(monkeypatch):
