@@ -51,11 +51,10 @@ def main():
     cfg = EvalConfig.parse({"compile": not args.no_compile, "ttt": {"prefix_docs": args.prefix_docs}})
     val = synthetic_val(args.docs, model.config.vocab_size)
     model = prepare(model, dist)
-    compiled = cfg.compile and dist.device.type == "cuda"
-    ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=compiled)
+    ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=cfg.compile)
     rows = []
     t0 = time.perf_counter()
-    if compiled:
+    if ttt.compiled:
         ttt.warmup()
     rows.append(("warm-up (compile) s", time.perf_counter() - t0))
     t0 = time.perf_counter()

@@ -147,10 +147,9 @@ def run_artifact(args, config, dist, log):
     t0 = time.perf_counter()
     model = prepare(load_artifact(args.pgrp, args.pack_json), dist)
     val = load_val(args.manifest, cfg.val_docs_limit)
-    compiled = cfg.compile and dist.device.type == "cuda"
-    ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=compiled) if cfg.ttt.enabled else None
+    ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=cfg.compile) if cfg.ttt.enabled else None
     seconds["load"] = time.perf_counter() - t0
-    if compiled and ttt is not None:
+    if ttt is not None and ttt.compiled:
         t0 = time.perf_counter()
         ttt.warmup()
         seconds["warmup"] = time.perf_counter() - t0

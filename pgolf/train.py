@@ -128,9 +128,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(seed)  # the same initial weights on every rank
         self.model = GPT(model_cfg).to(self.device).train()
+        self.model.set_attention("auto", compiled=self.compiled)
         # Automatic dynamic shapes: the per-batch document layout may vary in size, and a static compile would
         # recompile for every new size.
-        self.model.set_attention("auto", compiled=self.compiled)
         self.forward = torch.compile(self.model) if self.compiled else self.model
         self.opt = Optimizers(self.model.param_groups(), cfg, dist.world, dist.rank, compile_muon=self.compiled)
         self.ema = EMA(self.model.parameters(), cfg.ema_decay)

@@ -138,11 +138,12 @@ class TTTResult:
 
 class PhasedTTT:
     def __init__(self, model, val: ValData, cfg: TTTConfig, dist, compile: bool = False):
-        """`compile`: torch.compile the chunk step (GPU); the global phases run eagerly (a few seconds per
-        phase, not worth compiling a second full-model backward)."""
+        """`compile`: torch.compile the chunk step on CUDA (call `warmup` before `run`); the global phases run
+        eagerly (a few seconds per phase, not worth compiling a second full-model backward)."""
         self.model, self.cfg, self.dist = model, cfg, dist
-        self.terms = torch.compile(chunk_terms) if compile else chunk_terms
         device = dist.device
+        self.compiled = compile and device.type == "cuda"
+        self.terms = torch.compile(chunk_terms) if self.compiled else chunk_terms
         self.host_tokens = val.tokens  # the global phases build their batches on the host
         self.tokens = torch.as_tensor(val.tokens, device=device)
         self.position_bytes = torch.as_tensor(val.position_bytes, device=device)
