@@ -14,8 +14,8 @@ import torch
 
 from pgolf import ngram
 from pgolf.bpb import ValData
-from pgolf.dist import init
-from pgolf.evaluate import FINEWEB_VAL_TARGETS, EvalConfig, compiled_graphs, prepare, score, sync
+from pgolf.dist import init, sync
+from pgolf.evaluate import FINEWEB_VAL_TARGETS, EvalConfig, compiled_graphs, prepare, score
 from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import PhasedTTT
 

@@ -23,6 +23,7 @@ from . import dist as pgdist
 from . import compile_cache, ngram
 from .bpb import ValData, diagnostic_eval, load_val
 from .config import from_dict, load_stage_config
+from .dist import sync
 from .errors import PgolfError
 from .io import read_json, write_json
 from .model import GPT, ModelConfig, load_trained
@@ -59,11 +60,6 @@ class EvalConfig:
         if tilt.enabled and not ttt.enabled:
             raise PgolfError("config eval.tilt.enabled: the tilt applies inside the TTT eval; enable eval.ttt too")
         return cfg
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_artifact(pgrp, pack_json) -> GPT:

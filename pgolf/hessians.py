@@ -129,13 +129,11 @@ def collect(model: GPT, windows: CalibrationWindows, config: HessianConfig, devi
     model.looping = True
     sums = HessianSums()
     batches = [windows.batch(config.batch_seqs) for _ in range(config.calibration_batches)]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    pgdist.sync(device)
     start = time.perf_counter()
     for ids in batches:
         model(ids.to(device, non_blocking=True), capture=sums)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    pgdist.sync(device)
     return sums, time.perf_counter() - start
 
 

@@ -239,8 +239,7 @@ class Trainer:
             self.log.write(record)
 
     def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        pdist.sync(self.device)
 
     def mean_over_ranks(self, value: torch.Tensor) -> float:
         value = value.detach().float().clone()

@@ -23,6 +23,7 @@ import torch.distributed as torch_dist
 from . import ngram
 from .attention import segment_offsets
 from .bpb import PAD_ID, Totals, ValData
+from .dist import sync
 from .lora import KINDS, BatchedLoRA, adapter_shapes
 from .shards import BOS_ID
 
@@ -178,8 +179,7 @@ class PhasedTTT:
                 self.chunk_nll(ids, index, targets, hint)[0].sum().backward()
         for p in self.lora.parameters():
             p.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
 
     def _freeze_base(self):
         for p in self.model.parameters():
@@ -373,8 +373,7 @@ class PhasedTTT:
                 continue
             self._batch(index, self.queue[index])
             counters.add("scored", int(self.queue[index].size))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         seconds = {"ttt": time.perf_counter() - start, "global_sgd": sgd_seconds}
         dist.barrier()
         gated = int(dist.all_reduce_(self.gated_count.clone()))
