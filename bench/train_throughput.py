@@ -1,7 +1,8 @@
 """Training throughput of the record model on one GPU: the trainer of `python -m pgolf.train`, measured.
 
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
-        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--out throughput.json]
+        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--no-fused-mlp] \\
+        [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
 one GPU), every step the product's `Trainer.train_step`. In one run:
@@ -94,6 +95,8 @@ def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
     with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
         trainer = Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
     trainer.model.set_attention(args.attention, compiled=trainer.compiled)
+    if args.no_fused_mlp:
+        trainer.model.fused_mlp = None
     return trainer
 
 
@@ -177,6 +180,7 @@ def main(argv=None):
     parser.add_argument("--model", help="ModelConfig overrides as JSON (CPU dry runs); default: the record model")
     parser.add_argument("--ceiling-size", type=int, default=8192)
     parser.add_argument("--attention", default="auto", help="attention backend (pgolf.attention.BACKENDS or auto)")
+    parser.add_argument("--no-fused-mlp", action="store_true", help="Inductor's unfused MLP instead of pgolf.fused_mlp")
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -199,6 +203,7 @@ def main(argv=None):
     trainer = make_trainer(args, True, tmp / "compiled", dist)
     result["compiled"] = trainer.compiled
     result["attention"] = trainer.model.backend(device).name
+    result["fused_mlp"] = trainer.model.fused_mlp is not None
     run = Run(trainer)
     phases = {}
     for looping in (False, True):
@@ -234,6 +239,8 @@ def main(argv=None):
              "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed), "--attention", args.attention]
     if args.model:
         probe += ["--model", args.model]
+    if args.no_fused_mlp:
+        probe.append("--no-fused-mlp")
     launched = time.time()
     done = subprocess.run(probe, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     result["restart_s"] = {k: round(t - launched, 2) for k, t in json.loads(done).items()}
@@ -249,8 +256,9 @@ def save(path: Path | None, result: dict):
 
 
 def print_table(r: dict):
-    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}; bf16 ceiling "
-          f"{r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; peak memory {r['peak_memory_gib']} GiB")
+    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}, fused MLP "
+          f"{r['fused_mlp']}; bf16 ceiling {r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; "
+          f"peak memory {r['peak_memory_gib']} GiB")
     print("| phase | ms/step | tokens/s | mean keys | model TFLOP/s | MFU | compile s | restart: first step at s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, p in r["phases"].items():
