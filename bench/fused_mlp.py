@@ -19,13 +19,16 @@ import torch.nn.functional as F
 from pgolf import fused_mlp
 
 SLOPE = 0.5
-# (block_m, block_n, block_k, num_warps, num_stages); the first is pgolf.fused_mlp.TILES
+# (block_m, block_n, block_k, num_warps, num_stages, persistent); the first is pgolf.fused_mlp.TILES
 TILE_SHAPES = [
-    (256, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (128, 128, 64, 8, 4),
-    (128, 128, 64, 4, 4),
-    (64, 256, 64, 4, 4),
+    (256, 128, 64, 8, 3, False),
+    (128, 256, 64, 8, 3, False),
+    (256, 128, 64, 8, 3, True),
+    (128, 256, 64, 8, 3, True),
+    (128, 256, 64, 8, 4, True),
+    (128, 128, 64, 8, 4, True),
+    (128, 128, 64, 4, 4, True),
+    (128, 256, 128, 8, 2, True),
 ]
 
 
@@ -61,7 +64,7 @@ def errors(fn, inputs, grad, reference) -> dict:
     forward_backward(fn, inputs, grad)
     out = fn(*inputs).float()
     got = [out] + [t.grad.float() for t in inputs]
-    return {name: float((g - r).abs().max() / r.abs().max()) for name, g, r in zip(("out", "dx", "dup", "ddown"),
+    return {name: float((g.detach() - r).abs().max() / r.abs().max()) for name, g, r in zip(("out", "dx", "dup", "ddown"),
                                                                                    got, reference)}
 
 
@@ -92,7 +95,7 @@ def main(argv=None):
                                                                   args.repeats),
              "errors": errors(compiled, inputs, grad, reference)}]
     for shape in TILE_SHAPES:
-        fused_mlp.TILES = fused_mlp.Tiles(*shape[:3], num_warps=shape[3], num_stages=shape[4])
+        fused_mlp.TILES = fused_mlp.Tiles(*shape[:3], num_warps=shape[3], num_stages=shape[4], persistent=shape[5])
         try:
             ms = median_ms(lambda: forward_backward(fused, inputs, grad), args.repeats)
         except Exception as e:  # a tile shape this GPU cannot hold (shared memory): say so and go on
@@ -106,7 +109,7 @@ def main(argv=None):
                                         "rows": rows}, indent=1) + "\n")
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.tokens:,} tokens, d {args.dim}, "
           f"hidden {args.hidden}, bf16, forward + backward")
-    print("| variant (block_m, block_n, block_k, warps, stages) | ms | max rel. error out / dx / dup / ddown |")
+    print("| variant (block_m, block_n, block_k, warps, stages, persistent) | ms | max rel. error out / dx / dup / ddown |")
     print("|---|---|---|")
     for r in rows:
         if "failed" in r:

@@ -10,6 +10,7 @@ the backward stay with cuBLAS. Only the trainer turns it on (`GPT.enable_fused_m
 the tests run the same kernels on the CPU in Triton's interpreter (TRITON_INTERPRET=1).
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ class Tiles:
     group_m: int = 8  # row tiles visited together, so their weight tiles stay in L2
     num_warps: int = 8
     num_stages: int = 3
+    persistent: bool = False  # one program per SM walking the tiles, its epilogues overlapping the next loads
 
 
 TILES = Tiles()
@@ -35,53 +37,53 @@ TILES = Tiles()
 @triton.jit
 def _gemm_act_kernel(
     a_ptr, b_ptr, pre_ptr, out_ptr,
-    M, N, K,
+    M, N, K, programs,
     stride_am, stride_ak, stride_bk, stride_bn, stride_om,
     slope,
     ACT_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """C = A @ B in fp32, then ACT_GRAD=False: store pre = C and out = leaky_relu(C)²;
-    ACT_GRAD=True: load pre and store out = C * d leaky_relu(pre)² / d pre."""
-    pid = tl.program_id(0)
+    ACT_GRAD=True: load pre and store out = C * d leaky_relu(pre)² / d pre. Program p computes tiles p,
+    p + programs, ... (one each when `programs` is the number of tiles)."""
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * tiles_n)
-    first_m = group * GROUP_M
-    group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_rows)
-    pid_n = (pid % (GROUP_M * tiles_n)) // group_rows
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_tiles = K // BLOCK_K  # K is a multiple of BLOCK_K (checked by the caller)
     ks = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak
-    b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-    row_ok, col_ok = rows[:, None] < M, cols[None, :] < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(0, K, BLOCK_K):  # K is a multiple of BLOCK_K (checked by the caller)
-        acc += tl.dot(tl.load(a_ptrs, mask=row_ok, other=0.0), tl.load(b_ptrs, mask=col_ok, other=0.0))
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, programs, flatten=True):
+        group = tile // (GROUP_M * tiles_n)
+        first_m = group * GROUP_M
+        group_rows = min(tiles_m - first_m, GROUP_M)
+        rows = (first_m + tile % group_rows) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = ((tile % (GROUP_M * tiles_n)) // group_rows) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok, col_ok = rows[:, None] < M, cols[None, :] < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k_tiles):
+            a = tl.load(a_ptr + rows[:, None] * stride_am + (k * BLOCK_K + ks)[None, :] * stride_ak, mask=row_ok)
+            b = tl.load(b_ptr + (k * BLOCK_K + ks)[:, None] * stride_bk + cols[None, :] * stride_bn, mask=col_ok)
+            acc = tl.dot(a, b, acc)
 
-    offsets = rows[:, None] * stride_om + cols[None, :]
-    ok = row_ok & col_ok
-    if ACT_GRAD:
-        pre = tl.load(pre_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
-        grad = acc * 2.0 * pre * tl.where(pre > 0, 1.0, slope * slope)
-        tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=ok)
-    else:
-        act = tl.where(acc > 0, acc, slope * acc)
-        tl.store(pre_ptr + offsets, acc.to(pre_ptr.dtype.element_ty), mask=ok)
-        tl.store(out_ptr + offsets, (act * act).to(out_ptr.dtype.element_ty), mask=ok)
+        offsets = rows[:, None] * stride_om + cols[None, :]
+        ok = row_ok & col_ok
+        if ACT_GRAD:
+            pre = tl.load(pre_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+            grad = acc * 2.0 * pre * tl.where(pre > 0, 1.0, slope * slope)
+            tl.store(out_ptr + offsets, grad.to(out_ptr.dtype.element_ty), mask=ok)
+        else:
+            act = tl.where(acc > 0, acc, slope * acc)
+            tl.store(pre_ptr + offsets, acc.to(pre_ptr.dtype.element_ty), mask=ok)
+            tl.store(out_ptr + offsets, (act * act).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def _launch(a, b, pre, out, slope: float, act_grad: bool, tiles: Tiles):
     (M, K), N = a.shape, b.shape[1]
     if K % tiles.block_k:
         raise ValueError(f"fused MLP: reduction dim {K} is not a multiple of the {tiles.block_k}-wide K tile")
-    grid = (triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n),)
-    _gemm_act_kernel[grid](
-        a, b, pre, out, M, N, K,
+    programs = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
+    if tiles.persistent:
+        processors = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else os.cpu_count()
+        programs = min(programs, processors)
+    _gemm_act_kernel[(programs,)](
+        a, b, pre, out, M, N, K, programs,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
         slope, act_grad,
         tiles.block_m, tiles.block_n, tiles.block_k, tiles.group_m,

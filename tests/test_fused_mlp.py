@@ -30,11 +30,14 @@ def interpreted(code: str) -> dict:
 def test_kernels_match_the_unfused_mlp_and_its_gradients():
     result = interpreted("""
         import json, torch, torch.nn.functional as F
+        from pgolf import fused_mlp
         from pgolf.fused_mlp import mlp, up_act
         torch.manual_seed(0)
         out = {}
-        # rows and hidden width not multiples of the 256 x 128 tile; two K tiles
-        for slope in (0.5, 0.3):
+        # rows and hidden width not multiples of the 256 x 128 tile; two K tiles; 6 tiles on os.cpu_count()
+        # persistent programs
+        for slope, persistent in ((0.5, False), (0.3, True)):
+            fused_mlp.TILES = fused_mlp.Tiles(persistent=persistent)
             x = torch.randn(3, 100, 128, requires_grad=True)
             up = (torch.randn(320, 128) / 11).requires_grad_()
             down = (torch.randn(128, 320) / 18).requires_grad_()
@@ -48,7 +51,7 @@ def test_kernels_match_the_unfused_mlp_and_its_gradients():
             ref.backward(g)
             rel = lambda a, b: float((a - b).abs().max() / b.abs().max())
             pre, post = up_act(x.detach().reshape(-1, 128), up.detach(), slope)
-            out[str(slope)] = {
+            out[f"slope {slope}, persistent {persistent}"] = {
                 "shape": list(fused.shape), "out": rel(fused, ref),
                 "grads": [rel(a, t.grad) for a, t in zip(grads, (x, up, down))],
                 "pre": rel(pre, x.detach().reshape(-1, 128) @ up.detach().T),
