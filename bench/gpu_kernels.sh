@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device call: the kernel microbenchmarks (bench/fused_mlp.py, bench/flex_options.py) on the bench corpus's first
-# micro-batch. Files under $OUT: fused_mlp.json, flex_options.json, kernels.log, stages.tsv.
+# Device call: the kernel microbenchmark bench/flex_options.py on the bench corpus's first micro-batch.
+# Files under $OUT: flex_options.json, kernels.log, stages.tsv.
 #   Here:  bash bench/prepare.sh && python bench/device_configs.py
 #   There: OUT=... bash bench/gpu_kernels.sh (carry .whl .deb bench/data .device)
 source "$(dirname "$0")/device_common.sh"
@@ -10,9 +10,8 @@ rm -rf "$DATA" "$LOGDIR"
 mkdir -p "$DATA"
 begin_stages
 tokenize_data || exit 1
-run_stage fused_mlp python bench/fused_mlp.py --out "$OUT/fused_mlp.json"
 run_stage flex_options python bench/flex_options.py --manifest "$DATA/manifest.json" --out "$OUT/flex_options.json"
 rc=$?
-cat "$LOGDIR/fused_mlp.log" "$LOGDIR/flex_options.log" | grep -v Warning | tee "$OUT/kernels.log"
+grep -v Warning "$LOGDIR/flex_options.log" | tee "$OUT/kernels.log"
 cp "$LOGDIR/stages.tsv" "$OUT/"
 exit "$rc"

@@ -1,7 +1,7 @@
 """Training throughput of the record model on one GPU: the trainer of `python -m pgolf.train`, measured.
 
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
-        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--no-fused-mlp] \\
+        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--flex-options JSON] \\
         [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from pgolf import compile_cache
+from pgolf import attention, compile_cache
 from pgolf import dist as pdist
 from pgolf.attention import segment_offsets
 from pgolf.loader import start_position
@@ -95,8 +95,6 @@ def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
     with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
         trainer = Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
     trainer.model.set_attention(args.attention, compiled=trainer.compiled)
-    if args.no_fused_mlp:
-        trainer.model.fused_mlp = None
     return trainer
 
 
@@ -180,10 +178,13 @@ def main(argv=None):
     parser.add_argument("--model", help="ModelConfig overrides as JSON (CPU dry runs); default: the record model")
     parser.add_argument("--ceiling-size", type=int, default=8192)
     parser.add_argument("--attention", default="auto", help="attention backend (pgolf.attention.BACKENDS or auto)")
-    parser.add_argument("--no-fused-mlp", action="store_true", help="Inductor's unfused MLP instead of pgolf.fused_mlp")
+    parser.add_argument("--flex-options", type=json.loads, help="FlexAttention kernel_options in place of "
+                        "pgolf.attention.FLEX_KERNEL_OPTIONS, as JSON ({} = torch's default)")
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.flex_options is not None:
+        attention.FLEX_KERNEL_OPTIONS = args.flex_options
     dist = pdist.init(1 if torch.cuda.is_available() else 0)
     device = dist.device
     if args.restart_probe:
@@ -203,7 +204,7 @@ def main(argv=None):
     trainer = make_trainer(args, True, tmp / "compiled", dist)
     result["compiled"] = trainer.compiled
     result["attention"] = trainer.model.backend(device).name
-    result["fused_mlp"] = trainer.model.fused_mlp is not None
+    result["flex_kernel_options"] = attention.FLEX_KERNEL_OPTIONS
     run = Run(trainer)
     phases = {}
     for looping in (False, True):
@@ -239,8 +240,8 @@ def main(argv=None):
              "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed), "--attention", args.attention]
     if args.model:
         probe += ["--model", args.model]
-    if args.no_fused_mlp:
-        probe.append("--no-fused-mlp")
+    if args.flex_options is not None:
+        probe += ["--flex-options", json.dumps(args.flex_options)]
     launched = time.time()
     done = subprocess.run(probe, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     result["restart_s"] = {k: round(t - launched, 2) for k, t in json.loads(done).items()}
@@ -256,9 +257,8 @@ def save(path: Path | None, result: dict):
 
 
 def print_table(r: dict):
-    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}, fused MLP "
-          f"{r['fused_mlp']}; bf16 ceiling {r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; "
-          f"peak memory {r['peak_memory_gib']} GiB")
+    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}; bf16 ceiling "
+          f"{r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; peak memory {r['peak_memory_gib']} GiB")
     print("| phase | ms/step | tokens/s | mean keys | model TFLOP/s | MFU | compile s | restart: first step at s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, p in r["phases"].items():

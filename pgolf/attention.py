@@ -179,6 +179,10 @@ def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch
 
 
 _compiled_flex = None
+# The backward's tiles: 32 x 128 for dK/dV, 128 x 32 for dQ, 4 warps, 3 stages. bench/flex_options.py measured
+# forward + backward of the record's micro-batch (bench corpus documents) at 2.609 ms against torch's default 2.786 ms
+# (H200, torch 2.11); the forward's output is bit-identical to the default's (only the backward's tiles change).
+FLEX_KERNEL_OPTIONS = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
 
 
 def _flex(q, k, v, block_mask):
@@ -191,7 +195,8 @@ def _flex(q, k, v, block_mask):
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         fn = _compiled_flex
-    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
+    options = FLEX_KERNEL_OPTIONS if q.is_cuda else None  # the CPU runs the unfused reference, no kernel
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1), kernel_options=options)
 
 
 def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = None) -> torch.Tensor:

@@ -17,7 +17,6 @@ On CUDA the forward runs in bf16 (weights cast at use, parameters stay fp32); on
 """
 
 import dataclasses
-import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -266,7 +265,6 @@ class GPT(nn.Module):
         self.rotary = Rotary(c.rope_dims, c.rope_base)
         self.looping = False
         self.attention_backend = "auto"
-        self.fused_mlp = None  # pgolf.fused_mlp.mlp once enable_fused_mlp found CUDA and Triton
         self._init_weights()
 
     @torch.no_grad()
@@ -326,16 +324,6 @@ class GPT(nn.Module):
             raise backend
         return backend
 
-    def enable_fused_mlp(self, device: torch.device) -> bool:
-        """Run the MLP as pgolf.fused_mlp's Triton kernels where the device is CUDA and Triton is installed (passes
-        with a capture or adapters hook keep the unfused MLP); returns whether it is on."""
-        if device.type != "cuda" or importlib.util.find_spec("triton") is None:
-            return False
-        from .fused_mlp import mlp
-
-        self.fused_mlp = mlp
-        return True
-
     def _bank(self, p: _Pass, i: int):
         n = self.config.num_layers
         qo, kv, up, down = p.banks
@@ -365,8 +353,6 @@ class GPT(nn.Module):
         return _adapt(p, "o", slot, n_in, F.linear(y, o_w))
 
     def _mlp(self, p: _Pass, i: int, slot: int, m_in: torch.Tensor, w) -> torch.Tensor:
-        if self.fused_mlp is not None and p.capture is None and p.adapters is None:
-            return self.fused_mlp(m_in, w[4], w[5], self.config.leaky_relu_slope)
         _capture(p, f"blocks.{i}.mlp.fc.weight", m_in)
         hidden = mlp_hidden(m_in, w[4], self.config.leaky_relu_slope)
         _capture(p, f"blocks.{i}.mlp.proj.weight", hidden)

@@ -129,7 +129,6 @@ class Trainer:
         torch.manual_seed(seed)  # the same initial weights on every rank
         self.model = GPT(model_cfg).to(self.device).train()
         self.model.set_attention("auto", compiled=self.compiled)
-        self.model.enable_fused_mlp(self.device)
         # Automatic dynamic shapes: the per-batch document layout may vary in size, and a static compile would
         # recompile for every new size.
         self.forward = torch.compile(self.model) if self.compiled else self.model
@@ -346,7 +345,7 @@ class Trainer:
             "final_loss": round(final_loss, 5), "peak_memory_mib": round(peak_memory_mib(self.device), 1),
             "world_size": self.dist.world, "accum_steps": self.accum, "seed": self.seed,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-            "attention": self.model.backend(self.device).name, "fused_mlp": self.model.fused_mlp is not None,
+            "attention": self.model.backend(self.device).name,
         }
         if self.dist.is_main:
             state = {k: v.detach().float().cpu() for k, v in self.model.unbanked_state_dict().items()}
