@@ -5,8 +5,8 @@ its own document at or before its position (and, with a sliding window, at most 
 FlashAttention's `window_size=(window, 0)`). Backends, all computing the same function:
 
 - `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, optional extra `.[flash]`;
-- `flex`: FlexAttention with a document-causal block mask (compiled on CUDA, unfused on CPU); one kernel is
-  compiled per input shape;
+- `flex`: FlexAttention with a document-causal block mask (compiled on CUDA with FLEX_KERNEL_OPTIONS, unfused on
+  CPU); one kernel is compiled per input shape;
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
@@ -179,10 +179,11 @@ def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch
 
 
 _compiled_flex = None
-# The backward's tiles: 32 x 128 for dK/dV, 128 x 32 for dQ, 4 warps, 3 stages. bench/flex_options.py measured
-# forward + backward of the record's micro-batch (bench corpus documents) at 2.609 ms against torch's default 2.786 ms
-# (H200, torch 2.11); the forward's output is bit-identical to the default's (only the backward's tiles change).
-FLEX_KERNEL_OPTIONS = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
+# Tiles of 32 x 128 (dK/dV) and 128 x 32 (dQ) in the backward, 4 warps and 3 stages in both passes. Forward +
+# backward of the record's micro-batch took 2.609 ms against torch's default 2.786 ms (bench/flex_options.py, H200,
+# torch 2.11; forward output bit-identical) and the looped training step 0.5% less (bench/RESULTS.md).
+FLEX_KERNEL_OPTIONS = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4,
+                       "num_stages": 3}
 
 
 def _flex(q, k, v, block_mask):
