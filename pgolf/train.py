@@ -50,6 +50,7 @@ class TrainConfig(OptimConfig):
     batch_tokens: int = 786432
     warmdown_frac: float = 0.85
     min_lr: float = 0.1
+    seq_change_warmup_steps: int = 0  # LR ramp after each change of model.seq_schedule's length (#2014); 0 = off
     ema_decay: float = 0.9965
     compile: bool = True  # torch.compile on GPU (never on the CPU)
     compile_warmup_steps: int = 20  # per looping state and sequence length, outside the timer, then undone
@@ -81,6 +82,14 @@ def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
         if frac < until:
             return int(seq_len)
     return int(model_cfg.seq_schedule[-1][0])
+
+
+def seq_change_ramp(step: int, changed_at: int | None, warmup_steps: int) -> float:
+    """LR factor after a sequence-length change at step `changed_at`: 1/N, 2/N, ... 1 over the N = warmup_steps
+    steps from it (SEQ_CHANGE_WARMUP_STEPS as the #2014 lineage applies it, on top of the schedule's multiplier)."""
+    if warmup_steps <= 0 or changed_at is None:
+        return 1.0
+    return min((step - changed_at + 1) / warmup_steps, 1.0)
 
 
 def seq_lens(model_cfg: ModelConfig) -> list[int]:
@@ -137,6 +146,7 @@ class Trainer:
         self.step, self.elapsed, self.position = 0, 0.0, start_position()
         self.phase = {"before": [0.0, 0], "after": [0.0, 0]}  # looping off/on: [seconds, steps]
         self.looping_from = None
+        self.seq_len, self.seq_changed_at = None, None  # the last step's sequence length; the step it changed at
         self.compile_seconds = None  # the compile warm-up's wall seconds, outside the training timer
         self.records = []  # the log's records after the header, kept for a resumed run's log
         identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed}
@@ -159,6 +169,8 @@ class Trainer:
             "position": self.position,
             "phase": self.phase,
             "looping_from": self.looping_from,
+            "seq_len": self.seq_len,
+            "seq_changed_at": self.seq_changed_at,
             "rng": checkpoint.rng_state(),
             "records": self.records,
         }
@@ -169,6 +181,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
         self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
         self.phase, self.looping_from = state["phase"], state["looping_from"]
+        self.seq_len, self.seq_changed_at = state["seq_len"], state["seq_changed_at"]
         self.records = state["records"]
         checkpoint.set_rng_state(state["rng"])
 
@@ -291,7 +304,12 @@ class Trainer:
                 self.emit({"event": "looping_enabled", "step": self.step, "frac": round(frac, 4)})
             self.model.looping = looping
             seq_len = seq_len_at(self.model_cfg, frac)
+            if self.seq_len is not None and seq_len != self.seq_len:
+                self.seq_changed_at = self.step
+                self.emit({"event": "seq_len_changed", "step": self.step, "seq_len": seq_len})
+            self.seq_len = seq_len
             lr_mult = lr_multiplier(frac, self.cfg.warmdown_frac, self.cfg.min_lr)
+            lr_mult *= seq_change_ramp(self.step, self.seq_changed_at, self.cfg.seq_change_warmup_steps)
             start = time.perf_counter()
             loss, grad_norm = self.train_step(next(loader), seq_len, lr_mult, muon_momentum(self.step, self.cfg))
             self.ema.update()

@@ -18,7 +18,8 @@ from pgolf import checkpoint
 from pgolf.errors import PgolfError
 from pgolf.model import ModelConfig
 from pgolf.shards import write_shard
-from pgolf.train import TrainConfig, main, schedule_frac, seq_len_at
+from pgolf.optim import lr_multiplier
+from pgolf.train import TrainConfig, main, schedule_frac, seq_change_ramp, seq_len_at
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
@@ -162,6 +163,27 @@ def test_schedule_fractions_and_sequence_lengths():
     assert [seq_len_at(progressive, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [1024, 1024, 2048, 2048,
                                                                                         3072, 3072]
     assert seq_len_at(ModelConfig(), 0.5) == 2048
+
+
+def test_lr_ramps_after_a_sequence_length_change(data, tmp_path):
+    assert [seq_change_ramp(s, 5, 4) for s in (5, 6, 7, 8, 9)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert seq_change_ramp(3, None, 4) == 1.0 and seq_change_ramp(6, 5, 0) == 1.0
+    cfg = tmp_path / "config.json"
+    model = {**MODEL, "seq_schedule": [[16, 0.5], [32, 1.0]]}
+    cfg.write_text(json.dumps({"model": model, "train": {**TRAIN, "seq_change_warmup_steps": 4},
+                               "hardware": {"gpus": 0}, "run": {"name": "t", "seeds": [3]}}))
+    out = tmp_path / "out"
+    main(args(cfg, data, out))
+    log = records(out)
+    assert [(r["step"], r["seq_len"]) for r in log if r["event"] == "seq_len_changed"] == [(5, 32)]
+    steps = [r for r in log if r["event"] == "step"]
+    assert [r["seq_len"] for r in steps] == [16] * 5 + [32] * 5
+    warmdown = TrainConfig.warmdown_frac, TrainConfig.min_lr
+    # the step record of internal step k (logged as k + 1) carries the multiplier its update used
+    expected = [lr_multiplier(k / STEPS, *warmdown) * (min((k - 5 + 1) / 4, 1.0) if k >= 5 else 1.0)
+                for k in range(STEPS)]
+    assert [r["lr_mult"] for r in steps] == pytest.approx(expected, abs=1e-5)
+    assert steps[5]["lr_mult"] == pytest.approx(lr_multiplier(0.5, *warmdown) / 4, abs=1e-5)
 
 
 def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):
