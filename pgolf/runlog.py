@@ -16,18 +16,22 @@ def source_files() -> list[Path]:
 
 
 def code_version() -> dict:
-    """sha256 over the package sources (always available, also inside train_gpt.py) plus the git commit if any."""
+    """sha256 over the package sources (always available, also inside train_gpt.py) plus the git commit if any, and
+    whether the package's files differ from that commit (uncommitted edits or new files, or a copied working tree
+    whose .git lags behind it): then only sources_sha256 names the code that ran."""
     digest = hashlib.sha256()
     for path in source_files():
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
         digest.update(path.read_bytes())
     version = {"sources_sha256": digest.hexdigest()[:16]}
+    git = ["git", "-C", str(PACKAGE_DIR)]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:
             version["git_commit"] = commit.stdout.strip()
+            changed = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                                     timeout=10)
+            version["git_dirty"] = changed.returncode != 0 or bool(changed.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         pass
     return version
