@@ -1,8 +1,8 @@
 """Training throughput of the record model on one GPU: the trainer of `python -m pgolf.train`, measured.
 
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
-        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--flex-options JSON] \\
-        [--out throughput.json]
+        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--packing rows] \\
+        [--flex-options JSON] [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
 one GPU), every step the product's `Trainer.train_step`. In one run:
@@ -33,12 +33,11 @@ import torch
 
 from pgolf import attention, compile_cache
 from pgolf import dist as pdist
-from pgolf.attention import segment_offsets
 from pgolf.loader import start_position
 from pgolf.model import ModelConfig, layer_orders
 from pgolf.optim import muon_momentum
 from pgolf.shards import shard_paths
-from pgolf.train import TrainConfig, Trainer
+from pgolf.train import PACKINGS, TrainConfig, Trainer, pack
 
 # The upstream record script on one H100 with the bench corpus (the issue's anchor; not measured here).
 ANCHOR_H100 = {"ms_before": 847, "ms_looped": 1276, "tflops": 242, "mfu": 0.34, "peak_gib": 42.3}
@@ -80,17 +79,17 @@ def flops_per_token(cfg: ModelConfig, looping: bool, mean_keys: float) -> float:
     return 6 * matrices + 12 * d * mean_keys * applications
 
 
-def mean_attended_keys(rows: torch.Tensor, seq_len: int) -> float:
-    """Mean number of keys a query sees under the document-causal mask (segments cut at BOS and row starts)."""
-    cuts = segment_offsets(rows[:, :-1].reshape(-1, seq_len)).double()
-    lengths = cuts[1:] - cuts[:-1]
+def mean_attended_keys(rows: torch.Tensor, seq_len: int, packing: str) -> float:
+    """Mean number of keys a query sees under the document-causal mask, each micro-batch cut as the trainer cuts it
+    (pgolf.train.pack)."""
+    lengths = torch.cat([torch.diff(pack(tokens[:-1], seq_len, packing)[1]) for tokens in rows]).double()
     return float((lengths * (lengths + 1) / 2).sum() / lengths.sum())
 
 
 def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
     model_cfg = ModelConfig.from_dict(json.loads(args.model)) if args.model else ModelConfig()
     cfg = TrainConfig(schedule="steps", steps=10**6, batch_tokens=args.batch_tokens, compile=compiled,
-                      compile_warmup_steps=0, checkpoint_minutes=0)
+                      compile_warmup_steps=0, checkpoint_minutes=0, packing=args.packing)
     config = {"model": vars(model_cfg), "train": vars(cfg), "bench": vars(args)}
     with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
         trainer = Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
@@ -120,7 +119,7 @@ class Run:
         record = {"step": len(self.steps) + 1, "looping": looping, "loss": float(loss),
                   "seconds": time.perf_counter() - start}
         self.steps.append(record)
-        self.keys.append(mean_attended_keys(rows, seq_len))
+        self.keys.append(mean_attended_keys(rows, seq_len, t.cfg.packing))
         return record
 
     def close(self):
@@ -178,6 +177,7 @@ def main(argv=None):
     parser.add_argument("--model", help="ModelConfig overrides as JSON (CPU dry runs); default: the record model")
     parser.add_argument("--ceiling-size", type=int, default=8192)
     parser.add_argument("--attention", default="auto", help="attention backend (pgolf.attention.BACKENDS or auto)")
+    parser.add_argument("--packing", choices=PACKINGS, default=TrainConfig.packing, help="train.packing")
     parser.add_argument("--flex-options", type=json.loads, help="FlexAttention kernel_options in place of "
                         "pgolf.attention.FLEX_KERNEL_OPTIONS, as JSON ({} = torch's default)")
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
@@ -205,6 +205,7 @@ def main(argv=None):
     result["compiled"] = trainer.compiled
     result["attention"] = trainer.model.backend(device).name
     result["flex_kernel_options"] = attention.FLEX_KERNEL_OPTIONS
+    result["packing"] = args.packing
     run = Run(trainer)
     phases = {}
     for looping in (False, True):
@@ -237,7 +238,8 @@ def main(argv=None):
     save(args.out, result)
 
     probe = [sys.executable, __file__, "--restart-probe", "--manifest", str(args.manifest), "--cache", str(cache),
-             "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed), "--attention", args.attention]
+             "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed), "--attention", args.attention,
+             "--packing", args.packing]
     if args.model:
         probe += ["--model", args.model]
     if args.flex_options is not None:
@@ -257,8 +259,9 @@ def save(path: Path | None, result: dict):
 
 
 def print_table(r: dict):
-    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}; bf16 ceiling "
-          f"{r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; peak memory {r['peak_memory_gib']} GiB")
+    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}, packing "
+          f"{r['packing']}; bf16 ceiling {r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; "
+          f"peak memory {r['peak_memory_gib']} GiB")
     print("| phase | ms/step | tokens/s | mean keys | model TFLOP/s | MFU | compile s | restart: first step at s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, p in r["phases"].items():

@@ -140,37 +140,85 @@ def document_mask(doc_ids: torch.Tensor, window: int | None) -> torch.Tensor:
     return (same_doc & allowed)[:, None]
 
 
+FLEX_BLOCK = 128  # FlexAttention's block size, queries and keys
+
+
 def _flex_block_mask(doc_ids: torch.Tensor, window: int | None):
-    from torch.nn.attention.flex_attention import create_block_mask
+    """The document-causal mask (same segment, key <= query, within the window) as a FlexAttention BlockMask, its
+    blocks classified from the segment ids of each block's first and last token. Segment ids never decrease along a
+    row, so a key block before a query block shares a segment with it exactly when its last id equals the query
+    block's first, and is full when all four ids agree. create_block_mask would evaluate every (query, key) pair:
+    9.7e9 of them for a micro-batch packed as one 98,304-token row."""
+    from torch.nn.attention.flex_attention import BlockMask
 
     def mask_mod(b, h, q, kv):
         keep = (kv <= q) & (doc_ids[b, q] == doc_ids[b, kv])
         return keep & (q - kv <= window) if window is not None else keep
 
     B, T = doc_ids.shape
-    return create_block_mask(mask_mod, B, None, T, T, device=doc_ids.device)
+    device = doc_ids.device
+    starts = torch.arange(0, T, FLEX_BLOCK, device=device)
+    ends = (starts + FLEX_BLOCK).clamp(max=T) - 1
+    first, last = doc_ids[:, starts], doc_ids[:, ends]  # (B, blocks)
+    q_start, q_end, k_start, k_end = starts[:, None], ends[:, None], starts[None, :], ends[None, :]
+    nearest, farthest = q_start - k_end, q_end - k_start  # the closest and farthest (query, key) distance
+    any_kept = (k_start <= q_start) & (last[:, None, :] >= first[:, :, None])
+    same = (first == last)[:, :, None] & (first == last)[:, None, :] & (first[:, :, None] == first[:, None, :])
+    whole = (k_end - k_start == FLEX_BLOCK - 1) & (q_end - q_start == FLEX_BLOCK - 1)  # no tail block is full
+    all_kept = (k_start < q_start) & same & whole
+    if window is not None:
+        any_kept &= nearest <= window
+        all_kept &= farthest <= window
+    partial = any_kept & ~all_kept
+
+    def blocks(kept):  # (B, 1, q blocks) counts and (B, 1, q blocks, k blocks) indices, kept blocks first
+        order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)
+        return kept.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
+
+    return BlockMask.from_kv_blocks(*blocks(partial), *blocks(all_kept), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(T, T))  # fmt: skip
 
 
-def segment_offsets(ids: torch.Tensor) -> torch.Tensor:
+def segment_offsets(ids: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """cu_seqlens (n_segments + 1,) int32 of a (B, T) batch flattened: a segment starts at every BOS and at every
-    row start, and the last entry is B * T. The trainer builds it on the CPU (no device-to-host sync for the
-    `nonzero`, and a plain input size that compiles once with a dynamic length)."""
+    row start, and the last entry is B * T. With `max_len`, a segment longer than that is split every max_len
+    tokens from its start (the record loader's rule for a micro-batch packed as one (1, N) row). The trainer builds
+    it on the CPU (no device-to-host sync for the `nonzero`, and a plain input size that compiles once with a
+    dynamic length)."""
     B, T = ids.shape
     starts = ids == BOS_ID
     starts[:, 0] = True
     offsets = torch.nonzero(starts.flatten()).flatten().to(torch.int32)
     total = torch.full((1,), B * T, dtype=torch.int32, device=ids.device)
+    if max_len is not None:
+        lengths = torch.diff(offsets, append=total)
+        pieces = (lengths + max_len - 1) // max_len
+        first = torch.repeat_interleave(offsets, pieces)  # each piece's segment start
+        piece_of_segment = torch.arange(len(first), device=ids.device) - torch.repeat_interleave(
+            torch.cumsum(pieces, 0) - pieces, pieces
+        )
+        offsets = (first + piece_of_segment * max_len).to(torch.int32)
     return torch.cat([offsets, total])
+
+
+def segment_ids(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """(B, T) int32 segment index of every token of a (B, T) batch cut at `cu_seqlens` (over the flattened batch).
+    A scatter and a cumsum: Inductor's CPU flex template refused the same ids made by bucketize inside a mask."""
+    starts = torch.zeros(B * T, dtype=torch.int32, device=cu_seqlens.device)
+    starts[cu_seqlens[1:-1].long()] = 1
+    return torch.cumsum(starts, 0, dtype=torch.int32).view(B, T)
 
 
 def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch.Tensor | None = None) -> DocLayout:
     """Document boundaries of a (B, T) batch for `backend`; `windows` = the set of windows the layers use;
-    `cu_seqlens` = segment_offsets(ids) when the caller already has it (on ids' device)."""
-    doc_ids = document_ids(ids)
+    `cu_seqlens` = cuts made ahead (segment_offsets(ids), or its max_len split), on ids' device: every backend
+    attends within those segments."""
+    B, T = ids.shape
+    doc_ids = document_ids(ids) if cu_seqlens is None else segment_ids(cu_seqlens, B, T)
     layout = DocLayout(doc_ids)
     if backend.name in VARLEN_BACKENDS:
         layout.cu_seqlens = segment_offsets(ids) if cu_seqlens is None else cu_seqlens
-        layout.max_seqlen = ids.size(1)
+        layout.max_seqlen = T
     elif backend.name == "flex":
         layout.masks = {w: _flex_block_mask(doc_ids, w) for w in windows}
     else:

@@ -9,6 +9,7 @@ Every stage codes against `GPT`:
     model(ids, capture=fn)                           # fn(name, rows) for every quantized matrix's input rows
     model(ids, targets, adapters=fn)                 # fn(kind, slot, x) -> tensor added to that output (TTT LoRA)
     model(ids, targets, cu_seqlens=segment_offsets(ids))  # document cuts made ahead (the trainer, on the CPU)
+    model(stream, targets, cu_seqlens=segment_offsets(stream, max_len=2048))  # (1, N): the record's packing
     model.looping = True                             # depth recurrence (training turns it on at enable_looping_at)
     state = model.unbanked_state_dict(); GPT.from_unbanked(config, state)
 
@@ -446,7 +447,8 @@ class GPT(nn.Module):
         adapters(kind, slot, x): kind in ADAPTER_KINDS, slot = position in virtual_layers() (0 for "head");
         a returned tensor is added to that output (q/k/v/o: x = normed block input; mlp: normed MLP input;
         head: the final hidden, added to the logits before the softcap).
-        cu_seqlens: pgolf.attention.segment_offsets(ids) on ids' device, when the caller made it already.
+        cu_seqlens: pgolf.attention.segment_offsets(ids[, max_len]) on ids' device, when the caller made the cuts
+        already; every attention backend then attends within those segments.
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")

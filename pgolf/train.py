@@ -39,6 +39,9 @@ from .shards import load_manifest, shard_paths
 from .cli import doc_summary
 
 
+PACKINGS = ("rows", "stream")
+
+
 @dataclasses.dataclass
 class TrainConfig(OptimConfig):
     """The `train:` section; record values (PR #1855, record-stack.md Appendix A) as defaults."""
@@ -48,6 +51,7 @@ class TrainConfig(OptimConfig):
     budget_seconds: float = 600.0
     hessian_reserve_seconds: float = 0.5  # kept from the budget for the Hessian collection loop
     batch_tokens: int = 786432
+    packing: str = "rows"  # rows: seq_len rows cut at row starts; stream: the record loader's one row per micro-batch
     warmdown_frac: float = 0.85
     min_lr: float = 0.1
     seq_change_warmup_steps: int = 0  # LR ramp after each change of model.seq_schedule's length (#2014); 0 = off
@@ -58,6 +62,8 @@ class TrainConfig(OptimConfig):
     log_every: int = 100
 
     def __post_init__(self):
+        if self.packing not in PACKINGS:
+            raise PgolfError(f"config train.packing: {self.packing!r} is not one of {PACKINGS}; fix it in your config")
         if self.schedule not in ("time", "steps"):
             raise PgolfError(f"config train.schedule: {self.schedule!r} is not time or steps; fix it in your config")
         if self.schedule == "time" and self.budget_seconds <= self.hessian_reserve_seconds:
@@ -82,6 +88,17 @@ def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
         if frac < until:
             return int(seq_len)
     return int(model_cfg.seq_schedule[-1][0])
+
+
+def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's tokens (n * seq_len,) as the model's rows, and their attention cuts (cu_seqlens). rows:
+    (n, seq_len) cut at every BOS and row start; stream: one (1, n * seq_len) row cut at every BOS and every seq_len
+    from a document's start, as the record's DocumentPackingLoader cuts (record-stack.md §4)."""
+    if packing == "stream":
+        ids = tokens.reshape(1, -1)
+        return ids, segment_offsets(ids, seq_len)
+    ids = tokens.reshape(-1, seq_len)
+    return ids, segment_offsets(ids)
 
 
 def seq_change_ramp(step: int, changed_at: int | None, warmup_steps: int) -> float:
@@ -193,19 +210,17 @@ class Trainer:
 
     # ----- steps -----
     def micro_batches(self, rows: torch.Tensor, seq_len: int) -> list[tuple]:
-        """(ids, targets, cu_seqlens) on the device for each micro-step of the loader's CPU rows. On CUDA the
-        document cuts are made here on the CPU: no device-to-host sync inside the step, and a compiled graph
-        whose only varying size is the cut count (marked dynamic, so it never recompiles)."""
+        """(ids, targets, cu_seqlens) on the device for each micro-step of the loader's CPU rows, packed as
+        `train.packing` says. The document cuts are made here on the CPU: no device-to-host sync inside the step,
+        and a compiled graph whose only varying size is the cut count (marked dynamic, so it never recompiles)."""
         on_device = rows.to(self.device, non_blocking=True)
         batches = []
         for k in range(self.accum):
-            ids = on_device[k, :-1].reshape(-1, seq_len)
-            targets = on_device[k, 1:].reshape(-1, seq_len)
-            cu = None
-            if self.device.type == "cuda":
-                cu = segment_offsets(rows[k, :-1].reshape(-1, seq_len)).to(self.device, non_blocking=True)
-                if self.compiled:
-                    torch._dynamo.maybe_mark_dynamic(cu, 0)
+            ids, cu = pack(rows[k, :-1], seq_len, self.cfg.packing)
+            cu = cu.to(self.device, non_blocking=True)
+            if self.compiled:
+                torch._dynamo.maybe_mark_dynamic(cu, 0)
+            ids, targets = on_device[k, :-1].view(ids.shape), on_device[k, 1:].view(ids.shape)
             batches.append((ids, targets, cu))
         return batches
 

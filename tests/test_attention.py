@@ -195,3 +195,79 @@ def test_model_takes_cuts_made_ahead_on_the_cpu(fake_flash):
     leaked = model(ids, targets, reduction="none", cu_seqlens=one_segment_per_row)
     assert not torch.allclose(leaked[0, 7:], inside[0, 7:])  # attention across the BOS changes the second doc
     torch.testing.assert_close(leaked[0, :7], inside[0, :7])  # and nothing before it
+
+
+def test_max_len_splits_long_segments_from_their_start():
+    from pgolf.attention import segment_ids, segment_offsets
+
+    ids = torch.full((1, 16), 7)
+    ids[0, [0, 10, 15]] = BOS  # documents of 10, 5 and 1 tokens
+    assert segment_offsets(ids).tolist() == [0, 10, 15, 16]
+    assert segment_offsets(ids, max_len=4).tolist() == [0, 4, 8, 10, 14, 15, 16]
+    assert segment_offsets(ids, max_len=5).tolist() == [0, 5, 10, 15, 16]
+    rows = torch.full((2, 6), 7)
+    rows[0, 3] = BOS  # row starts cut too: 3 + 3, then a 6-token row
+    assert segment_offsets(rows, max_len=2).tolist() == [0, 2, 3, 5, 6, 8, 10, 12]
+    cuts = segment_offsets(ids, max_len=4)
+    assert segment_ids(cuts, 1, 16).tolist() == [[0] * 4 + [1] * 4 + [2] * 2 + [3] * 4 + [4, 5]]
+
+
+def block_sets(mask):
+    """Per (row, query block): the set of partial and the set of full key blocks of a BlockMask."""
+    def sets(num, idx):
+        return [[set(idx[b, 0, i, : int(num[b, 0, i])].tolist()) for i in range(num.size(-1))]
+                for b in range(num.size(0))]  # fmt: skip
+    return sets(mask.kv_num_blocks, mask.kv_indices), sets(mask.full_kv_num_blocks, mask.full_kv_indices)
+
+
+@pytest.mark.parametrize("window", [None, 100, 300])
+@pytest.mark.parametrize("shape", [(2, 640), (1, 1000), (3, 256)])
+def test_flex_block_mask_from_segment_ids_equals_create_block_mask(shape, window):
+    """The block classification from each block's first and last segment id equals create_block_mask's, which
+    evaluates every (query, key) pair: full and partial blocks, tail blocks shorter than 128 included."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, T = shape
+    g = torch.Generator().manual_seed(T + (window or 0))
+    ids = torch.randint(2, 50, (B, T), generator=g)
+    ids[torch.rand(B, T, generator=g) < 0.006] = BOS
+    ids[0, 130:140] = BOS  # one-token documents
+    ids[-1, 1:] = 7  # the last row one document: full blocks
+    doc_ids = document_ids(ids)
+
+    def mask_mod(b, h, q, kv):
+        keep = (kv <= q) & (doc_ids[b, q] == doc_ids[b, kv])
+        return keep & (q - kv <= window) if window is not None else keep
+
+    expected = create_block_mask(mask_mod, B, None, T, T, device="cpu")
+    got = attention._flex_block_mask(doc_ids, window)
+    assert block_sets(got) == block_sets(expected)
+    if window is None or window >= 2 * 128 - 1:
+        assert any(row for row in block_sets(got)[1][-1]), "the last row has full blocks"
+
+
+def test_compiled_flex_takes_segments_from_cuts_made_ahead():
+    """The trainer's stream packing under torch.compile: segment ids made from a cu_seqlens of dynamic length
+    inside the graph, the block mask built from them; the result equals the dense reference."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from pgolf.attention import segment_ids, segment_offsets
+
+    T = 512
+    ids, q, k, v = random_batch(B=2, T=T // 2, H=4, Hkv=2, D=16)
+    ids, q, k, v = (t.reshape(1, T, *t.shape[2:]) for t in (ids, q, k, v))  # one packed row
+    ids[0, [100, 101, 350]] = BOS
+    cuts = segment_offsets(ids, max_len=128)
+
+    def attend_stream(q, k, v, cuts):
+        block_mask = attention._flex_block_mask(segment_ids(cuts, 1, T), None)
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
+
+    torch._dynamo.mark_dynamic(cuts, 0)
+    compiled = torch.compile(attend_stream, fullgraph=True)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = compiled(qt, kt, vt, cuts).transpose(1, 2)
+    expected = reference_attention(q, k, v, segment_ids(cuts, 1, T), None)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)

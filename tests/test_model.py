@@ -291,3 +291,38 @@ def test_model_backends_agree(monkeypatch):
         with warnings.catch_warnings(), torch.no_grad():  # flex has no CPU backward
             warnings.simplefilter("ignore")
             torch.testing.assert_close(model(ids), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_stream_segments_are_their_own_documents():
+    """One (1, N) row with cuts made ahead (the trainer's stream packing): BOS-started documents score as they do
+    alone, and the pieces of a document split every max_len tokens see nothing of each other but SmearGate's
+    one-token carry."""
+    from pgolf.attention import segment_offsets
+
+    model = tiny_model()
+    g = torch.Generator().manual_seed(3)
+    docs = [torch.randint(2, TINY["vocab_size"], (n,), generator=g) for n in (20, 12, 16)]
+    for d in docs:
+        d[0] = BOS
+    stream = torch.cat(docs)[None]
+    targets = torch.roll(stream, -1, dims=1)
+    packed = model(stream, targets, reduction="none", cu_seqlens=segment_offsets(stream, max_len=32))[0]
+    start = 0
+    for d in docs:
+        alone = model(d[None], targets[:, start : start + len(d)], reduction="none")[0]
+        torch.testing.assert_close(packed[start : start + len(d)], alone, atol=1e-4, rtol=1e-4)
+        start += len(d)
+
+    doc = torch.randint(2, TINY["vocab_size"], (1, 40), generator=g)
+    doc[0, 0] = BOS
+    cuts = segment_offsets(doc, max_len=16)
+    assert cuts.tolist() == [0, 16, 32, 40]
+    base = model(doc, reduction="none", cu_seqlens=cuts)
+    changed = doc.clone()
+    changed[0, 1:15] = torch.randint(2, TINY["vocab_size"], (14,), generator=g)
+    torch.testing.assert_close(model(changed, cu_seqlens=cuts)[0, 16:], base[0, 16:], atol=1e-6, rtol=0)
+    carried = doc.clone()
+    carried[0, 15] = (doc[0, 15] + 1) % TINY["vocab_size"] or 2
+    moved = model(carried, cu_seqlens=cuts)[0]
+    assert not torch.allclose(moved[16], base[0, 16])  # the SmearGate carry across the cut (then attention within)
+    torch.testing.assert_close(moved[32:], base[0, 32:], atol=1e-6, rtol=0)  # the third piece sees neither

@@ -19,7 +19,7 @@ from pgolf.errors import PgolfError
 from pgolf.model import ModelConfig
 from pgolf.shards import write_shard
 from pgolf.optim import lr_multiplier
-from pgolf.train import TrainConfig, main, schedule_frac, seq_change_ramp, seq_len_at
+from pgolf.train import TrainConfig, main, pack, schedule_frac, seq_change_ramp, seq_len_at
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
@@ -163,6 +163,23 @@ def test_schedule_fractions_and_sequence_lengths():
     assert [seq_len_at(progressive, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [1024, 1024, 2048, 2048,
                                                                                         3072, 3072]
     assert seq_len_at(ModelConfig(), 0.5) == 2048
+
+
+def test_packings_cut_as_documented_and_stream_trains(data, tmp_path):
+    tokens = torch.full((12,), 7)
+    tokens[[0, 7]] = 1  # documents of 7 and 5 tokens; rows of 4
+    ids, cuts = pack(tokens, 4, "rows")
+    assert ids.shape == (3, 4) and cuts.tolist() == [0, 4, 7, 8, 12]
+    ids, cuts = pack(tokens, 4, "stream")
+    assert ids.shape == (1, 12) and cuts.tolist() == [0, 4, 7, 11, 12]  # 7 -> 4 + 3, 5 -> 4 + 1
+    with pytest.raises(PgolfError, match="train.packing: 'flat' is not one of"):
+        TrainConfig(packing="flat")
+
+    out = tmp_path / "out"
+    main(args(config(tmp_path, packing="stream"), data, out))
+    steps = [r for r in records(out) if r["event"] == "step"]
+    assert len(steps) == STEPS and steps[0]["loss"] > 4.5
+    assert steps[-1]["loss"] < steps[0]["loss"] - 1.5
 
 
 def test_lr_ramps_after_a_sequence_length_change(data, tmp_path):
