@@ -209,16 +209,18 @@ def segment_ids(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
     return torch.cumsum(starts, 0, dtype=torch.int32).view(B, T)
 
 
-def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch.Tensor | None = None) -> DocLayout:
+def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch.Tensor | None = None,
+                 max_seqlen: int | None = None) -> DocLayout:
     """Document boundaries of a (B, T) batch for `backend`; `windows` = the set of windows the layers use;
     `cu_seqlens` = cuts made ahead (segment_offsets(ids), or its max_len split), on ids' device: every backend
-    attends within those segments."""
+    attends within those segments; `max_seqlen` = their longest (default T; the varlen kernels size their grid
+    by it, so a packed (1, N) row passes its split length)."""
     B, T = ids.shape
     doc_ids = document_ids(ids) if cu_seqlens is None else segment_ids(cu_seqlens, B, T)
     layout = DocLayout(doc_ids)
     if backend.name in VARLEN_BACKENDS:
         layout.cu_seqlens = segment_offsets(ids) if cu_seqlens is None else cu_seqlens
-        layout.max_seqlen = T
+        layout.max_seqlen = max_seqlen or T
     elif backend.name == "flex":
         layout.masks = {w: _flex_block_mask(doc_ids, w) for w in windows}
     else:

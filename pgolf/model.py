@@ -9,7 +9,7 @@ Every stage codes against `GPT`:
     model(ids, capture=fn)                           # fn(name, rows) for every quantized matrix's input rows
     model(ids, targets, adapters=fn)                 # fn(kind, slot, x) -> tensor added to that output (TTT LoRA)
     model(ids, targets, cu_seqlens=segment_offsets(ids))  # document cuts made ahead (the trainer, on the CPU)
-    model(stream, targets, cu_seqlens=segment_offsets(stream, max_len=2048))  # (1, N): the record's packing
+    model(stream, targets, cu_seqlens=segment_offsets(stream, 2048), max_seqlen=2048)  # the record's (1, N) packing
     model.looping = True                             # depth recurrence (training turns it on at enable_looping_at)
     state = model.unbanked_state_dict(); GPT.from_unbanked(config, state)
 
@@ -391,7 +391,7 @@ class GPT(nn.Module):
             x = torch.cat([x[:, :1], x[:, 1:] + g * x[:, :-1] * not_bos], dim=1)
         return rms_norm(x)
 
-    def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None, max_seqlen=None) -> torch.Tensor:
         """Final-norm output (B, T, d) in the compute dtype (bf16 on CUDA, fp32 on CPU)."""
         c = self.config
         dtype = torch.bfloat16 if ids.is_cuda else torch.float32
@@ -399,7 +399,8 @@ class GPT(nn.Module):
         windows = {b.attn.window for b in self.blocks}
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
         banks = tuple(getattr(self, b).to(dtype) for b in BANKS)
-        p = _Pass(backend, build_layout(ids, backend, windows, cu_seqlens), banks, cos, sin, capture, adapters)
+        layout = build_layout(ids, backend, windows, cu_seqlens, max_seqlen)
+        p = _Pass(backend, layout, banks, cos, sin, capture, adapters)
         x = x0 = self._embed(ids, dtype)
         enc, dec = self.layer_order()
         skips = []
@@ -440,7 +441,8 @@ class GPT(nn.Module):
                 logits = logits + delta.float()
         return logits
 
-    def forward(self, ids, targets=None, *, reduction: str = "mean", capture=None, adapters=None, cu_seqlens=None):
+    def forward(self, ids, targets=None, *, reduction="mean", capture=None, adapters=None, cu_seqlens=None,
+                max_seqlen=None):
         """Softcapped logits (B, T, V) fp32, or with targets the CE loss (mean, or (B, T) for "none").
 
         capture(name, rows): input rows (N, in) of every quantized matrix, on every application.
@@ -448,11 +450,12 @@ class GPT(nn.Module):
         a returned tensor is added to that output (q/k/v/o: x = normed block input; mlp: normed MLP input;
         head: the final hidden, added to the logits before the softcap).
         cu_seqlens: pgolf.attention.segment_offsets(ids[, max_len]) on ids' device, when the caller made the cuts
-        already; every attention backend then attends within those segments.
+        already; every attention backend then attends within those segments. max_seqlen: their longest (default
+        the row length).
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        h = self.hidden(ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens)
+        h = self.hidden(ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         if targets is None:
             return self.logits(h, capture, adapters)
         if self.config.asym_logit_rescale and not self.training:

@@ -229,7 +229,7 @@ class Trainer:
         rank's mean loss and the gradient norm."""
         total = torch.zeros((), device=self.device)
         for ids, targets, cu in self.micro_batches(rows, seq_len):
-            loss = self.forward(ids, targets, cu_seqlens=cu)
+            loss = self.forward(ids, targets, cu_seqlens=cu, max_seqlen=seq_len)
             (loss / self.accum).backward()
             total += loss.detach()
         grad_norm = self.opt.step(lr_mult, momentum)

@@ -271,3 +271,30 @@ def test_compiled_flex_takes_segments_from_cuts_made_ahead():
         y = compiled(qt, kt, vt, cuts).transpose(1, 2)
     expected = reference_attention(q, k, v, segment_ids(cuts, 1, T), None)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_stream_through_varlen_matches_sdpa_with_the_split_length_as_max_seqlen(fake_flash):
+    from pgolf.attention import segment_offsets
+    from pgolf.model import GPT, ModelConfig
+
+    seen = []
+
+    def recording(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+        seen.append(max_seqlen_q)
+        return fake_flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw)
+
+    sys.modules["flash_attn_interface"].flash_attn_varlen_func = recording
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=4,
+                            gate_window=4, num_loops=0, loop_start=0, loop_end=0, parallel_start_layer=None,
+                            xsa_last_n=2, train_seq_len=16))
+    with torch.no_grad():
+        model.qo_bank.normal_(0, 0.2)
+    stream = torch.randint(2, 64, (1, 48), generator=torch.Generator().manual_seed(1))
+    stream[0, [0, 30]] = BOS  # documents of 30 and 18 tokens, split every 16
+    cuts = segment_offsets(stream, max_len=16)
+    assert cuts.tolist() == [0, 16, 30, 46, 48]
+    reference = model(stream, cu_seqlens=cuts)  # sdpa, the CPU default
+    model.attention_backend = "fa3"
+    torch.testing.assert_close(model(stream, cu_seqlens=cuts, max_seqlen=16), reference, atol=1e-5, rtol=1e-5)
+    assert seen and set(seen) == {16}
