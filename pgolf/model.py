@@ -441,7 +441,7 @@ class GPT(nn.Module):
                 logits = logits + delta.float()
         return logits
 
-    def forward(self, ids, targets=None, *, reduction="mean", capture=None, adapters=None, cu_seqlens=None,
+    def forward(self, ids, targets=None, *, reduction: str = "mean", capture=None, adapters=None, cu_seqlens=None,
                 max_seqlen=None):
         """Softcapped logits (B, T, V) fp32, or with targets the CE loss (mean, or (B, T) for "none").
 
