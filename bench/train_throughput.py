@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from attended_keys import mean_keys  # bench/, on the path of a script run from it
 
 from pgolf import attention, compile_cache
 from pgolf import dist as pdist
@@ -82,8 +83,7 @@ def flops_per_token(cfg: ModelConfig, looping: bool, mean_keys: float) -> float:
 def mean_attended_keys(rows: torch.Tensor, seq_len: int, packing: str) -> float:
     """Mean number of keys a query sees under the document-causal mask, each micro-batch cut as the trainer cuts it
     (pgolf.train.pack)."""
-    lengths = torch.cat([torch.diff(pack(tokens[:-1], seq_len, packing)[1]) for tokens in rows]).double()
-    return float((lengths * (lengths + 1) / 2).sum() / lengths.sum())
+    return mean_keys(torch.cat([torch.diff(pack(tokens[:-1], seq_len, packing)[1]) for tokens in rows]).numpy())
 
 
 def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:

@@ -163,7 +163,8 @@ def _flex_block_mask(doc_ids: torch.Tensor, window: int | None):
     q_start, q_end, k_start, k_end = starts[:, None], ends[:, None], starts[None, :], ends[None, :]
     nearest, farthest = q_start - k_end, q_end - k_start  # the closest and farthest (query, key) distance
     any_kept = (k_start <= q_start) & (last[:, None, :] >= first[:, :, None])
-    same = (first == last)[:, :, None] & (first == last)[:, None, :] & (first[:, :, None] == first[:, None, :])
+    single = first == last  # the block lies inside one segment
+    same = single[:, :, None] & single[:, None, :] & (first[:, :, None] == first[:, None, :])
     whole = (k_end - k_start == FLEX_BLOCK - 1) & (q_end - q_start == FLEX_BLOCK - 1)  # no tail block is full
     all_kept = (k_start < q_start) & same & whole
     if window is not None:
