@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Device call: the kernel microbenchmark bench/flex_options.py on the bench corpus's first micro-batch.
-# Files under $OUT: flex_options.json, kernels.log, stages.tsv.
+# Device call: the kernel microbenchmark bench/flex_options.py on the bench corpus's first micro-batch, then
+# bench/flex_mask_compiled.py (the flex block mask built by torch.compile against eager code).
+# Files under $OUT: flex_options.json, flex_mask_compiled.json, kernels.log, stages.tsv.
 #   Here:  bash bench/prepare.sh && python bench/device_configs.py
 #   There: OUT=... bash bench/gpu_kernels.sh (carry .whl .deb bench/data .device)
 source "$(dirname "$0")/device_common.sh"
@@ -12,6 +13,8 @@ begin_stages
 tokenize_data || exit 1
 run_stage flex_options python bench/flex_options.py --manifest "$DATA/manifest.json" --out "$OUT/flex_options.json"
 rc=$?
-grep -v Warning "$LOGDIR/flex_options.log" | tee "$OUT/kernels.log"
+run_stage flex_mask_compiled python bench/flex_mask_compiled.py --manifest "$DATA/manifest.json" \
+    --out "$OUT/flex_mask_compiled.json" || rc=$?
+grep -hv Warning "$LOGDIR/flex_options.log" "$LOGDIR/flex_mask_compiled.log" | tee "$OUT/kernels.log"
 cp "$LOGDIR/stages.tsv" "$OUT/"
 exit "$rc"

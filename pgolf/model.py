@@ -10,6 +10,7 @@ Every stage codes against `GPT`:
     model(ids, targets, adapters=fn)                 # fn(kind, slot, x) -> tensor added to that output (TTT LoRA)
     model(ids, targets, cu_seqlens=segment_offsets(ids))  # document cuts made ahead (the trainer, on the CPU)
     model(stream, targets, cu_seqlens=segment_offsets(stream, 2048), max_seqlen=2048)  # the record's (1, N) packing
+    model(ids, targets, layout=model.layout(ids, cu, 2048))  # the layout built ahead (the trainer, outside compile)
     model.looping = True                             # depth recurrence (training turns it on at enable_looping_at)
     state = model.unbanked_state_dict(); GPT.from_unbanked(config, state)
 
@@ -391,16 +392,25 @@ class GPT(nn.Module):
             x = torch.cat([x[:, :1], x[:, 1:] + g * x[:, :-1] * not_bos], dim=1)
         return rms_norm(x)
 
-    def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None, max_seqlen=None) -> torch.Tensor:
+    def layout(self, ids: torch.Tensor, cu_seqlens=None, max_seqlen=None) -> DocLayout:
+        """Where the documents of a (B, T) batch lie, for this model's attention backend on ids' device (see
+        forward's cu_seqlens and max_seqlen). The trainer builds it before the compiled step and passes it in:
+        compiled into the training graph on the GPU, the flex block mask's construction made the gradients NaN."""
+        windows = {b.attn.window for b in self.blocks}
+        return build_layout(ids, self.backend(ids.device), windows, cu_seqlens, max_seqlen)
+
+    def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None, max_seqlen=None,
+               layout: DocLayout | None = None) -> torch.Tensor:
         """Final-norm output (B, T, d) in the compute dtype (bf16 on CUDA, fp32 on CPU)."""
         c = self.config
         dtype = torch.bfloat16 if ids.is_cuda else torch.float32
-        backend = self.backend(ids.device)
-        windows = {b.attn.window for b in self.blocks}
+        if layout is None:
+            layout = self.layout(ids, cu_seqlens, max_seqlen)
+        elif cu_seqlens is not None or max_seqlen is not None:
+            raise ValueError("pass the document cuts (cu_seqlens, max_seqlen) or a layout built from them, not both")
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
         banks = tuple(getattr(self, b).to(dtype) for b in BANKS)
-        layout = build_layout(ids, backend, windows, cu_seqlens, max_seqlen)
-        p = _Pass(backend, layout, banks, cos, sin, capture, adapters)
+        p = _Pass(self.backend(ids.device), layout, banks, cos, sin, capture, adapters)
         x = x0 = self._embed(ids, dtype)
         enc, dec = self.layer_order()
         skips = []
@@ -442,7 +452,7 @@ class GPT(nn.Module):
         return logits
 
     def forward(self, ids, targets=None, *, reduction: str = "mean", capture=None, adapters=None, cu_seqlens=None,
-                max_seqlen=None):
+                max_seqlen=None, layout=None):
         """Softcapped logits (B, T, V) fp32, or with targets the CE loss (mean, or (B, T) for "none").
 
         capture(name, rows): input rows (N, in) of every quantized matrix, on every application.
@@ -451,11 +461,12 @@ class GPT(nn.Module):
         head: the final hidden, added to the logits before the softcap).
         cu_seqlens: pgolf.attention.segment_offsets(ids[, max_len]) on ids' device, when the caller made the cuts
         already; every attention backend then attends within those segments. max_seqlen: their longest (default
-        the row length).
+        the row length). layout: self.layout(ids, cu_seqlens, max_seqlen), built ahead instead.
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        h = self.hidden(ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        h = self.hidden(ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                        layout=layout)
         if targets is None:
             return self.logits(h, capture, adapters)
         if self.config.asym_logit_rescale and not self.training:

@@ -16,6 +16,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import resource
 import sys
@@ -210,9 +211,11 @@ class Trainer:
 
     # ----- steps -----
     def micro_batches(self, rows: torch.Tensor, seq_len: int) -> list[tuple]:
-        """(ids, targets, cu_seqlens) on the device for each micro-step of the loader's CPU rows, packed as
-        `train.packing` says. The document cuts are made here on the CPU: no device-to-host sync inside the step,
-        and a compiled graph whose only varying size is the cut count (marked dynamic, so it never recompiles)."""
+        """(ids, targets, layout) on the device for each micro-step of the loader's CPU rows, packed as
+        `train.packing` says. The document cuts are made here on the CPU (no device-to-host sync inside the step)
+        and the layout from them outside the compiled graph: the flex block mask built inside it made the
+        gradients NaN on an H200 (bench/RESULTS.md). The varlen backends' cut count is marked dynamic, so the
+        graph never recompiles for it."""
         on_device = rows.to(self.device, non_blocking=True)
         batches = []
         for k in range(self.accum):
@@ -221,15 +224,15 @@ class Trainer:
             if self.compiled:
                 torch._dynamo.maybe_mark_dynamic(cu, 0)
             ids, targets = on_device[k, :-1].view(ids.shape), on_device[k, 1:].view(ids.shape)
-            batches.append((ids, targets, cu))
+            batches.append((ids, targets, self.model.layout(ids, cu, seq_len)))
         return batches
 
     def train_step(self, rows, seq_len, lr_mult, momentum):
         """One global batch (the loader's CPU rows): accumulated micro-steps, then the optimizer; returns this
         rank's mean loss and the gradient norm."""
         total = torch.zeros((), device=self.device)
-        for ids, targets, cu in self.micro_batches(rows, seq_len):
-            loss = self.forward(ids, targets, cu_seqlens=cu, max_seqlen=seq_len)
+        for ids, targets, layout in self.micro_batches(rows, seq_len):
+            loss = self.forward(ids, targets, layout=layout)
             (loss / self.accum).backward()
             total += loss.detach()
         grad_norm = self.opt.step(lr_mult, momentum)
@@ -365,6 +368,10 @@ class Trainer:
             "tokens_per_s": round(self.cfg.batch_tokens * steps / max(seconds, 1e-9)),
             "peak_mem_mib": round(peak_memory_mib(self.device), 1),
         })
+        if not math.isfinite(loss_value):  # every rank sees the same mean, so every rank stops here
+            raise PgolfError(f"train: the loss is {loss_value} at step {self.step} ({self.out_dir}/log.jsonl.partial); "
+                             "the run diverged, so no model is written; lower train.matrix_lr, embed_lr and "
+                             "scalar_lr or train.grad_clip and run again")
 
     def finish(self, final_loss: float) -> dict:
         """Swap the EMA in, write model.pt, summary.json and log.jsonl (rank 0), delete the checkpoint."""

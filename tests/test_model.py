@@ -318,6 +318,10 @@ def test_packed_stream_segments_are_their_own_documents():
     cuts = segment_offsets(doc, max_len=16)
     assert cuts.tolist() == [0, 16, 32, 40]
     base = model(doc, reduction="none", cu_seqlens=cuts)
+    ahead = model.layout(doc, cuts, 16)  # the trainer's way: the layout built before the (compiled) forward
+    torch.testing.assert_close(model(doc, reduction="none", layout=ahead), base, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cu_seqlens, max_seqlen.*or a layout built from them, not both"):
+        model(doc, cu_seqlens=cuts, layout=ahead)
     changed = doc.clone()
     changed[0, 1:15] = torch.randint(2, TINY["vocab_size"], (14,), generator=g)
     torch.testing.assert_close(model(changed, cu_seqlens=cuts)[0, 16:], base[0, 16:], atol=1e-6, rtol=0)

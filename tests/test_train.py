@@ -19,7 +19,7 @@ from pgolf.errors import PgolfError
 from pgolf.model import ModelConfig
 from pgolf.shards import write_shard
 from pgolf.optim import lr_multiplier
-from pgolf.train import TrainConfig, main, pack, schedule_frac, seq_change_ramp, seq_len_at
+from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
@@ -218,6 +218,22 @@ def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):
     main(args(config(tmp_path), data, out, "--stop-after-step", "1"))
     with pytest.raises(PgolfError, match="checkpoint of a different"):
         main(args(config(tmp_path, matrix_lr=0.01), data, out))
+
+
+def test_a_diverged_run_stops_at_its_first_logged_nan_and_writes_no_model(data, tmp_path, monkeypatch):
+    real_step = Trainer.train_step
+
+    def poisoned_from_step_3(self, *step_args):
+        loss, grad_norm = real_step(self, *step_args)
+        return (loss * float("nan") if self.step >= 2 else loss), grad_norm
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned_from_step_3)
+    out = tmp_path / "out"
+    with pytest.raises(PgolfError, match=r"train: the loss is nan at step 3 \(.*log\.jsonl\.partial\); the run diverged"):
+        main(args(config(tmp_path), data, out))
+    assert not (out / "model.pt").exists() and not (out / "log.jsonl").exists()
+    logged = [json.loads(line) for line in (out / "log.jsonl.partial").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["event"] == "step"] == [1, 2, 3]
 
 
 def test_train_config_defaults_equal_config_yaml():
