@@ -4,10 +4,10 @@
 
 The first micro-batches of the training stream (48 x 2,048 tokens), cut as `pgolf.train.pack` cuts them; for each,
 the BlockMask of `pgolf.attention.build_layout` (flex backend, full window) built eagerly and by the same code under
-torch.compile, on the GPU when there is one. Prints, per packing, how many micro-batches differ in any of the mask's
-block tables, compared as the sets of blocks they list (the order inside a row may differ). A competitor's NaN:
-the training graph once built this mask inside the compiled step, and rows-packed training went NaN at step 3 on an
-H200 while the eager check did not (bench/RESULTS.md).
+torch.compile (one compile per packing, the cut count dynamic as in the trainer), on the GPU when there is one.
+Prints, per packing, how many micro-batches differ in any of the mask's block tables, compared as the sets of blocks
+they list. Why: built inside the compiled training step, this mask came with a NaN loss from step 3 of rows-packed
+training on an H200, while eager training did not (bench/RESULTS.md).
 """
 
 import argparse
@@ -53,7 +53,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = resolve_backend("flex", device, compiled=True)
-    compiled = torch.compile(block_mask)
     tokens = torch.from_numpy(load_split(args.manifest, "train").astype(np.int64))
     size = args.rows * args.seq_len
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
@@ -61,6 +60,10 @@ def main(argv=None):
     print("| train.packing | micro-batches whose compiled mask differs | tables that differ |")
     print("|---|---|---|")
     for packing in PACKINGS:
+        # a fresh compile: recompiling for the other packing's shapes would make T symbolic, which Inductor's
+        # Triton code generation refused on the H200 (CantSplit)
+        torch._dynamo.reset()
+        compiled = torch.compile(block_mask)
         differing, tables = 0, set()
         for k in range(args.micro_batches):
             ids, cu = pack(tokens[k * size : (k + 1) * size], args.seq_len, packing)

@@ -1,7 +1,7 @@
 """Training throughput of the record model on one GPU: the trainer of `python -m pgolf.train`, measured.
 
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
-        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--packing rows] \\
+        [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--packing stream] \\
         [--flex-options JSON] [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on

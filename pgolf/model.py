@@ -394,8 +394,9 @@ class GPT(nn.Module):
 
     def layout(self, ids: torch.Tensor, cu_seqlens=None, max_seqlen=None) -> DocLayout:
         """Where the documents of a (B, T) batch lie, for this model's attention backend on ids' device (see
-        forward's cu_seqlens and max_seqlen). The trainer builds it before the compiled step and passes it in:
-        compiled into the training graph on the GPU, the flex block mask's construction made the gradients NaN."""
+        forward's cu_seqlens and max_seqlen). The trainer builds it before the compiled step and passes it in: with
+        the flex block mask built inside the training graph, rows-packed training on an H200 went NaN at step 3
+        (the same builder compiled alone gives eager's masks; bench/RESULTS.md)."""
         windows = {b.attn.window for b in self.blocks}
         return build_layout(ids, self.backend(ids.device), windows, cu_seqlens, max_seqlen)
 

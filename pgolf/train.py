@@ -52,7 +52,7 @@ class TrainConfig(OptimConfig):
     budget_seconds: float = 600.0
     hessian_reserve_seconds: float = 0.5  # kept from the budget for the Hessian collection loop
     batch_tokens: int = 786432
-    packing: str = "rows"  # rows: seq_len rows cut at row starts; stream: the record loader's one row per micro-batch
+    packing: str = "stream"  # stream: the record loader's one row per micro-batch; rows: also cut at row starts
     warmdown_frac: float = 0.85
     min_lr: float = 0.1
     seq_change_warmup_steps: int = 0  # LR ramp after each change of model.seq_schedule's length (#2014); 0 = off
@@ -213,9 +213,9 @@ class Trainer:
     def micro_batches(self, rows: torch.Tensor, seq_len: int) -> list[tuple]:
         """(ids, targets, layout) on the device for each micro-step of the loader's CPU rows, packed as
         `train.packing` says. The document cuts are made here on the CPU (no device-to-host sync inside the step)
-        and the layout from them outside the compiled graph: the flex block mask built inside it made the
-        gradients NaN on an H200 (bench/RESULTS.md). The varlen backends' cut count is marked dynamic, so the
-        graph never recompiles for it."""
+        and the layout from them outside the compiled graph (built inside it, the flex block mask came with a NaN
+        loss on an H200; see GPT.layout). The varlen backends' cut count is marked dynamic, so the graph never
+        recompiles for it."""
         on_device = rows.to(self.device, non_blocking=True)
         batches = []
         for k in range(self.accum):
