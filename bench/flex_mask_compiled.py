@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from pgolf.attention import build_layout, resolve_backend
 from pgolf.shards import load_split
 from pgolf.train import PACKINGS, pack
