@@ -9,6 +9,9 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
   CPU); one kernel is compiled per input shape;
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
+- `cudnn`: cuDNN's fused attention over the packed stream (`aten._cudnn_attention_forward` with cumulative
+  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto":
+  `model.attention: cudnn` asks for it, once bench/attention_backends.py has checked it on the card;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
 "auto" takes the first one available in AUTO_ORDER. Inside the compiled training step flex comes before the FA2
@@ -33,12 +36,12 @@ import torch.nn.functional as F
 from .errors import PgolfError
 from .shards import BOS_ID
 
-BACKENDS = ("fa3", "flash_attn", "varlen", "flex", "sdpa")
+BACKENDS = ("fa3", "flash_attn", "varlen", "cudnn", "flex", "sdpa")
 AUTO_ORDER = {  # on CUDA, by whether the caller runs the model inside the compiled training step; the CPU takes sdpa
     "compiled": ("fa3", "flex", "flash_attn", "varlen", "sdpa"),
     "eager": ("fa3", "flash_attn", "varlen", "flex", "sdpa"),
 }
-VARLEN_BACKENDS = ("fa3", "flash_attn", "varlen")
+VARLEN_BACKENDS = ("fa3", "flash_attn", "varlen", "cudnn")
 _FLASH_MODULES = {"fa3": "flash_attn_interface", "flash_attn": "flash_attn"}
 
 
@@ -89,6 +92,8 @@ def _try_backend(name: str, cuda: bool, windowed: bool) -> Backend | None:
         return Backend(name, fn, "window_size" in params, "enable_gqa" in params)
     if name == "flex":
         return Backend(name) if _flex_available() else None
+    if name == "cudnn":
+        return Backend(name, cudnn_varlen) if cuda and not windowed and cudnn_probe() is None else None
     return Backend(name)
 
 
@@ -267,6 +272,10 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
             else:
                 extra["is_causal"] = True
             y = backend.varlen_fn(qf, kf, vf, cu, cu, n, n, **extra)
+        elif backend.name == "cudnn":
+            if kf.size(1) != H:  # the packed cuDNN path wants as many K/V heads as Q heads
+                kf, vf = (t.repeat_interleave(H // t.size(1), dim=1) for t in (kf, vf))
+            y = backend.varlen_fn(qf, kf, vf, cu, n)
         else:
             y = backend.varlen_fn(
                 qf, kf, vf, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=n, max_seqlen_k=n,
@@ -283,3 +292,89 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
             qt, kt, vt, attn_mask=layout.masks[window], enable_gqa=kt.size(1) != qt.size(1)
         )
     return y.transpose(1, 2)
+
+
+# ----- cuDNN over the packed stream -----
+# The aten kernels take (total, H, D) tensors cut at cumulative sequence lengths; they are wrapped in custom ops
+# so that torch.compile keeps them whole. How the forward lays out its log-sum-exp (which the backward takes back)
+# is read once from a probe call on the card, so the ops' fake shapes match the kernel's.
+_CUDNN_LSE_LAYOUT: tuple | None = None  # the log-sum-exp's dims, each "total", "heads" or 1
+_CUDNN_PROBE_ERROR: str | None = None
+
+
+def cudnn_probe() -> str | None:
+    """Run the cuDNN packed kernels once on a tiny input (forward and backward); None when they work, else why
+    not. Records the log-sum-exp layout for the custom ops' fake shapes."""
+    global _CUDNN_LSE_LAYOUT, _CUDNN_PROBE_ERROR
+    if _CUDNN_LSE_LAYOUT is not None or _CUDNN_PROBE_ERROR is not None:
+        return _CUDNN_PROBE_ERROR
+    total, heads = 24, 2
+    try:
+        q, k, v = (torch.randn(total, heads, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        cu = torch.tensor([0, 8, total], device="cuda", dtype=torch.int32)
+        out, lse = _cudnn_forward(q, k, v, cu, 16)
+        _cudnn_backward(torch.ones_like(out), q, k, v, out, lse, cu, 16)
+        torch.cuda.synchronize()
+        names = {total: "total", heads: "heads", 1: 1}
+        _CUDNN_LSE_LAYOUT = tuple(names[d] for d in lse.shape)
+    except (RuntimeError, KeyError, AttributeError) as e:
+        _CUDNN_PROBE_ERROR = f"{type(e).__name__}: {e}".splitlines()[0]
+    return _CUDNN_PROBE_ERROR
+
+
+def _cudnn_forward(q, k, v, cu, max_len: int):
+    r = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False)
+    return r[0], r[1]  # output, log-sum-exp
+
+
+def _cudnn_backward(grad, q, k, v, out, lse, cu, max_len: int):
+    unused = torch.empty(0, device=q.device)  # philox seed and offset: no dropout
+    return torch.ops.aten._cudnn_attention_backward(grad, q, k, v, out, lse, cu, cu, max_len, max_len, 0.0, True,
+                                                     unused, unused)
+
+
+@torch.library.custom_op("pgolf::cudnn_varlen_fwd", mutates_args=())
+def _cudnn_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
+                      max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _cudnn_forward(q, k, v, cu, max_len)
+    return out, lse.contiguous()
+
+
+@_cudnn_varlen_fwd.register_fake
+def _(q, k, v, cu, max_len):
+    sizes = {"total": q.size(0), "heads": q.size(1), 1: 1}
+    return torch.empty_like(q), q.new_empty([sizes[d] for d in _CUDNN_LSE_LAYOUT], dtype=torch.float32)
+
+
+@torch.library.custom_op("pgolf::cudnn_varlen_bwd", mutates_args=())
+def _cudnn_varlen_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                      lse: torch.Tensor, cu: torch.Tensor, max_len: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = _cudnn_backward(grad.contiguous(), q, k, v, out, lse, cu, max_len)
+    return dq, dk, dv
+
+
+@_cudnn_varlen_bwd.register_fake
+def _(grad, q, k, v, out, lse, cu, max_len):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _cudnn_setup(ctx, inputs, output):
+    q, k, v, cu, max_len = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu)
+    ctx.max_len = max_len
+
+
+def _cudnn_grad(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, cu = ctx.saved_tensors
+    dq, dk, dv = _cudnn_varlen_bwd(grad_out, q, k, v, out, lse, cu, ctx.max_len)
+    return dq, dk, dv, None, None
+
+
+_cudnn_varlen_fwd.register_autograd(_cudnn_grad, setup_context=_cudnn_setup)
+
+
+def cudnn_varlen(q, k, v, cu_seqlens, max_seqlen: int) -> torch.Tensor:
+    """Causal attention within each segment of a packed (total, H, D) stream through cuDNN (equal K/V and Q
+    heads); 1/sqrt(D) scale."""
+    return _cudnn_varlen_fwd(q, k, v, cu_seqlens, max_seqlen)[0]

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Backend, DocLayout, attend, build_layout, resolve_backend
+from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend
 from .config import from_dict
 from .errors import PgolfError
 from .io import load_torch
@@ -71,6 +71,7 @@ class ModelConfig:
     attn_window_layers: list[int] | None = None  # layers with the window; None = all (when attn_window is set)
     train_seq_len: int = 2048
     seq_schedule: list[list[float]] | None = None  # [[seq_len, until_frac], ...] read by the trainer
+    attention: str = "auto"  # the training step's kernel: "auto" or a name of pgolf.attention.BACKENDS
 
     def __post_init__(self):
         def bad(key, why):
@@ -89,6 +90,8 @@ class ModelConfig:
             bad("loop_start", f"need 0 <= loop_start <= loop_end < num_layers ({self.num_layers})")
         if not 0 <= self.xsa_last_n <= self.num_layers:
             bad("xsa_last_n", f"must be in 0..{self.num_layers}")
+        if self.attention not in ("auto",) + BACKENDS:
+            bad("attention", f"unknown backend {self.attention!r}; use one of {('auto',) + BACKENDS}")
         if self.attn_window is not None and self.attn_window < 1:
             bad("attn_window", "must be a positive number of positions or null")
         if self.attn_window_layers is not None:

@@ -155,7 +155,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(seed)  # the same initial weights on every rank
         self.model = GPT(model_cfg).to(self.device).train()
-        self.model.set_attention("auto", compiled=self.compiled)
+        self.model.set_attention(model_cfg.attention, compiled=self.compiled)
         # Automatic dynamic shapes: the per-batch document layout may vary in size, and a static compile would
         # recompile for every new size.
         self.forward = torch.compile(self.model) if self.compiled else self.model

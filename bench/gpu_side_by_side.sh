@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Device call: pgolf's training throughput and upstream #1855's script, one looping state, same call, same card,
+# same shards; prints one table (bench/side_by_side.py). The two states need a call each (upstream compiles ~3
+# minutes per state): run `preloop`, then `looped` back to back on the warm machine (the shards stay).
+#   Here:  bash bench/prepare.sh && python bench/device_configs.py && cp -r ../shared/anchors/upstream-1855 bench/upstream
+#   There: OUT=... bash bench/gpu_side_by_side.sh preloop|looped   (carry .whl .deb bench/data bench/upstream .device)
+#   PGOLF_SBS_ATTENTION   pgolf backends to time, space-separated (default: auto)
+#   PGOLF_SBS_KERNELS=1   first check and time every attention backend alone (bench/attention_backends.py)
+#   PGOLF_SBS_STEPS       pgolf's steady steps (default 10)
+source "$(dirname "$0")/device_common.sh"
+
+STATE=${1:?usage: gpu_side_by_side.sh preloop|looped}
+case $STATE in
+    preloop) PHASE=before_looping ;;
+    looped) PHASE=looping ;;
+    *) echo "state $STATE: use preloop or looped" >&2; exit 2 ;;
+esac
+[ -f bench/upstream/side_by_side.sh ] || { echo "bench/upstream/: missing; copy the upstream anchor there" >&2; exit 2; }
+LOGDIR=logs/device/side_by_side_$STATE
+rm -rf "$LOGDIR"
+begin_stages "side by side, $STATE"
+if [ ! -f "$DATA/manifest.json" ]; then  # a warm machine keeps the shards of the previous call
+    mkdir -p "$DATA"
+    tokenize_data || exit 1
+fi
+if [ "${PGOLF_SBS_KERNELS:-0}" = 1 ]; then
+    run_stage attention python bench/attention_backends.py --manifest "$DATA/manifest.json" --out "$OUT/attention.json"
+    tail -n 12 "$LOGDIR/attention.log"
+fi
+files=()
+for att in ${PGOLF_SBS_ATTENTION:-auto}; do
+    extra=()
+    [ "$att" != "${PGOLF_SBS_ATTENTION%% *}" ] && extra=(--no-eager-check --no-restart)  # once is enough
+    rm -rf "$COMPILE_CACHE"
+    run_stage "pgolf-$att" python bench/train_throughput.py --manifest "$DATA/manifest.json" --cache "$COMPILE_CACHE" \
+        --states "$PHASE" --steps "${PGOLF_SBS_STEPS:-10}" --attention "$att" --out "$OUT/throughput-$att.json" \
+        "${extra[@]}"
+    [ -f "$OUT/throughput-$att.json" ] && files+=("$OUT/throughput-$att.json")
+done
+run_stage upstream env UP="$STATE" bash bench/upstream/side_by_side.sh
+cp "$LOGDIR/stages.tsv" "$OUT/"
+[ ${#files[@]} -gt 0 ] && python bench/side_by_side.py --state "$PHASE" "${files[@]}" "$OUT/upstream-$STATE.log" \
+    | tee "$OUT/table.md"

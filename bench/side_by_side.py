@@ -1,0 +1,73 @@
+"""One table from a side-by-side device call: pgolf's training throughput (bench/train_throughput.py JSON, one per
+attention backend) and upstream #1855's script run in the same call on the same card and shards (its log from
+bench/upstream/side_by_side.sh, each line prefixed with wall seconds).
+
+    python bench/side_by_side.py --state before_looping OUT/throughput-auto.json ... OUT/upstream-preloop.log
+
+Upstream's ms/step is the median gap between consecutive steady step lines (steps 5 on, past the compile of step
+1), as side_by_side.sh prints it; its compile seconds are the gap from `model_params` to step 1 less one steady
+step; its MFU uses pgolf's FLOPs-per-token definition with the mean attended keys pgolf measured on the same
+batches (both pack a micro-batch as the record's DocumentPackingLoader) over the bf16 ceiling pgolf measured in
+the same call. The ratio is pgolf's tokens/s over upstream's.
+"""
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+STEP = re.compile(r"^\[\s*([0-9.]+)\] (\d+)/\d+ train_loss: ([0-9.]+)", re.M)
+
+
+def upstream_figures(log: str) -> dict:
+    steps = [(float(t), int(n)) for t, n, _ in STEP.findall(log)]
+    times = [t for t, _ in steps]
+    gaps = [b - a for a, b in zip(times, times[1:])][3:]
+    if not gaps:
+        return {"error": f"{len(steps)} step lines in the log"}
+    ms = 1000 * statistics.median(gaps)
+    params = re.search(r"^\[\s*([0-9.]+)\] model_params:(\d+)", log, re.M)
+    peak = re.search(r"peak memory allocated: (\d+) MiB", log)
+    return {"ms_per_step": round(ms, 1), "steps": len(steps),
+            "compile_s": round(times[0] - float(params.group(1)) - ms / 1000, 1) if params else None,
+            "peak_gib": round(int(peak.group(1)) / 1024, 2) if peak else None}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state", choices=("before_looping", "looping"), required=True)
+    parser.add_argument("pgolf", nargs="+", type=Path, help="throughput JSON files")
+    parser.add_argument("upstream", type=Path, help="upstream's timestamped log")
+    args = parser.parse_args(argv)
+    runs = [json.loads(p.read_text()) for p in args.pgolf]
+    up = upstream_figures(args.upstream.read_text())
+    first = runs[0]
+    tokens = first["batch_tokens"]
+    ceiling = first["ceiling_tflops"]
+    phase = first["phases"][args.state]
+    print(f"\n{first['device']}, torch {first['torch']}; {args.state}; batch {tokens:,} tokens; bf16 ceiling "
+          f"{ceiling} TFLOP/s (this call)")
+    print("| program | attention | ms/step | tokens/s | vs upstream | MFU | compile s | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    if "error" in up:
+        print(f"| upstream #1855 | FA2 varlen (stand-in) | {up['error']} | | | | | |")
+    else:
+        up_tps = tokens / (up["ms_per_step"] / 1000)
+        up_mfu = phase["model_tflops"] * phase["ms_per_step"] / up["ms_per_step"] / ceiling
+        print(f"| upstream #1855 | FA2 varlen (stand-in) | {up['ms_per_step']:,} | {up_tps:,.0f} | 1.00x | "
+              f"{up_mfu:.1%} | {up['compile_s']} | {up['peak_gib']} |")
+    for r in runs:
+        p = r["phases"][args.state]
+        ratio = f"{p['tokens_per_s'] / up_tps:.3f}x" if "error" not in up else ""
+        print(f"| pgolf | {r['attention']} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {ratio} | "
+              f"{p['mfu']:.1%} | {p['compile_s']} | {r.get('peak_memory_gib')} |")
+    for r in runs:
+        restart = r.get("restart_s", {}).get(args.state, r.get("restart_error"))
+        check = r.get("eager_check", {})
+        print(f"pgolf {r['attention']}: restart on the cache, first step done at {restart} s; eager check "
+              f"{'pass' if check.get('passed') else check or 'not run'}")
+
+
+if __name__ == "__main__":
+    main()
