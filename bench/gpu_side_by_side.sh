@@ -28,9 +28,10 @@ if [ "${PGOLF_SBS_KERNELS:-0}" = 1 ]; then
     tail -n 12 "$LOGDIR/attention.log"
 fi
 files=()
-for att in ${PGOLF_SBS_ATTENTION:-auto}; do
+BACKENDS=${PGOLF_SBS_ATTENTION:-auto}
+for att in $BACKENDS; do
     extra=()
-    [ "$att" != "${PGOLF_SBS_ATTENTION%% *}" ] && extra=(--no-eager-check --no-restart)  # once is enough
+    [ "$att" != "${BACKENDS%% *}" ] && extra=(--no-eager-check --no-restart)  # once is enough
     rm -rf "$COMPILE_CACHE"
     run_stage "pgolf-$att" python bench/train_throughput.py --manifest "$DATA/manifest.json" --cache "$COMPILE_CACHE" \
         --states "$PHASE" --steps "${PGOLF_SBS_STEPS:-10}" --attention "$att" --out "$OUT/throughput-$att.json" \

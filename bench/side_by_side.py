@@ -4,9 +4,10 @@ bench/upstream/side_by_side.sh, each line prefixed with wall seconds).
 
     python bench/side_by_side.py --state before_looping OUT/throughput-auto.json ... OUT/upstream-preloop.log
 
-Upstream's ms/step is the median gap between consecutive steady step lines (steps 5 on, past the compile of step
-1), as side_by_side.sh prints it; its compile seconds are the gap from `model_params` to step 1 less one steady
-step; its MFU uses pgolf's FLOPs-per-token definition with the mean attended keys pgolf measured on the same
+Upstream's ms/step is the median over steady steps (5 on, past the compile of step 1) of the gap between the
+training clocks of consecutive steps, each recovered from the step line's cumulative rate (step x batch tokens /
+tok/s: five significant digits, where the 0.1 s wall prefix would quantize a step to 100 ms); its compile seconds
+are the first step's clock less one steady step; its MFU uses pgolf's FLOPs-per-token definition with the mean attended keys pgolf measured on the same
 batches (both pack a micro-batch as the record's DocumentPackingLoader) over the bf16 ceiling pgolf measured in
 the same call. The ratio is pgolf's tokens/s over upstream's.
 """
@@ -17,20 +18,18 @@ import re
 import statistics
 from pathlib import Path
 
-STEP = re.compile(r"^\[\s*([0-9.]+)\] (\d+)/\d+ train_loss: ([0-9.]+)", re.M)
+STEP = re.compile(r"^\[\s*[0-9.]+\] (\d+)/\d+ train_loss: [0-9.]+ train_time: [0-9.]+m tok/s: (\d+)", re.M)
 
 
-def upstream_figures(log: str) -> dict:
-    steps = [(float(t), int(n)) for t, n, _ in STEP.findall(log)]
-    times = [t for t, _ in steps]
-    gaps = [b - a for a, b in zip(times, times[1:])][3:]
+def upstream_figures(log: str, batch_tokens: int) -> dict:
+    clocks = [int(n) * batch_tokens / int(rate) for n, rate in STEP.findall(log)]  # seconds at each step's end
+    gaps = [b - a for a, b in zip(clocks, clocks[1:])][3:]
     if not gaps:
-        return {"error": f"{len(steps)} step lines in the log"}
-    ms = 1000 * statistics.median(gaps)
-    params = re.search(r"^\[\s*([0-9.]+)\] model_params:(\d+)", log, re.M)
+        return {"error": f"{len(clocks)} step lines in the log"}
+    seconds = statistics.median(gaps)
     peak = re.search(r"peak memory allocated: (\d+) MiB", log)
-    return {"ms_per_step": round(ms, 1), "steps": len(steps),
-            "compile_s": round(times[0] - float(params.group(1)) - ms / 1000, 1) if params else None,
+    return {"ms_per_step": round(1000 * seconds, 1), "steps": len(clocks),
+            "compile_s": round(clocks[0] - seconds, 1),
             "peak_gib": round(int(peak.group(1)) / 1024, 2) if peak else None}
 
 
@@ -41,9 +40,9 @@ def main(argv=None):
     parser.add_argument("upstream", type=Path, help="upstream's timestamped log")
     args = parser.parse_args(argv)
     runs = [json.loads(p.read_text()) for p in args.pgolf]
-    up = upstream_figures(args.upstream.read_text())
     first = runs[0]
     tokens = first["batch_tokens"]
+    up = upstream_figures(args.upstream.read_text(), tokens)
     ceiling = first["ceiling_tflops"]
     phase = first["phases"][args.state]
     print(f"\n{first['device']}, torch {first['torch']}; {args.state}; batch {tokens:,} tokens; bf16 ceiling "

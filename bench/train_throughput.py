@@ -247,8 +247,11 @@ def main(argv=None):
 def eager_check(args, result: dict, tmp: Path, dist):
     """The first losses of an eager run from the same weights and data, against the compiled run's."""
     eager = Run(make_trainer(args, False, tmp / "eager", dist))
-    eager_losses = [eager.step(False)["loss"] for _ in range(args.eager_steps)]
+    eager_losses = [eager.step(args.states[0])["loss"] for _ in range(args.eager_steps)]
     eager.close()
+    del eager
+    if dist.device.type == "cuda":
+        torch.cuda.empty_cache()  # the restart probe's process needs the card's memory
     compiled_losses = [r["loss"] for r in result["losses"][: args.eager_steps]]
     # a NaN compares as neither larger nor smaller, so it counts as infinitely far (a NaN run once passed here)
     worst = max(abs(a - b) if math.isfinite(a - b) else math.inf for a, b in zip(compiled_losses, eager_losses))

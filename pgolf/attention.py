@@ -10,8 +10,8 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `cudnn`: cuDNN's fused attention over the packed stream (`aten._cudnn_attention_forward` with cumulative
-  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto":
-  `model.attention: cudnn` asks for it, once bench/attention_backends.py has checked it on the card;
+  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto"
+  (bench/attention_backends.py checks it on the card); `model.attention: cudnn` asks for it;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
 "auto" takes the first one available in AUTO_ORDER. Inside the compiled training step flex comes before the FA2
@@ -113,9 +113,10 @@ def resolve_backend(requested: str, device, windowed: bool = False, compiled: bo
             if name in VARLEN_BACKENDS:
                 torch._dynamo.config.capture_dynamic_output_shape_ops = True
             return backend
+    why = f" (cuDNN probe: {cudnn_probe()})" if requested == "cudnn" and cuda and not windowed else ""
     raise PgolfError(
         f"attention backend {requested!r} is not usable on {torch.device(device).type} with torch "
-        f"{torch.__version__}; install the `flash` extra, use a CUDA device, or set it to 'auto'"
+        f"{torch.__version__}{why}; install the `flash` extra, use a CUDA device, or set it to 'auto'"
     )
 
 
@@ -295,86 +296,29 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
 
 
 # ----- cuDNN over the packed stream -----
-# The aten kernels take (total, H, D) tensors cut at cumulative sequence lengths; they are wrapped in custom ops
-# so that torch.compile keeps them whole. How the forward lays out its log-sum-exp (which the backward takes back)
-# is read once from a probe call on the card, so the ops' fake shapes match the kernel's.
-_CUDNN_LSE_LAYOUT: tuple | None = None  # the log-sum-exp's dims, each "total", "heads" or 1
-_CUDNN_PROBE_ERROR: str | None = None
+# aten's cuDNN kernel takes (total, H, D) tensors cut at cumulative sequence lengths (the nested-tensor SDPA path)
+# and carries its own derivative, so autograd reaches cuDNN's backward kernel through it.
+_CUDNN_PROBE: list = []  # [None] when the kernels ran here, [why not] otherwise; filled once per process
 
 
 def cudnn_probe() -> str | None:
-    """Run the cuDNN packed kernels once on a tiny input (forward and backward); None when they work, else why
-    not. Records the log-sum-exp layout for the custom ops' fake shapes."""
-    global _CUDNN_LSE_LAYOUT, _CUDNN_PROBE_ERROR
-    if _CUDNN_LSE_LAYOUT is not None or _CUDNN_PROBE_ERROR is not None:
-        return _CUDNN_PROBE_ERROR
-    total, heads = 24, 2
-    try:
-        q, k, v = (torch.randn(total, heads, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        cu = torch.tensor([0, 8, total], device="cuda", dtype=torch.int32)
-        out, lse = _cudnn_forward(q, k, v, cu, 16)
-        _cudnn_backward(torch.ones_like(out), q, k, v, out, lse, cu, 16)
-        torch.cuda.synchronize()
-        names = {total: "total", heads: "heads", 1: 1}
-        _CUDNN_LSE_LAYOUT = tuple(names[d] for d in lse.shape)
-    except (RuntimeError, KeyError, AttributeError) as e:
-        _CUDNN_PROBE_ERROR = f"{type(e).__name__}: {e}".splitlines()[0]
-    return _CUDNN_PROBE_ERROR
-
-
-def _cudnn_forward(q, k, v, cu, max_len: int):
-    r = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False)
-    return r[0], r[1]  # output, log-sum-exp
-
-
-def _cudnn_backward(grad, q, k, v, out, lse, cu, max_len: int):
-    unused = torch.empty(0, device=q.device)  # philox seed and offset: no dropout
-    return torch.ops.aten._cudnn_attention_backward(grad, q, k, v, out, lse, cu, cu, max_len, max_len, 0.0, True,
-                                                     unused, unused)
-
-
-@torch.library.custom_op("pgolf::cudnn_varlen_fwd", mutates_args=())
-def _cudnn_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
-                      max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = _cudnn_forward(q, k, v, cu, max_len)
-    return out, lse.contiguous()
-
-
-@_cudnn_varlen_fwd.register_fake
-def _(q, k, v, cu, max_len):
-    sizes = {"total": q.size(0), "heads": q.size(1), 1: 1}
-    return torch.empty_like(q), q.new_empty([sizes[d] for d in _CUDNN_LSE_LAYOUT], dtype=torch.float32)
-
-
-@torch.library.custom_op("pgolf::cudnn_varlen_bwd", mutates_args=())
-def _cudnn_varlen_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                      lse: torch.Tensor, cu: torch.Tensor, max_len: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = _cudnn_backward(grad.contiguous(), q, k, v, out, lse, cu, max_len)
-    return dq, dk, dv
-
-
-@_cudnn_varlen_bwd.register_fake
-def _(grad, q, k, v, out, lse, cu, max_len):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _cudnn_setup(ctx, inputs, output):
-    q, k, v, cu, max_len = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], cu)
-    ctx.max_len = max_len
-
-
-def _cudnn_grad(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, cu = ctx.saved_tensors
-    dq, dk, dv = _cudnn_varlen_bwd(grad_out, q, k, v, out, lse, cu, ctx.max_len)
-    return dq, dk, dv, None, None
-
-
-_cudnn_varlen_fwd.register_autograd(_cudnn_grad, setup_context=_cudnn_setup)
+    """Run the cuDNN packed kernels once on a tiny input, forward and backward: None when they work, else why not."""
+    if not _CUDNN_PROBE:
+        try:
+            q, k, v = (torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                       for _ in range(3))
+            cu = torch.tensor([0, 8, 24], device="cuda", dtype=torch.int32)
+            cudnn_varlen(q, k, v, cu, 16).sum().backward()
+            torch.cuda.synchronize()
+            _CUDNN_PROBE.append(None)
+        except (RuntimeError, AttributeError) as e:
+            _CUDNN_PROBE.append(f"{type(e).__name__}: {e}".splitlines()[0])
+    return _CUDNN_PROBE[0]
 
 
 def cudnn_varlen(q, k, v, cu_seqlens, max_seqlen: int) -> torch.Tensor:
-    """Causal attention within each segment of a packed (total, H, D) stream through cuDNN (equal K/V and Q
-    heads); 1/sqrt(D) scale."""
-    return _cudnn_varlen_fwd(q, k, v, cu_seqlens, max_seqlen)[0]
+    """Causal attention within each segment of a packed (total, H, D) stream through cuDNN (as many K/V heads as
+    Q heads); 1/sqrt(D) scale."""
+    out = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                                  True, 0.0, True, False)
+    return out[0]
