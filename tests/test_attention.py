@@ -298,3 +298,39 @@ def test_packed_stream_through_varlen_matches_sdpa_with_the_split_length_as_max_
     model.attention_backend = "fa3"
     torch.testing.assert_close(model(stream, cu_seqlens=cuts, max_seqlen=16), reference, atol=1e-5, rtol=1e-5)
     assert seen and set(seen) == {16}
+
+
+def test_cudnn_backend_feeds_the_packed_kernel_equal_heads(monkeypatch):
+    """The cudnn path flattens the batch, repeats K/V heads up to Q's, and cuts at the layout's segments: with the
+    packed reference standing in for the kernel it matches the slow reference."""
+    seen = {}
+
+    def kernel(q, k, v, cu, max_len):
+        seen["heads"] = (q.size(1), k.size(1))
+        return fake_flash_varlen(q, k, v, cu, cu, max_len, max_len, causal=True)[0]
+
+    backend = attention.Backend("cudnn", kernel)
+    ids, q, k, v = random_batch()
+    y = attend(backend, q, k, v, build_layout(ids, backend, {None}))
+    assert seen["heads"] == (4, 4)
+    torch.testing.assert_close(y, reference_attention(q, k, v, document_ids(ids), None), atol=1e-5, rtol=1e-5)
+
+
+def test_cudnn_backend_is_refused_on_the_cpu_and_with_a_window(monkeypatch):
+    with pytest.raises(PgolfError, match="'cudnn' is not usable on cpu"):
+        resolve_backend("cudnn", "cpu")
+    monkeypatch.setattr(attention, "cudnn_probe", lambda: None)
+    assert resolve_backend("cudnn", "cuda").name == "cudnn"
+    with pytest.raises(PgolfError, match="not usable on cuda"):
+        resolve_backend("cudnn", "cuda", windowed=True)  # cuDNN's packed path has no sliding window
+    monkeypatch.setattr(attention, "cudnn_probe", lambda: "RuntimeError: no kernel")
+    with pytest.raises(PgolfError, match="cuDNN probe: RuntimeError: no kernel"):
+        resolve_backend("cudnn", "cuda")
+
+
+def test_model_attention_names_a_backend():
+    from pgolf.model import ModelConfig
+
+    assert ModelConfig(attention="flex").attention == "flex"
+    with pytest.raises(PgolfError, match="model.attention: unknown backend 'xformers'"):
+        ModelConfig(attention="xformers")

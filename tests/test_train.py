@@ -252,3 +252,14 @@ def test_compile_cache_holds_inductor_and_autograd_caches(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], check=True, env=env, cwd=ROOT)
     written = {p.relative_to(tmp_path / "cache").parts[0] for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     assert {"fxgraph", "aotautograd"} <= written
+
+
+def test_model_attention_picks_the_training_kernel(data, tmp_path):
+    """model.attention reaches the trainer: a kernel this machine lacks stops the stage with the backend's message
+    before any step, where "auto" would have trained on sdpa."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": {**MODEL, "attention": "cudnn"}, "train": TRAIN, "hardware": {"gpus": 0},
+                                "run": {"name": "t", "seeds": [3]}}))
+    with pytest.raises(PgolfError, match="attention backend 'cudnn' is not usable on cpu"):
+        main(args(path, data, tmp_path / "out"))
+    assert not (tmp_path / "out" / "model.pt").exists()
