@@ -83,8 +83,6 @@ def main(argv=None):
         "PG_GPUS": str(hardware["gpus"]),
         "PG_CPU_PROCS": str(hardware.get("cpu_procs", 1)),
         "PG_RANKS": str(ranks),
-        # `--docs` of the tokenizer/tokenize rules (docs_option()): only the hub's docs.jsonl is passed explicitly
-        "PG_DOCS_OPTION": f"--docs resources/hub/{data['name']}/docs.jsonl" if data["source"] == "hf_docs" else "",
         "PG_DATA_SOURCE": data["source"],
         "PG_LOCAL_PATH": str((data.get("local") or {}).get("path") or ""),
         "PG_TOKENIZER": str(data.get("tokenizer") or ""),

@@ -22,7 +22,7 @@ from pathlib import Path
 import brotli
 import python_minifier
 
-from .config import load_stage_config
+from .config import load_stage_config, narrow_config
 from .errors import PgolfError
 from .io import write_bytes
 
@@ -94,21 +94,6 @@ def package_modules(package_dir=PACKAGE_DIR) -> dict:
                 init = f"{parent.as_posix()}/__init__.py"
                 modules.setdefault(module_name(init), (init, ""))
     return dict(sorted(modules.items()))
-
-
-def narrow_config(config: dict, preset: str) -> dict:
-    """The config without `quant`, plus this preset only: editing another preset leaves the script unchanged."""
-    presets = (config.get("quant") or {}).get("presets") or {}
-    if preset not in presets:
-        raise PgolfError(
-            f"--config: quant.presets has no preset {preset!r} (it has {sorted(presets)}); "
-            "pass a preset defined in config.yaml or your recipe"
-        )
-    narrowed = {key: value for key, value in config.items() if key != "quant"}
-    narrowed["quant"] = {"presets": {preset: presets[preset]}, "submission_preset": preset}
-    if "eval" in narrowed:  # eval.artifact switches the DAG to an outside blob; the submission never reads it
-        narrowed["eval"] = {key: value for key, value in narrowed["eval"].items() if key != "artifact"}
-    return narrowed
 
 
 def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> str:

@@ -108,6 +108,21 @@ def from_dict(cls, values: dict | None, where: str):
     return cls(**values)
 
 
+def narrow_config(config: dict, preset: str) -> dict:
+    """The config without `quant`, plus this preset only: editing another preset leaves the script unchanged."""
+    presets = (config.get("quant") or {}).get("presets") or {}
+    if preset not in presets:
+        raise PgolfError(
+            f"--config: quant.presets has no preset {preset!r} (it has {sorted(presets)}); "
+            "pass a preset defined in config.yaml or your recipe"
+        )
+    narrowed = {key: value for key, value in config.items() if key != "quant"}
+    narrowed["quant"] = {"presets": {preset: presets[preset]}, "submission_preset": preset}
+    if "eval" in narrowed:  # eval.artifact switches the DAG to an outside blob; the submission never reads it
+        narrowed["eval"] = {key: value for key, value in narrowed["eval"].items() if key != "artifact"}
+    return narrowed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.config", description=doc_summary(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)

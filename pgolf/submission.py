@@ -23,78 +23,64 @@ from .errors import PgolfError
 from .io import read_json, write_bytes, write_json
 from .stats import acceptance
 from .cli import doc_summary
+from . import stages
 
 TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
 REQUIREMENTS = ["torch>=2.9", "numpy", "sentencepiece", "brotli"]  # what train_gpt.py imports besides pgolf
 
 
-class Layout:
-    """Where the DAG (and run_all) keeps each stage's files; the rules spell the same paths."""
-
-    def __init__(self, config: dict, seed: int, preset: str, root="."):
-        root = Path(root)
-        self.data = root / "resources" / "data" / config["data"]["name"]
-        self.train = root / "results" / config["run"]["name"] / f"seed{seed}" / "train"
-        self.quant = root / "results" / config["run"]["name"] / f"seed{seed}" / "quant" / preset
-        self.manifest, self.audit = self.data / "manifest.json", self.data / "data_audit.json"
-        self.compile_cache = root / "results" / config["run"]["name"] / "compile_cache"
+def _run(module, stage: str, root: Path, values: dict, drop=()):
+    """One stage in-process: its module's main() with the arguments pgolf.stages gives the rule."""
+    module.main(stages.argv(stage, values, drop=drop, root=root))
 
 
-def _data_stage(config: dict, layout: Layout, cfg: str):
+def _data_stage(config: dict, root: Path, wildcards: dict, cfg: str):
     """Build resources/data/<ds>/ as the data rules would (rank 0, before training)."""
     from . import audit, download, tokenize, tokenizer
 
+    values = {"params.config": cfg, **wildcards}
     source = config["data"]["source"]
     if source == "hf_shards":
-        download.main(["--config", cfg, "--out", str(layout.manifest)])
+        _run(download, "download_shards", root, values)
     else:
-        docs = []
+        drop = ("--docs",)
         if source == "hf_docs":
-            docs_path = layout.data.parent.parent / "hub" / config["data"]["name"] / "docs.jsonl"
-            download.main(["--config", cfg, "--out", str(docs_path)])
-            docs = ["--docs", str(docs_path)]
-        model = str(layout.data / "tokenizer.model")
-        tokenizer.main(["--config", cfg, *docs, "--out", model])
-        tokenize.main(["--config", cfg, *docs, "--tokenizer", model, "--out", str(layout.manifest)])
-    audit.main(["--config", cfg, "--manifest", str(layout.manifest), "--out", str(layout.audit)])
+            _run(download, "download_docs", root, values)
+            drop = ()
+        docs = {"input.docs": str(root / stages.path("hub_docs", ds=config["data"]["name"]))}
+        _run(tokenizer, "tokenizer", root, {**values, **docs}, drop)
+        _run(tokenize, "tokenize", root, {**values, **docs, "threads": os.cpu_count() or 1}, drop)
+    _run(audit, "audit_data", root, values)
 
 
 def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
-    """One seed of the whole pipeline in this (torchrun) process group; returns eval.json's contents."""
+    """One seed of the whole pipeline in this (torchrun) process group, the rules' commands (pgolf.stages) run
+    in-process; returns eval.json's contents."""
     from . import dist as pgdist
     from . import evaluate, hessians, pack, quantize, sizecheck, train
 
     seed = int(os.environ.get("SEED", config["run"]["seeds"][0])) if seed is None else seed
     preset = config["quant"].get("submission_preset", config["submission"]["preset"])
-    code_path = code_path or sys.argv[0]
-    layout = Layout(config, seed, preset, root)
+    root = Path(root)
+    wc = {"ds": config["data"]["name"], "name": config["run"]["name"], "seed": seed, "preset": preset}
+    wildcards = {f"wildcards.{k}": v for k, v in wc.items()}
     cfg = json.dumps(config, sort_keys=True)
     quant_cfg = json.dumps({"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]})
     dist = pgdist.init(config["hardware"]["gpus"])
     try:
-        if dist.is_main and not layout.audit.exists():
-            _data_stage(config, layout, cfg)
+        if dist.is_main and not (root / stages.path("data_audit", **wc)).exists():
+            _data_stage(config, root, wildcards, cfg)
         dist.barrier()
-        cache = ["--compile-cache", str(layout.compile_cache)]
-        train.main(["--config", cfg, "--manifest", str(layout.manifest), "--audit", str(layout.audit),
-                    "--seed", str(seed), "--out-dir", str(layout.train), *cache])
-        hessians.main(["--config", cfg, "--model", str(layout.train / "model.pt"), "--manifest",
-                       str(layout.manifest), "--seed", str(seed), "--out", str(layout.train / "hessians.pt")])
+        _run(train, "train", root, {"params.config": cfg, **wildcards})
+        _run(hessians, "hessians", root, {"params.config": cfg, **wildcards})
         if dist.is_main:
-            quantize.main(["--config", quant_cfg, "--model", str(layout.train / "model.pt"), "--hessians",
-                           str(layout.train / "hessians.pt"), "--preset", preset,
-                           "--out", str(layout.quant / "quantized.pt")])
-            pack.main(["--quantized", str(layout.quant / "quantized.pt"), "--out", str(layout.quant / "model.pgrp")])
-            sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
-                            "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
+            _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
+            _run(pack, "pack", root, wildcards)
+            _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
         dist.barrier()
-        evaluate.main(["prequant", "--config", cfg, "--model", str(layout.train / "model.pt"),
-                       "--manifest", str(layout.manifest), "--out", str(layout.train / "prequant.json")])
-        evaluate.main(["artifact", *cache, "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),
-                       "--pack-json", str(layout.quant / "pack.json"), "--size", str(layout.quant / "size.json"),
-                       "--prequant", str(layout.train / "prequant.json"), "--manifest", str(layout.manifest),
-                       "--out", str(layout.quant / "eval.json")])
-        return read_json(layout.quant / "eval.json")
+        _run(evaluate, "eval_prequant", root, {"params.config": cfg, **wildcards})
+        _run(evaluate, "evaluate", root, {"params.config": cfg, **wildcards})
+        return read_json(root / stages.path("eval", **wc))
     finally:
         pgdist.shutdown()
 
