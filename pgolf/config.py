@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import PgolfError
 from .cli import doc_summary
+from .errors import PgolfError
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "workflow" / "schemas"
 

@@ -17,7 +17,6 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -138,7 +137,9 @@ STAGES = {
     ),
     "eval_prequant": Stage(
         "evaluate",
-        _args("prequant --config {params.config} --model {input.model} --manifest {input.manifest} --out {output.eval}"),
+        _args(
+            "prequant --config {params.config} --model {input.model} --manifest {input.manifest} --out {output.eval}"
+        ),
         inputs={"model": "model", "manifest": "manifest"},
         outputs={"eval": "prequant"},
         launch=True,
@@ -182,14 +183,22 @@ STAGES = {
             "--prequant {input.prequant} --manifest {input.manifest} --compile-cache {params.compile_cache} "
             "--out {output.eval}"
         ),
-        inputs={"pgrp": "pgrp", "info": "pack_info", "size_json": "size", "prequant": "prequant", "manifest": "manifest"},
+        inputs={
+            "pgrp": "pgrp",
+            "info": "pack_info",
+            "size_json": "size",
+            "prequant": "prequant",
+            "manifest": "manifest",
+        },
         outputs={"eval": "eval"},
         params={"compile_cache": "compile_cache"},
         launch=True,
     ),
     "submission": Stage(
         "submission",
-        _args("--config {params.config} --run-dir {params.run_dir} --data-dir {params.data_dir} --out-dir {params.out_dir}"),
+        _args(
+            "--config {params.config} --run-dir {params.run_dir} --data-dir {params.data_dir} --out-dir {params.out_dir}"
+        ),
         params={"run_dir": "run_dir", "data_dir": "data_dir", "out_dir": "submission_dir"},
     ),
     "report": Stage(
@@ -341,7 +350,9 @@ def _table() -> str:
         ins = ", ".join(PATHS[k] for k in spec.inputs.values()) or "(from the config)"
         outs = ", ".join(PATHS[k] for k in spec.outputs.values()) or "(see params)"
         launch = "pgolf.launch -- " if spec.launch else ""
-        lines.append(f"{name}: {launch}python -m pgolf.{spec.module} {' '.join(spec.args)}\n  in:  {ins}\n  out: {outs}")
+        lines.append(
+            f"{name}: {launch}python -m pgolf.{spec.module} {' '.join(spec.args)}\n  in:  {ins}\n  out: {outs}"
+        )
     return "\n".join(lines)
 
 
@@ -353,14 +364,20 @@ def main(argv_=None):
         p = sub.add_parser(name, help=text)
         if name == "argv":
             p.add_argument("stage", choices=sorted(STAGES))
-            p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                           help="a value such as params.config=FILE, threads=8 or input.docs=PATH")
+            p.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="a value such as params.config=FILE, threads=8 or input.docs=PATH",
+            )
             p.add_argument("--drop", action="append", default=[], help="an option to leave out (with its value)")
         for wildcard in ("ds", "name", "seed", "preset", "folder"):
             p.add_argument(f"--{wildcard}", default=None, help=f"the {{{wildcard}}} wildcard")
     args = parser.parse_args(argv_)
-    wildcards = {k: getattr(args, k) for k in ("ds", "name", "seed", "preset", "folder")
-                 if getattr(args, k, None) is not None}
+    wildcards = {
+        k: getattr(args, k) for k in ("ds", "name", "seed", "preset", "folder") if getattr(args, k, None) is not None
+    }
     if args.command == "table":
         print(_table())
     elif args.command == "paths":

@@ -18,12 +18,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from . import stages
+from .cli import doc_summary
 from .config import load_stage_config
 from .errors import PgolfError
 from .io import read_json, write_bytes, write_json
 from .stats import acceptance
-from .cli import doc_summary
-from . import stages
 
 TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
 REQUIREMENTS = ["torch>=2.9", "numpy", "sentencepiece", "brotli"]  # what train_gpt.py imports besides pgolf

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import yaml
-
 from conftest import ROOT, copy_workflow
 
 # Importing any of these fails (numpy and pyarrow only when pgolf imports them: Snakemake's plugins may use them).
@@ -80,8 +79,13 @@ def test_dry_run_parses_without_pgolfs_heavy_dependencies(tmp_path):
     assert "torch is blocked" in probe.stderr  # the blocker is active
     for overlay in ([], ["--config", "eval={'artifact': 'x.pgrp'}"]):
         (workdir / "x.pgrp").write_bytes(b"")
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
-                               "recipes/smoke.yaml", *overlay], cwd=workdir, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "recipes/smoke.yaml", *overlay],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "This was a dry-run" in proc.stdout + proc.stderr
 
@@ -97,11 +101,30 @@ def test_conda_env_installs_the_workflow_folder(tmp_path):
     (bin_dir / "conda").write_text(FAKE_CONDA.format(python=sys.executable))
     (bin_dir / "conda").chmod(0o755)
     log = tmp_path / "conda.json"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_CONDA_LOG": str(log),
-           "PYTHONPATH": str(workdir)}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--sdm", "conda", "--conda-create-envs-only",
-                           "--cores", "1", "--configfile", "recipes/smoke.yaml"], cwd=workdir, env=env,
-                          capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_CONDA_LOG": str(log),
+        "PYTHONPATH": str(workdir),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--sdm",
+            "conda",
+            "--conda-create-envs-only",
+            "--cores",
+            "1",
+            "--configfile",
+            "recipes/smoke.yaml",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     created = json.loads(log.read_text())
     assert os.path.dirname(created["env_file"]) == str(workdir / ".snakemake" / "conda")

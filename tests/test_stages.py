@@ -6,10 +6,11 @@ import shlex
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, copy_workflow, snakemake
+
 from pgolf import codepack, stages
 
 MODULES = sorted({spec.module for spec in stages.STAGES.values()} | {"launch", "submission"})
@@ -22,7 +23,7 @@ def loaded_pgolf_files(module: str) -> set[str]:
         "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'pgolf')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return {str(__import__("pathlib").Path(f).relative_to(ROOT).as_posix()) for f in json.loads(out)}
+    return {Path(f).relative_to(ROOT).as_posix() for f in json.loads(out)}
 
 
 @pytest.mark.parametrize("module", ["train", "evaluate", "tokenize", "report", "submission"])
@@ -43,8 +44,13 @@ def test_closure_follows_relative_imports_inside_functions_and_packages(tmp_path
     (pkg / "e.py").write_text("y = 1\n")
     (pkg / "unused.py").write_text("")
     assert stages.closure(["a"], pkg) == [
-        "pgolf/__init__.py", "pgolf/a.py", "pgolf/b.py", "pgolf/e.py",
-        "pgolf/sub/__init__.py", "pgolf/sub/c.py", "pgolf/sub/d.py",
+        "pgolf/__init__.py",
+        "pgolf/a.py",
+        "pgolf/b.py",
+        "pgolf/e.py",
+        "pgolf/sub/__init__.py",
+        "pgolf/sub/c.py",
+        "pgolf/sub/d.py",
     ]
 
 
@@ -56,8 +62,15 @@ def test_the_code_rule_lists_every_module_train_gpt_carries():
 def test_every_option_and_field_of_a_stage_exists():
     """Each `--option` is one the module (or a helper it imports) defines; each {input,output,params}.x is the stage's own or one
     the rule adds (config-dependent inputs, config params)."""
-    rule_added = {"input.docs", "input.pgrp", "input.script", "params.config", "params.launch", "params.seeds",
-                  "params.presets"}
+    rule_added = {
+        "input.docs",
+        "input.pgrp",
+        "input.script",
+        "params.config",
+        "params.launch",
+        "params.seeds",
+        "params.presets",
+    }
     for name, spec in stages.STAGES.items():
         source = "".join((ROOT / f).read_text() for f in stages.closure([spec.module]))  # options may be shared
         for word in spec.args:
@@ -71,19 +84,31 @@ def test_every_option_and_field_of_a_stage_exists():
 
 
 def test_shell_args_and_argv_spell_the_same_command():
-    values = {"wildcards.ds": "d", "wildcards.name": "n", "wildcards.seed": 3, "wildcards.preset": "p",
-              "params.config": "{}", "threads": 4, "input.docs": "docs.jsonl"}
+    values = {
+        "wildcards.ds": "d",
+        "wildcards.name": "n",
+        "wildcards.seed": 3,
+        "wildcards.preset": "p",
+        "params.config": "{}",
+        "threads": 4,
+        "input.docs": "docs.jsonl",
+    }
     for name, spec in stages.STAGES.items():
         if name in ("submission", "report", "artifact_index", "artifact_size"):
             continue  # their remaining values come from the config
-        filled = {**{k: v for k, v in values.items()}}
-        words = ["-m", f"pgolf.{spec.module}", *stages.argv(name, filled)]
+        words = ["-m", f"pgolf.{spec.module}", *stages.argv(name, values)]
 
         def render(m):
             ref = "threads" if m[0].startswith("{threads") else f"{m[1]}.{m[2]}"
-            known = {f"input.{k}": v for k, v in stages.files(name, "inputs", ds="d", name="n", seed=3, preset="p").items()}
-            known |= {f"output.{k}": v for k, v in stages.files(name, "outputs", ds="d", name="n", seed=3, preset="p").items()}
-            known |= {f"params.{k}": v for k, v in stages.files(name, "params", ds="d", name="n", seed=3, preset="p").items()}
+            known = {
+                f"input.{k}": v for k, v in stages.files(name, "inputs", ds="d", name="n", seed=3, preset="p").items()
+            }
+            known |= {
+                f"output.{k}": v for k, v in stages.files(name, "outputs", ds="d", name="n", seed=3, preset="p").items()
+            }
+            known |= {
+                f"params.{k}": v for k, v in stages.files(name, "params", ds="d", name="n", seed=3, preset="p").items()
+            }
             known |= {k: v for k, v in values.items() if not k.startswith("wildcards.")}
             known |= {f"wildcards.{k.split('.')[1]}": v for k, v in values.items() if k.startswith("wildcards.")}
             return shlex.quote(str(known[ref]))
@@ -93,8 +118,9 @@ def test_shell_args_and_argv_spell_the_same_command():
 
 
 def test_argv_drops_an_option_and_roots_paths(tmp_path):
-    words = stages.argv("tokenize", {"params.config": "c", "threads": 2, "wildcards.ds": "d"}, drop=("--docs",),
-                        root=tmp_path)
+    words = stages.argv(
+        "tokenize", {"params.config": "c", "threads": 2, "wildcards.ds": "d"}, drop=("--docs",), root=tmp_path
+    )
     assert "--docs" not in words
     assert words[words.index("--tokenizer") + 1] == str(tmp_path / "resources/data/d/tokenizer.model")
     with pytest.raises(KeyError, match="no value for {params.config}"):
@@ -102,15 +128,29 @@ def test_argv_drops_an_option_and_roots_paths(tmp_path):
 
 
 def test_cli_prints_paths_and_commands():
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pgolf.stages", *a], cwd=ROOT, capture_output=True,
-                                    text=True, check=True).stdout
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pgolf.stages", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+
     paths = run("paths", "--ds", "d", "--name", "n", "--seed", "1", "--preset", "p")
     assert "P_MANIFEST=resources/data/d/manifest.json\n" in paths
     assert "P_EVAL=results/n/seed1/quant/p/eval.json\n" in paths
     argv = run("argv", "hessians", "--ds", "d", "--name", "n", "--seed", "1", "--set", "params.config=h.json")
-    assert argv.splitlines() == ["-m", "pgolf.hessians", "--config", "h.json", "--model",
-                                 "results/n/seed1/train/model.pt", "--manifest", "resources/data/d/manifest.json",
-                                 "--seed", "1", "--out", "results/n/seed1/train/hessians.pt"]
+    assert argv.splitlines() == [
+        "-m",
+        "pgolf.hessians",
+        "--config",
+        "h.json",
+        "--model",
+        "results/n/seed1/train/model.pt",
+        "--manifest",
+        "resources/data/d/manifest.json",
+        "--seed",
+        "1",
+        "--out",
+        "results/n/seed1/train/hessians.pt",
+    ]
 
 
 def dry_run_jobs(output: str) -> dict[str, list[list[str]]]:
@@ -133,8 +173,12 @@ def test_every_rules_code_inputs_are_its_stage_closure(tmp_path):
     (workdir / "shards.yaml").write_text("data:\n  source: hf_shards\n")
     (workdir / "docs.yaml").write_text("data:\n  source: hf_docs\n")
     seen = set()
-    for overlay, download in ((), None), (("artifact.yaml",), None), (("shards.yaml",), "download_shards"), \
-            (("docs.yaml",), "download_docs"):
+    for overlay, download in (
+        ((), None),
+        (("artifact.yaml",), None),
+        (("shards.yaml",), "download_shards"),
+        (("docs.yaml",), "download_docs"),
+    ):
         out = snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml", *overlay).stdout
         for rule, inputs in dry_run_jobs(out).items():
             if rule == "all":
