@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import yaml
+
 from conftest import ROOT, copy_workflow
 
 # Importing any of these fails (numpy and pyarrow only when pgolf imports them: Snakemake's plugins may use them).

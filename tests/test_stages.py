@@ -9,9 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, copy_workflow, snakemake
 
 from pgolf import codepack, stages
+
+from conftest import ROOT, copy_workflow, snakemake
 
 MODULES = sorted({spec.module for spec in stages.STAGES.values()} | {"launch", "submission"})
 
