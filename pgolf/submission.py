@@ -10,6 +10,7 @@ one log per seed, the tokenizer, requirements.txt and audit.json, every figure r
 """
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -26,7 +27,6 @@ from .io import read_json, write_bytes, write_json
 from .stats import acceptance
 
 TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
-REQUIREMENTS = ["torch>=2.9", "numpy", "sentencepiece", "brotli"]  # what train_gpt.py imports besides pgolf
 
 
 def _run(module, stage: str, root: Path, values: dict, drop=()):
@@ -83,6 +83,31 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
         return read_json(root / stages.path("eval", **wc))
     finally:
         pgdist.shutdown()
+
+
+def requirements(script: Path) -> list[str]:
+    """requirements.txt: the distribution of every outside module train_gpt.py imports, from its own lines and
+    the sources of every module it carries (pgolf.codepack.submitted_files), each with the version that built it."""
+    from importlib.metadata import packages_distributions, version
+
+    from .codepack import submitted_files
+
+    names = set()
+    for source in [script.read_text(), *(p.read_text() for p in submitted_files())]:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.add(node.module.split(".")[0])
+    names -= {*sys.stdlib_module_names, "pgolf", "__future__"}
+    known = packages_distributions()
+    missing = sorted(n for n in names if n not in known)
+    if missing:
+        raise PgolfError(f"train_gpt.py imports {missing}, which no installed distribution provides; install them")
+    dists = sorted({known[n][0] for n in names}, key=str.lower)
+    return [f"{d}  # built with {version(d)}" for d in dists] + [
+        f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the model"
+    ]
 
 
 def seed_outputs(config: dict, run_dir: Path, seed: int, preset: str) -> dict:
@@ -240,8 +265,7 @@ def main(argv=None):
         extra = [json.dumps({"event": name, **o[key]}, sort_keys=True)
                  for name, key in (("hessians", "hessians"), ("size", "size"), ("eval", "eval"))]
         write_bytes(out / f"train_seed{seed}.log", ("\n".join(o["log_lines"] + extra) + "\n").encode())
-    requirements = REQUIREMENTS + [f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the model"]
-    write_bytes(out / "requirements.txt", ("\n".join(requirements) + "\n").encode())
+    write_bytes(out / "requirements.txt", ("\n".join(requirements(out / "train_gpt.py")) + "\n").encode())
     write_json(out / "audit.json", audit)
     write_bytes(out / "README.md", readme(config, seeds, stats, audit, sub_json).encode())
     write_json(out / "submission.json", sub_json)  # last: the rule's marker that the folder is complete
