@@ -6,7 +6,7 @@ Documents are the token runs that start at a BOS (id 1), followed across shard b
 by their ids, so the audit works on hub shards whose text is not at hand. The report always gives the
 val/train overlap (count and a few examples); the command fails (after writing the report with
 `passed: false`) when more than `audit.max_overlap_fraction` of val documents also occur in train (the
-leak that disqualified two record submissions, record-stack.md §1.2), when a split does not start with
+leak that disqualified two record submissions, docs/record-stack.md §1.2), when a split does not start with
 BOS, when a token id is outside the vocabulary, when BOS counts disagree with the manifest's document
 counts, or when the val byte sidecar is not aligned with the val tokens (same shards, same sizes, 0 on BOS).
 """

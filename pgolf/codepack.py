@@ -4,7 +4,7 @@
         --out results/<name>/seed<seed>/quant/record/train_gpt.py
 
 The challenge counts the bytes of train_gpt.py and runs it with `torchrun --standalone --nproc_per_node=8
-train_gpt.py`. Each module of pgolf/**/*.py is minified with python-minifier (upstream's options, record-stack.md
+train_gpt.py`. Each module of pgolf/**/*.py is minified with python-minifier (upstream's options, docs/record-stack.md
 §7.5); a bootstrap holding the modules and the config is brotli-compressed and base85-encoded under a three-line
 stub. The bootstrap installs a meta-path importer that serves the pgolf.* modules from memory (and nothing
 else), then, run as a script, calls pgolf.submission.run_all(CONFIG). The first line records the Python and

@@ -33,7 +33,7 @@ TOKENIZER_NAME = "tokenizer.model"  # every data source yields resources/data/<d
 
 @dataclass
 class HubConfig:
-    """`data.hf`: where the hub keeps the data (record-stack.md §2.1)."""
+    """`data.hf`: where the hub keeps the data (docs/record-stack.md §2.1)."""
 
     repo: str = "romeerp/parameter-golf-caseops-v1"
     revision: str = "main"

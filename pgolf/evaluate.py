@@ -9,7 +9,7 @@
 Several ranks: `python -m pgolf.launch --gpus N -- -m pgolf.evaluate ...`. CFG (a resolved config, JSON text or
 path) holds the sections eval and hardware. `artifact` checks the blob against pack.json, unpacks and
 dequantizes it, warms up compilation on random tokens (GPU), scores the quantized model, then runs the timed
-evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.json (SPEC.md).
+evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.json (docs/contracts.md).
 """
 
 import argparse
@@ -32,7 +32,7 @@ from .shards import BOS_ID
 from .ttt import PhasedTTT, TTTConfig
 from .cli import doc_summary
 
-FINEWEB_VAL_TARGETS = 47_851_520  # targets of the challenge's val set (record-stack.md), the projection's scale
+FINEWEB_VAL_TARGETS = 47_851_520  # targets of the challenge's val set (docs/record-stack.md), the projection's scale
 PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
 
 

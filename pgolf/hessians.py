@@ -1,4 +1,4 @@
-"""Hessians for GPTQ and activation RMS for AWQ-lite (record-stack.md §5.1), one torchrun job over the trained model.
+"""Hessians for GPTQ and activation RMS for AWQ-lite (docs/record-stack.md §5.1), one torchrun job over the trained model.
 
     python -m pgolf.launch --gpus 8 -- -m pgolf.hessians --config CFG \
         --model results/<name>/seed<S>/train/model.pt --manifest resources/data/<ds>/manifest.json \

@@ -1,4 +1,4 @@
-"""Document-packing training loader (record-stack.md §4, `DocumentPackingLoader`).
+"""Document-packing training loader (docs/record-stack.md §4, `DocumentPackingLoader`).
 
 Shards are read sequentially in sorted order (the export is already shuffled). Every step takes one contiguous
 span of CHUNKS x (chunk_tokens + 1) tokens that starts at a BOS token and lies inside one shard; a span that would

@@ -1,4 +1,4 @@
-"""The record model of PR #1855 (record-stack.md §3): an 11-layer GPT with parameter banks, depth recurrence,
+"""The record model of PR #1855 (docs/record-stack.md §3): an 11-layer GPT with parameter banks, depth recurrence,
 U-Net skips, parallel residual lanes, XSA, partial RoPE and the Smear/SparseAttn gates.
 
 Every stage codes against `GPT`:
@@ -122,7 +122,7 @@ class ModelConfig:
 
 
 def layer_orders(config: ModelConfig, looping: bool) -> tuple[list[int], list[int]]:
-    """(encoder, decoder) physical layer indices in application order (record-stack.md §3.2 items 4-5)."""
+    """(encoder, decoder) physical layer indices in application order (docs/record-stack.md §3.2 items 4-5)."""
     n = config.num_layers
     if looping and config.num_loops > 0:
         segment = list(range(config.loop_start, config.loop_end + 1))

@@ -1,4 +1,4 @@
-"""The record's optimizers (record-stack.md §4): sharded Muon for the matrix banks, AdamW for the rest.
+"""The record's optimizers (docs/record-stack.md §4): sharded Muon for the matrix banks, AdamW for the rest.
 
 There is no DDP wrapper: `Optimizers.step` averages the gradients over ranks itself. Bank gradients are
 reduce-scattered over the bank dimension (padded to a multiple of the world size), each rank runs Muon on its

@@ -1,4 +1,4 @@
-"""Per-group lrzip packing of a quantized state into a PGRP container (record-stack.md §7).
+"""Per-group lrzip packing of a quantized state into a PGRP container (docs/record-stack.md §7).
 
     python -m pgolf.pack --quantized results/<name>/seed<seed>/quant/<preset>/quantized.pt \
         --out results/<name>/seed<seed>/quant/<preset>/model.pgrp

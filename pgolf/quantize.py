@@ -1,4 +1,4 @@
-"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (record-stack.md §5.2, §6).
+"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (docs/record-stack.md §5.2, §6).
 
     python -m pgolf.quantize --config CFG --model results/<name>/seed<S>/train/model.pt \
         --hessians results/<name>/seed<S>/train/hessians.pt --preset record \

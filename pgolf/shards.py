@@ -1,4 +1,4 @@
-"""Token shards and the data manifest (SPEC.md file contracts).
+"""Token shards and the data manifest (docs/contracts.md).
 
 Shard: 256 little-endian int32 header (magic 20240520, version 1, n_tokens, zeros) then n_tokens uint16.
 Names: fineweb_{train,val}_{i:06d}.bin and the val byte sidecar fineweb_val_bytes_{i:06d}.bin, aligned 1:1.

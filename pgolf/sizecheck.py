@@ -4,7 +4,7 @@
         --pack-json .../pack.json --code .../train_gpt.py --preset <preset> --out .../size.json
 
 Over the cap it stops with the breakdown and the preset knobs that shrink the artifact, and writes nothing, so
-evaluation never starts (record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
+evaluation never starts (docs/record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
 """
 
 import argparse

@@ -36,7 +36,7 @@ class BuiltinSource:
 
 @dataclasses.dataclass
 class DataConfig:
-    """The `data` section (defaults: the record's canonical CaseOps SP8192 data, record-stack.md §2)."""
+    """The `data` section (defaults: the record's canonical CaseOps SP8192 data, docs/record-stack.md §2)."""
 
     name: str = "caseops-sp8192"
     source: str = "hf_shards"

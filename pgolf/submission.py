@@ -218,7 +218,7 @@ Reproduce one seed with `SEED=<seed> torchrun --standalone --nproc_per_node={max
 Mean val_bpb **{sub_json['val_bpb']:.8f}** (std {sub_json['val_bpb_std']:.5f}) over {len(seeds)} seed(s);
 val_loss {sub_json['val_loss']:.8f} nats.
 
-## Acceptance (record-stack.md §1.1)
+## Acceptance (pgolf docs/record-stack.md §1.1)
 
 Against {stats['comparison_bpb']} bpb: delta {stats['delta_bpb']:+.5f} bpb / {stats['delta_nats']:+.5f} nats; required
 improvement {stats['required_improvement_nats']} nats, one-sided t-test p = {p}; accepted: {stats['accepted']}.

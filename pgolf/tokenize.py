@@ -6,7 +6,7 @@
 Each document becomes BOS (id 1) + the ids of its CaseOps transform (no EOS). The first `data.val_docs`
 documents form the val split, the rest train; shards hold `data.shard_tokens` tokens (the last one fewer;
 documents span shard boundaries). Val shards get a sidecar aligned 1:1: for each token the number of
-ORIGINAL UTF-8 bytes its SentencePiece surface covers (record-stack.md §1.3; BOS and operators 0).
+ORIGINAL UTF-8 bytes its SentencePiece surface covers (docs/record-stack.md §1.3; BOS and operators 0).
 Worker processes tokenize chunks of documents in order, so the output is byte-identical for any --workers;
 the manifest is written last, after every shard is complete.
 """

@@ -1,4 +1,4 @@
-"""Train the CaseOps SentencePiece BPE tokenizer, or validate a given one (record-stack.md §2.3).
+"""Train the CaseOps SentencePiece BPE tokenizer, or validate a given one (docs/record-stack.md §2.3).
 
     python -m pgolf.tokenizer --config CFG --out resources/data/<ds>/tokenizer.model [--docs PATH]
 

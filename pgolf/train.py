@@ -1,4 +1,4 @@
-"""Training stage (record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents.
+"""Training stage (docs/record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents.
 
     python -m pgolf.train --config CFG --manifest resources/data/<ds>/manifest.json \\
         --audit resources/data/<ds>/data_audit.json --seed S --out-dir results/<name>/seed<S>/train
@@ -45,7 +45,7 @@ PACKINGS = ("rows", "stream")
 
 @dataclasses.dataclass
 class TrainConfig(OptimConfig):
-    """The `train:` section; record values (PR #1855, record-stack.md Appendix A) as defaults."""
+    """The `train:` section; record values (PR #1855, docs/record-stack.md Appendix A) as defaults."""
 
     schedule: str = "time"  # time: the record's wallclock schedule; steps: reproducible, over `steps`
     steps: int = 20000  # the steps schedule's length; in the time schedule only a cap (never reached)
@@ -94,7 +94,7 @@ def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
 def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A micro-batch's tokens (n * seq_len,) as the model's rows, and their attention cuts (cu_seqlens). rows:
     (n, seq_len) cut at every BOS and row start; stream: one (1, n * seq_len) row cut at every BOS and every seq_len
-    from a document's start, as the record's DocumentPackingLoader cuts (record-stack.md §4)."""
+    from a document's start, as the record's DocumentPackingLoader cuts (docs/record-stack.md §4)."""
     if packing == "stream":
         ids = tokens.reshape(1, -1)
         return ids, segment_offsets(ids, seq_len)

@@ -1,4 +1,4 @@
-"""Phased score-first LoRA test-time training (record-stack.md §8.2), the scored evaluation.
+"""Phased score-first LoRA test-time training (docs/record-stack.md §8.2), the scored evaluation.
 
 Documents (spans from each BOS) are sorted by length and cut into batches, handed out longest first through
 a counter in the torch.distributed store. For each batch every document's targets are cut into chunks; at

@@ -1,4 +1,4 @@
-"""LQER (record-stack.md §6.1): a low-rank correction Â·B̂ of a quantized tensor's error E = W − Ŵ.
+"""LQER (docs/record-stack.md §6.1): a low-rank correction Â·B̂ of a quantized tensor's error E = W − Ŵ.
 
 E ≈ A·B from the rank-r SVD (A = U_r·diag(S_r), B = V_rᵀ). Asymmetric packing: A in int2 [-2, 1] with one fp16 scale
 max|A|/1.5, B in int4 [-8, 7] in groups of g over the flattened B with fp16 scales max|group|/7.5. When B's size is

@@ -1,4 +1,4 @@
-"""Quantize a whole unbanked state (record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
+"""Quantize a whole unbanked state (docs/record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
 
 Routing: the quantized matrices (tok_emb and every attention / MLP matrix, the ones the Hessians cover) go
 through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row; every
@@ -74,7 +74,7 @@ def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
 
 
 def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu"):
-    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in SPEC.md's quantized.pt."""
+    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in docs/contracts.md's quantized.pt."""
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
