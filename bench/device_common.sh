@@ -70,7 +70,7 @@ THREADS=$((4 * PG_RANKS < NPROC ? 4 * PG_RANKS : NPROC))
 OMP_PER_RANK=$(((THREADS + PG_RANKS - 1) / PG_RANKS))
 
 # the options of the tokenizer/tokenize rules' `--docs`: only the hub's docs.jsonl is named on the command line
-if [ "$PG_DATA_SOURCE" = hf_docs ]; then DOCS=(--set "input.docs=$P_HUB_DOCS"); else DOCS=(--drop --docs); fi
+if [ "$PG_DATA_SOURCE" = hf_docs ]; then DOCS=(--set "input.docs=$P_HUB_DOCS"); else DOCS=(--drop=--docs); fi
 
 # stage_cmd STAGE [--set FIELD=VALUE | --drop OPTION]...: STAGE_CMD=(-m pgolf.<module> ARGS...), the command the
 # rule runs (python -m pgolf.stages argv), with this run's wildcards and the given values

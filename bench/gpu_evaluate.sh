@@ -22,7 +22,7 @@ for f in model.pgrp pack.json size.json; do
         exit 2
     fi
 done
-PREQUANT=(--drop --prequant)
+PREQUANT=(--drop=--prequant)
 if [ -f "$FROM/prequant.json" ]; then
     PREQUANT=(--set "input.prequant=$FROM/prequant.json")
 else
