@@ -18,7 +18,7 @@ if config["eval"].get("artifact"):
         conda:
             "../envs/pgolf.yaml"
         shell:
-            "python -m pgolf.pack --index {input.pgrp} --out {output.pgrp} > {log} 2>&1"
+            "python -m pgolf.pack --index {input.pgrp:q} --out {output.pgrp:q} > {log:q} 2>&1"
 
     rule artifact_size:
         input:
@@ -34,8 +34,8 @@ if config["eval"].get("artifact"):
         conda:
             "../envs/pgolf.yaml"
         shell:
-            "python -m pgolf.sizecheck --pgrp {input.pgrp} --pack-json {input.info} --code {input.script} "
-            "--out {output} > {log} 2>&1"
+            "python -m pgolf.sizecheck --pgrp {input.pgrp:q} --pack-json {input.info:q} --code {input.script:q} "
+            "--out {output:q} > {log:q} 2>&1"
 
     rule artifact_evaluate:
         input:
@@ -59,5 +59,5 @@ if config["eval"].get("artifact"):
             compile_cache=compile_cache_dir,
         shell:
             "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate artifact --config {params.config:q} "
-            "--pgrp {input.pgrp} --pack-json {input.info} --size {input.size_json} "
-            "--manifest {input.manifest} --compile-cache {params.compile_cache} --out {output} > {log} 2>&1"
+            "--pgrp {input.pgrp:q} --pack-json {input.info:q} --size {input.size_json:q} "
+            "--manifest {input.manifest:q} --compile-cache {params.compile_cache:q} --out {output:q} > {log:q} 2>&1"

@@ -4,11 +4,15 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from pgolf.config import check_values
+
 # One schema fragment per config section; a new stage adds its own file here without editing the others.
 for fragment in sorted(
     Path(workflow.basedir, "workflow", "schemas").glob("*.schema.yaml")
 ):
     validate(config, schema=str(fragment))
+# what the schemas cannot say: unknown sections, NaN or infinite numbers, a budget within its Hessian reserve
+check_values(config)
 
 PRESETS = list(config["quant"]["presets"])
 _unknown_presets = sorted(
@@ -64,10 +68,11 @@ def document_inputs(wildcards):
 
 
 def docs_option():
-    """`--docs PATH` for the hub's docs.jsonl; the local path and builtin text come from the config itself."""
+    """`--docs PATH` for the hub's docs.jsonl (a list, so that `:q` quotes each word); the local path and builtin
+    text come from the config itself."""
     if config["data"]["source"] == "hf_docs":
-        return f"--docs resources/hub/{DATASET}/docs.jsonl"
-    return ""
+        return ["--docs", f"resources/hub/{DATASET}/docs.jsonl"]
+    return []
 
 
 def submission_presets():

@@ -19,7 +19,7 @@ if config["data"]["source"] == "hf_shards":
         params:
             config=stage_config("data"),
         shell:
-            "python -m pgolf.download --config {params.config:q} --out {output.manifest} > {log} 2>&1"
+            "python -m pgolf.download --config {params.config:q} --out {output.manifest:q} > {log:q} 2>&1"
 
 else:
     if config["data"]["source"] == "hf_docs":
@@ -38,7 +38,7 @@ else:
             params:
                 config=stage_config("data"),
             shell:
-                "python -m pgolf.download --config {params.config:q} --out {output.docs} > {log} 2>&1"
+                "python -m pgolf.download --config {params.config:q} --out {output.docs:q} > {log:q} 2>&1"
 
     rule tokenizer:
         input:
@@ -54,7 +54,7 @@ else:
             config=stage_config("data"),
             docs=docs_option(),
         shell:
-            "python -m pgolf.tokenizer --config {params.config:q} {params.docs} --out {output} > {log} 2>&1"
+            "python -m pgolf.tokenizer --config {params.config:q} {params.docs:q} --out {output:q} > {log:q} 2>&1"
 
     rule tokenize:
         input:
@@ -72,8 +72,8 @@ else:
             config=stage_config("data"),
             docs=docs_option(),
         shell:
-            "python -m pgolf.tokenize --config {params.config:q} {params.docs} --tokenizer {input.tokenizer} "
-            "--workers {threads} --out {output} > {log} 2>&1"
+            "python -m pgolf.tokenize --config {params.config:q} {params.docs:q} --tokenizer {input.tokenizer:q} "
+            "--workers {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule audit_data:
@@ -89,4 +89,4 @@ rule audit_data:
     params:
         config=stage_config("data", "audit"),
     shell:
-        "python -m pgolf.audit --config {params.config:q} --manifest {input.manifest} --out {output} > {log} 2>&1"
+        "python -m pgolf.audit --config {params.config:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"

@@ -40,7 +40,7 @@ rule eval_prequant:
         launch=torchrun(),
     shell:
         "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate prequant --config {params.config:q} "
-        "--model {input.model} --manifest {input.manifest} --out {output} > {log} 2>&1"
+        "--model {input.model:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -66,5 +66,5 @@ rule evaluate:
         compile_cache=compile_cache_dir,
     shell:
         "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate artifact --config {params.config:q} "
-        "--pgrp {input.pgrp} --pack-json {input.info} --size {input.size_json} --prequant {input.prequant} "
-        "--manifest {input.manifest} --compile-cache {params.compile_cache} --out {output} > {log} 2>&1"
+        "--pgrp {input.pgrp:q} --pack-json {input.info:q} --size {input.size_json:q} --prequant {input.prequant:q} "
+        "--manifest {input.manifest:q} --compile-cache {params.compile_cache:q} --out {output:q} > {log:q} 2>&1"

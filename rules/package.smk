@@ -18,7 +18,7 @@ rule pack:
     resources:
         gpu=min(config["hardware"]["gpus"], 1),
     shell:
-        "python -m pgolf.pack --quantized {input.quantized} --out {output.pgrp} > {log} 2>&1"
+        "python -m pgolf.pack --quantized {input.quantized:q} --out {output.pgrp:q} > {log:q} 2>&1"
 
 
 rule code:
@@ -34,7 +34,7 @@ rule code:
     params:
         config=code_config,
     shell:
-        "python -m pgolf.codepack --config {params.config:q} --preset {wildcards.preset} --out {output} > {log} 2>&1"
+        "python -m pgolf.codepack --config {params.config:q} --preset {wildcards.preset:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule size_check:
@@ -51,5 +51,5 @@ rule size_check:
     conda:
         "../envs/pgolf.yaml"
     shell:
-        "python -m pgolf.sizecheck --pgrp {input.pgrp} --pack-json {input.info} --code {input.script} "
-        "--preset {wildcards.preset} --out {output} > {log} 2>&1"
+        "python -m pgolf.sizecheck --pgrp {input.pgrp:q} --pack-json {input.info:q} --code {input.script:q} "
+        "--preset {wildcards.preset:q} --out {output:q} > {log:q} 2>&1"

@@ -30,8 +30,8 @@ rule hessians:
         ranks=RANKS,
     shell:
         "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
-        "{params.launch} -m pgolf.hessians --config {params.config:q} --model {input.model} "
-        "--manifest {input.manifest} --seed {wildcards.seed} --out {output.hessians} > {log} 2>&1"
+        "{params.launch} -m pgolf.hessians --config {params.config:q} --model {input.model:q} "
+        "--manifest {input.manifest:q} --seed {wildcards.seed:q} --out {output.hessians:q} > {log:q} 2>&1"
 
 
 rule quantize:
@@ -51,5 +51,5 @@ rule quantize:
     params:
         config=quant_config,
     shell:
-        "python -m pgolf.quantize --config {params.config:q} --model {input.model} --hessians {input.hessians} "
-        "--preset {wildcards.preset} --out {output.quantized} > {log} 2>&1"
+        "python -m pgolf.quantize --config {params.config:q} --model {input.model:q} --hessians {input.hessians:q} "
+        "--preset {wildcards.preset:q} --out {output.quantized:q} > {log:q} 2>&1"

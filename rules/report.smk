@@ -43,6 +43,7 @@ rule report:
     params:
         seeds=config["run"]["seeds"],
         presets=submission_presets(),
+        out_dir=subpath(output.loss, parent=True),
     shell:
-        "python -m pgolf.report --run-dir results/{wildcards.name} --seeds {params.seeds} "
-        "--presets {params.presets} --out-dir $(dirname {output.loss}) > {log} 2>&1"
+        "python -m pgolf.report --run-dir results/{wildcards.name:q} --seeds {params.seeds:q} "
+        "--presets {params.presets:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

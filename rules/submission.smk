@@ -25,5 +25,5 @@ rule submission:
         out_dir=f"results/{{name}}/submission/{SUBMISSION_FOLDER}",
         data_dir=DATA_DIR,
     shell:
-        "python -m pgolf.submission --config {params.config:q} --run-dir results/{wildcards.name} "
-        "--data-dir {params.data_dir} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m pgolf.submission --config {params.config:q} --run-dir results/{wildcards.name:q} "
+        "--data-dir {params.data_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

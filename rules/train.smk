@@ -36,8 +36,9 @@ rule train:
         launch=torchrun(),
         ranks=RANKS,
         compile_cache=compile_cache_dir,
+        out_dir=subpath(output.model, parent=True),
     shell:
         "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
-        "{params.launch} -m pgolf.train --config {params.config:q} --manifest {input.manifest} "
-        "--audit {input.audit} --seed {wildcards.seed} --out-dir $(dirname {output.model}) "
-        "--compile-cache {params.compile_cache} > {log} 2>&1"
+        "{params.launch} -m pgolf.train --config {params.config:q} --manifest {input.manifest:q} "
+        "--audit {input.audit:q} --seed {wildcards.seed:q} --out-dir {params.out_dir:q} "
+        "--compile-cache {params.compile_cache:q} > {log:q} 2>&1"
