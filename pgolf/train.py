@@ -262,7 +262,7 @@ class Trainer:
 
     def make_loader(self, position):
         return DocumentLoader(self.paths, self.cfg.batch_tokens, self.dist.world, self.dist.rank, position=position,
-                              pin_memory=self.device.type == "cuda")
+                              pin_memory=self.device.type == "cuda", vocab_size=self.model_cfg.vocab_size)
 
     def emit(self, record: dict):
         if self.log:
