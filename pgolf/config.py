@@ -11,6 +11,7 @@ sections each stage reads, from `params:`), and need neither Snakemake nor jsons
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -50,8 +51,41 @@ def schema_fragments() -> list[Path]:
     return sorted(SCHEMA_DIR.glob("*.schema.yaml"))
 
 
+def sections() -> set[str]:
+    """The top-level sections some schema fragment describes."""
+    return {name for fragment in schema_fragments() for name in load_yaml(fragment).get("properties", {})}
+
+
+def check_values(config: dict, source="config"):
+    """What JSON Schema cannot say, checked after the fragments (the Snakefile runs it too): every top-level
+    section is known, every number is finite, the training budget exceeds its Hessian reserve."""
+    unknown = sorted(set(config) - sections())
+    if unknown:
+        raise PgolfError(
+            f"{source}: unknown top-level section(s) {unknown}; known sections: {sorted(sections())} "
+            "(a misspelt section would be ignored silently): fix the name in your config or recipe"
+        )
+
+    def walk(value, where):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PgolfError(f"{source}: {where}: {value} is not a finite number; set a finite value in your config")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            walk(item, f"{where}.{key}" if where else str(key))
+
+    walk(config, "")
+    train = config.get("train") or {}
+    budget, reserve = train.get("budget_seconds"), train.get("hessian_reserve_seconds")
+    if budget is not None and reserve is not None and budget <= reserve:
+        raise PgolfError(
+            f"{source}: train.budget_seconds ({budget}) must exceed train.hessian_reserve_seconds ({reserve}), "
+            "which the Hessian collection keeps from it; raise the budget or lower the reserve"
+        )
+
+
 def validate(config: dict, source="config") -> dict:
-    """Validate against every schema fragment, filling defaults in place (Snakemake's set_default)."""
+    """Validate against every schema fragment, filling defaults in place (Snakemake's set_default), then
+    check_values."""
     import jsonschema
 
     def set_defaults(validator, properties, instance, schema):
@@ -71,6 +105,7 @@ def validate(config: dict, source="config") -> dict:
             raise PgolfError(
                 f"{source}: {where}: {e.message} (schema {fragment.name}); fix that key in your config or recipe"
             )
+    check_values(config, source)
     return config
 
 

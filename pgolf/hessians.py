@@ -61,8 +61,8 @@ class CalibrationWindows:
     phase and a random permutation of its seq_len-token windows (not aligned to documents); every window picks a
     shard with probability proportional to its remaining windows; when all are used, a new epoch starts."""
 
-    def __init__(self, paths: list, seq_len: int, rng: np.random.Generator):
-        self.shards = [read_shard(p) for p in paths]
+    def __init__(self, paths: list, seq_len: int, rng: np.random.Generator, vocab_size=None):
+        self.shards = [read_shard(p, vocab_size) for p in paths]
         self.seq_len = seq_len
         self.rng = rng
         if not any(len(tokens) >= seq_len for tokens in self.shards):
@@ -162,7 +162,7 @@ def main(argv=None):
         if not paths:
             raise PgolfError(f"{args.manifest}: lists no train shards; re-run the data stage")
         files = rank_files(paths, dist.rank, dist.world)
-        windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank))
+        windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank), vocab)
         sums, seconds = collect(model, windows, calib, dist.device)
         sums.all_reduce(dist)
         loop_seconds = dist.all_reduce_(torch.tensor([seconds], device=dist.device), op=torch_dist.ReduceOp.MAX)

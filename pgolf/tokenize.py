@@ -295,6 +295,11 @@ def build(cfg, tokenizer_path, out, docs_path=None, workers=None, progress=True)
     cfg = data_config(cfg)
     out, tokenizer_path = Path(out), Path(tokenizer_path)
     folder = out.parent
+    if not tokenizer_path.resolve().is_relative_to(folder.resolve()):
+        raise PgolfError(
+            f"{tokenizer_path}: the tokenizer must lie in the dataset folder {folder} (manifest paths stay inside "
+            f"it); copy it to {folder / 'tokenizer.model'} (the tokenizer stage puts it there) and pass that"
+        )
     sp = load(tokenizer_path)
     validate(sp, tokenizer_path)
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,17 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# the stage table: standard library only, so parsing the workflow needs no torch
+# the stage table and the value checks: no torch, so parsing the workflow needs none
 from pgolf import stages as STAGES
+from pgolf.config import check_values
 
 # One schema fragment per config section; a new stage adds its own file here without editing the others.
 for fragment in sorted(
     Path(workflow.basedir, "workflow", "schemas").glob("*.schema.yaml")
 ):
     validate(config, schema=str(fragment))
+# what the schemas cannot say: unknown sections, NaN or infinite numbers, a budget within its Hessian reserve
+check_values(config)
 
 PRESETS = list(config["quant"]["presets"])
 _unknown_presets = sorted(

@@ -34,7 +34,7 @@ for name in names:
     __import__(name)
 import pgolf.pack, torch
 state = {'tensors': {'x': torch.arange(6, dtype=torch.int16)}, 'meta': {}, 'config': {}}
-rest = pgolf.pack._decode_remainder(pgolf.pack._encode_remainder(state['tensors'], {}, {}, []), 'probe')[1]
+rest = pgolf.pack._decode_remainder(pgolf.pack._encode_remainder(state['tensors'], {}, {}, [[]] * 7), 'probe')[1]
 print(json.dumps({
     'config': script['CONFIG'],
     'sources': {n: sys.modules[n].__loader__.get_source(n) for n in names},

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import yaml
+
 from conftest import ROOT, copy_workflow, snakemake
 
 
@@ -50,3 +52,49 @@ def test_schema_violation_stops_snakemake(tmp_path):
     proc = snakemake(workdir, "-n", "--configfile", "bad.yaml", check=False)
     assert proc.returncode != 0
     assert "'ftp' is not one of" in proc.stdout
+
+
+SAFE_PLACEHOLDERS = {"threads", "params.launch", "params.ranks"}  # integers and the launcher prefix built from them
+
+
+def shell_placeholders():
+    """(file, placeholder) for every {...} field in the string lines of every rule's shell directive."""
+    fields = []
+    for path in sorted((ROOT / "rules").glob("*.smk")):
+        in_shell = False
+        for line in path.read_text().splitlines():
+            text = line.strip()
+            if text == "shell:":
+                in_shell = True
+            elif in_shell and text.startswith('"'):
+                fields += [(path.name, f) for f in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", text)]
+            else:
+                in_shell = False
+    return fields
+
+
+def test_every_shell_field_is_quoted():
+    fields = shell_placeholders()
+    assert len(fields) > 50  # the parser found the rules' commands
+    unquoted = [(f, p) for f, p in fields if not p.endswith(":q") and p not in SAFE_PLACEHOLDERS]
+    assert unquoted == []
+
+
+def test_metacharacter_artifact_path_is_one_argument(tmp_path):
+    """The schema refuses such a name; with its pattern lifted, the quoted rule still passes it as one argument."""
+    name = "a$(touch PWNED)b;touch PWNED2 `touch PWNED3`.pgrp"
+    workdir = copy_workflow(tmp_path)
+    (workdir / name).write_bytes(b"not a pgrp")
+    overlay = workdir / "artifact.yaml"
+    overlay.write_text(yaml.safe_dump({"eval": {"artifact": name}}))
+    refused = snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml", "artifact.yaml", check=False)
+    assert refused.returncode != 0 and "does not match" in refused.stdout
+    assert "On instance['eval']['artifact']" in refused.stdout
+    schema = workdir / "workflow/schemas/eval.schema.yaml"
+    schema.write_text(re.sub(r"\n\s*pattern: .*# a path.*", "", schema.read_text()))
+    proc = snakemake(workdir, "results/smoke/artifact/model.pgrp", "--configfile", "recipes/smoke.yaml",
+                     "artifact.yaml", check=False)
+    assert proc.returncode != 0  # the blob is not a .pgrp
+    assert not list(workdir.glob("PWNED*")), "the shell ran a command from the path"
+    log = (workdir / "logs/artifact_index/smoke.log").read_text()
+    assert f"{name}: not a PGRP container" in log
