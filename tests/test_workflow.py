@@ -55,29 +55,24 @@ def test_schema_violation_stops_snakemake(tmp_path):
 
 
 SAFE_PLACEHOLDERS = {"threads", "params.launch", "params.ranks"}  # integers and the launcher prefix built from them
-
-
-def shell_placeholders():
-    """(file, placeholder) for every {...} field in the string lines of every rule's shell directive."""
-    fields = []
-    for path in sorted((ROOT / "rules").glob("*.smk")):
-        in_shell = False
-        for line in path.read_text().splitlines():
-            text = line.strip()
-            if text == "shell:":
-                in_shell = True
-            elif in_shell and text.startswith('"'):
-                fields += [(path.name, f) for f in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", text)]
-            else:
-                in_shell = False
-    return fields
+FIELD = r"(?<!\{)\{([^{}]+)\}(?!\})"
 
 
 def test_every_shell_field_is_quoted():
-    fields = shell_placeholders()
-    assert len(fields) > 50  # the parser found the rules' commands
-    unquoted = [(f, p) for f, p in fields if not p.endswith(":q") and p not in SAFE_PLACEHOLDERS]
-    assert unquoted == []
+    """Every rule's shell is the stage table's command (pgolf.stages.shell_args) behind a launcher prefix: each
+    value a stage takes is quoted with `:q`, and the prefixes hold only integers and the launcher."""
+    from pgolf import stages
+
+    fields = [f for name in stages.STAGES for f in re.findall(FIELD, stages.shell_args(name))]
+    assert len(fields) > 40  # the stage table's commands were read
+    assert [f for f in fields if not f.endswith(":q")] == []
+    common = (ROOT / "rules" / "common.smk").read_text()
+    prefixes = re.findall(r'^(?:LAUNCH|OMP_LAUNCH) = \(?\s*((?:"[^"]*"\s*)+)', common, re.M)
+    assert len(prefixes) == 2
+    assert set(re.findall(FIELD, "".join(prefixes))) <= SAFE_PLACEHOLDERS
+    shells = [s for path in sorted((ROOT / "rules").glob("*.smk"))
+              for s in re.findall(r"^\s*shell:\n\s*(.+)$", path.read_text(), re.M)]
+    assert len(shells) > 10 and [s for s in shells if not s.startswith("stage_shell(")] == []
 
 
 def test_metacharacter_artifact_path_is_one_argument(tmp_path):
