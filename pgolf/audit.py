@@ -22,7 +22,7 @@ import hashlib
 import numpy as np
 
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import write_json
 from .runlog import RunLog

@@ -4,12 +4,11 @@
 
 Overlays merge over the base like Snakemake's `--configfile` (mappings merge key by key, every other value
 replaces), then each schema fragment in workflow/schemas/ validates the result and fills its defaults.
-Stage CLIs take `--config` as a path to such a JSON file or as the JSON text itself (the rules pass the
-sections each stage reads, from `params:`), and need neither Snakemake nor jsonschema.
+Stage CLIs read such a JSON file (or the JSON text the rules pass) with pgolf.stageconfig, and need neither
+Snakemake nor jsonschema.
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -119,39 +118,21 @@ def resolve(paths) -> dict:
     return validate(merged, source=" + ".join(str(p) for p in paths))
 
 
-def load_stage_config(arg: str) -> dict:
-    """A stage's `--config`: inline JSON (as the rules pass it) or the path of a resolved JSON file."""
-    text = arg.strip()
-    if not text.startswith("{"):
-        path = Path(arg)
-        if not path.exists():
-            raise PgolfError(f"{arg}: config not found; write one with `python -m pgolf.config resolve`")
-        text = path.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PgolfError(f"--config: not valid JSON ({e}); pass a file from `pgolf.config resolve`") from None
-
-
-def from_dict(cls, values: dict | None, where: str):
-    """Build a config dataclass from a mapping; unknown keys are an error naming the section."""
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
-    return cls(**values)
+RUN_SECTIONS = ("run", "hardware", "model", "train", "hessians", "eval")  # with data.name and quant: what run_all reads
 
 
 def narrow_config(config: dict, preset: str) -> dict:
-    """The config without `quant`, plus this preset only: editing another preset leaves the script unchanged."""
+    """The sections run_all reads, with this preset only: editing another preset, the data source, the audit or the
+    submission's texts leaves the script (and everything after it) unchanged."""
     presets = (config.get("quant") or {}).get("presets") or {}
     if preset not in presets:
         raise PgolfError(
             f"--config: quant.presets has no preset {preset!r} (it has {sorted(presets)}); "
             "pass a preset defined in config.yaml or your recipe"
         )
-    narrowed = {key: value for key, value in config.items() if key != "quant"}
+    narrowed = {key: config[key] for key in RUN_SECTIONS if key in config}
+    if "name" in (config.get("data") or {}):
+        narrowed["data"] = {"name": config["data"]["name"]}
     narrowed["quant"] = {"presets": {preset: presets[preset]}, "submission_preset": preset}
     if "eval" in narrowed:  # eval.artifact switches the DAG to an outside blob; the submission never reads it
         narrowed["eval"] = {key: value for key, value in narrowed["eval"].items() if key != "artifact"}

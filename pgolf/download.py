@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from .caseops import OPERATORS as CASEOPS_OPERATORS
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, read_json, write_json
 from .runlog import RunLog

@@ -22,7 +22,7 @@ import torch
 from . import dist as pgdist
 from . import compile_cache, ngram
 from .bpb import ValData, diagnostic_eval, load_val
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .dist import sync
 from .errors import PgolfError
 from .io import read_json, write_json

@@ -24,7 +24,7 @@ import torch.distributed as torch_dist
 
 from . import dist as pgdist
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
 from .model import GPT, load_trained

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend
-from .config import from_dict
+from .stageconfig import from_dict
 from .errors import PgolfError
 from .io import load_torch
 from .shards import BOS_ID

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
 from .io import atomic_path, load_torch, write_json

@@ -10,7 +10,7 @@ evaluation never starts (docs/record-stack.md §1.1: code bytes + compressed mod
 import argparse
 from pathlib import Path
 
-from .codepack import read_header
+from .codeheader import read_header
 from .errors import PgolfError
 from .io import write_json
 from .pack import stream_sizes, verify

@@ -16,7 +16,7 @@ import json
 import sysconfig
 from pathlib import Path
 
-from .config import from_dict
+from .stageconfig import from_dict
 from .errors import PgolfError
 
 SOURCES = ("hf_shards", "hf_docs", "local", "builtin")

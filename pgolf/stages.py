@@ -4,7 +4,7 @@
     python -m pgolf.stages paths --ds D --name N --seed S --preset P   # shell assignments of every path
     python -m pgolf.stages argv train --ds D --name N --seed S --preset P --set params.config=train.json
 
-rules/*.smk build their input, output and shell sections from STAGES, submission.run_all runs the same
+rules/*.smk build their input, output and shell sections from STAGES, runall.run_all runs the same
 commands in-process, and bench/device_common.sh asks this module's CLI for paths and commands, so a path or
 an option is spelled once. Only the standard library is imported here: Snakemake parses the workflow with it
 before any heavy dependency need exist (docs/design.md, "One stage table").
@@ -164,8 +164,8 @@ STAGES = {
         _args("--config {params.config} --preset {wildcards.preset} --out {output.script}"),
         outputs={"script": "script"},
         # the modules train_gpt.py carries (codepack.submitted_files; tests/test_stages.py checks the two agree):
-        # pgolf.submission.run_all and what it imports, and pgolf.launch
-        extra_code=("submission", "launch"),
+        # pgolf.runall.run_all and what it imports
+        extra_code=("runall",),
     ),
     "size_check": Stage(
         "sizecheck",

@@ -1,88 +1,29 @@
-"""The submission: the in-process pipeline that train_gpt.py runs, and the records folder the DAG ends in.
+"""The submission: the records folder the DAG ends in.
 
     python -m pgolf.submission --config CFG --run-dir results/<name> --data-dir resources/data/<ds> \\
         --out-dir results/<name>/submission/<folder>
 
 The folder follows the challenge's records/track_10min_16mb/ format: train_gpt.py, README.md, submission.json,
 one log per seed, the tokenizer, requirements.txt and audit.json, every figure read from a measured output.
-`run_all(config)` is what the generated train_gpt.py calls: data (when absent) -> train -> hessians -> quantize
--> pack -> size check -> evaluate in one torchrun job, writing the same files as the DAG.
+The in-process pipeline that train_gpt.py runs is pgolf.runall.
 """
 
 import argparse
 import ast
 import json
-import os
 import platform
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-from . import stages
 from .cli import doc_summary
-from .config import load_stage_config
 from .errors import PgolfError
 from .io import read_json, write_bytes, write_json
+from .stageconfig import load_stage_config
 from .stats import acceptance
 
 TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
-
-
-def _run(module, stage: str, root: Path, values: dict, drop=()):
-    """One stage in-process: its module's main() with the arguments pgolf.stages gives the rule."""
-    module.main(stages.argv(stage, values, drop=drop, root=root))
-
-
-def _data_stage(config: dict, root: Path, wildcards: dict, cfg: str):
-    """Build resources/data/<ds>/ as the data rules would (rank 0, before training)."""
-    from . import audit, download, tokenize, tokenizer
-
-    values = {"params.config": cfg, **wildcards}
-    source = config["data"]["source"]
-    if source == "hf_shards":
-        _run(download, "download_shards", root, values)
-    else:
-        drop = ("--docs",)
-        if source == "hf_docs":
-            _run(download, "download_docs", root, values)
-            drop = ()
-        docs = {"input.docs": str(root / stages.path("hub_docs", ds=config["data"]["name"]))}
-        _run(tokenizer, "tokenizer", root, {**values, **docs}, drop)
-        _run(tokenize, "tokenize", root, {**values, **docs, "threads": os.cpu_count() or 1}, drop)
-    _run(audit, "audit_data", root, values)
-
-
-def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
-    """One seed of the whole pipeline in this (torchrun) process group, the rules' commands (pgolf.stages) run
-    in-process; returns eval.json's contents."""
-    from . import dist as pgdist
-    from . import evaluate, hessians, pack, quantize, sizecheck, train
-
-    seed = int(os.environ.get("SEED", config["run"]["seeds"][0])) if seed is None else seed
-    preset = config["quant"].get("submission_preset", config["submission"]["preset"])
-    root = Path(root)
-    wc = {"ds": config["data"]["name"], "name": config["run"]["name"], "seed": seed, "preset": preset}
-    wildcards = {f"wildcards.{k}": v for k, v in wc.items()}
-    cfg = json.dumps(config, sort_keys=True)
-    quant_cfg = json.dumps({"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]})
-    dist = pgdist.init(config["hardware"]["gpus"])
-    try:
-        if dist.is_main and not (root / stages.path("data_audit", **wc)).exists():
-            _data_stage(config, root, wildcards, cfg)
-        dist.barrier()
-        _run(train, "train", root, {"params.config": cfg, **wildcards})
-        _run(hessians, "hessians", root, {"params.config": cfg, **wildcards})
-        if dist.is_main:
-            _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
-            _run(pack, "pack", root, wildcards)
-            _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
-        dist.barrier()
-        _run(evaluate, "eval_prequant", root, {"params.config": cfg, **wildcards})
-        _run(evaluate, "evaluate", root, {"params.config": cfg, **wildcards})
-        return read_json(root / stages.path("eval", **wc))
-    finally:
-        pgdist.shutdown()
 
 
 def requirements(script: Path) -> list[str]:
@@ -93,7 +34,7 @@ def requirements(script: Path) -> list[str]:
     from .codepack import submitted_files
 
     names = set()
-    for source in [script.read_text(), *(p.read_text() for p in submitted_files())]:
+    for source in [script.read_bytes(), *(p.read_bytes() for p in submitted_files())]:  # the script is latin-1
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
@@ -106,7 +47,7 @@ def requirements(script: Path) -> list[str]:
         raise PgolfError(f"train_gpt.py imports {missing}, which no installed distribution provides; install them")
     dists = sorted({known[n][0] for n in names}, key=str.lower)
     return [f"{d}  # built with {version(d)}" for d in dists] + [
-        f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the model"
+        f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the code and the model"
     ]
 
 
@@ -236,6 +177,33 @@ bytes (headroom {size['headroom_bytes']:,}); code minified by Python {size['code
 
 {sub_json['hardware']}, PyTorch {sub_json['pytorch_version']}. Training seconds count the loop plus Hessian
 collection; evaluation seconds are the timed phased TTT eval. audit.json: all checks passed = {audit['all_passed']}.
+
+{data_section(config)}"""
+
+
+def data_section(config: dict) -> str:
+    """How the tokenized data that train_gpt.py reads is made: the script carries no data preparation."""
+    data = config["data"]
+    folder = f"resources/data/{data['name']}"
+    hf = data.get("hf") or {}
+    made = {
+        "hf_shards": f"`python -m pgolf.download` fetches the tokenizer and the shards of the Hugging Face data set "
+                     f"`{hf.get('repo')}` (revision `{hf.get('revision')}`, folder `{hf.get('shard_dir')}`, "
+                     f"{hf.get('train_shards')} train shards) and writes manifest.json",
+        "hf_docs": f"`python -m pgolf.download` fetches `{hf.get('docs_file')}` of `{hf.get('docs_repo')}`, "
+                   "`python -m pgolf.tokenizer` trains the tokenizer on it and `python -m pgolf.tokenize` writes the "
+                   "shards and manifest.json",
+        "local": f"`python -m pgolf.tokenizer` trains the tokenizer on `{(data.get('local') or {}).get('path')}` and "
+                 "`python -m pgolf.tokenize` writes the shards and manifest.json",
+        "builtin": "`python -m pgolf.tokenizer` trains the tokenizer on Python's own documentation and "
+                   "`python -m pgolf.tokenize` writes the shards and manifest.json",
+    }[data["source"]]
+    return f"""## Data
+
+train_gpt.py reads `{folder}/` (tokenizer.model, manifest.json, the shards and data_audit.json) from its working
+directory and does not make it: {made}; then
+`python -m pgolf.audit` checks the train/val overlap and writes data_audit.json. With pgolf, `snakemake --until
+audit_data` runs these stages with this run's configuration.
 """
 
 

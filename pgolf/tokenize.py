@@ -24,7 +24,7 @@ import numpy as np
 
 from . import caseops
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .errors import PgolfError
 from .io import write_json
 from .runlog import RunLog

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import caseops
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .errors import PgolfError
 from .io import write_bytes
 from .runlog import RunLog

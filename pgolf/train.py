@@ -29,7 +29,7 @@ import torch.distributed as torch_dist
 
 from . import checkpoint, compile_cache
 from . import dist as pdist
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
 from .attention import segment_offsets

@@ -190,7 +190,7 @@ def quant_config(wildcards):
 
 
 def code_config(wildcards):
-    """The code job's --config: the config without `quant`, plus this preset only (pgolf.config.narrow_config)."""
+    """The code job's --config: the sections run_all reads, with this preset only (pgolf.config.narrow_config)."""
     from pgolf.config import narrow_config
 
     return json.dumps(narrow_config(config, wildcards.preset), sort_keys=True)

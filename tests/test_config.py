@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from pgolf.config import deep_merge, from_dict, load_stage_config, resolve
+from pgolf.config import deep_merge, resolve
+from pgolf.stageconfig import from_dict, load_stage_config
 from pgolf.errors import PgolfError
 
 from conftest import ROOT

@@ -1,31 +1,18 @@
-"""pgolf.submission.run_all runs the rules' commands (pgolf.stages) in-process, below its root, in DAG order."""
+"""pgolf.runall.run_all runs the rules' commands (pgolf.stages) in-process, below its root, in DAG order, on data
+made beforehand."""
 
 import json
 
 import pytest
 
-from pgolf import (
-    audit,
-    dist,
-    download,
-    evaluate,
-    hessians,
-    pack,
-    quantize,
-    sizecheck,
-    stages,
-    submission,
-    tokenize,
-    tokenizer,
-    train,
-)
+from pgolf import dist, evaluate, hessians, pack, quantize, runall, sizecheck, stages, train
+from pgolf.errors import PgolfError
 
 CONFIG = {
     "data": {"name": "d", "source": "builtin"},
     "run": {"name": "n", "seeds": [3]},
     "hardware": {"gpus": 0},
     "quant": {"presets": {"p": {"bits": 6}}, "submission_preset": "p"},
-    "submission": {"preset": "p"},
 }
 
 
@@ -38,9 +25,9 @@ class FakeDist:
 
 @pytest.fixture
 def calls(monkeypatch, tmp_path):
-    """Every stage main() run_all calls, as (module name, argv), with eval.json in place for its return value."""
+    """Every stage main() run_all calls, as (module name, argv), with the data and eval.json in place."""
     recorded = []
-    modules = (audit, download, tokenize, tokenizer, train, hessians, quantize, pack, sizecheck, evaluate)
+    modules = (train, hessians, quantize, pack, sizecheck, evaluate)
     for module in modules:
         name = module.__name__.rsplit(".", 1)[1]
         monkeypatch.setattr(module, "main", lambda argv, name=name: recorded.append((name, argv)))
@@ -49,24 +36,23 @@ def calls(monkeypatch, tmp_path):
     eval_json = tmp_path / stages.path("eval", ds="d", name="n", seed=3, preset="p")
     eval_json.parent.mkdir(parents=True)
     eval_json.write_text('{"final_bpb": 1.5}')
+    for key in ("manifest", "data_audit"):
+        made = tmp_path / stages.path(key, ds="d")
+        made.parent.mkdir(parents=True, exist_ok=True)
+        made.write_text("{}")
     return recorded
 
 
 def test_run_all_runs_each_rules_command_below_its_root(calls, tmp_path):
-    assert submission.run_all(CONFIG, code_path="train_gpt.py", root=tmp_path) == {"final_bpb": 1.5}
+    assert runall.run_all(CONFIG, code_path="train_gpt.py", root=tmp_path) == {"final_bpb": 1.5}
     cfg = json.dumps(CONFIG, sort_keys=True)
     values = {f"wildcards.{k}": v for k, v in {"ds": "d", "name": "n", "seed": 3, "preset": "p"}.items()}
 
     def rule(stage, **extra):
-        return stages.argv(
-            stage, {**values, **extra}, drop=("--docs",) if stage.startswith("tokeniz") else (), root=tmp_path
-        )
+        return stages.argv(stage, {**values, **extra}, root=tmp_path)
 
     quant_cfg = json.dumps({"preset": {"bits": 6}, "hardware": {"gpus": 0}})
     assert [name for name, _ in calls] == [
-        "tokenizer",
-        "tokenize",
-        "audit",
         "train",
         "hessians",
         "quantize",
@@ -76,29 +62,25 @@ def test_run_all_runs_each_rules_command_below_its_root(calls, tmp_path):
         "evaluate",
     ]
     expected = [
-        rule("tokenizer", **{"params.config": cfg}),
-        rule("tokenize", **{"params.config": cfg, "threads": calls[1][1][calls[1][1].index("--workers") + 1]}),
-        rule("audit_data", **{"params.config": cfg}),
         rule("train", **{"params.config": cfg}),
         rule("hessians", **{"params.config": cfg}),
         rule("quantize", **{"params.config": quant_cfg}),
-        rule("pack"),
+        rule("pack") + ["--no-baseline"],  # the brotli-only comparison is the DAG's, not the judge's
         rule("size_check", **{"input.script": "train_gpt.py"}),
         rule("eval_prequant", **{"params.config": cfg}),
         rule("evaluate", **{"params.config": cfg}),
     ]
     assert [argv for _, argv in calls] == expected
     data, run = tmp_path / "resources/data/d", tmp_path / "results/n"
-    assert calls[3][1] == [  # as the train rule spells it (rules/train.smk)
+    assert calls[0][1] == [  # as the train rule spells it (rules/train.smk)
         "--config", cfg, "--manifest", f"{data}/manifest.json", "--audit", f"{data}/data_audit.json", "--seed", "3",
         "--out-dir", f"{run}/seed3/train", "--compile-cache", f"{run}/compile_cache",
     ]  # fmt: skip
     assert calls[-1][1][0] == "artifact" and calls[-2][1][0] == "prequant"
 
 
-def test_run_all_skips_the_data_stages_when_the_audit_exists(calls, tmp_path):
-    audit_json = tmp_path / stages.path("data_audit", ds="d")
-    audit_json.parent.mkdir(parents=True)
-    audit_json.write_text("{}")
-    submission.run_all(CONFIG, code_path="train_gpt.py", root=tmp_path)
-    assert [name for name, _ in calls][0] == "train"
+def test_run_all_refuses_without_the_data(calls, tmp_path):
+    (tmp_path / stages.path("data_audit", ds="d")).unlink()
+    with pytest.raises(PgolfError, match=r"data_audit.json: not found; make the data first"):
+        runall.run_all(CONFIG, code_path="train_gpt.py", root=tmp_path)
+    assert calls == []

@@ -3,7 +3,7 @@
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..config import from_dict
+from ..stageconfig import from_dict
 from ..errors import PgolfError
 
 
