@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from pgolf.config import deep_merge, resolve
-from pgolf.stageconfig import from_dict, load_stage_config
 from pgolf.errors import PgolfError
+from pgolf.stageconfig import from_dict, load_stage_config
 
 from conftest import ROOT
 
