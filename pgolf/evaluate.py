@@ -64,10 +64,10 @@ class EvalConfig:
 
 def load_artifact(pgrp, pack_json) -> GPT:
     """Check the blob's sha256 against pack.json, unpack, dequantize and build the model."""
-    from .pack import unpack, verify
+    from .pack import unpack_artifact, verify
     from .quant import dequantize_state
 
-    quantized = unpack(verify(pgrp, pack_json), source=str(pgrp))
+    quantized = unpack_artifact(verify(pgrp, pack_json), source=str(pgrp))
     config = ModelConfig.from_dict(quantized["config"], f"{pgrp}: model config")
     return GPT.from_unbanked(config, dequantize_state(quantized))
 
