@@ -75,7 +75,7 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
         _run(hessians, "hessians", root, {"params.config": cfg, **wildcards})
         if dist.is_main:
             _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
-            _run(pack, "pack", root, wildcards)
+            _run(pack, "pack", root, {"params.compressor": config["pack"]["compressor"], **wildcards})
             _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
         dist.barrier()
         _run(evaluate, "eval_prequant", root, {"params.config": cfg, **wildcards})
