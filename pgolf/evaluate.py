@@ -9,7 +9,8 @@
 Several ranks: `python -m pgolf.launch --gpus N -- -m pgolf.evaluate ...`. CFG (a resolved config, JSON text or
 path) holds the sections eval and hardware. `artifact` checks the blob against pack.json, unpacks and
 dequantizes it, warms up compilation on random tokens (GPU), scores the quantized model, then runs the timed
-evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.json (docs/contracts.md).
+evaluation (n-gram hints when the tilt is on, then phased TTT; or, with eval.ttt.mode sgd, pgolf.sgd_ttt's full-weight
+SGD TTT over sliding windows) and writes eval.json (docs/contracts.md).
 """
 
 import argparse
