@@ -156,3 +156,45 @@ def test_truncated_tail_keeps_whole_sequences():
     result = SGDTTT(tiny_model(), val, TTTConfig(**{**CFG, "global_epochs": 0}), L, STRIDE, truncate_tail=True,
                     dist=CPU).run()
     assert result.totals["scored"] == (150 - 1) // L * L
+
+
+WORKER = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from test_sgd_ttt import world_run
+from pgolf import dist as pgdist
+torch.set_num_threads(1)
+d = pgdist.init(0)
+out = world_run(d, batch_seqs=1)
+if d.is_main:
+    json.dump(out, open({out!r}, "w"))
+pgdist.shutdown()
+"""
+
+
+def world_run(d, batch_seqs):
+    result = SGDTTT(tiny_model(), stream(), TTTConfig(**{**CFG, "global_batch_seqs": batch_seqs}), L, STRIDE,
+                    truncate_tail=False, dist=d, batch_seqs=3).run()
+    return {**result.totals, "coverage_ok": check_coverage(result.coverage) == stream().tokens.size - 1,
+            "probe": result.probe["passed"]}
+
+
+def test_two_ranks_equal_one_rank_with_their_joint_batch(tmp_path):
+    """gloo with two ranks, one sequence each per step, averages to one rank's two-sequence steps: same totals."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script, out = tmp_path / "worker.py", tmp_path / "world2.json"
+    script.write_text(WORKER.format(tests=str(root / "tests"), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = world_run(CPU, batch_seqs=2), json.loads(out.read_text())
+    assert one["scored"] == two["scored"] and one["bytes"] == two["bytes"]
+    assert one["val_loss"] == pytest.approx(two["val_loss"], rel=1e-5)
+    assert one["coverage_ok"] and two["coverage_ok"] and one["probe"] and two["probe"]
