@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -555,7 +556,7 @@ def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
         raise PgolfError(f"{source}: neither a PGRP container nor a brotli stream ({e}); {REPACK}") from None
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise PgolfError(f"{source}: the brotli stream holds no quantized state ({e}); {REPACK}") from None
     if not isinstance(state, dict) or set(state) != {"w", "m", "c"}:
         raise PgolfError(f"{source}: the brotli stream holds no {{w, m, c}} state; {REPACK}")

@@ -127,7 +127,7 @@ class SGDTTT:
 
     # ----- training -----
     def _train_chunk(self, chunk: int, params, opt) -> int:
-        cfg, dist, L, device = self.cfg, self.dist, self.cfg.seq_len, self.dist.device
+        cfg, dist, L = self.cfg, self.dist, self.cfg.seq_len
         total = self.tokens.numel() - 1
         start = chunk * cfg.global_chunk_tokens
         seqs = (min(start + cfg.global_chunk_tokens, total) - start) // L

@@ -423,5 +423,7 @@ def test_brotli_shuffle_round_trip_and_format():
     assert P.artifact_streams(blob) == {"brotli_shuffle": len(blob)}
     with pytest.raises(PgolfError, match="neither a PGRP container nor a brotli stream"):
         P.unpack_artifact(blob[: len(blob) // 2], "x.pgrp")
+    with pytest.raises(PgolfError, match="holds no quantized state"):
+        P.unpack_artifact(brotli.compress(P.byte_shuffle(b"not a torch.save archive")), "x.pgrp")
     with pytest.raises(PgolfError, match="not one of"):
         P.pack_as(state, "zstd")
