@@ -173,6 +173,8 @@ class SGDTTT:
         """Compile the scoring forward on random tokens (outside the timer); no weight changes."""
         vocab = self.model.config.vocab_size
         ids = torch.randint(2, vocab, (self.batch_seqs, self.seq_len), device=self.dist.device)
+        for p in self.model.parameters():  # the state `run` scores in (the compiled graph guards on it)
+            p.requires_grad_(True)
         with torch.no_grad():
             self.model.eval()
             self.forward(ids, ids, reduction="none")
