@@ -26,6 +26,7 @@ CONFIG = {
     "hardware": {"gpus": 0},
     "quant": {"presets": {"p": {"bits": 6}}, "submission_preset": "p"},
     "submission": {"preset": "p"},
+    "pack": {"compressor": "brotli_shuffle"},
 }
 
 
@@ -82,7 +83,7 @@ def test_run_all_runs_each_rules_command_below_its_root(calls, tmp_path):
         rule("train", **{"params.config": cfg}),
         rule("hessians", **{"params.config": cfg}),
         rule("quantize", **{"params.config": quant_cfg}),
-        rule("pack"),
+        rule("pack", **{"params.compressor": "brotli_shuffle"}),
         rule("size_check", **{"input.script": "train_gpt.py"}),
         rule("eval_prequant", **{"params.config": cfg}),
         rule("evaluate", **{"params.config": cfg}),
