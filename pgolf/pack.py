@@ -553,7 +553,7 @@ def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
     try:
         raw = byte_unshuffle(brotli.decompress(data))
     except brotli.error as e:
-        raise PgolfError(f"{source}: neither a PGRP container nor a brotli stream ({e}); {REPACK}") from None
+        raise PgolfError(f"{source}: not a PGRP container, nor a brotli_shuffle stream ({e}); {REPACK}") from None
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
