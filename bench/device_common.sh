@@ -130,3 +130,22 @@ tokenize_data() {
         stage_cmd tokenize --set "params.config=$CFG/data.json" --set "threads=$NPROC" "${DOCS[@]}" &&
         run_stage tokenize python "${STAGE_CMD[@]}"
 }
+
+# build_artifact: the rules from audit_data to code (audit_data, train, hessians, quantize, pack, code) on the
+# tokenized data, leaving model.pgrp, pack.json and train_gpt.py in $QUANT.
+build_artifact() {
+    stage_cmd audit_data --set "params.config=$CFG/audit.json" &&
+    run_stage audit_data python "${STAGE_CMD[@]}" &&
+    stage_cmd train --set "params.config=$CFG/train.json" &&
+    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
+    stage_cmd hessians --set "params.config=$CFG/hessians.json" &&
+    run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
+    stage_cmd quantize --set "params.config=$CFG/quantize.json" &&
+    run_stage quantize python "${STAGE_CMD[@]}" &&
+    # lrzip bounds the pack: every core, no OMP cap (pgolf.pack starts one lrzip per group, each threaded)
+    # --no-baseline: the brotli-only comparison is one core on the whole state for minutes, past this call's budget
+    stage_cmd pack --set "params.compressor=$PG_COMPRESSOR" &&
+    run_stage pack env -u OMP_NUM_THREADS python "${STAGE_CMD[@]}" --no-baseline &&
+    stage_cmd code --set "params.config=$CFG/code.json" &&
+    run_stage code python "${STAGE_CMD[@]}"
+}

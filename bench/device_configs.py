@@ -86,6 +86,7 @@ def main(argv=None):
         "PG_DATA_SOURCE": data["source"],
         "PG_LOCAL_PATH": str((data.get("local") or {}).get("path") or ""),
         "PG_TOKENIZER": str(data.get("tokenizer") or ""),
+        "PG_COMPRESSOR": config["pack"]["compressor"],  # the pack rule's --compressor
     }
     (out / "vars.sh").write_text(
         "# written by bench/device_configs.py; sourced by bench/gpu_experiment.sh and bench/gpu_evaluate.sh\n"

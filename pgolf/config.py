@@ -118,7 +118,7 @@ def resolve(paths) -> dict:
     return validate(merged, source=" + ".join(str(p) for p in paths))
 
 
-RUN_SECTIONS = ("run", "hardware", "model", "train", "hessians", "eval")  # with data.name and quant: what run_all reads
+RUN_SECTIONS = ("run", "hardware", "model", "train", "hessians", "eval", "pack")  # with data.name and quant: what run_all reads
 
 
 def narrow_config(config: dict, preset: str) -> dict:

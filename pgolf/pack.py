@@ -14,6 +14,10 @@ other tensor plus meta, config and the group shapes: a uint32 LE length, a JSON 
 the payload, then a sha256 over the length, the payload and every other stream (each preceded by its uint64 LE
 length). `unpack` checks the seal before it reads anything else, then validates the header (types, bounds, row
 orders that are permutations) and decodes every stream only up to the size the header declares for it.
+
+`--compressor brotli_shuffle` writes #1572's format instead: torch.save of {"w": tensors, "m": meta, "c": config},
+byte-shuffled with stride 2 (b"BSHF", the stride byte, then every even byte followed by every odd byte), then brotli
+quality 11. `unpack_artifact` reads either format (a PGRP blob starts with its magic).
 """
 
 import argparse
@@ -22,6 +26,7 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -507,6 +512,72 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
     return {"tensors": tensors, "meta": header["meta"], "config": _from_json(header["config"])}
 
 
+# --- brotli with byte shuffle (#1572) -------------------------------------------------------------------------
+
+COMPRESSORS = ("lrzip_groups", "brotli_shuffle")
+SHUFFLE_MAGIC = b"BSHF"
+SHUFFLE_STRIDE = 2
+
+
+def byte_shuffle(data: bytes, stride: int = SHUFFLE_STRIDE) -> bytes:
+    """b"BSHF" + stride byte + the bytes at offsets 0, stride, 2*stride, ..., then 1, 1+stride, ...: the low and
+    high bytes of fp16 scales land in separate runs. Shorter than the stride: returned as is (as #1572 does)."""
+    if stride <= 1 or len(data) < stride:
+        return data
+    src = np.frombuffer(data, np.uint8)
+    return SHUFFLE_MAGIC + bytes([stride]) + np.concatenate([src[k::stride] for k in range(stride)]).tobytes()
+
+
+def byte_unshuffle(data: bytes) -> bytes:
+    if len(data) < 5 or data[:4] != SHUFFLE_MAGIC:
+        return data
+    stride, payload = data[4], np.frombuffer(data, np.uint8, offset=5)
+    if stride < 2:
+        return payload.tobytes()
+    out, at, n = np.empty_like(payload), 0, payload.size
+    for k in range(stride):
+        count = n // stride + (k < n % stride)
+        out[k::stride] = payload[at : at + count]
+        at += count
+    return out.tobytes()
+
+
+def pack_brotli_shuffle(quantized_state: dict) -> bytes:
+    tensors, meta, config = _check_state(quantized_state)
+    buf = io.BytesIO()
+    torch.save({"w": tensors, "m": meta, "c": config}, buf)
+    return brotli.compress(byte_shuffle(buf.getvalue()), quality=11)
+
+
+def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
+    try:
+        raw = byte_unshuffle(brotli.decompress(data))
+    except brotli.error as e:
+        raise PgolfError(f"{source}: not a PGRP container, nor a brotli_shuffle stream ({e}); {REPACK}") from None
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise PgolfError(f"{source}: the brotli stream holds no quantized state ({e}); {REPACK}") from None
+    if not isinstance(state, dict) or set(state) != {"w", "m", "c"}:
+        raise PgolfError(f"{source}: the brotli stream holds no {{w, m, c}} state; {REPACK}")
+    return {"tensors": state["w"], "meta": state["m"], "config": state["c"]}
+
+
+def pack_as(quantized_state: dict, compressor: str) -> bytes:
+    if compressor not in COMPRESSORS:
+        raise PgolfError(f"pack compressor {compressor!r} is not one of {COMPRESSORS}; fix pack.compressor")
+    return pack(quantized_state) if compressor == "lrzip_groups" else pack_brotli_shuffle(quantized_state)
+
+
+def unpack_artifact(data: bytes, source: str = "artifact") -> dict:
+    """The quantized state of a blob in either format."""
+    return unpack(data, source) if data[:4] == MAGIC else unpack_brotli_shuffle(data, source)
+
+
+def artifact_streams(data: bytes, source: str = "artifact") -> dict:
+    return stream_sizes(data, source) if data[:4] == MAGIC else {"brotli_shuffle": len(data)}
+
+
 # --- files ----------------------------------------------------------------------------------------------------
 
 
@@ -556,10 +627,10 @@ def index(blob_path, out):
     if not path.exists():
         raise PgolfError(f"{path}: artifact not found; set eval.artifact to the path of a pgolf model.pgrp")
     data = path.read_bytes()
-    unpack(data, str(path))
+    unpack_artifact(data, str(path))
     out = Path(out)
     write_bytes(out, data)
-    write_json(out.with_name("pack.json"), {"streams": stream_sizes(data, str(path)), "total_bytes": len(data),
+    write_json(out.with_name("pack.json"), {"streams": artifact_streams(data, str(path)), "total_bytes": len(data),
                                             "sha256": sha256(data), "source": str(path)})
 
 
@@ -573,16 +644,19 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the brotli-only comparison (one core compresses the whole state: minutes)")
+    parser.add_argument("--compressor", default="lrzip_groups", choices=COMPRESSORS,
+                        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream")
     args = parser.parse_args(argv)
     if args.index:
         return index(args.index, args.out)
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
     start = time.perf_counter()
-    data = pack(state)
+    data = pack_as(state, args.compressor)
     seconds = time.perf_counter() - start
     info = {
-        "streams": stream_sizes(data),
+        "compressor": args.compressor,
+        "streams": artifact_streams(data),
         "total_bytes": len(data),
         "seconds": round(seconds, 3),
         "cores": cores(),

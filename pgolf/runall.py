@@ -47,7 +47,8 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
         if dist.is_main:
             _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
             # no brotli-only comparison: minutes of one core that the judge's run does not need
-            _run(pack, "pack", root, wildcards, ["--no-baseline"])
+            compressor = {"params.compressor": config.get("pack", {}).get("compressor", "lrzip_groups")}
+            _run(pack, "pack", root, {**compressor, **wildcards}, ["--no-baseline"])
             _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
         dist.barrier()
         _run(evaluate, "eval_prequant", root, {"params.config": cfg, **wildcards})

@@ -13,7 +13,7 @@ from pathlib import Path
 from .codeheader import read_header
 from .errors import PgolfError
 from .io import write_json
-from .pack import stream_sizes, verify
+from .pack import artifact_streams, verify
 
 CAP_BYTES = 16_000_000
 
@@ -29,7 +29,7 @@ def size_report(pgrp, pack_json, code) -> dict:
         "total_bytes": total,
         "cap_bytes": CAP_BYTES,
         "headroom_bytes": CAP_BYTES - total,
-        "streams": stream_sizes(data, str(pgrp)),
+        "streams": artifact_streams(data, str(pgrp)),
         "code_python": versions["python"],
         "code_python_minifier": versions["python_minifier"],
     }

@@ -155,7 +155,7 @@ STAGES = {
     ),
     "pack": Stage(
         "pack",
-        _args("--quantized {input.quantized} --out {output.pgrp}"),
+        _args("--quantized {input.quantized} --compressor {params.compressor} --out {output.pgrp}"),
         inputs={"quantized": "quantized"},
         outputs={"pgrp": "pgrp", "info": "pack_info"},
     ),

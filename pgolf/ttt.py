@@ -36,6 +36,7 @@ class TTTConfig:
     """`eval.ttt`: record values (#1855, Appendix A) as defaults."""
 
     enabled: bool = True
+    mode: str = "lora"  # lora: phased LoRA (this module); sgd: full-weight SGD per chunk (pgolf.sgd_ttt, #1572)
     seq_len: int = 2048  # TTT_EVAL_SEQ_LEN: context window ending at each chunk's end
     chunk_size: int = 48
     short_doc_chunks: list = dataclasses.field(default_factory=list)  # [[max_doc_tokens, chunk], ...] (#2014)

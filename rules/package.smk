@@ -17,6 +17,8 @@ rule pack:
     threads: 8
     resources:
         gpu=min(config["hardware"]["gpus"], 1),
+    params:
+        compressor=config["pack"]["compressor"],
     shell:
         stage_shell("pack")
 

@@ -392,3 +392,38 @@ def test_cli_and_verify(tmp_path):
     with pytest.raises(PgolfError, match="missing.pt: file not found"):
         P.main(["--quantized", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pgrp")])
     assert not (tmp_path / "x.pgrp").exists()
+
+
+def slow_shuffle(data: bytes, stride: int) -> bytes:
+    """#1572's layout spelled out: every byte at offset k (mod stride), for k = 0, 1, ..., after the header."""
+    out = bytearray(b"BSHF" + bytes([stride]))
+    for k in range(stride):
+        for i in range(k, len(data), stride):
+            out.append(data[i])
+    return bytes(out)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 1001])
+@pytest.mark.parametrize("stride", [2, 3])
+def test_byte_shuffle_layout_and_round_trip(n, stride):
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    shuffled = P.byte_shuffle(data, stride)
+    assert shuffled == (data if n < stride else slow_shuffle(data, stride))
+    assert P.byte_unshuffle(shuffled) == data
+
+
+def test_brotli_shuffle_round_trip_and_format():
+    state = record_like_state()
+    blob = P.pack_as(state, "brotli_shuffle")
+    assert blob[:4] != P.MAGIC
+    raw = P.byte_unshuffle(brotli.decompress(blob))
+    assert brotli.decompress(blob)[:5] == b"BSHF\x02"
+    assert set(torch.load(__import__("io").BytesIO(raw), weights_only=True)) == {"w", "m", "c"}
+    assert_same_state(P.unpack_artifact(blob), state)
+    assert P.artifact_streams(blob) == {"brotli_shuffle": len(blob)}
+    with pytest.raises(PgolfError, match="not a PGRP container, nor a brotli_shuffle stream"):
+        P.unpack_artifact(blob[: len(blob) // 2], "x.pgrp")
+    with pytest.raises(PgolfError, match="holds no quantized state"):
+        P.unpack_artifact(brotli.compress(P.byte_shuffle(b"not a torch.save archive")), "x.pgrp")
+    with pytest.raises(PgolfError, match="not one of"):
+        P.pack_as(state, "zstd")

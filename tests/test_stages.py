@@ -67,6 +67,7 @@ def test_every_option_and_field_of_a_stage_exists():
         "input.docs",
         "input.pgrp",
         "input.script",
+        "params.compressor",
         "params.config",
         "params.launch",
         "params.seeds",
@@ -91,6 +92,7 @@ def test_shell_args_and_argv_spell_the_same_command():
         "wildcards.seed": 3,
         "wildcards.preset": "p",
         "params.config": "{}",
+        "params.compressor": "lrzip_groups",
         "threads": 4,
         "input.docs": "docs.jsonl",
     }
