@@ -12,11 +12,11 @@ import torch
 from pgolf.errors import PgolfError
 from pgolf.hessians import HessianSums
 from pgolf.model import GPT, ModelConfig
-from pgolf.quant import Preset, dequantize_state, quantize_state
-from pgolf.quant import dequant, lqer
+from pgolf.quant import Preset, dequant, dequantize_state, lqer, quantize_state
 
-TINY = dict(vocab_size=128, num_layers=3, model_dim=64, num_heads=8, num_kv_heads=4, mlp_mult=2.0, rope_dims=8,
-            xsa_last_n=3, num_loops=1, loop_start=1, loop_end=1, parallel_start_layer=2, train_seq_len=32)
+TINY = {"vocab_size": 128, "num_layers": 3, "model_dim": 64, "num_heads": 8, "num_kv_heads": 4, "mlp_mult": 2.0,
+        "rope_dims": 8, "xsa_last_n": 3, "num_loops": 1, "loop_start": 1, "loop_end": 1, "parallel_start_layer": 2,
+        "train_seq_len": 32}
 
 
 def test_byte_cost_matches_the_rank_lines_of_1935s_log():
@@ -53,7 +53,7 @@ def slow_adaptive(errors: dict, ranks: list[int], budget: int, group: int) -> di
     return {name: r for name, (r, _) in chosen.items()}
 
 
-@pytest.mark.parametrize("budget", [0, 1500, 4000, 9000, 10**7])
+@pytest.mark.parametrize("budget", [0, 300, 1000, 1500, 2000, 2500, 10**7])
 def test_adaptive_ranks_match_the_slow_reference(budget):
     gen = torch.Generator().manual_seed(3)
     shapes = [(128, 64), (64, 64), (32, 64), (256, 64), (64, 128)]

@@ -74,7 +74,7 @@ def adaptive_ranks(errors: dict, ranks: list[int], budget_bytes: int, group: int
     rank per marginal byte. Options are visited best first (ties in `errors` order); a tensor not yet chosen takes
     the option's rank if its full cost fits the remaining budget, a chosen one moves up to it if the extra cost fits.
     """
-    ranks = sorted(set(int(r) for r in ranks))
+    ranks = sorted({int(r) for r in ranks})
     options = []
     for name, E in errors.items():
         S = torch.linalg.svd(E.float(), full_matrices=False)[1]  # #1935 ranks by these singular values
