@@ -47,7 +47,7 @@ class EvalConfig:
     seq_len: int = 2048  # EVAL_SEQ_LEN of the diagnostic windows
     batch_tokens: int = 524288  # VAL_BATCH_TOKENS over all ranks
     sliding_stride: int | None = None  # None: non-overlapping windows; e.g. 64 for the older sliding eval
-    truncate_tail: bool = False
+    truncate_tail: bool = True  # cut the val stream to floor((N-1)/seq_len)*seq_len + 1 tokens (#1855, #2123)
     val_docs_limit: int | None = None  # score only the first documents (smoke and bench runs); None = all
     artifact: str | None = None  # a .pgrp made elsewhere: the DAG sizes and scores it instead of training
     compile: bool = True  # torch.compile the TTT chunk step on GPU (warm-up outside the timer)

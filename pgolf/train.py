@@ -63,7 +63,7 @@ class TrainConfig(OptimConfig):
     compile: bool = True  # torch.compile on GPU (never on the CPU)
     compile_warmup_steps: int = 20  # per looping state and sequence length, outside the timer, then undone
     checkpoint_minutes: float = 5.0  # 0 = no periodic checkpoint
-    log_every: int = 100
+    log_every: int = 500  # TRAIN_LOG_EVERY
 
     def __post_init__(self):
         if self.packing not in PACKINGS:
