@@ -512,10 +512,12 @@ class GPT(nn.Module):
 
     # ----- optimizer groups and the unbanked view -----
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """matrix: the 3-D banks (Muon); embed: token embedding (and an untied head); scalar: the rest (AdamW)."""
+        """matrix: the 3-D banks (Muon); embed: token embedding (and an untied head); scalar: the rest (AdamW) but
+        the learnable logit caps, which act only at eval and, as upstream (#1923 lineage), sit in no group."""
         matrix = [getattr(self, b) for b in BANKS]
         embed = [self.tok_emb.weight] + ([] if self.config.tie_embeddings else [self.lm_head.weight])
-        taken = {id(t) for t in matrix + embed}
+        caps = [self.softcap_pos, self.softcap_neg] if self.config.asym_logit_rescale else []
+        taken = {id(t) for t in matrix + embed + caps}
         return {"matrix": matrix, "embed": embed, "scalar": [t for t in self.parameters() if id(t) not in taken]}
 
     def _unbanked_matrices(self) -> dict[str, tuple[str, int]]:

@@ -66,6 +66,7 @@ class TrainConfig(OptimConfig):
     log_every: int = 500  # TRAIN_LOG_EVERY
 
     def __post_init__(self):
+        super().__post_init__()
         if self.packing not in PACKINGS:
             raise PgolfError(f"config train.packing: {self.packing!r} is not one of {PACKINGS}; fix it in your config")
         if self.schedule not in ("time", "steps"):

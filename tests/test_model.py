@@ -261,6 +261,26 @@ def test_asym_softcap_is_eval_only_and_identity_at_init():
     torch.testing.assert_close(model.train()(ids, targets), fixed.train()(ids, targets))
 
 
+def test_learnable_logit_caps_sit_in_no_optimizer_group_and_stay_put_in_training():
+    """As upstream (#1923 lineage): AdamW's weight decay must not shrink caps that act only at eval."""
+    from pgolf.optim import OptimConfig, Optimizers
+
+    model = tiny_model(asym_logit_rescale=True).train()
+    groups = model.param_groups()
+    grouped = {id(p) for ps in groups.values() for p in ps}
+    assert id(model.softcap_pos) not in grouped and id(model.softcap_neg) not in grouped
+    assert grouped | {id(model.softcap_pos), id(model.softcap_neg)} == {id(p) for p in model.parameters()}
+    opt = Optimizers(groups, OptimConfig())
+    scalars = [p.detach().clone() for p in groups["scalar"]]
+    for step in range(3):
+        ids = batch(seed=step)
+        model(ids, torch.roll(ids, -1, 1)).backward()
+        opt.step(1.0, 0.95)
+        opt.zero_grad()
+    assert model.softcap_pos.item() == model.softcap_neg.item() == model.config.logit_softcap
+    assert all(not torch.equal(a, b) for a, b in zip(scalars, groups["scalar"]))  # the other scalars trained
+
+
 def test_sliding_window_at_least_the_sequence_is_full_attention():
     ids = batch()
     full = tiny_model()(ids)
