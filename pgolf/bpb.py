@@ -130,6 +130,11 @@ class Totals:
         }
 
 
+def batch_seqs(batch_tokens: int, seq_len: int, world: int) -> int:
+    """Windows per rank and forward: VAL_BATCH_TOKENS over all ranks."""
+    return max(1, batch_tokens // (seq_len * world))
+
+
 def windows(n_tokens: int, seq_len: int, stride=None):
     """(context_start, first_target, end_target) per window; the scored target ranges tile [1, n_tokens).
 

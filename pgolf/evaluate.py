@@ -22,7 +22,7 @@ import torch
 
 from . import dist as pgdist
 from . import compile_cache, ngram
-from .bpb import ValData, diagnostic_eval, load_val
+from .bpb import ValData, batch_seqs, diagnostic_eval, load_val
 from .stageconfig import from_dict, load_stage_config
 from .dist import sync
 from .errors import PgolfError
@@ -90,13 +90,11 @@ def prepare(model: GPT, dist) -> GPT:
     return model
 
 
-def batch_seqs(cfg: EvalConfig, dist) -> int:
-    return max(1, cfg.batch_tokens // (cfg.seq_len * dist.world))
-
-
 def score(model, val: ValData, cfg: EvalConfig, dist) -> dict:
     """The diagnostic eval (eager: it is outside the timer and takes seconds, less than compiling it would)."""
-    result = diagnostic_eval(model, val, cfg.seq_len, batch_seqs(cfg, dist), dist, cfg.sliding_stride)
+    result = diagnostic_eval(
+        model, val, cfg.seq_len, batch_seqs(cfg.batch_tokens, cfg.seq_len, dist.world), dist, cfg.sliding_stride
+    )
     if result["scored"] != val.targets:
         raise PgolfError(
             f"diagnostic eval scored {result['scored']} of {val.targets} val targets; this is a bug in "
