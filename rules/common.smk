@@ -87,7 +87,13 @@ def data_audit_config():
 def train_config():
     """The train stage's `--config`: its sections plus the eval keys of the raw weights' last-step val
     (pgolf.train.RAW_VAL_KEYS), so that other eval settings do not re-run training."""
-    window = ("seq_len", "batch_tokens", "sliding_stride", "truncate_tail", "val_docs_limit")
+    window = (
+        "seq_len",
+        "batch_tokens",
+        "sliding_stride",
+        "truncate_tail",
+        "val_docs_limit",
+    )
     sections = {s: config[s] for s in ("model", "train", "hardware")}
     sections["eval"] = {k: config["eval"][k] for k in window}
     return json.dumps(sections, sort_keys=True)
