@@ -34,23 +34,22 @@ mkdir -p "$DATA" "$TRAIN"
 begin_stages "fidelity: 60 steps against $UPSTREAM_LOG"
 
 tokenize_data &&
-    run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
-        --out "$DATA/data_audit.json" &&
-    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
-        --manifest "$DATA/manifest.json" --audit "$DATA/data_audit.json" --seed "$PG_SEED" --out-dir "$TRAIN" \
-        --compile-cache "$COMPILE_CACHE" &&
-    run_stage eval_prequant "${LAUNCH[@]}" -m pgolf.evaluate prequant --config "$CFG/eval.json" \
-        --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --out "$TRAIN/prequant.json"
+    stage_cmd audit_data --set "params.config=$CFG/audit.json" &&
+    run_stage audit_data python "${STAGE_CMD[@]}" &&
+    stage_cmd train --set "params.config=$CFG/train.json" &&
+    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
+    stage_cmd eval_prequant --set "params.config=$CFG/eval.json" &&
+    run_stage eval_prequant "${LAUNCH[@]}" "${STAGE_CMD[@]}"
 rc=$?
 
-for f in "$TRAIN/log.jsonl" "$TRAIN/log.jsonl.partial" "$TRAIN/prequant.json" "$TRAIN/summary.json" "$LOGDIR/stages.tsv"; do
+for f in "$P_TRAIN_LOG" "$P_TRAIN_LOG.partial" "$P_PREQUANT" "$P_TRAIN_SUMMARY" "$LOGDIR/stages.tsv"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
 done
 for f in "$LOGDIR"/*.log; do
     [ -f "$f" ] && { echo "== $f"; tail -n 40 "$f"; }
 done >"$OUT/logs.txt"
-if [ -f "$TRAIN/log.jsonl" ]; then
-    python bench/fidelity_compare.py --pgolf-log "$TRAIN/log.jsonl" --prequant "$TRAIN/prequant.json" \
+if [ -f "$P_TRAIN_LOG" ]; then
+    python bench/fidelity_compare.py --pgolf-log "$P_TRAIN_LOG" --prequant "$P_PREQUANT" \
         --upstream "$UPSTREAM_LOG" | tee "$OUT/fidelity.md"
     compare_rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] && rc=$compare_rc
