@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from . import dist as pgdist
 from . import compile_cache, ngram
+from . import dist as pgdist
 from .bpb import ValData, batch_seqs, diagnostic_eval, load_val
-from .stageconfig import from_dict, load_stage_config
+from .cli import doc_summary
 from .dist import sync
 from .errors import PgolfError
 from .io import read_json, write_json
@@ -31,8 +31,8 @@ from .model import GPT, ModelConfig, load_trained
 from .runlog import RunLog
 from .sgd_ttt import SGDTTT
 from .sgd_ttt import check_coverage as sgd_check_coverage
+from .stageconfig import from_dict, load_stage_config
 from .ttt import PhasedTTT, TTTConfig
-from .cli import doc_summary
 
 # Targets of the challenge's val set under #1855's tail rule (its log's `val_tokens: 47851520`), the projection's
 # scale; #2140's untruncated stream has 47,853,343, a difference the projection need not tell apart.

@@ -31,18 +31,17 @@ import torch.distributed as torch_dist
 
 from . import checkpoint, compile_cache
 from . import dist as pdist
-from .stageconfig import from_dict, load_stage_config
-from .errors import PgolfError
-from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
 from .attention import segment_offsets
 from .bpb import batch_seqs, diagnostic_eval, load_val
+from .cli import doc_summary
+from .errors import PgolfError
+from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
 from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
 from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
 from .shards import file_sha256, load_manifest, shard_paths
-from .cli import doc_summary
-
+from .stageconfig import from_dict, load_stage_config
 
 PACKINGS = ("rows", "stream")
 LOCK_NAME = ".train.lock"

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.bpb import (
-    Totals, ValData, diagnostic_eval, load_val, lut_position_bytes, sentencepiece_luts, windows,
+    Totals,
+    ValData,
+    diagnostic_eval,
+    load_val,
+    lut_position_bytes,
+    sentencepiece_luts,
+    windows,
 )
 from pgolf.dist import Dist
 from pgolf.errors import PgolfError

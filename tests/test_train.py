@@ -19,8 +19,8 @@ import yaml
 from pgolf import checkpoint
 from pgolf.errors import PgolfError
 from pgolf.model import ModelConfig
-from pgolf.shards import write_shard
 from pgolf.optim import lr_multiplier
+from pgolf.shards import write_shard
 from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
 
 ROOT = Path(__file__).resolve().parent.parent
