@@ -355,10 +355,11 @@ def test_a_batch_uses_its_longest_documents_chunk(monkeypatch):
     ttt = PhasedTTT(tiny_model(), val, TTTConfig(**{**SMALL, "short_doc_chunks": [[50, 4]]}), CPU)
     result = ttt.run(None, boost=2.625)
     assert result.totals["scored"] == val.targets
+    queue = [ttt.batches[i] for i in ttt.queue]
     expected = []
-    for docs in ttt.queue:  # each batch's steps all run at the width of its longest document
+    for docs in queue:  # each batch's steps all run at the width of its longest document
         longest = int(ttt.lengths[docs].max())
         width = 4 if longest <= 50 else 16
         expected += [width] * -(-(longest - 1) // width)
     assert widths == expected and {4, 16} <= set(widths)
-    assert any(ttt.lengths[docs].min() <= 50 < ttt.lengths[docs].max() for docs in ttt.queue)  # a mixed batch
+    assert any(ttt.lengths[docs].min() <= 50 < ttt.lengths[docs].max() for docs in queue)  # a mixed batch
