@@ -10,8 +10,9 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `cudnn`: cuDNN's fused attention over the packed stream (`aten._cudnn_attention_forward` with cumulative
-  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto"
-  (bench/attention_backends.py checks it on the card); `model.attention: cudnn` asks for it;
+  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto":
+  bench/attention_backends.py checks it on the card, and torch 2.11's packed backward fails that check
+  (bench/RESULTS.md); `model.attention: cudnn` asks for it;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
 "auto" takes the first one available in AUTO_ORDER. Inside the compiled training step flex comes before the FA2
