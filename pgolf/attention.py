@@ -4,7 +4,8 @@ A row of token ids may hold several documents, each starting at a BOS token; a q
 its own document at or before its position (and, with a sliding window, at most `window` positions back:
 FlashAttention's `window_size=(window, 0)`). Backends, all computing the same function:
 
-- `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, optional extra `.[flash]`;
+- `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, where it is installed (built from
+  FlashAttention's hopper/ sources; PyPI has no wheel that installs on a plain machine, so pgolf has no extra for it);
 - `flex`: FlexAttention with a document-causal block mask (compiled on CUDA with FLEX_KERNEL_OPTIONS, unfused on
   CPU); one kernel is compiled per input shape;
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
@@ -117,7 +118,7 @@ def resolve_backend(requested: str, device, windowed: bool = False, compiled: bo
     why = f" (cuDNN probe: {cudnn_probe()})" if requested == "cudnn" and cuda and not windowed else ""
     raise PgolfError(
         f"attention backend {requested!r} is not usable on {torch.device(device).type} with torch "
-        f"{torch.__version__}{why}; install the `flash` extra, use a CUDA device, or set it to 'auto'"
+        f"{torch.__version__}{why}; install that kernel (FlashAttention-3 or flash-attn 2), use a CUDA device, or set it to 'auto'"
     )
 
 
