@@ -25,6 +25,7 @@ import python_minifier
 from .config import load_stage_config
 from .errors import PgolfError
 from .io import write_bytes
+from .quant.preset import read_preset_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Upstream's `pyminify --no-rename-locals --no-hoist-literals --remove-literal-statements --remove-asserts
@@ -36,7 +37,8 @@ MINIFY_OPTIONS = dict(
     remove_asserts=True,
     prefer_single_line=True,
 )
-DAG_ONLY = {"report.py"}  # plots for `snakemake --report`: not counted code, since the submission never imports it
+# plots for `snakemake --report` and the cap-fit search: not counted code, since the submission never imports them
+DAG_ONLY = {"report.py", "capfit.py"}
 HEADER = re.compile(r"# pgolf .* minified by Python (\S+) with python-minifier (\S+)")
 
 BOOTSTRAP = """\
@@ -111,11 +113,18 @@ def narrow_config(config: dict, preset: str) -> dict:
     return narrowed
 
 
-def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> str:
-    """The text of train_gpt.py for one preset."""
+def with_preset(config: dict, preset: str, values: dict) -> dict:
+    """The config with quant.presets[preset] set to `values` (a preset written to a file by pgolf.capfit)."""
+    quant = dict(config.get("quant") or {})
+    quant["presets"] = {**(quant.get("presets") or {}), preset: values}
+    return {**config, "quant": quant}
+
+
+def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR, modules=None) -> str:
+    """The text of train_gpt.py for one preset; `modules` is package_modules(package_dir), when the caller has it."""
     config = narrow_config(config, preset)
     bootstrap = BOOTSTRAP.format(
-        modules=repr(package_modules(package_dir)),
+        modules=repr(package_modules(package_dir) if modules is None else modules),
         config=repr(json.dumps(config, sort_keys=True, separators=(",", ":"))),
     )
     payload = base64.b85encode(brotli.compress(bootstrap.encode(), quality=11)).decode()
@@ -143,9 +152,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.codepack", description="Write the submission script.")
     parser.add_argument("--config", required=True, help="resolved config (JSON text or path)")
     parser.add_argument("--preset", required=True, help="the quantization preset this script submits")
+    parser.add_argument("--preset-file", help="the preset's settings from this JSON file (the capfit stage's preset.json)")
     parser.add_argument("--out", required=True, help="train_gpt.py to write")
     args = parser.parse_args(argv)
-    write_bytes(args.out, build_script(load_stage_config(args.config), args.preset).encode())
+    config = load_stage_config(args.config)
+    if args.preset_file:
+        config = with_preset(config, args.preset, read_preset_file(args.preset_file))
+    write_bytes(args.out, build_script(config, args.preset).encode())
 
 
 if __name__ == "__main__":

@@ -216,10 +216,25 @@ def _brotli(data: bytes) -> bytes:
     return brotli.compress(data, quality=11, lgwin=24)
 
 
-def pack(quantized_state: dict) -> bytes:
-    """The PGRP blob of a quantized state {"tensors", "meta", "config"}."""
+def _group_key(group: str, members: list) -> tuple:
+    """What a group's stream depends on: its role and its members' names, shapes and codes."""
+    digest = hashlib.sha256()
+    for _, name, t in members:
+        digest.update(f"{name}{tuple(t.shape)}".encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return group, digest.hexdigest()
+
+
+def pack(quantized_state: dict, group_cache: dict | None = None) -> bytes:
+    """The PGRP blob of a quantized state {"tensors", "meta", "config"}.
+
+    `group_cache` (a dict the caller keeps) memoizes each group's compressed stream and row orders by the group's
+    contents, so that packing many states that share groups (pgolf.capfit) compresses each distinct group once;
+    the blob is the same either way.
+    """
     tensors, meta, config = _check_state(quantized_state)
     lrzip_binary()
+    group_cache = {} if group_cache is None else group_cache
     members = [[] for _ in GROUPS]
     remainder = {}
     for name, t in tensors.items():
@@ -231,16 +246,21 @@ def pack(quantized_state: dict) -> bytes:
     for group in members:
         group.sort(key=lambda m: m[0])
     shapes = [[[name, *t.shape] for _, name, t in group] for group in members]
-    perms = [b""] * len(GROUPS)
+    keys = [_group_key(GROUPS[g], members[g]) for g in range(len(GROUPS))]
     with ThreadPoolExecutor(len(GROUPS) + 1) as pool:
         rest = pool.submit(lambda: _brotli(_encode_remainder(remainder, meta, config, shapes)))
-        futures = [None] * len(GROUPS)
         # Cold groups first: their lrzip processes run while the chains of the hot groups are computed.
         for g in sorted(range(len(GROUPS)), key=lambda g: GROUPS[g] in HOT):
-            blob, perms[g] = _group_blob(members[g], GROUPS[g] in HOT)
-            futures[g] = pool.submit(lrzip_compress, blob)
-        perm_bytes = b"".join(perms)
-        streams = [f.result() for f in futures] + [rest.result(), _brotli(perm_bytes) if perm_bytes else b""]
+            if keys[g] not in group_cache:
+                blob, perm = _group_blob(members[g], GROUPS[g] in HOT)
+                group_cache[keys[g]] = (pool.submit(lrzip_compress, blob), perm)
+        groups = [group_cache[key] for key in keys]
+        for key, (stream, perm) in zip(keys, groups):
+            if not isinstance(stream, bytes):
+                group_cache[key] = (stream.result(), perm)
+        groups = [group_cache[key] for key in keys]
+        perm_bytes = b"".join(perm for _, perm in groups)
+        streams = [stream for stream, _ in groups] + [rest.result(), _brotli(perm_bytes) if perm_bytes else b""]
     return MAGIC + struct.pack(f"<{len(streams) + 1}I", len(streams), *map(len, streams)) + b"".join(streams)
 
 

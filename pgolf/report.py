@@ -2,10 +2,13 @@
 
     python -m pgolf.report --run-dir results/<name> --seeds 42 0 1234 --presets record awq \
         --out-dir results/<name>/report
+    python -m pgolf.report --run-dir results/<name> --seeds 42 --capfit --out-dir results/<name>/report
 
 Writes loss.svg (training loss of every seed, from train/log.jsonl step records), size.svg (bytes per stream of
 model.pgrp plus code bytes, per preset and seed, from size.json), bpb.svg (bpb by stage: prequant, quantized,
 TTT, final, from eval.json) and presets.svg (total bytes against final bpb, one point per preset and seed).
+With --capfit instead of --presets it writes capfit.svg alone: every cap-fit candidate's exact bytes against its
+proxy, with the target, the cap and the winner (from quant/capfit/capfit.json).
 `snakemake --report report.html` shows them with the captions in workflow/report/.
 """
 
@@ -219,6 +222,56 @@ def presets_figure(sizes: dict, evals: dict) -> str:
     return document("Presets: size against final bpb", body)
 
 
+def capfit_points(fit: dict) -> dict:
+    """The data of the capfit figure from one capfit.json: every candidate's (total bytes, proxy, status), the
+    winner's id, the target and the cap (kept apart from the drawing, which any plotting code can redo)."""
+    return {
+        "points": [(c["total_bytes"], c["proxy"], c["status"], c["id"], c["settings"]) for c in fit["candidates"]],
+        "winner": fit["winner"],
+        "target": fit["target_bytes"],
+        "cap": fit["cap_bytes"],
+    }
+
+
+CAPFIT_COLORS = {"winner": "#d62728", "fits": "#1f77b4", "over_target": "#7f7f7f", "check_failed": "#ff7f0e"}
+
+
+def capfit_figure(fits: dict) -> str:
+    """fits: {seed: capfit.json}: every candidate's exact total bytes against its proxy (log scale), the target
+    and the cap as vertical lines, the winner in red; one panel's worth of points per seed, told apart by shape."""
+    data = {seed: capfit_points(fit) for seed, fit in fits.items()}
+    points = [p for d in data.values() for p in d["points"]]
+    lines = {"target": next(iter(data.values()))["target"], "16 MB cap": next(iter(data.values()))["cap"]}
+    totals = [b for b, *_ in points]
+    near = [v for v in lines.values() if v <= 1.5 * max(totals)]  # a far-away cap would squash the points
+    x = Scale.fit(totals + near, LEFT, WIDTH - RIGHT, pad=0.05)
+    logs = [math.log10(max(proxy, 1e-30)) for _, proxy, *_ in points]
+    y = Scale.fit(logs, HEIGHT - BOTTOM, TOP, pad=0.1)
+    body = y_axis(y, "proxy: log10 of summed tr(E·H·Eᵀ)", fmt_num)
+    body += x_axis(x, "total bytes (model.pgrp + train_gpt.py)", fmt_bytes)
+    for label, value in lines.items():
+        if x.lo <= value <= x.hi:
+            color = "red" if label == "16 MB cap" else "black"
+            body.append(el("line", x1=x(value), x2=x(value), y1=TOP, y2=HEIGHT - BOTTOM, stroke=color,
+                           stroke_dasharray="4 3"))
+            body.append(el("text", label, x=x(value), y=TOP - 4, text_anchor="middle", fill=color))
+    for s, (seed, d) in enumerate(data.items()):
+        for size, proxy, status, cid, settings in d["points"]:
+            winner = cid == d["winner"]
+            tip = f"seed {seed} candidate {cid} ({status}): {size:,} bytes, proxy {proxy:.6g}, {settings}"
+            attrs = dict(fill=CAPFIT_COLORS[status], data_seed=seed, data_bytes=size, data_proxy=proxy,
+                         data_status=status)
+            cx, cy = x(size), y(math.log10(max(proxy, 1e-30)))
+            if s % 2:
+                body.append(tooltip("rect", tip, x=cx - 3, y=cy - 3, width=6, height=6, **attrs))
+            else:
+                body.append(tooltip("circle", tip, cx=cx, cy=cy, r=6 if winner else 3.5, **attrs))
+            if winner:
+                body.append(el("text", f"winner s{seed}", x=cx + 8, y=cy + 4))
+    body += legend([(status.replace("_", " "), color) for status, color in CAPFIT_COLORS.items()])
+    return document("Cap-fit: size against predicted loss increase", body)
+
+
 def step_records(path: Path) -> list[tuple[int, float]]:
     if not path.exists():
         raise PgolfError(f"{path}: file not found; run the train stage first")
@@ -245,14 +298,23 @@ def figures(run_dir, seeds, presets) -> dict:
     }
 
 
+def capfit_figures(run_dir, seeds) -> dict:
+    """{"capfit": SVG text} from every seed's quant/capfit/capfit.json."""
+    fits = {seed: read_json(Path(run_dir) / f"seed{seed}" / "quant" / "capfit" / "capfit.json") for seed in seeds}
+    return {"capfit": capfit_figure(fits)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.report", description=doc_summary(__doc__))
     parser.add_argument("--run-dir", required=True, help="results/<name> (holds seed<S>/train and seed<S>/quant)")
     parser.add_argument("--seeds", required=True, nargs="+", help="the run's seeds (config run.seeds)")
-    parser.add_argument("--presets", required=True, nargs="+", help="built presets, the submission's first")
+    figure = parser.add_mutually_exclusive_group(required=True)
+    figure.add_argument("--presets", nargs="+", help="built presets, the submission's first")
+    figure.add_argument("--capfit", action="store_true", help="write capfit.svg alone, from quant/capfit/capfit.json")
     parser.add_argument("--out-dir", required=True, help="folder for loss.svg, size.svg, bpb.svg, presets.svg")
     args = parser.parse_args(argv)
-    for name, svg in figures(args.run_dir, args.seeds, args.presets).items():
+    made = capfit_figures(args.run_dir, args.seeds) if args.capfit else figures(args.run_dir, args.seeds, args.presets)
+    for name, svg in made.items():
         write_bytes(Path(args.out_dir) / f"{name}.svg", svg.encode())
 
 

@@ -10,7 +10,14 @@ for fragment in sorted(
 ):
     validate(config, schema=str(fragment))
 
-PRESETS = list(config["quant"]["presets"])
+# quant.capfit.enabled adds the preset `capfit`, whose settings the capfit rule writes to a file (docs/capfit.md)
+CAPFIT = "capfit"
+CAPFIT_ENABLED = config["quant"].get("capfit", {}).get("enabled", False)
+if CAPFIT in config["quant"]["presets"]:
+    raise ValueError(
+        f"config: quant.presets.{CAPFIT} is reserved for the preset the capfit rule chooses; rename that preset"
+    )
+PRESETS = list(config["quant"]["presets"]) + ([CAPFIT] if CAPFIT_ENABLED else [])
 _unknown_presets = sorted(
     ({config["submission"]["preset"]} | set(config["quant"].get("build", [])))
     - set(PRESETS)
@@ -25,7 +32,7 @@ DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
 DATA_DIR = f"resources/data/{DATASET}"
 SUBMISSION_FOLDER = config["submission"]["folder"]
-REPORT_FIGURES = ["loss", "size", "bpb", "presets"]
+REPORT_FIGURES = ["loss", "size", "bpb", "presets"] + (["capfit"] if CAPFIT_ENABLED else [])
 # ranks of every torchrun stage: one per GPU, or hardware.cpu_procs gloo ranks on the CPU (as pgolf.launch starts them)
 RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
 
@@ -71,9 +78,10 @@ def docs_option():
 
 
 def submission_presets():
-    """Presets built for every seed: the submission's, then those listed in quant.build."""
+    """Presets built for every seed: the submission's, then those listed in quant.build, then capfit when enabled."""
     presets = [config["submission"]["preset"]]
-    return presets + [p for p in config["quant"].get("build", []) if p not in presets]
+    built = config["quant"].get("build", []) + ([CAPFIT] if CAPFIT_ENABLED else [])
+    return presets + [p for p in dict.fromkeys(built) if p not in presets]
 
 
 def final_targets():
@@ -115,12 +123,42 @@ def submission_inputs(wildcards):
 
 
 def quant_config(wildcards):
-    """The quantize job's --config: this preset alone plus the GPU count, so other presets' edits leave it cached."""
+    """The quantize job's --config: this preset alone plus the GPU count, so other presets' edits leave it cached
+    (the capfit preset comes from its preset.json, an input)."""
+    hardware = {"gpus": config["hardware"]["gpus"]}
+    if wildcards.preset == CAPFIT:
+        return json.dumps({"hardware": hardware}, sort_keys=True)
     preset = config["quant"]["presets"][wildcards.preset]
-    return json.dumps(
-        {"preset": preset, "hardware": {"gpus": config["hardware"]["gpus"]}},
-        sort_keys=True,
-    )
+    return json.dumps({"preset": preset, "hardware": hardware}, sort_keys=True)
+
+
+def capfit_preset_file(wildcards):
+    """{"preset_file": the capfit rule's preset.json} for the capfit preset, else nothing."""
+    if wildcards.preset != CAPFIT:
+        return {}
+    return {
+        "preset_file": f"results/{wildcards.name}/seed{wildcards.seed}/quant/{CAPFIT}/preset.json"
+    }
+
+
+def preset_file_option(wildcards, input):
+    """`--preset-file PATH` for the capfit preset, whose settings are in a file; else nothing."""
+    return f"--preset-file '{input.preset_file}'" if wildcards.preset == CAPFIT else ""
+
+
+def capfit_config(wildcards):
+    """The capfit job's --config: what the code job of the capfit preset gets (the submission script's bytes
+    count), plus quant.capfit and the base preset; editing another preset leaves it cached."""
+    from pgolf.codepack import narrow_config, with_preset
+
+    capfit = config["quant"]["capfit"]
+    narrowed = narrow_config(with_preset(config, CAPFIT, {}), CAPFIT)
+    base = config["quant"]["presets"].get(capfit.get("base", "record"))
+    narrowed["quant"] = {
+        "capfit": capfit,
+        "presets": {capfit.get("base", "record"): base},
+    }
+    return json.dumps(narrowed, sort_keys=True)
 
 
 def package_sources():
@@ -133,6 +171,10 @@ def package_sources():
 
 def code_config(wildcards):
     """The code job's --config: the config without `quant`, plus this preset only, as pgolf.codepack narrows it."""
-    from pgolf.codepack import narrow_config
+    from pgolf.codepack import narrow_config, with_preset
 
+    if wildcards.preset == CAPFIT:  # its settings come from preset.json (pgolf.codepack --preset-file)
+        return json.dumps(
+            narrow_config(with_preset(config, CAPFIT, {}), CAPFIT), sort_keys=True
+        )
     return json.dumps(narrow_config(config, wildcards.preset), sort_keys=True)

@@ -23,6 +23,7 @@ rule pack:
 
 rule code:
     input:
+        unpack(capfit_preset_file),
         code=package_sources(),
     output:
         "results/{name}/seed{seed}/quant/{preset}/train_gpt.py",
@@ -33,8 +34,10 @@ rule code:
         "../envs/pgolf.yaml"
     params:
         config=code_config,
+        preset_file=preset_file_option,
     shell:
-        "python -m pgolf.codepack --config {params.config:q} --preset {wildcards.preset} --out {output} > {log} 2>&1"
+        "python -m pgolf.codepack --config {params.config:q} --preset {wildcards.preset} {params.preset_file} "
+        "--out {output} > {log} 2>&1"
 
 
 rule size_check:

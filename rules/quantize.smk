@@ -36,6 +36,7 @@ rule hessians:
 
 rule quantize:
     input:
+        unpack(capfit_preset_file),
         model="results/{name}/seed{seed}/train/model.pt",
         hessians="results/{name}/seed{seed}/train/hessians.pt",
         code=module_files("quantize", "hessians", "model", "runlog", *QUANT_MODULES),
@@ -50,6 +51,7 @@ rule quantize:
         gpu=min(config["hardware"]["gpus"], 1),
     params:
         config=quant_config,
+        preset_file=preset_file_option,
     shell:
         "python -m pgolf.quantize --config {params.config:q} --model {input.model} --hessians {input.hessians} "
-        "--preset {wildcards.preset} --out {output.quantized} > {log} 2>&1"
+        "--preset {wildcards.preset} {params.preset_file} --out {output.quantized} > {log} 2>&1"

@@ -46,3 +46,28 @@ rule report:
     shell:
         "python -m pgolf.report --run-dir results/{wildcards.name} --seeds {params.seeds} "
         "--presets {params.presets} --out-dir $(dirname {output.loss}) > {log} 2>&1"
+
+
+rule report_capfit:
+    input:
+        fits=expand(
+            "results/{{name}}/seed{seed}/quant/capfit/capfit.json",
+            seed=config["run"]["seeds"],
+        ),
+        code=module_files("report"),
+    output:
+        report(
+            "results/{name}/report/capfit.svg",
+            caption="../workflow/report/capfit.rst",
+            category="Presets",
+        ),
+    log:
+        "logs/report/{name}-capfit.log",
+    localrule: True
+    conda:
+        "../envs/pgolf.yaml"
+    params:
+        seeds=config["run"]["seeds"],
+    shell:
+        "python -m pgolf.report --run-dir results/{wildcards.name} --seeds {params.seeds} --capfit "
+        "--out-dir $(dirname {output}) > {log} 2>&1"

@@ -119,3 +119,31 @@ def test_missing_eval_names_the_file(run_dir, tmp_path):
 def test_nice_ticks():
     assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
     assert nice_ticks(1.0512, 1.0731) == pytest.approx([1.055, 1.06, 1.065, 1.07])
+
+
+def test_capfit_plot_has_every_candidate_the_target_and_the_winner(tmp_path):
+    run = tmp_path / "results" / "synthetic"
+    candidates = [  # (total bytes, proxy, status)
+        (90_000, 40.0, "fits"), (100_000, 9.0, "winner"), (104_000, 5.0, "check_failed"), (130_000, 1.0, "over_target")
+    ]
+    fit = {
+        "target_bytes": 105_000, "cap_bytes": 16_000_000, "winner": 1,
+        "candidates": [{"id": i, "total_bytes": b, "proxy": p, "status": s, "settings": {"attn": [6, 13.0]}}
+                       for i, (b, p, s) in enumerate(candidates)],
+    }
+    (run / "seed1" / "quant" / "capfit").mkdir(parents=True)
+    (run / "seed1" / "quant" / "capfit" / "capfit.json").write_text(json.dumps(fit))
+    main(["--run-dir", str(run), "--seeds", "1", "--capfit", "--out-dir", str(tmp_path / "report")])
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["capfit.svg"]
+    root = ET.parse(tmp_path / "report" / "capfit.svg").getroot()
+    points = marks(root, "circle", seed="1")
+    assert [(int(c.get("data-bytes")), float(c.get("data-proxy")), c.get("data-status")) for c in points] == candidates
+    xs = [float(c.get("cx")) for c in points]
+    ys = [float(c.get("cy")) for c in points]
+    assert xs == sorted(xs) and ys == sorted(ys)  # more bytes further right, a lower proxy further down
+    (winner,) = marks(root, "circle", status="winner")
+    assert float(winner.get("r")) > float(points[0].get("r"))
+    labels = {t.text: t for t in root.iter(SVG + "text")}
+    assert "winner s1" in labels and "target" in labels and "16 MB cap" not in labels  # the cap is far off
+    target_x = float(labels["target"].get("x"))
+    assert xs[2] < target_x < xs[3]

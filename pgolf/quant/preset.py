@@ -1,7 +1,9 @@
 """A quantization preset (`quant.presets.<name>` in config.yaml); the defaults are the record's (#1855)."""
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import from_dict
 from ..errors import PgolfError
@@ -76,3 +78,17 @@ class Preset:
 
     def for_class(self, kind: str) -> ClassSpec:
         return getattr(self, kind)
+
+
+def read_preset_file(path) -> dict:
+    """The settings of a preset written to a file (pgolf.capfit's preset.json), checked by Preset.parse."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PgolfError(f"{path}: preset file not found; run the capfit rule first") from None
+    except json.JSONDecodeError as e:
+        raise PgolfError(f"{path}: not valid JSON ({e}); re-run the capfit rule") from None
+    if not isinstance(values, dict):
+        raise PgolfError(f"{path}: a preset file holds one preset mapping; re-run the capfit rule")
+    Preset.parse(values, str(path))
+    return values

@@ -73,8 +73,15 @@ def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
         )
 
 
-def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu"):
-    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in SPEC.md's quantized.pt."""
+def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu", cache=None):
+    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} (the quantized.pt contract).
+
+    `cache` (a dict the caller keeps) memoizes the per-tensor work across calls on the same model and Hessians:
+    the AWQ-lite picks, each tensor's GPTQ codes and errors per (bits, clip, protected groups, GPTQ settings), and
+    its LQER factors per (that, rank, group, asym). Cached or not, the result is the same; pgolf.capfit uses it to
+    quantize many presets that share most of their settings.
+    """
+    cache = {} if cache is None else cache
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
@@ -87,26 +94,24 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
 
     awq_picks = []
     if preset.awq.enabled:
-        eligible = {n: W.to(device) for n, W in matrices.items() if preset.for_class(matrix_class(n)).bits < 8}
-        awq_picks = awq.select_groups(eligible, hessians["act_rms"], preset.awq.top_k, preset.awq.group)
+        eligible = tuple(n for n in matrices if preset.for_class(matrix_class(n)).bits < 8)
+        key = ("awq", eligible, preset.awq.top_k, preset.awq.group)
+        if key not in cache:
+            weights = {n: matrices[n].to(device) for n in eligible}
+            cache[key] = awq.select_groups(weights, hessians["act_rms"], preset.awq.top_k, preset.awq.group)
+        awq_picks = cache[key]
 
-    errors = {}
+    gptq_keys = {}
     for name, W in matrices.items():
         spec = preset.for_class(matrix_class(name))
-        W, H = W.to(device, torch.float32), hessians[name].to(device, torch.float32)
         groups = [(g["start"], g["size"]) for g in awq_picks if g["name"] == name]
-        how = f"{dequant.GPTQ} (int{spec.bits})"
-        if groups:
-            q, scale, scale_hi = gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
-            tensors[f"{name}.awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
-            tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
-            tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
-            how += dequant.AWQ
-        else:
-            q, scale = gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset))
-        tensors[f"{name}.q"], tensors[f"{name}.scale"], meta[name] = q.cpu(), scale.cpu(), how
-        errors[name] = E = W - dequant.dequantize_tensor(tensors, how, name).to(device)
-        frob, h_error = float(E.norm()), h_weighted_error(E, H)
+        gptq_keys[name] = key = ("gptq", name, spec.bits, spec.clip_sigmas, tuple(groups), *_gptq_args(preset).values())
+        if key not in cache:
+            W_dev, H_dev = W.to(device, torch.float32), hessians[name].to(device, torch.float32)
+            cache[key] = _gptq_tensor(name, W_dev, H_dev, spec, groups, preset)
+        parts, how, frob, h_error = cache[key]
+        tensors.update(parts)
+        meta[name] = how
         rows[name] = {
             "class": matrix_class(name),
             "bits": spec.bits,
@@ -123,15 +128,15 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     lqer_picks = []
     if preset.lqer.enabled:
         spec = preset.lqer
-        lqer_picks = sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]
+        lqer_picks = sorted(matrices, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]
         for name in lqer_picks:
-            mode, factors = lqer.fit(errors[name], spec.rank, spec.group, spec.asym)
-            tensors.update({f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()})
-            meta[name] += f"+{mode}"
-            E = matrices[name].to(device, torch.float32) - dequant.dequantize_tensor(tensors, meta[name], name).to(device)
-            rows[name].update(
-                lqer=mode, frob_error=float(E.norm()), h_error=h_weighted_error(E, hessians[name].to(device))
-            )
+            key = ("lqer", gptq_keys[name], spec.rank, spec.group, spec.asym)
+            if key not in cache:
+                cache[key] = _lqer_tensor(matrices[name], hessians[name], tensors, meta[name], name, spec, device)
+            factors, how, frob, h_error = cache[key]
+            tensors.update(factors)
+            meta[name] = how
+            rows[name].update(lqer=how.rsplit("+", 1)[1], frob_error=frob, h_error=h_error)
 
     for name in matrices:
         rows[name]["storage"] = meta[name]
@@ -146,6 +151,35 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     }
     quantized = {"tensors": tensors, "meta": {name: meta[name] for name in unbanked_state}}
     return {**quantized, "config": dict(model_config or {})}, report
+
+
+def _gptq_tensor(name, W, H, spec, groups, preset):
+    """({stored tensor name: tensor}, storage, ‖W−Ŵ‖_F, tr(E·H·Eᵀ)) of one matrix by GPTQ (+ AWQ-lite groups)."""
+    parts = {}
+    how = f"{dequant.GPTQ} (int{spec.bits})"
+    if groups:
+        q, scale, scale_hi = gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
+        parts["awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
+        parts["awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
+        parts["awqg_s_hi"] = scale_hi.cpu()
+        how += dequant.AWQ
+    else:
+        q, scale = gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset))
+    parts["q"], parts["scale"] = q.cpu(), scale.cpu()
+    named = {f"{name}.{suffix}": t for suffix, t in parts.items()}
+    E = W - dequant.dequantize_tensor(named, how, name).to(W.device)
+    return named, how, float(E.norm()), h_weighted_error(E, H)
+
+
+def _lqer_tensor(W, H, tensors, how, name, spec, device):
+    """({factor name: tensor}, storage, ‖W−Ŵ‖_F, tr(E·H·Eᵀ)) after LQER corrects the GPTQ error of one matrix."""
+    W, H = W.to(device, torch.float32), H.to(device, torch.float32)
+    E = W - dequant.dequantize_tensor(tensors, how, name).to(device)
+    mode, factors = lqer.fit(E, spec.rank, spec.group, spec.asym)
+    named = {f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()}
+    how = f"{how}+{mode}"
+    E = W - dequant.dequantize_tensor({**tensors, **named}, how, name).to(device)
+    return named, how, float(E.norm()), h_weighted_error(E, H)
 
 
 def _gptq_args(preset: Preset) -> dict:
