@@ -32,7 +32,9 @@ DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
 DATA_DIR = f"resources/data/{DATASET}"
 SUBMISSION_FOLDER = config["submission"]["folder"]
-REPORT_FIGURES = ["loss", "size", "bpb", "presets"] + (["capfit"] if CAPFIT_ENABLED else [])
+REPORT_FIGURES = ["loss", "size", "bpb", "presets"]
+if CAPFIT_ENABLED:
+    REPORT_FIGURES.append("capfit")
 # ranks of every torchrun stage: one per GPU, or hardware.cpu_procs gloo ranks on the CPU (as pgolf.launch starts them)
 RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
 
@@ -147,8 +149,8 @@ def preset_file_option(wildcards, input):
 
 
 def capfit_config(wildcards):
-    """The capfit job's --config: what the code job of the capfit preset gets (the submission script's bytes
-    count), plus quant.capfit and the base preset; editing another preset leaves it cached."""
+    """The capfit job's --config: what the capfit preset's code job gets (the script's bytes count), plus
+    quant.capfit and the base preset; editing another preset leaves it cached."""
     from pgolf.codepack import narrow_config, with_preset
 
     capfit = config["quant"]["capfit"]
@@ -173,7 +175,8 @@ def code_config(wildcards):
     """The code job's --config: the config without `quant`, plus this preset only, as pgolf.codepack narrows it."""
     from pgolf.codepack import narrow_config, with_preset
 
-    if wildcards.preset == CAPFIT:  # its settings come from preset.json (pgolf.codepack --preset-file)
+    # the capfit preset's settings come from preset.json (pgolf.codepack --preset-file)
+    if wildcards.preset == CAPFIT:
         return json.dumps(
             narrow_config(with_preset(config, CAPFIT, {}), CAPFIT), sort_keys=True
         )

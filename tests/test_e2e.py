@@ -147,3 +147,29 @@ def test_a_corrupt_outside_artifact_is_refused(finished_copy):
     proc = snakemake(finished_copy, "--configfile", "recipes/smoke.yaml", "artifact.yaml", check=False)
     assert proc.returncode != 0 and "bad.pgrp" in proc.stdout and "magic" in proc.stdout.lower()
     assert not (finished_copy / "results/smoke/artifact/pack.json").exists()
+
+
+def test_capfit_branch_fits_its_target_and_a_new_space_reruns_only_it(finished_copy):
+    """capfit -> quantize -> pack + code -> size_check for real, then the plans after editing the search space."""
+    size_json = "results/smoke/seed1/quant/capfit/size.json"
+    record = json.loads((finished_copy / "results/smoke/seed1/quant/record/size.json").read_text())
+    (finished_copy / "capfit.yaml").write_text(  # the record preset's own bytes: the search must give some up
+        f"quant:\n  capfit: {{enabled: true, target_bytes: {record['total_bytes'] - 2000}}}\n"
+    )
+    args = ("--configfile", "recipes/smoke.yaml", "capfit.yaml")
+    jobs = planned_jobs(snakemake(finished_copy, "-n", *args, size_json).stdout)
+    assert jobs == {"capfit": 1, "quantize": 1, "pack": 1, "code": 1, "size_check": 1}
+    snakemake(finished_copy, *args, size_json)
+    fit = json.loads((finished_copy / "results/smoke/seed1/quant/capfit/capfit.json").read_text())
+    size = json.loads((finished_copy / size_json).read_text())
+    winner = fit["candidates"][fit["winner"]]
+    assert size["total_bytes"] == winner["total_bytes"] <= fit["target_bytes"] == record["total_bytes"] - 2000
+    assert {c["status"] for c in fit["candidates"]} >= {"winner", "over_target"}  # the target binds
+
+    edit_config(finished_copy, lambda c: c["quant"]["capfit"]["space"]["mlp"].update(clip_sigmas=[11.5, 13.0]))
+    out = snakemake(finished_copy, "-n", *args).stdout
+    jobs = planned_jobs(out)
+    assert jobs == {"capfit": 1, "quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1,
+                    "report": 1, "report_capfit": 1, "all": 1}
+    assert re.search(r"rule capfit:.*?reason: Params have changed since last execution", out, re.S)
+    assert "preset=record" not in out and "preset=awq" not in out
