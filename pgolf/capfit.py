@@ -104,6 +104,18 @@ class CapfitConfig:
         return CAP_BYTES - self.margin_bytes if self.target_bytes is None else self.target_bytes
 
 
+def stage_config(config: dict) -> dict:
+    """The capfit stage's --config from the resolved config: what the capfit preset's code job gets (the
+    submission script's bytes count), plus quant.capfit and its base preset, so that editing another preset
+    leaves the stage cached."""
+    capfit = (config.get("quant") or {}).get("capfit") or {}
+    base = capfit.get("base", CapfitConfig.base)
+    presets = config["quant"]["presets"]
+    narrowed = codepack.narrow_config(codepack.with_preset(config, PRESET, {}), PRESET)
+    narrowed["quant"] = {"capfit": capfit, "presets": {base: presets[base]} if base in presets else {}}
+    return narrowed
+
+
 def candidate_presets(base: dict, space: SearchSpace) -> list[dict]:
     """Every distinct preset of the space, as quant.presets entries (all keys spelled out), in a fixed order."""
     base = dataclasses.asdict(Preset.parse(base, "capfit base preset"))
@@ -180,12 +192,12 @@ def search(state: dict, hessians: dict, presets: list[dict], sizer: Sizer, *, mo
     return candidates, counts
 
 
-def check_for_real(state, hessians, values, config, *, model_config, device) -> dict:
-    """Quantize, pack and size-check one preset from scratch (no cache), as the quantize, pack, code and
-    size_check rules will: size_check's own report of the written files."""
+def check_for_real(state, hessians, values, config, *, model_config, device, modules=None) -> dict:
+    """Quantize, pack and size-check one preset from scratch (no cache; `modules`, the minified sources, may be
+    reused), as the quantize, pack, code and size_check rules will: size_check's own report of the written files."""
     quantized, _ = quantize_state(state, hessians, values, model_config=model_config, device=device)
     blob = pack(quantized)
-    script = codepack.build_script(codepack.with_preset(config, PRESET, values), PRESET)
+    script = codepack.build_script(codepack.with_preset(config, PRESET, values), PRESET, modules=modules)
     with tempfile.TemporaryDirectory(prefix="pgolf-capfit-") as tmp:
         tmp = Path(tmp)
         (tmp / "model.pgrp").write_bytes(blob)
@@ -246,13 +258,14 @@ def run(config: dict, model_path, hessians_path, device) -> tuple[dict, dict]:
     state, hessians = model.unbanked_state_dict(), load_hessians(hessians_path)
     candidates_in = candidate_presets(presets[capfit.base], capfit.space)
     start = time.perf_counter()
-    candidates, counts = search(
-        state, hessians, candidates_in, Sizer(config), model_config=model_config, device=device
-    )
+    sizer = Sizer(config)
+    candidates, counts = search(state, hessians, candidates_in, sizer, model_config=model_config, device=device)
     search_seconds = time.perf_counter() - start
 
     def check(values):
-        return check_for_real(state, hessians, values, config, model_config=model_config, device=device)
+        return check_for_real(
+            state, hessians, values, config, model_config=model_config, device=device, modules=sizer.modules
+        )
 
     checked = choose(candidates, capfit.target, check)
     winner = next(c for c in candidates if c["chosen"])

@@ -149,18 +149,11 @@ def preset_file_option(wildcards, input):
 
 
 def capfit_config(wildcards):
-    """The capfit job's --config: what the capfit preset's code job gets (the script's bytes count), plus
+    """The capfit job's --config (pgolf.capfit.stage_config): what the capfit preset's code job gets, plus
     quant.capfit and the base preset; editing another preset leaves it cached."""
-    from pgolf.codepack import narrow_config, with_preset
+    from pgolf.capfit import stage_config as capfit_stage_config
 
-    capfit = config["quant"]["capfit"]
-    narrowed = narrow_config(with_preset(config, CAPFIT, {}), CAPFIT)
-    base = config["quant"]["presets"].get(capfit.get("base", "record"))
-    narrowed["quant"] = {
-        "capfit": capfit,
-        "presets": {capfit.get("base", "record"): base},
-    }
-    return json.dumps(narrowed, sort_keys=True)
+    return json.dumps(capfit_stage_config(config), sort_keys=True)
 
 
 def package_sources():
