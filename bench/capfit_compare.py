@@ -24,16 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pgolf import capfit, codepack  # noqa: E402
-from pgolf import dist as pgdist  # noqa: E402
-from pgolf.bpb import load_val  # noqa: E402
-from pgolf.evaluate import EvalConfig, prepare, score  # noqa: E402
-from pgolf.io import write_json  # noqa: E402
-from pgolf.model import GPT, ModelConfig, load_trained  # noqa: E402
-from pgolf.pack import pack, sha256  # noqa: E402
-from pgolf.quant import Preset, dequantize_state, quantize_state  # noqa: E402
-from pgolf.quantize import load_hessians  # noqa: E402
-from pgolf.sizecheck import size_report  # noqa: E402
+from pgolf import capfit, codepack
+from pgolf import dist as pgdist
+from pgolf.bpb import load_val
+from pgolf.evaluate import EvalConfig, prepare, score
+from pgolf.io import write_json
+from pgolf.model import GPT, ModelConfig, load_trained
+from pgolf.pack import pack, sha256
+from pgolf.quant import Preset, dequantize_state, quantize_state
+from pgolf.quantize import load_hessians
+from pgolf.sizecheck import size_report
 
 
 def measure(state, hessians, values, config, name, model_config, device) -> dict:

@@ -171,5 +171,5 @@ def test_capfit_branch_fits_its_target_and_a_new_space_reruns_only_it(finished_c
     jobs = planned_jobs(out)
     assert jobs == {"capfit": 1, "quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1,
                     "report": 1, "report_capfit": 1, "all": 1}
-    assert re.search(r"rule capfit:.*?reason: Params have changed since last execution", out, re.S)
+    assert re.search(r"rule capfit:.*?reason: Params have changed since last execution", out, re.DOTALL)
     assert "preset=record" not in out and "preset=awq" not in out
