@@ -24,27 +24,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pgolf import capfit, codepack
-from pgolf import dist as pgdist
-from pgolf.bpb import load_val
-from pgolf.evaluate import EvalConfig, prepare, score
-from pgolf.io import write_json
-from pgolf.model import GPT, ModelConfig, load_trained
-from pgolf.pack import pack, sha256
-from pgolf.quant import Preset, dequantize_state, quantize_state
-from pgolf.quantize import load_hessians
-from pgolf.sizecheck import size_report
+from pgolf import capfit, codepack  # noqa: E402
+from pgolf import dist as pgdist  # noqa: E402
+from pgolf.bpb import load_val  # noqa: E402
+from pgolf.evaluate import EvalConfig, prepare, score  # noqa: E402
+from pgolf.io import write_json  # noqa: E402
+from pgolf.model import GPT, ModelConfig, load_trained  # noqa: E402
+from pgolf.pack import pack_as, sha256  # noqa: E402
+from pgolf.quant import Preset, dequantize_state, quantize_state  # noqa: E402
+from pgolf.quantize import load_hessians  # noqa: E402
+from pgolf.sizecheck import size_report  # noqa: E402
 
 
 def measure(state, hessians, values, config, name, model_config, device) -> dict:
     """Size (size_check's report) and proxy of a preset outside the search space, built under `name`."""
     quantized, report = quantize_state(state, hessians, values, model_config=model_config, device=device)
-    blob = pack(quantized)
-    script = codepack.build_script(codepack.with_preset(config, name, values), name)
+    blob = pack_as(quantized, config["pack"]["compressor"])
+    script = codepack.build_script(config, name)  # `name` is a preset of the config
     with tempfile.TemporaryDirectory(prefix="pgolf-capfit-bench-") as tmp:
         tmp = Path(tmp)
         (tmp / "model.pgrp").write_bytes(blob)
-        (tmp / "train_gpt.py").write_text(script)
+        (tmp / "train_gpt.py").write_bytes(script)
         write_json(tmp / "pack.json", {"sha256": sha256(blob), "total_bytes": len(blob)})
         size = size_report(tmp / "model.pgrp", tmp / "pack.json", tmp / "train_gpt.py")
     return {"total_bytes": size["total_bytes"], "model_bytes": size["artifact_bytes"],

@@ -2,8 +2,8 @@
 # One device call: train briefly, collect Hessians, then compare the record preset with the capfit preset at the
 # same byte target (bench/capfit_compare.py): exact bytes, proxy, quantized val_bpb, the search's seconds.
 #
-# Runs the DAG's stages as `python -m pgolf.<stage>` with the rules' arguments (tokenizer, tokenize, audit_data,
-# train, hessians), then bench/capfit_compare.py on model.pt and hessians.pt. A stage still running at
+# Runs the DAG's stages as `python -m pgolf.<stage>` with the rules' arguments from pgolf.stages (tokenizer,
+# tokenize, audit_data, train, hessians), then bench/capfit_compare.py on model.pt and hessians.pt. A stage still running at
 # PGOLF_DEADLINE_S (default 560 s) is killed; what exists still comes back. Files under $OUT:
 #   capfit_compare.json  target, both presets' bytes, proxy and quantized score, the search's seconds and cache
 #   capfit.json          every candidate of the search (the capfit stage's output)
@@ -21,14 +21,12 @@ begin_stages "capfit comparison"
 
 stages() {
     tokenize_data &&
-    run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
-        --out "$DATA/data_audit.json" &&
-    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
-        --manifest "$DATA/manifest.json" --audit "$DATA/data_audit.json" --seed "$PG_SEED" --out-dir "$TRAIN" \
-        --compile-cache "$COMPILE_CACHE" &&
-    run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.hessians \
-        --config "$CFG/hessians.json" --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --seed "$PG_SEED" \
-        --out "$TRAIN/hessians.pt" &&
+    stage_cmd audit_data --set "params.config=$CFG/audit.json" &&
+    run_stage audit_data python "${STAGE_CMD[@]}" &&
+    stage_cmd train --set "params.config=$CFG/train.json" &&
+    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
+    stage_cmd hessians --set "params.config=$CFG/hessians.json" &&
+    run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
     # every core for lrzip, as the pack rule runs it
     run_stage capfit_compare env -u OMP_NUM_THREADS python bench/capfit_compare.py --config "$CFG/resolved.json" \
         --model "$TRAIN/model.pt" --hessians "$TRAIN/hessians.pt" --manifest "$DATA/manifest.json" \

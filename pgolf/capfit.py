@@ -12,13 +12,15 @@ Hessian-weighted error tr(E·H·Eᵀ) over the quantized matrices (docs/capfit.m
 The winner, the proxy-argmin among candidates within the target, is then quantized, packed and size-checked
 again from scratch; should that miss the target, the next candidate is taken and capfit.json says so.
 
-Writes preset.json (the winner as a quant.presets entry, which the quantize and code rules read for the preset
-`capfit`) and capfit.json beside it (target, every candidate with its bytes, proxy, status and why, the checked
-winner, seconds and cache counts).
+Writes preset.json (the winner as a quant.presets entry), beside it the --config files of the preset `capfit`'s
+quantize and code jobs (quantize-config.json, code-config.json, which those rules pass for it) and capfit.json
+(target, every candidate with its bytes, proxy, status and why, the checked winner, seconds and cache counts).
+The caches live here, not in the modules train_gpt.py carries: quantize_state and pack take a `memo` hook only.
 """
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import tempfile
@@ -30,17 +32,18 @@ import torch
 
 from . import codepack
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .config import narrow_config
 from .dist import require_gpus
 from .errors import PgolfError
 from .io import write_json
 from .model import load_trained
-from .pack import pack, sha256
+from .pack import pack, pack_as, sha256
 from .quant import Preset, quantize_state
 from .quant.state import MATRIX
 from .quantize import load_hessians
 from .runlog import RunLog
 from .sizecheck import CAP_BYTES, size_report
+from .stageconfig import from_dict, load_stage_config
 
 PRESET = "capfit"  # the preset name the winner is built, packed and submitted under
 CLASSES = ("attn", "mlp", "embed")
@@ -111,9 +114,55 @@ def stage_config(config: dict) -> dict:
     capfit = (config.get("quant") or {}).get("capfit") or {}
     base = capfit.get("base", CapfitConfig.base)
     presets = config["quant"]["presets"]
-    narrowed = codepack.narrow_config(codepack.with_preset(config, PRESET, {}), PRESET)
+    narrowed = narrow_config(with_preset(config, {}), PRESET)
     narrowed["quant"] = {"capfit": capfit, "presets": {base: presets[base]} if base in presets else {}}
     return narrowed
+
+
+def with_preset(config: dict, values: dict) -> dict:
+    """The config with quant.presets.capfit set to `values`."""
+    quant = dict(config.get("quant") or {})
+    quant["presets"] = {**(quant.get("presets") or {}), PRESET: values}
+    return {**config, "quant": quant}
+
+
+def quantize_config(config: dict, values: dict) -> dict:
+    """The capfit preset's quantize --config, as the quantize rule builds it for a preset of config.yaml."""
+    return {"preset": values, "hardware": {"gpus": config["hardware"]["gpus"]}}
+
+
+def code_config(config: dict, values: dict) -> dict:
+    """The capfit preset's code --config, as the code rule builds it for a preset of config.yaml."""
+    return narrow_config(with_preset(config, values), PRESET)
+
+
+class Memo:
+    """The `memo` hook of quantize_state and pack: one result per key, computed once (`key` maps the key the
+    caller gives to the one stored)."""
+
+    def __init__(self, key=lambda key: key):
+        self.key, self.results = key, {}
+
+    def __call__(self, key, compute):
+        key = self.key(key)
+        if key not in self.results:
+            self.results[key] = compute()
+        return self.results[key]
+
+    def count(self, first=None) -> int:
+        """Results computed, or those whose key starts with `first`."""
+        return sum(1 for k in self.results if first is None or k[0] == first)
+
+
+def group_key(key) -> tuple:
+    """pack's (group, [(row, name, tensor), ...]) as the group and a digest of its members' names, dtypes, shapes
+    and bytes: all its stream and row orders depend on."""
+    group, members = key
+    digest = hashlib.sha256()
+    for _, name, t in members:
+        digest.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return group, digest.hexdigest()
 
 
 def candidate_presets(base: dict, space: SearchSpace) -> list[dict]:
@@ -151,24 +200,24 @@ class Sizer:
 
     def __init__(self, config: dict):
         self.config = config
+        self.compressor = (config.get("pack") or {}).get("compressor", "lrzip_groups")
         self.modules = codepack.package_modules()
-        self.group_cache = {}
+        self.groups = Memo(group_key)
 
     def code_bytes(self, values: dict) -> int:
-        config = codepack.with_preset(self.config, PRESET, values)
-        return len(codepack.build_script(config, PRESET, modules=self.modules).encode())
+        return len(codepack.build_script(code_config(self.config, values), PRESET, modules=self.modules))
 
     def model_bytes(self, state: dict) -> int:
-        return len(pack(state, self.group_cache))
+        if self.compressor == "lrzip_groups":
+            return len(pack(state, self.groups))
+        return len(pack_as(state, self.compressor))  # one brotli stream: nothing to share between candidates
 
 
 def search(state: dict, hessians: dict, presets: list[dict], sizer: Sizer, *, model_config, device) -> tuple:
     """(candidates, cache counts): per preset its exact bytes and its proxy, in the order given."""
-    cache, candidates = {}, []
+    memo, candidates = Memo(), []
     for i, values in enumerate(presets):
-        quantized, report = quantize_state(
-            state, hessians, values, model_config=model_config, device=device, cache=cache
-        )
+        quantized, report = quantize_state(state, hessians, values, model_config=model_config, device=device, memo=memo)
         model_bytes, code_bytes = sizer.model_bytes(quantized), sizer.code_bytes(values)
         candidates.append({
             "id": i,
@@ -185,9 +234,9 @@ def search(state: dict, hessians: dict, presets: list[dict], sizer: Sizer, *, mo
     counts = {
         "candidates": len(presets),
         "gptq_needed": matrices * len(presets),
-        "gptq_run": sum(1 for k in cache if k[0] == "gptq"),
-        "lqer_run": sum(1 for k in cache if k[0] == "lqer"),
-        "groups_compressed": len(sizer.group_cache),
+        "gptq_run": memo.count() - memo.count("awq") - memo.count("lqer"),  # GPTQ keys start with the matrix name
+        "lqer_run": memo.count("lqer"),
+        "groups_compressed": sizer.groups.count(),
     }
     return candidates, counts
 
@@ -196,12 +245,12 @@ def check_for_real(state, hessians, values, config, *, model_config, device, mod
     """Quantize, pack and size-check one preset from scratch (no cache; `modules`, the minified sources, may be
     reused), as the quantize, pack, code and size_check rules will: size_check's own report of the written files."""
     quantized, _ = quantize_state(state, hessians, values, model_config=model_config, device=device)
-    blob = pack(quantized)
-    script = codepack.build_script(codepack.with_preset(config, PRESET, values), PRESET, modules=modules)
+    blob = pack_as(quantized, (config.get("pack") or {}).get("compressor", "lrzip_groups"))
+    script = codepack.build_script(code_config(config, values), PRESET, modules=modules)
     with tempfile.TemporaryDirectory(prefix="pgolf-capfit-") as tmp:
         tmp = Path(tmp)
         (tmp / "model.pgrp").write_bytes(blob)
-        (tmp / "train_gpt.py").write_text(script)
+        (tmp / "train_gpt.py").write_bytes(script)
         write_json(tmp / "pack.json", {"sha256": sha256(blob), "total_bytes": len(blob)})
         return size_report(tmp / "model.pgrp", tmp / "pack.json", tmp / "train_gpt.py")
 
@@ -302,6 +351,8 @@ def main(argv=None):
     preset, result = run(config, args.model, args.hessians, device)
     out = Path(args.out)
     write_json(out.with_name("capfit.json"), result)
+    write_json(out.with_name("quantize-config.json"), quantize_config(config, preset))
+    write_json(out.with_name("code-config.json"), code_config(config, preset))
     write_json(out, preset)
     log.write({"event": "done", "winner": result["winner"], "seconds": result["seconds"], "cache": result["cache"]})
 

@@ -1,12 +1,11 @@
-"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (record-stack.md §5.2, §6).
+"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (docs/record-stack.md §5.2, §6).
 
     python -m pgolf.quantize --config CFG --model results/<name>/seed<S>/train/model.pt \
         --hessians results/<name>/seed<S>/train/hessians.pt --preset record \
         --out results/<name>/seed<S>/quant/record/quantized.pt
 
 CFG holds `{"preset": {...that preset...}, "hardware": {...}}` (the quantize rule puts only that preset in its
-params, so editing one preset re-runs only that preset); `--preset-file preset.json` takes the preset from the file
-pgolf.capfit writes instead (docs/capfit.md). Writes quantized.pt ({"tensors", "meta", "config"}, the
+params, so editing one preset re-runs only that preset). Writes quantized.pt ({"tensors", "meta", "config"}, the
 packer's input) and report.json beside it (per tensor: storage, bits, clip sigmas, ‖W−Ŵ‖_F and the H-weighted
 error before and after LQER; the LQER and AWQ picks; seconds).
 """
@@ -18,13 +17,12 @@ from pathlib import Path
 import torch
 
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
 from .io import atomic_path, load_torch, write_json
 from .model import load_trained
 from .quant import Preset, quantize_state
-from .quant.preset import read_preset_file
 from .runlog import RunLog
 
 
@@ -41,15 +39,12 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="results/<name>/seed<S>/train/model.pt")
     parser.add_argument("--hessians", required=True, help="results/<name>/seed<S>/train/hessians.pt")
     parser.add_argument("--preset", required=True, help="the preset's name (recorded in the report)")
-    parser.add_argument("--preset-file", help="the preset's settings from this JSON file (the capfit stage's preset.json)")
     parser.add_argument("--out", required=True, help="results/<name>/seed<S>/quant/<preset>/quantized.pt")
     args = parser.parse_args(argv)
 
     config = load_stage_config(args.config)
-    if args.preset_file:
-        config["preset"] = read_preset_file(args.preset_file)
     if "preset" not in config:
-        raise PgolfError('--config: needs {"preset": {...}} (the quant.presets entry to apply) or --preset-file')
+        raise PgolfError('--config: needs {"preset": {...}}, the quant.presets entry to apply')
     preset = Preset.parse(config["preset"], f"config preset {args.preset}")
     gpus = config.get("hardware", {}).get("gpus", 0)
     require_gpus(gpus)

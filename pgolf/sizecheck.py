@@ -4,16 +4,16 @@
         --pack-json .../pack.json --code .../train_gpt.py --preset <preset> --out .../size.json
 
 Over the cap it stops with the breakdown and the preset knobs that shrink the artifact, and writes nothing, so
-evaluation never starts (record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
+evaluation never starts (docs/record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
 """
 
 import argparse
 from pathlib import Path
 
-from .codepack import read_header
+from .codeheader import read_header
 from .errors import PgolfError
 from .io import write_json
-from .pack import stream_sizes, verify
+from .pack import artifact_streams, verify
 
 CAP_BYTES = 16_000_000
 
@@ -29,7 +29,7 @@ def size_report(pgrp, pack_json, code) -> dict:
         "total_bytes": total,
         "cap_bytes": CAP_BYTES,
         "headroom_bytes": CAP_BYTES - total,
-        "streams": stream_sizes(data, str(pgrp)),
+        "streams": artifact_streams(data, str(pgrp)),
         "code_python": versions["python"],
         "code_python_minifier": versions["python_minifier"],
     }

@@ -18,7 +18,7 @@ from test_quantize import trained  # noqa: F401 (the tiny model and its Hessians
 
 from pgolf import capfit, codepack
 from pgolf.capfit import CapfitConfig, candidate_presets, choose
-from pgolf.config import resolve
+from pgolf.config import narrow_config, resolve
 from pgolf.errors import PgolfError
 from pgolf.pack import pack
 from pgolf.quant import quantize_state
@@ -60,8 +60,8 @@ def brute_force(trained):  # noqa: F811
         quantized, report = quantize_state(
             model.unbanked_state_dict(), hessians, values, model_config=dataclasses.asdict(model.config)
         )
-        script = codepack.build_script(codepack.with_preset(config, capfit.PRESET, values), capfit.PRESET, modules=modules)
-        rows.append((values, len(pack(quantized)) + len(script.encode()), report["h_error"]))
+        script = codepack.build_script(capfit.code_config(config, values), capfit.PRESET, modules=modules)
+        rows.append((values, len(pack(quantized)) + len(script), report["h_error"]))
     return rows
 
 
@@ -177,27 +177,29 @@ def run_stage(module, *args, cwd):
     assert proc.returncode == 0, f"{module}: {proc.stderr[-3000:]}"
 
 
-def test_preset_file_through_the_stage_clis_gives_the_searched_size(files, tmp_path):
-    """The DAG's path of the capfit preset: capfit, then quantize and code reading preset.json, pack, size_check."""
+def test_stage_configs_through_the_stage_clis_give_the_searched_size(files, tmp_path):
+    """The DAG's path of the capfit preset: capfit, then quantize and code with the --config files it wrote, pack,
+    size_check."""
     config = smoke_config({"space": {**SPACE, "lqer_top_k": [2]}, "target_bytes": 15_000_000})
     out = tmp_path / "quant" / "capfit"
     config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(config))
+    config_path.write_text(json.dumps(capfit.stage_config(config)))
     run_stage("pgolf.capfit", "--config", config_path, "--model", files / "model.pt", "--hessians",
               files / "hessians.pt", "--out", out / "preset.json", cwd=tmp_path)
     result = json.loads((out / "capfit.json").read_text())
     winner = result["candidates"][result["winner"]]
     assert winner["settings"] == {"attn": [6, 13.0], "mlp": [6, 11.5], "embed": [8, 14.0], "lqer": [2, 4],
                                   "awq": False}  # everything fits: the most bits win
-    quant_config = json.dumps({"hardware": {"gpus": 0}})
-    run_stage("pgolf.quantize", "--config", quant_config, "--model", files / "model.pt", "--hessians",
-              files / "hessians.pt", "--preset", "capfit", "--preset-file", out / "preset.json", "--out",
-              out / "quantized.pt", cwd=tmp_path)
-    run_stage("pgolf.pack", "--no-baseline", "--quantized", out / "quantized.pt", "--out", out / "model.pgrp",
-              cwd=tmp_path)
-    code_config = codepack.narrow_config(codepack.with_preset(config, "capfit", {}), "capfit")
-    run_stage("pgolf.codepack", "--config", json.dumps(code_config), "--preset", "capfit", "--preset-file",
-              out / "preset.json", "--out", out / "train_gpt.py", cwd=tmp_path)
+    preset = json.loads((out / "preset.json").read_text())
+    assert json.loads((out / "quantize-config.json").read_text()) == {"preset": preset, "hardware": {"gpus": 0}}
+    code_config = json.loads((out / "code-config.json").read_text())  # what the code rule gives a config.yaml preset
+    assert code_config == narrow_config(capfit.with_preset(config, preset), "capfit")
+    run_stage("pgolf.quantize", "--config", out / "quantize-config.json", "--model", files / "model.pt",
+              "--hessians", files / "hessians.pt", "--preset", "capfit", "--out", out / "quantized.pt", cwd=tmp_path)
+    run_stage("pgolf.pack", "--no-baseline", "--quantized", out / "quantized.pt", "--compressor",
+              config["pack"]["compressor"], "--out", out / "model.pgrp", cwd=tmp_path)
+    run_stage("pgolf.codepack", "--config", out / "code-config.json", "--preset", "capfit", "--out",
+              out / "train_gpt.py", cwd=tmp_path)
     run_stage("pgolf.sizecheck", "--pgrp", out / "model.pgrp", "--pack-json", out / "pack.json", "--code",
               out / "train_gpt.py", "--preset", "capfit", "--out", out / "size.json", cwd=tmp_path)
     size = json.loads((out / "size.json").read_text())
@@ -207,11 +209,34 @@ def test_preset_file_through_the_stage_clis_gives_the_searched_size(files, tmp_p
     assert report["settings"] == json.loads((out / "preset.json").read_text())
 
 
-def test_bad_preset_file_is_one_clear_error(tmp_path):
-    from pgolf.quant.preset import read_preset_file
+MEMO_PRESETS = [  # what the memo keys must tell apart: bits, clip, AWQ, LQER ranks fixed and adaptive, gates
+    {},
+    {"attn": {"bits": 5}, "gates": {"int8": False}},
+    {"attn": {"bits": 5, "clip_sigmas": 12.0}, "awq": {"enabled": True, "top_k": 2, "group": 32}},
+    {"lqer": {"rank": 2, "top_k": 1}},
+    {"lqer": {"adaptive": True, "ranks": [1, 2, 4], "budget_bytes": 3_000}},
+    {"lqer": {"adaptive": True, "ranks": [1, 2, 4], "budget_bytes": 600}},
+    {"attn": {"bits": 5}, "lqer": {"adaptive": True, "ranks": [1, 2, 4], "budget_bytes": 3_000}},
+]
 
-    with pytest.raises(PgolfError, match="preset file not found; run the capfit rule"):
-        read_preset_file(tmp_path / "preset.json")
-    (tmp_path / "preset.json").write_text('{"attn": {"bits": 9}}')
-    with pytest.raises(PgolfError, match="needs 2 <= bits <= 8"):
-        read_preset_file(tmp_path / "preset.json")
+
+def test_memo_gives_every_preset_the_uncached_state_and_blob(trained):  # noqa: F811
+    """One memo across presets that share most settings: each state, report and sealed .pgrp is the one computed
+    from scratch (tensors bitwise, the blob byte for byte), while GPTQ and lrzip ran fewer times."""
+    model, hessians = trained
+    state = model.unbanked_state_dict()
+    memo, groups, calls = capfit.Memo(), capfit.Memo(capfit.group_key), []
+    for values in MEMO_PRESETS:
+        fresh, fresh_report = quantize_state(state, hessians, values)
+        cached, cached_report = quantize_state(state, hessians, values, memo=memo)
+        assert fresh["meta"] == cached["meta"] and fresh["tensors"].keys() == cached["tensors"].keys()
+        for name, t in fresh["tensors"].items():
+            assert torch.equal(t, cached["tensors"][name]), name
+        drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+        assert drop(fresh_report) == drop(cached_report)
+        assert pack(cached, groups) == pack(fresh)
+        calls.append(fresh_report["lqer_picks"])
+    assert len(calls[4]) > len(calls[5]) >= 1  # the budgets pick different ranks: adaptive saw every error
+    matrices = sum(1 for name in state if capfit.MATRIX.match(name))
+    assert memo.count() - memo.count("awq") - memo.count("lqer") < matrices * len(MEMO_PRESETS) / 2
+    assert groups.count() < 7 * len(MEMO_PRESETS)

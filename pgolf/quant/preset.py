@@ -1,11 +1,9 @@
 """A quantization preset (`quant.presets.<name>` in config.yaml); the defaults are the record's (#1855)."""
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..config import from_dict
+from ..stageconfig import from_dict
 from ..errors import PgolfError
 
 
@@ -34,6 +32,14 @@ class LqerSpec:
     rank: int = 4
     group: int = 64
     asym: bool = True
+    adaptive: bool = False  # LQER_ADAPTIVE (#1935): ranks per tensor under budget_bytes, not top_k at one rank
+    budget_bytes: int = 60000
+    ranks: list[int] = field(default_factory=lambda: [4, 6, 8, 10])  # candidate ranks of the adaptive allocator
+
+
+@dataclass
+class GateSpec:
+    int8: bool = True  # GATED_ATTN_QUANT_GATE: attention gates int8 per row (#1855); false keeps them fp16 (#2123)
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Preset:
     gptq: GptqSpec = field(default_factory=GptqSpec)
     lqer: LqerSpec = field(default_factory=LqerSpec)
     awq: AwqSpec = field(default_factory=AwqSpec)
+    gates: GateSpec = field(default_factory=GateSpec)
 
     def __post_init__(self):
         for name in ("attn", "mlp", "embed"):
@@ -60,6 +67,11 @@ class Preset:
                     f"quant preset: {name} needs 2 <= bits <= 8 (int8 storage) and clip_sigmas > 0, "
                     f"got {dataclasses.asdict(spec)}; fix the preset in config.yaml"
                 )
+        if self.lqer.adaptive and (self.lqer.budget_bytes < 0 or not self.lqer.ranks or min(self.lqer.ranks) < 1):
+            raise PgolfError(
+                f"quant preset: lqer.adaptive needs budget_bytes >= 0 and a non-empty list of ranks >= 1, got "
+                f"budget_bytes={self.lqer.budget_bytes} ranks={self.lqer.ranks}; fix the preset in config.yaml"
+            )
 
     @classmethod
     def parse(cls, values: dict | None, where: str = "quant preset") -> "Preset":
@@ -68,7 +80,7 @@ class Preset:
         default = cls()
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq")
+            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, gates")
         parts = {}
         for f in dataclasses.fields(cls):
             base = getattr(default, f.name)
@@ -78,17 +90,3 @@ class Preset:
 
     def for_class(self, kind: str) -> ClassSpec:
         return getattr(self, kind)
-
-
-def read_preset_file(path) -> dict:
-    """The settings of a preset written to a file (pgolf.capfit's preset.json), checked by Preset.parse."""
-    try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PgolfError(f"{path}: preset file not found; run the capfit rule first") from None
-    except json.JSONDecodeError as e:
-        raise PgolfError(f"{path}: not valid JSON ({e}); re-run the capfit rule") from None
-    if not isinstance(values, dict):
-        raise PgolfError(f"{path}: a preset file holds one preset mapping; re-run the capfit rule")
-    Preset.parse(values, str(path))
-    return values

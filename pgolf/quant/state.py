@@ -1,8 +1,8 @@
-"""Quantize a whole unbanked state (record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
+"""Quantize a whole unbanked state (docs/record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
 
 Routing: the quantized matrices (tok_emb and every attention / MLP matrix, the ones the Hessians cover) go
-through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row; every
-other float tensor of at most 65,536 elements is kept in fp16. Anything else has no storage rule and is an error.
+through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row (fp16 with the preset's
+gates.int8 off, as #2123); every other float tensor of at most 65,536 elements is kept in fp16. Anything else has no storage rule and is an error.
 """
 
 import re
@@ -58,8 +58,8 @@ def _int8_rows(W: torch.Tensor):
     return q, scale
 
 
-def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
-    if is_gate(name, t):
+def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict, gate_int8: bool):
+    if gate_int8 and is_gate(name, t):
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = _int8_rows(t)
         meta[name] = dequant.INT8_ROW
     elif not t.is_floating_point():
@@ -73,15 +73,14 @@ def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
         )
 
 
-def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu", cache=None):
-    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} (the quantized.pt contract).
+def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu", memo=None):
+    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in docs/contracts.md's quantized.pt.
 
-    `cache` (a dict the caller keeps) memoizes the per-tensor work across calls on the same model and Hessians:
-    the AWQ-lite picks, each tensor's GPTQ codes and errors per (bits, clip, protected groups, GPTQ settings), and
-    its LQER factors per (that, rank, group, asym). Cached or not, the result is the same; pgolf.capfit uses it to
-    quantize many presets that share most of their settings.
+    memo(key, compute) returns compute() or an earlier result for the same key; each key names all that its step
+    (AWQ-lite's picks, one matrix's GPTQ, one matrix's LQER factors) depends on besides this model and these
+    Hessians, so pgolf.capfit can keep one across presets.
     """
-    cache = {} if cache is None else cache
+    memo = memo or (lambda key, compute: compute())
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
@@ -89,29 +88,37 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     tensors, meta, rows = {}, {}, {}
     for name, t in unbanked_state.items():  # the cheap tensors first: a tensor without a storage rule fails fast
         if name not in matrices:
-            _small_tensor(name, t.detach().cpu(), tensors, meta)
+            _small_tensor(name, t.detach().cpu(), tensors, meta, preset.gates.int8)
             rows[name] = {"storage": meta[name], "shape": list(t.shape)}
 
     awq_picks = []
     if preset.awq.enabled:
-        eligible = tuple(n for n in matrices if preset.for_class(matrix_class(n)).bits < 8)
-        key = ("awq", eligible, preset.awq.top_k, preset.awq.group)
-        if key not in cache:
-            weights = {n: matrices[n].to(device) for n in eligible}
-            cache[key] = awq.select_groups(weights, hessians["act_rms"], preset.awq.top_k, preset.awq.group)
-        awq_picks = cache[key]
+        eligible = {n: W.to(device) for n, W in matrices.items() if preset.for_class(matrix_class(n)).bits < 8}
+        awq_picks = memo(
+            ("awq", *eligible, preset.awq.top_k, preset.awq.group),
+            lambda: awq.select_groups(eligible, hessians["act_rms"], preset.awq.top_k, preset.awq.group),
+        )
 
-    gptq_keys = {}
+    errors, keys = {}, {}
     for name, W in matrices.items():
         spec = preset.for_class(matrix_class(name))
+        W, H = W.to(device, torch.float32), hessians[name].to(device, torch.float32)
         groups = [(g["start"], g["size"]) for g in awq_picks if g["name"] == name]
-        gptq_keys[name] = key = ("gptq", name, spec.bits, spec.clip_sigmas, tuple(groups), *_gptq_args(preset).values())
-        if key not in cache:
-            W_dev, H_dev = W.to(device, torch.float32), hessians[name].to(device, torch.float32)
-            cache[key] = _gptq_tensor(name, W_dev, H_dev, spec, groups, preset)
-        parts, how, frob, h_error = cache[key]
-        tensors.update(parts)
-        meta[name] = how
+        how = f"{dequant.GPTQ} (int{spec.bits})"
+        keys[name] = key = (name, spec.bits, spec.clip_sigmas, *groups, *_gptq_args(preset).values())
+        if groups:
+            q, scale, scale_hi = memo(
+                key, lambda: gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
+            )
+            tensors[f"{name}.awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
+            tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
+            tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
+            how += dequant.AWQ
+        else:
+            q, scale = memo(key, lambda: gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset)))
+        tensors[f"{name}.q"], tensors[f"{name}.scale"], meta[name] = q.cpu(), scale.cpu(), how
+        errors[name] = E = W - dequant.dequantize_tensor(tensors, how, name).to(device)
+        frob, h_error = float(E.norm()), h_weighted_error(E, H)
         rows[name] = {
             "class": matrix_class(name),
             "bits": spec.bits,
@@ -128,15 +135,22 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     lqer_picks = []
     if preset.lqer.enabled:
         spec = preset.lqer
-        lqer_picks = sorted(matrices, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]
+        if spec.adaptive:
+            ranks = lqer.adaptive_ranks(errors, spec.ranks, spec.budget_bytes, spec.group)
+        else:
+            ranks = {n: spec.rank for n in sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]}
+        lqer_picks = list(ranks)
         for name in lqer_picks:
-            key = ("lqer", gptq_keys[name], spec.rank, spec.group, spec.asym)
-            if key not in cache:
-                cache[key] = _lqer_tensor(matrices[name], hessians[name], tensors, meta[name], name, spec, device)
-            factors, how, frob, h_error = cache[key]
-            tensors.update(factors)
-            meta[name] = how
-            rows[name].update(lqer=how.rsplit("+", 1)[1], frob_error=frob, h_error=h_error)
+            mode, factors = memo(
+                ("lqer", *keys[name], ranks[name], spec.group, spec.asym),
+                lambda: lqer.fit(errors[name], ranks[name], spec.group, spec.asym),
+            )
+            tensors.update({f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()})
+            meta[name] += f"+{mode}"
+            E = matrices[name].to(device, torch.float32) - dequant.dequantize_tensor(tensors, meta[name], name).to(device)
+            rows[name].update(
+                lqer=mode, lqer_rank=ranks[name], frob_error=float(E.norm()), h_error=h_weighted_error(E, hessians[name].to(device))
+            )
 
     for name in matrices:
         rows[name]["storage"] = meta[name]
@@ -151,35 +165,6 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     }
     quantized = {"tensors": tensors, "meta": {name: meta[name] for name in unbanked_state}}
     return {**quantized, "config": dict(model_config or {})}, report
-
-
-def _gptq_tensor(name, W, H, spec, groups, preset):
-    """({stored tensor name: tensor}, storage, ‖W−Ŵ‖_F, tr(E·H·Eᵀ)) of one matrix by GPTQ (+ AWQ-lite groups)."""
-    parts = {}
-    how = f"{dequant.GPTQ} (int{spec.bits})"
-    if groups:
-        q, scale, scale_hi = gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
-        parts["awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
-        parts["awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
-        parts["awqg_s_hi"] = scale_hi.cpu()
-        how += dequant.AWQ
-    else:
-        q, scale = gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset))
-    parts["q"], parts["scale"] = q.cpu(), scale.cpu()
-    named = {f"{name}.{suffix}": t for suffix, t in parts.items()}
-    E = W - dequant.dequantize_tensor(named, how, name).to(W.device)
-    return named, how, float(E.norm()), h_weighted_error(E, H)
-
-
-def _lqer_tensor(W, H, tensors, how, name, spec, device):
-    """({factor name: tensor}, storage, ‖W−Ŵ‖_F, tr(E·H·Eᵀ)) after LQER corrects the GPTQ error of one matrix."""
-    W, H = W.to(device, torch.float32), H.to(device, torch.float32)
-    E = W - dequant.dequantize_tensor(tensors, how, name).to(device)
-    mode, factors = lqer.fit(E, spec.rank, spec.group, spec.asym)
-    named = {f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()}
-    how = f"{how}+{mode}"
-    E = W - dequant.dequantize_tensor({**tensors, **named}, how, name).to(device)
-    return named, how, float(E.norm()), h_weighted_error(E, H)
 
 
 def _gptq_args(preset: Preset) -> dict:
