@@ -2,19 +2,17 @@
 import json
 from pathlib import Path
 
-from snakemake.utils import validate
-
-# the stage table and the value checks: no torch, so parsing the workflow needs none
+# the stage table: standard library only, so parsing the workflow needs no torch
 from pgolf import stages as STAGES
-from pgolf.config import check_values
+from pgolf.config import validate as validate_config
 
-# One schema fragment per config section; a new stage adds its own file here without editing the others.
-for fragment in sorted(
-    Path(workflow.basedir, "workflow", "schemas").glob("*.schema.yaml")
-):
-    validate(config, schema=str(fragment))
-# what the schemas cannot say: unknown sections, NaN or infinite numbers, a budget within its Hessian reserve
-check_values(config)
+# One schema fragment per config section (workflow/schemas/), then what the schemas cannot say (unknown sections,
+# NaN or infinite numbers, a budget within its Hessian reserve); an error names the key, its value and what is allowed.
+validate_config(
+    config,
+    source="config.yaml + --configfile",
+    schema_dir=Path(workflow.basedir, "workflow", "schemas"),
+)
 
 # quant.capfit.enabled adds the preset `capfit`, whose settings the capfit rule writes to a file (docs/capfit.md)
 CAPFIT = "capfit"
