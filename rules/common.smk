@@ -123,8 +123,14 @@ def code_inputs(stage):
 
 
 def stage_shell(stage, prefix="python", drop=()):
-    """The rule's shell command: `prefix -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages."""
-    return f"{prefix} {STAGES.shell_args(stage, drop)} > {{log:q}} 2>&1"
+    """The rule's shell command: `prefix -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages. A long
+    stage (pgolf.stages' `progress`) shows its log on the console as well, through `tee -i` (which outlives a
+    Ctrl-C, so the stage's last words still reach both); pipefail keeps the stage's exit status.
+    """
+    command = f"{prefix} {STAGES.shell_args(stage, drop)}"
+    if STAGES.STAGES[stage].progress:
+        return f"set -o pipefail; {command} 2>&1 | tee -i {{log:q}}"
+    return f"{command} > {{log:q}} 2>&1"
 
 
 def data_audit_config():

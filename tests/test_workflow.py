@@ -153,3 +153,17 @@ def test_submission_metadata_reaches_only_the_submission_rule(tmp_path):
     for rule, shells in commands.items():
         for marker in ("Lovelace-Marker", "Name-Marker", "Blurb-Marker", "gh-marker", "2031-01-02"):
             assert (marker in " ".join(shells)) == (rule == "submission"), (rule, marker)
+
+
+def test_long_stages_show_their_log_on_the_console(tmp_path):
+    """The console shows what a long stage logs (tokenize here, run for real), and the log file keeps it too."""
+    workdir = copy_workflow(tmp_path)
+    console = snakemake(workdir, "--configfile", "recipes/smoke.yaml", "--until", "tokenize").stdout
+    log = (workdir / "logs/tokenize/smoke-builtin.log").read_text().splitlines()
+    done = [line for line in log if '"event": "done"' in line]
+    assert len(done) == 1 and done[0] in console.splitlines()
+    plan = _shell_commands(snakemake(workdir, "-n", "-p", "--configfile", "recipes/smoke.yaml").stdout)
+    for rule in ("train", "hessians", "eval_prequant", "pack", "evaluate"):
+        assert all(s.startswith("set -o pipefail; ") and " 2>&1 | tee -i logs/" in s for s in plan[rule]), rule
+    for rule in ("quantize", "code", "size_check", "submission"):  # short: their log only
+        assert all(s.endswith(" 2>&1") and "tee" not in s for s in plan[rule]), rule
