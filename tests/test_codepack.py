@@ -45,6 +45,10 @@ for name in script['M']:
 import pgolf.pack, torch
 state = {'tensors': {'x': torch.arange(6, dtype=torch.int16)}, 'meta': {}, 'config': {}}
 rest = pgolf.pack.unpack(pgolf.pack.pack(state))['tensors']
+import pgolf.runlog, tempfile
+log_path = os.path.join(tempfile.mkdtemp(), 'log.jsonl')
+pgolf.runlog.RunLog('probe', {}, log_path, echo=False).close()
+code_version = json.loads(open(log_path).readline())['code_version']
 print(json.dumps({
     'config': script['CONFIG'],
     'carried': sorted(script['M']),
@@ -52,7 +56,7 @@ print(json.dumps({
     'loaders': sorted({type(sys.modules[n].__loader__).__name__ for n in names}),
     'json_loader': type(json.__loader__).__name__,
     'works': rest['x'].tolist(),
-    'code_version': __import__('pgolf.runlog').runlog.code_version(),
+    'code_version': code_version,
 }))
 """
 
