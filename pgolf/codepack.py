@@ -84,11 +84,13 @@ def module_name(relpath: str) -> str:
 
 # Modules of the closure that only one option runs: {path: (config key, the values that run it)}. Each caller imports
 # its module inside the branch the option takes, so a script whose config holds another value leaves the module out
-# (tests/test_codepack.py imports every carried module with the others blocked). A key the config lacks keeps it.
+# (tests/test_codepack.py imports every carried module with the others blocked). A key the config lacks keeps it;
+# {preset} stands for the preset the script submits (quant.submission_preset, which narrow_config sets).
 OPTIONAL = {
     "pgolf/sgd_ttt.py": ("eval.ttt.mode", ("sgd",)),  # #1572's full-weight SGD TTT (pgolf.evaluate)
     "pgolf/ngram.py": ("eval.tilt.enabled", (True,)),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
     "pgolf/pack_shuffle.py": ("pack.compressor", ("brotli_shuffle",)),  # #1572's artifact format (pgolf.pack)
+    "pgolf/quant/awq.py": ("quant.presets.{preset}.awq.enabled", (True,)),  # AWQ-lite picks (pgolf.quant.state)
 }
 _MISSING = object()
 
@@ -98,8 +100,8 @@ def needed(rel: str, config: dict) -> bool:
     if rel not in OPTIONAL:
         return True
     key, values = OPTIONAL[rel]
-    value = config
-    for part in key.split("."):
+    value, preset = config, (config.get("quant") or {}).get("submission_preset")
+    for part in key.replace("{preset}", str(preset)).split("."):
         value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
     return value is _MISSING or value in values
 

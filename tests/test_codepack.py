@@ -201,12 +201,13 @@ def test_errors(tmp_path):
 
 
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
+OFF = {"pgolf/sgd_ttt.py", "pgolf/ngram.py", "pgolf/pack_shuffle.py", "pgolf/quant/awq.py"}  # LoRA TTT, no tilt, ...
 RECIPE_DROPS = {
-    "record": {"pgolf/sgd_ttt.py", "pgolf/ngram.py", "pgolf/pack_shuffle.py"},  # LoRA TTT, no tilt, lrzip groups
-    "pr1512": {"pgolf/sgd_ttt.py", "pgolf/ngram.py", "pgolf/pack_shuffle.py"},
-    "pr1572": {"pgolf/ngram.py"},  # SGD TTT and the brotli byte-shuffle artifact
-    "pr1935": {"pgolf/sgd_ttt.py", "pgolf/ngram.py", "pgolf/pack_shuffle.py"},
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py"},  # the n-gram tilt
+    "record": OFF,  # ... lrzip groups, no AWQ-lite
+    "pr1512": OFF,
+    "pr1572": {"pgolf/ngram.py", "pgolf/quant/awq.py"},  # SGD TTT and the brotli byte-shuffle artifact
+    "pr1935": OFF,
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py"},  # the n-gram tilt and AWQ-lite
     "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py"},
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
@@ -257,3 +258,6 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed("pgolf/ngram.py", {"eval": {"tilt": {"enabled": True}}})
     assert not C.needed("pgolf/ngram.py", {"eval": {"tilt": {"enabled": False}}})
     assert C.needed("pgolf/model.py", {"eval": {"tilt": {"enabled": False}}})  # not optional: always carried
+    quant = {"presets": {"a": {"awq": {"enabled": True}}, "b": {"awq": {"enabled": False}}}}
+    assert C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "a"}})
+    assert not C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "b"}})
