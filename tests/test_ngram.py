@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgolf import ngram
+from pgolf.errors import PgolfError
 from pgolf.evaluate import TiltConfig
 from pgolf.ttt import score_terms
-from pgolf.errors import PgolfError
 
 
 def reference_hints(tokens, order, threshold):
