@@ -203,7 +203,7 @@ def run_artifact(args, config, dist, log):
     graphs = compiled_graphs()
     timer = time.perf_counter()  # the eval timer: hints and TTT
     if cfg.ttt.mode == "sgd":
-        return out | sgd_outputs(ttt.run(), seconds, timer, graphs, dist, log)
+        return out | ttt.eval_outputs(ttt.run(), seconds, timer, graphs, log)
     if cfg.tilt.enabled:
         from . import ngram  # shipped only in scripts whose config runs it (pgolf.codepack.OPTIONAL)
 
@@ -238,31 +238,6 @@ def run_artifact(args, config, dist, log):
             val.tokens, cfg.tilt.order, cfg.tilt.threshold, cfg.tilt.probe_cuts, np.random.default_rng(PROBE_SEED),
             full=hints,
         )
-    return out
-
-
-def sgd_outputs(result, seconds, timer, graphs, dist, log) -> dict:
-    """eval.json's TTT entries for the full-weight SGD mode (every target of the stream scored, BOS ones too)."""
-    sync(dist.device)
-    seconds["eval_timer"] = time.perf_counter() - timer
-    seconds.update(result.seconds)
-    from .sgd_ttt import check_coverage
-
-    scored = check_coverage(result.coverage)
-    out = {
-        "ttt": {k: result.totals[k] for k in ("val_loss", "val_bpb")},
-        "final_bpb": result.totals["val_bpb"],
-        "targets": scored,
-        "bytes": result.totals["bytes"],
-        "scored": scored,
-        "seconds": seconds,
-        "projected_8gpu_seconds": projected_8gpu(seconds["eval_timer"], scored, dist),
-        "graphs_compiled_in_timer": compiled_graphs() - graphs,
-        "ttt_chunks": result.chunks,
-        "ttt_steps": result.steps,
-        "probes": {"tilt_causal": "off", "score_first": result.probe},
-    }
-    log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
     return out
 
 
