@@ -29,6 +29,7 @@ from pgolf.config import resolve  # noqa: E402
 UPSTREAM = dict(rename_locals=False, hoist_literals=False, remove_literal_statements=True, remove_asserts=True,
                 prefer_single_line=True)
 ALL_MODULES = "every module but report.py (before issue 25)"
+CONFIG_AWARE = "closure less the OPTIONAL modules the config turns off (what codepack writes)"
 
 
 def raw_lzma2(data: bytes) -> bytes:
@@ -87,6 +88,8 @@ def main():
         ("upstream pyminify options", "closure of run_all", UPSTREAM),
         ("codepack (help/__main__/unused defs dropped, locals + private globals renamed)", "closure of run_all",
          C.MINIFY_OPTIONS),
+        ("codepack (help/__main__/unused defs dropped, locals + private globals renamed)", CONFIG_AWARE,
+         C.MINIFY_OPTIONS),
     ]
     print(f"preset {args.preset}; Python {sys.version.split()[0]}\n")
     print("| minifier | modules | payload | compressor | compressed | base85 script | latin-1 script |")
@@ -96,7 +99,7 @@ def main():
              if "__pycache__" not in p.parts and p.name != "report.py"]
     for label, module_set, options in settings:
         if options is C.MINIFY_OPTIONS:
-            modules = C.package_modules()
+            modules = C.package_modules(config=config if module_set == CONFIG_AWARE else None)
         else:
             modules = minified(every if module_set == ALL_MODULES else closure, options)
         data = C.payload(config, modules)
@@ -107,7 +110,7 @@ def main():
             print(f"| {label} | {module_set} | {len(data):,} | {name} ({seconds:.1f} s) | {len(blob):,} | "
                   f"{script_bytes(blob, name, 'base85'):,} | {script_bytes(blob, name, 'latin-1'):,} |")
     written = len(C.build_script(config, args.preset))
-    blob = C.lrzip_compress(C.payload(config, C.package_modules()))
+    blob = C.lrzip_compress(C.payload(config, C.package_modules(config=config)))
     assert abs(written - script_bytes(blob, "lrzip ZPAQ -L 9", "latin-1")) < 40, "stub drifted from codepack"
     print(f"\npgolf.codepack.build_script writes {written:,} bytes (this Python's versions in its header).")
 

@@ -201,11 +201,10 @@ class Sizer:
     def __init__(self, config: dict):
         self.config = config
         self.compressor = (config.get("pack") or {}).get("compressor", "lrzip_groups")
-        self.modules = codepack.package_modules()
         self.groups = Memo(group_key)
 
     def code_bytes(self, values: dict) -> int:
-        return len(codepack.build_script(code_config(self.config, values), PRESET, modules=self.modules))
+        return len(codepack.build_script(code_config(self.config, values), PRESET))
 
     def model_bytes(self, state: dict) -> int:
         if self.compressor == "lrzip_groups":
@@ -241,12 +240,12 @@ def search(state: dict, hessians: dict, presets: list[dict], sizer: Sizer, *, mo
     return candidates, counts
 
 
-def check_for_real(state, hessians, values, config, *, model_config, device, modules=None) -> dict:
-    """Quantize, pack and size-check one preset from scratch (no cache; `modules`, the minified sources, may be
-    reused), as the quantize, pack, code and size_check rules will: size_check's own report of the written files."""
+def check_for_real(state, hessians, values, config, *, model_config, device) -> dict:
+    """Quantize, pack and size-check one preset from scratch (no cache but codepack's minified sources), as the
+    quantize, pack, code and size_check rules will: size_check's own report of the written files."""
     quantized, _ = quantize_state(state, hessians, values, model_config=model_config, device=device)
     blob = pack_as(quantized, (config.get("pack") or {}).get("compressor", "lrzip_groups"))
-    script = codepack.build_script(code_config(config, values), PRESET, modules=modules)
+    script = codepack.build_script(code_config(config, values), PRESET)
     with tempfile.TemporaryDirectory(prefix="pgolf-capfit-") as tmp:
         tmp = Path(tmp)
         (tmp / "model.pgrp").write_bytes(blob)
@@ -313,7 +312,7 @@ def run(config: dict, model_path, hessians_path, device) -> tuple[dict, dict]:
 
     def check(values):
         return check_for_real(
-            state, hessians, values, config, model_config=model_config, device=device, modules=sizer.modules
+            state, hessians, values, config, model_config=model_config, device=device
         )
 
     checked = choose(candidates, capfit.target, check)

@@ -6,7 +6,8 @@
 The challenge counts the bytes of train_gpt.py and runs it with `torchrun --standalone --nproc_per_node=8
 train_gpt.py`. The script carries the import closure of pgolf.runall (pgolf.stages.closure, from the import
 statements, without importing), so the DAG-only stages (data, tokenizer, launch, report, config resolution, the
-submission folder) stay out. Each module loses its argparse help texts, its `__main__` block and the top-level definitions
+submission folder) stay out, less the modules of OPTIONAL whose option the config turns off (their callers import
+them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block and the top-level definitions
 nothing carried names; python-minifier then renames locals and the module-level names no other module reads
 (bench/code_size.py measures these choices). The bootstrap, the config and the modules, NUL-separated, are
 compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a latin-1 string literal, one
@@ -82,12 +83,38 @@ def module_name(relpath: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def submitted_files(package_dir=PACKAGE_DIR) -> list[Path]:
-    """The source files train_gpt.py carries: the import closure of pgolf.runall (pgolf.stages.closure)."""
+# Modules of the closure that only one option runs: {path: (config key, the values that run it)}. Each caller imports
+# its module inside the branch the option takes, so a script whose config holds another value leaves the module out
+# (tests/test_codepack.py imports every carried module with the others blocked). A key the config lacks keeps it;
+# {preset} stands for the preset the script submits (quant.submission_preset, which narrow_config sets).
+OPTIONAL = {
+    "pgolf/sgd_ttt.py": ("eval.ttt.mode", ("sgd",)),  # #1572's full-weight SGD TTT (pgolf.evaluate)
+    "pgolf/ngram.py": ("eval.tilt.enabled", (True,)),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
+    "pgolf/pack_shuffle.py": ("pack.compressor", ("brotli_shuffle",)),  # #1572's artifact format (pgolf.pack)
+    "pgolf/quant/awq.py": ("quant.presets.{preset}.awq.enabled", (True,)),  # AWQ-lite picks (pgolf.quant.state)
+}
+_MISSING = object()
+
+
+def needed(rel: str, config: dict) -> bool:
+    """Whether a script for `config` must carry the module at `rel` (every module outside OPTIONAL must)."""
+    if rel not in OPTIONAL:
+        return True
+    key, values = OPTIONAL[rel]
+    value, preset = config, (config.get("quant") or {}).get("submission_preset")
+    for part in key.replace("{preset}", str(preset)).split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+    return value is _MISSING or value in values
+
+
+def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list[Path]:
+    """The source files train_gpt.py carries: the import closure of pgolf.runall (pgolf.stages.closure), less the
+    modules of OPTIONAL that `config` does not run (None: every module of the closure)."""
     package_dir = Path(package_dir)
     if not (package_dir / f"{ENTRY}.py").is_file():
         raise PgolfError(f"{package_dir}: no {ENTRY}.py; the submission's entry point must exist")
-    return [package_dir.parent / rel for rel in closure([ENTRY], package_dir)]
+    rels = closure([ENTRY], package_dir)
+    return [package_dir.parent / rel for rel in rels if config is None or needed(rel, config)]
 
 
 # --- minification ---------------------------------------------------------------------------------------------
@@ -176,14 +203,24 @@ def minify(source: str, filename: str = "<source>", preserve=(), unused=(), opti
         raise PgolfError(f"{filename}: cannot be minified ({e}); fix the syntax error") from None
 
 
-def package_modules(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS) -> dict:
-    """{module name: (path relative to the package's parent, minified source)}, sorted by name.
+def package_modules(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS, config: dict | None = None) -> dict:
+    """{module name: (path relative to the package's parent, minified source)} of submitted_files(config), sorted.
 
     A folder without __init__.py (a namespace package in the source tree) gets an empty package module.
     """
     package_dir = Path(package_dir)
     sources = {path.relative_to(package_dir.parent).as_posix(): path.read_text() for path in
-               submitted_files(package_dir)}
+               submitted_files(package_dir, config)}
+    key = (package_dir, tuple(sorted(options.items())), tuple(sources.items()))
+    if key not in _MINIFIED:
+        _MINIFIED[key] = _minify_all(sources, options)
+    return dict(_MINIFIED[key])
+
+
+_MINIFIED = {}  # (package folder, options, sources) -> package_modules' result: minifying takes seconds
+
+
+def _minify_all(sources: dict, options: dict) -> dict:
     preserve, unused = preserved_globals(sources), unused_definitions(sources)
     modules = {}
     for rel, source in sources.items():
@@ -240,10 +277,11 @@ def latin1_literal(data: bytes) -> str:
     return '"""' + "".join(out) + '"""'
 
 
-def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR, modules=None) -> bytes:
-    """The bytes of train_gpt.py for one preset; `modules` is package_modules(package_dir), when the caller has it."""
-    modules = package_modules(package_dir) if modules is None else modules
-    blob = lrzip_compress(payload(narrow_config(config, preset), modules))
+def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> bytes:
+    """The bytes of train_gpt.py for one preset (package_modules keeps the minified sources of each module set, so
+    pgolf.capfit can size many presets)."""
+    config = narrow_config(config, preset)
+    blob = lrzip_compress(payload(config, package_modules(package_dir, config=config)))
     header = LINE.format(preset=preset, python=platform.python_version(), minifier=version("python-minifier"))
     return (header + "\n" + STUB.format(literal=latin1_literal(blob))).encode("latin-1")
 

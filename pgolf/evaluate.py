@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from . import compile_cache, ngram
+from . import compile_cache
 from . import dist as pgdist
 from .bpb import ValData, batch_seqs, diagnostic_eval, load_val
 from .cli import doc_summary
@@ -29,8 +29,6 @@ from .errors import PgolfError
 from .io import read_json, write_json
 from .model import GPT, ModelConfig, load_trained
 from .runlog import RunLog
-from .sgd_ttt import SGDTTT
-from .sgd_ttt import check_coverage as sgd_check_coverage
 from .stageconfig import from_dict, load_stage_config
 from .ttt import PhasedTTT, TTTConfig
 
@@ -39,6 +37,17 @@ from .ttt import PhasedTTT, TTTConfig
 FINEWEB_VAL_TARGETS = 47_851_520
 TTT_MODES = ("lora", "sgd")
 PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
+
+
+@dataclasses.dataclass
+class TiltConfig:
+    """`eval.tilt`: the record-lineage values of #2018/#2130/#2135 (TOKEN_ORDER, TOKEN_THRESHOLD, TOKEN_BOOST)."""
+
+    enabled: bool = False
+    order: int = 16
+    threshold: float = 0.8
+    boost: float = 2.625
+    probe_cuts: int = 3  # random cut positions recomputed by the causality probe
 
 
 @dataclasses.dataclass
@@ -53,13 +62,13 @@ class EvalConfig:
     artifact: str | None = None  # a .pgrp made elsewhere: the DAG sizes and scores it instead of training
     compile: bool = True  # torch.compile the TTT chunk step on GPU (warm-up outside the timer)
     ttt: TTTConfig = dataclasses.field(default_factory=TTTConfig)
-    tilt: ngram.TiltConfig = dataclasses.field(default_factory=ngram.TiltConfig)
+    tilt: TiltConfig = dataclasses.field(default_factory=TiltConfig)
 
     @classmethod
     def parse(cls, section: dict | None) -> "EvalConfig":
         section = dict(section or {})
         ttt = from_dict(TTTConfig, section.pop("ttt", None), "config eval.ttt")
-        tilt = from_dict(ngram.TiltConfig, section.pop("tilt", None), "config eval.tilt")
+        tilt = from_dict(TiltConfig, section.pop("tilt", None), "config eval.tilt")
         cfg = from_dict(cls, section, "config eval")
         cfg.ttt, cfg.tilt = ttt, tilt
         if tilt.enabled and not ttt.enabled:
@@ -155,6 +164,8 @@ def run_artifact(args, config, dist, log):
     val = load_eval_val(args.manifest, cfg)
     ttt = None
     if cfg.ttt.enabled and cfg.ttt.mode == "sgd":
+        from .sgd_ttt import SGDTTT  # shipped only in scripts whose config runs it (pgolf.codepack.OPTIONAL)
+
         ttt = SGDTTT(model, val, cfg.ttt, cfg.seq_len, cfg.sliding_stride, cfg.truncate_tail, dist, compile=cfg.compile)
     elif cfg.ttt.enabled:
         ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=cfg.compile)
@@ -192,8 +203,10 @@ def run_artifact(args, config, dist, log):
     graphs = compiled_graphs()
     timer = time.perf_counter()  # the eval timer: hints and TTT
     if cfg.ttt.mode == "sgd":
-        return out | sgd_outputs(ttt.run(), seconds, timer, graphs, dist, log)
+        return out | ttt.eval_outputs(ttt.run(), seconds, timer, graphs, log)
     if cfg.tilt.enabled:
+        from . import ngram  # shipped only in scripts whose config runs it (pgolf.codepack.OPTIONAL)
+
         hints = ngram.hints(val.tokens, cfg.tilt.order, cfg.tilt.threshold)
         seconds["hints"] = time.perf_counter() - timer
     result = ttt.run(hints, cfg.tilt.boost)
@@ -219,33 +232,12 @@ def run_artifact(args, config, dist, log):
         )
     log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
     if cfg.tilt.enabled and dist.is_main:  # outside the timer, on one rank
+        from . import ngram
+
         out["probes"]["tilt_causal"] = ngram.causality_probe(
             val.tokens, cfg.tilt.order, cfg.tilt.threshold, cfg.tilt.probe_cuts, np.random.default_rng(PROBE_SEED),
             full=hints,
         )
-    return out
-
-
-def sgd_outputs(result, seconds, timer, graphs, dist, log) -> dict:
-    """eval.json's TTT entries for the full-weight SGD mode (every target of the stream scored, BOS ones too)."""
-    sync(dist.device)
-    seconds["eval_timer"] = time.perf_counter() - timer
-    seconds.update(result.seconds)
-    scored = sgd_check_coverage(result.coverage)
-    out = {
-        "ttt": {k: result.totals[k] for k in ("val_loss", "val_bpb")},
-        "final_bpb": result.totals["val_bpb"],
-        "targets": scored,
-        "bytes": result.totals["bytes"],
-        "scored": scored,
-        "seconds": seconds,
-        "projected_8gpu_seconds": projected_8gpu(seconds["eval_timer"], scored, dist),
-        "graphs_compiled_in_timer": compiled_graphs() - graphs,
-        "ttt_chunks": result.chunks,
-        "ttt_steps": result.steps,
-        "probes": {"tilt_causal": "off", "score_first": result.probe},
-    }
-    log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
     return out
 
 

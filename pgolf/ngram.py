@@ -22,7 +22,6 @@ computed in fp32 from the same forward as l. TTT still trains on the untilted lo
 """
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,17 +31,6 @@ from .errors import PgolfError
 TOKEN_BITS = 16  # shards hold uint16 tokens (vocabularies < 65,536)
 WORD_TOKENS = 4  # tokens packed into one little-endian uint64 word when hashing windows
 _HASH_MULTIPLIERS = np.random.default_rng(0x6E6772616D).integers(1, 2**63, size=64, dtype=np.uint64) * 2 + 1
-
-
-@dataclass
-class TiltConfig:
-    """`eval.tilt`: the record-lineage values of #2018/#2130/#2135 (TOKEN_ORDER, TOKEN_THRESHOLD, TOKEN_BOOST)."""
-
-    enabled: bool = False
-    order: int = 16
-    threshold: float = 0.8
-    boost: float = 2.625
-    probe_cuts: int = 3  # random cut positions recomputed by the causality probe
 
 
 def _check(tokens, order, threshold) -> np.ndarray:
@@ -206,17 +194,6 @@ def causality_probe(tokens, order: int, threshold: float, cuts: int, rng: np.ran
         "stream_tokens": int(tokens.size),
         "gated_share": float(gated.mean()) if gated.size else 0.0,
     }
-
-
-def score_terms(logits, targets, hint):
-    """(nll, log q) from one fp32 log-softmax: the target's loss and the hint's log-probability.
-
-    logits (..., V); targets and hint (...) int64, hint -1 where there is none (its log q is then unused).
-    """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    logq_hint = log_probs.gather(-1, hint.long().clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return nll, logq_hint
 
 
 def tilt(nll, logq_hint, target_is_hint, gated, beta: float):

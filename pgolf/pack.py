@@ -15,9 +15,8 @@ the payload, then a sha256 over the length, the payload and every other stream (
 length). `unpack` checks the seal before it reads anything else, then validates the header (types, bounds, row
 orders that are permutations) and decodes every stream only up to the size the header declares for it.
 
-`--compressor brotli_shuffle` writes #1572's format instead: torch.save of {"w": tensors, "m": meta, "c": config},
-byte-shuffled with stride 2 (b"BSHF", the stride byte, then every even byte followed by every odd byte), then brotli
-quality 11. `unpack_artifact` reads either format (a PGRP blob starts with its magic).
+`--compressor brotli_shuffle` writes #1572's format instead (pgolf.pack_shuffle); `unpack_artifact` reads either
+format (a PGRP blob starts with its magic).
 """
 
 import argparse
@@ -26,7 +25,6 @@ import io
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import struct
@@ -521,66 +519,28 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
     return {"tensors": tensors, "meta": header["meta"], "config": _from_json(header["config"])}
 
 
-# --- brotli with byte shuffle (#1572) -------------------------------------------------------------------------
+# --- either format ---------------------------------------------------------------------------------------
 
 COMPRESSORS = ("lrzip_groups", "brotli_shuffle")
-SHUFFLE_MAGIC = b"BSHF"
-SHUFFLE_STRIDE = 2
-
-
-def byte_shuffle(data: bytes, stride: int = SHUFFLE_STRIDE) -> bytes:
-    """b"BSHF" + stride byte + the bytes at offsets 0, stride, 2*stride, ..., then 1, 1+stride, ...: the low and
-    high bytes of fp16 scales land in separate runs. Shorter than the stride: returned as is (as #1572 does)."""
-    if stride <= 1 or len(data) < stride:
-        return data
-    src = np.frombuffer(data, np.uint8)
-    return SHUFFLE_MAGIC + bytes([stride]) + np.concatenate([src[k::stride] for k in range(stride)]).tobytes()
-
-
-def byte_unshuffle(data: bytes) -> bytes:
-    if len(data) < 5 or data[:4] != SHUFFLE_MAGIC:
-        return data
-    stride, payload = data[4], np.frombuffer(data, np.uint8, offset=5)
-    if stride < 2:
-        return payload.tobytes()
-    out, at, n = np.empty_like(payload), 0, payload.size
-    for k in range(stride):
-        count = n // stride + (k < n % stride)
-        out[k::stride] = payload[at : at + count]
-        at += count
-    return out.tobytes()
-
-
-def pack_brotli_shuffle(quantized_state: dict) -> bytes:
-    tensors, meta, config = _check_state(quantized_state)
-    buf = io.BytesIO()
-    torch.save({"w": tensors, "m": meta, "c": config}, buf)
-    return brotli.compress(byte_shuffle(buf.getvalue()), quality=11)
-
-
-def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
-    try:
-        raw = byte_unshuffle(brotli.decompress(data))
-    except brotli.error as e:
-        raise PgolfError(f"{source}: not a PGRP container, nor a brotli_shuffle stream ({e}); {REPACK}") from None
-    try:
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise PgolfError(f"{source}: the brotli stream holds no quantized state ({e}); {REPACK}") from None
-    if not isinstance(state, dict) or set(state) != {"w", "m", "c"}:
-        raise PgolfError(f"{source}: the brotli stream holds no {{w, m, c}} state; {REPACK}")
-    return {"tensors": state["w"], "meta": state["m"], "config": state["c"]}
 
 
 def pack_as(quantized_state: dict, compressor: str) -> bytes:
     if compressor not in COMPRESSORS:
         raise PgolfError(f"pack compressor {compressor!r} is not one of {COMPRESSORS}; fix pack.compressor")
-    return pack(quantized_state) if compressor == "lrzip_groups" else pack_brotli_shuffle(quantized_state)
+    if compressor == "lrzip_groups":
+        return pack(quantized_state)
+    from .pack_shuffle import pack_brotli_shuffle  # shipped only where pack.compressor picks it (codepack.OPTIONAL)
+
+    return pack_brotli_shuffle(quantized_state)
 
 
 def unpack_artifact(data: bytes, source: str = "artifact") -> dict:
     """The quantized state of a blob in either format."""
-    return unpack(data, source) if data[:4] == MAGIC else unpack_brotli_shuffle(data, source)
+    if data[:4] == MAGIC:
+        return unpack(data, source)
+    from .pack_shuffle import unpack_brotli_shuffle
+
+    return unpack_brotli_shuffle(data, source)
 
 
 def artifact_streams(data: bytes, source: str = "artifact") -> dict:

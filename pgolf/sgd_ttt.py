@@ -240,6 +240,30 @@ class SGDTTT:
         }
 
 
+    def eval_outputs(self, result, seconds, timer, graphs, log) -> dict:
+        """eval.json's TTT entries for the full-weight SGD mode (every target of the stream scored, BOS ones too)."""
+        from .evaluate import compiled_graphs, projected_8gpu  # the caller's module, imported already
+
+        sync(self.dist.device)
+        seconds["eval_timer"] = time.perf_counter() - timer
+        seconds.update(result.seconds)
+        scored = check_coverage(result.coverage)
+        out = {
+            "ttt": {k: result.totals[k] for k in ("val_loss", "val_bpb")},
+            "final_bpb": result.totals["val_bpb"],
+            "targets": scored,
+            "bytes": result.totals["bytes"],
+            "scored": scored,
+            "seconds": seconds,
+            "projected_8gpu_seconds": projected_8gpu(seconds["eval_timer"], scored, self.dist),
+            "graphs_compiled_in_timer": compiled_graphs() - graphs,
+            "ttt_chunks": result.chunks,
+            "ttt_steps": result.steps,
+            "probes": {"tilt_causal": "off", "score_first": result.probe},
+        }
+        log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
+        return out
+
 def check_coverage(coverage: torch.Tensor) -> int:
     """Every target (positions 1..N-1) scored exactly once: returns the count or fails."""
     coverage = coverage.cpu().numpy()

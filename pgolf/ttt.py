@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from . import ngram
 from .attention import segment_offsets
 from .bpb import PAD_ID, Totals, ValData
 from .dist import sync
@@ -73,12 +72,23 @@ def window_cuts(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(0, B * T + 1, T, dtype=torch.int32, device=ids.device)
 
 
+def score_terms(logits, targets, hint):
+    """(nll, log q) from one fp32 log-softmax: the target's loss and the hint's log-probability.
+
+    logits (..., V); targets and hint (...) int64, hint -1 where there is none (its log q is then unused).
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    nll = -log_probs.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    logq_hint = log_probs.gather(-1, hint.long().clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return nll, logq_hint
+
+
 def chunk_terms(model, lora, ids, in_idx, targets, hint):
     """(nll, log q of the hint) at the chunk positions `in_idx` (B, width) of windows `ids` (B, T): the final
     hidden states are gathered before the head, so the vocabulary projection runs on the chunk, not the window."""
     h = model.hidden(ids, adapters=lora, cu_seqlens=window_cuts(ids))
     h = h.gather(1, in_idx[..., None].expand(-1, -1, h.size(-1)))
-    return ngram.score_terms(model.logits(h, adapters=lora), targets, hint)
+    return score_terms(model.logits(h, adapters=lora), targets, hint)
 
 
 def split_documents(tokens: np.ndarray):
@@ -235,6 +245,8 @@ class PhasedTTT:
             nll, targets, hint = nll.detach(), inputs[2], inputs[3]
             scored = nll
             if self.hint is not None:
+                from . import ngram  # the tilt's module ships only where the config turns it on (codepack.OPTIONAL)
+
                 gated = self.gated[positions] & valid
                 scored = ngram.tilt(nll, log_q.detach(), targets == hint, gated, self.boost)
                 self.gated_count += gated.sum()

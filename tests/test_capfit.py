@@ -54,13 +54,12 @@ def brute_force(trained):  # noqa: F811
     """Every candidate of SPACE quantized, packed and scripted from scratch: [(preset, total bytes, proxy)]."""
     model, hessians = trained
     config = smoke_config({"space": SPACE})
-    modules = codepack.package_modules()
     rows = []
     for values in candidate_presets(config["quant"]["presets"]["record"], CapfitConfig.parse({"space": SPACE}).space):
         quantized, report = quantize_state(
             model.unbanked_state_dict(), hessians, values, model_config=dataclasses.asdict(model.config)
         )
-        script = codepack.build_script(capfit.code_config(config, values), capfit.PRESET, modules=modules)
+        script = codepack.build_script(capfit.code_config(config, values), capfit.PRESET)
         rows.append((values, len(pack(quantized)) + len(script), report["h_error"]))
     return rows
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from pgolf import codepack as C
+from pgolf.config import resolve
 from pgolf.errors import PgolfError
+from pgolf.stages import closure
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -64,10 +66,15 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def modules():
     """Minifying the carried modules takes seconds: do it once and let later builds reuse it."""
-    original = C.package_modules
-    minified = original()
+    original, narrowed = C.package_modules, C.narrow_config(CONFIG, "record")
+    minified = original(config=narrowed)
+
+    def cached(d=C.PACKAGE_DIR, options=C.MINIFY_OPTIONS, config=None):
+        same = d == C.PACKAGE_DIR and options == C.MINIFY_OPTIONS and config == narrowed
+        return minified if same else original(d, options, config)
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(C, "package_modules", lambda d=C.PACKAGE_DIR: minified if d == C.PACKAGE_DIR else original(d))
+        patch.setattr(C, "package_modules", cached)
         yield minified
 
 
@@ -199,3 +206,66 @@ def test_errors(tmp_path):
         read_header(tmp_path / "plain.py")
     with pytest.raises(PgolfError, match="bad.py: cannot be minified"):
         C.minify("def f(:\n", "bad.py")
+
+
+# Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
+OFF = {"pgolf/sgd_ttt.py", "pgolf/ngram.py", "pgolf/pack_shuffle.py", "pgolf/quant/awq.py"}  # LoRA TTT, no tilt, ...
+RECIPE_DROPS = {
+    "record": OFF,  # ... lrzip groups, no AWQ-lite
+    "pr1512": OFF,
+    "pr1572": {"pgolf/ngram.py", "pgolf/quant/awq.py"},  # SGD TTT and the brotli byte-shuffle artifact
+    "pr1935": OFF,
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py"},  # the n-gram tilt and AWQ-lite
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py"},
+}
+# Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
+BLOCKED_IMPORT = """
+import importlib, json, sys
+for name in json.loads(sys.argv[2]):
+    sys.modules[name] = None
+for name in json.loads(sys.argv[1]):
+    importlib.import_module(name)
+"""
+
+
+def recipe_config(name: str) -> dict:
+    files = [ROOT / "config.yaml"] + ([] if name == "record" else [ROOT / "recipes" / f"{name}.yaml"])
+    config = resolve([str(f) for f in files])
+    return C.narrow_config(config, config["submission"]["preset"])
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_DROPS))
+def test_script_leaves_out_exactly_the_options_its_config_turns_off(name):
+    config = recipe_config(name)
+    full = set(closure([C.ENTRY]))
+    assert set(C.OPTIONAL) <= full  # every optional module is one run_all can reach
+    shipped = {p.relative_to(ROOT).as_posix() for p in C.submitted_files(config=config)}
+    assert shipped == full - RECIPE_DROPS[name]
+    assert {rel for rel in C.OPTIONAL if not C.needed(rel, config)} == RECIPE_DROPS[name]
+
+
+@pytest.mark.parametrize("drops", sorted({tuple(sorted(d)) for d in RECIPE_DROPS.values()}), ids=str)
+def test_carried_modules_import_without_the_left_out_ones(drops):
+    """No carried module imports a left-out one at import time (callers import it inside the branch that runs it)."""
+    carried = [C.module_name(rel) for rel in closure([C.ENTRY]) if rel not in drops]
+    blocked = [C.module_name(rel) for rel in drops]
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, json.dumps(carried), json.dumps(blocked)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_blocking_catches_a_module_level_import(tmp_path):
+    """The check above fails where a carried module imports a left-out one at the top (so it can catch one)."""
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, '["pgolf.ttt"]', '["pgolf.bpb"]'], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "pgolf.bpb" in proc.stderr
+
+
+def test_a_config_without_the_key_keeps_the_module():
+    assert all(C.needed(rel, {}) for rel in C.OPTIONAL)
+    assert C.needed("pgolf/ngram.py", {"eval": {"tilt": {"enabled": True}}})
+    assert not C.needed("pgolf/ngram.py", {"eval": {"tilt": {"enabled": False}}})
+    assert C.needed("pgolf/model.py", {"eval": {"tilt": {"enabled": False}}})  # not optional: always carried
+    quant = {"presets": {"a": {"awq": {"enabled": True}}, "b": {"awq": {"enabled": False}}}}
+    assert C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "a"}})
+    assert not C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "b"}})

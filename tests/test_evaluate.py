@@ -143,3 +143,16 @@ def test_config_yaml_mirrors_the_dataclass_defaults():
     section = yaml.safe_load((ROOT / "config.yaml").read_text())["eval"]
     assert dataclasses.asdict(EvalConfig.parse(section)) == dataclasses.asdict(EvalConfig())
     assert dataclasses.asdict(EvalConfig()) == section
+
+
+def test_sgd_mode_writes_its_ttt_entries(stage_inputs):
+    """eval.ttt.mode sgd goes through pgolf.sgd_ttt (imported in its branch) and scores every target once."""
+    folder, tokens, _ = stage_inputs
+    section = {**EVAL, "ttt": {**EVAL["ttt"], "mode": "sgd"}, "tilt": {"enabled": False}}
+    paths = {**artifact_paths(folder), "prequant": folder / "sgd_prequant.json"}
+    run_stage(folder, "prequant", out="sgd_prequant.json", model=folder / "model.pt")
+    result = run_stage(folder, "artifact", section, out="sgd.json", **paths)
+    assert result["scored"] == result["targets"] > 0 and result["ttt_chunks"] >= 1
+    assert result["final_bpb"] == result["ttt"]["val_bpb"] and result["probes"]["tilt_causal"] == "off"
+    share = result["scored"] / 47_851_520
+    assert result["projected_8gpu_seconds"] == pytest.approx(result["seconds"]["eval_timer"] / 8 / share)

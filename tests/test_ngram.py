@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from pgolf import ngram
 from pgolf.errors import PgolfError
+from pgolf.evaluate import TiltConfig
+from pgolf.ttt import score_terms
 
 
 def reference_hints(tokens, order, threshold):
@@ -172,7 +174,7 @@ def tilt_case(seed=0, rows=64, vocab=50):
 def test_tilted_distribution_is_normalized_and_matches_the_loss():
     logits, targets, hint, gated = tilt_case()
     beta = 2.625
-    nll, logq = ngram.score_terms(logits, targets, hint)
+    nll, logq = score_terms(logits, targets, hint)
     torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
     log_probs = torch.log_softmax(logits, -1)
     tilted = ngram.tilted_log_probs(log_probs, hint, gated, beta)
@@ -197,5 +199,5 @@ def test_tilt_closed_form_in_fp32_from_bf16_inputs():
 
 
 def test_tilt_config_holds_the_record_values():
-    config = ngram.TiltConfig()
+    config = TiltConfig()
     assert (config.order, config.threshold, config.boost) == (16, 0.8, 2.625)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pgolf import pack as P
+from pgolf import pack_shuffle as S
 from pgolf.errors import PgolfError
 
 LAYERS = 3
@@ -407,16 +408,16 @@ def slow_shuffle(data: bytes, stride: int) -> bytes:
 @pytest.mark.parametrize("stride", [2, 3])
 def test_byte_shuffle_layout_and_round_trip(n, stride):
     data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
-    shuffled = P.byte_shuffle(data, stride)
+    shuffled = S.byte_shuffle(data, stride)
     assert shuffled == (data if n < stride else slow_shuffle(data, stride))
-    assert P.byte_unshuffle(shuffled) == data
+    assert S.byte_unshuffle(shuffled) == data
 
 
 def test_brotli_shuffle_round_trip_and_format():
     state = record_like_state()
     blob = P.pack_as(state, "brotli_shuffle")
     assert blob[:4] != P.MAGIC
-    raw = P.byte_unshuffle(brotli.decompress(blob))
+    raw = S.byte_unshuffle(brotli.decompress(blob))
     assert brotli.decompress(blob)[:5] == b"BSHF\x02"
     assert set(torch.load(__import__("io").BytesIO(raw), weights_only=True)) == {"w", "m", "c"}
     assert_same_state(P.unpack_artifact(blob), state)
@@ -424,6 +425,6 @@ def test_brotli_shuffle_round_trip_and_format():
     with pytest.raises(PgolfError, match="not a PGRP container, nor a brotli_shuffle stream"):
         P.unpack_artifact(blob[: len(blob) // 2], "x.pgrp")
     with pytest.raises(PgolfError, match="holds no quantized state"):
-        P.unpack_artifact(brotli.compress(P.byte_shuffle(b"not a torch.save archive")), "x.pgrp")
+        P.unpack_artifact(brotli.compress(S.byte_shuffle(b"not a torch.save archive")), "x.pgrp")
     with pytest.raises(PgolfError, match="not one of"):
         P.pack_as(state, "zstd")

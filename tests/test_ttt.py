@@ -293,7 +293,7 @@ def test_windows_hold_one_document_so_their_cuts_are_the_row_starts(monkeypatch)
 def test_chunk_terms_project_only_the_chunk_and_match_the_whole_window():
     """The head on the gathered chunk positions gives the losses of the full-window logits (slow reference)."""
     from pgolf.lora import BatchedLoRA, adapter_shapes
-    from pgolf.ngram import score_terms
+    from pgolf.ttt import score_terms
     from pgolf.ttt import chunk_terms
 
     model = tiny_model().eval()

@@ -11,7 +11,7 @@ import time
 import torch
 
 from ..errors import PgolfError
-from . import awq, dequant, lqer
+from . import dequant, lqer
 from .gptq import gptq_quantize, gptq_quantize_protected
 from .preset import Preset
 
@@ -93,6 +93,8 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
 
     awq_picks = []
     if preset.awq.enabled:
+        from . import awq  # shipped only where the preset turns AWQ on (pgolf.codepack.OPTIONAL)
+
         eligible = {n: W.to(device) for n, W in matrices.items() if preset.for_class(matrix_class(n)).bits < 8}
         awq_picks = memo(
             ("awq", *eligible, preset.awq.top_k, preset.awq.group),
