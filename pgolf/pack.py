@@ -4,6 +4,8 @@
         --out results/<name>/seed<seed>/quant/<preset>/model.pgrp
 
 writes model.pgrp and, beside it, pack.json (bytes per stream, seconds, cores, sha256, brotli-only baseline).
+With `--config` naming a preset whose pack.format is lzma, model.pgrp holds #1512's artifact instead: lzma of the
+torch-saved state, pruned to pack.prune_target_bytes (pgolf.prune); unpack and stream_sizes read either.
 
 Container: b"PGRP", uint32 LE stream count (9), one uint32 LE length per stream, then the streams in the order
 of STREAMS: 7 lrzip groups, the brotli remainder, the brotli row permutations (an empty stream is a missing
@@ -31,8 +33,11 @@ import brotli
 import numpy as np
 import torch
 
+from . import prune
+from .config import load_stage_config
 from .errors import PgolfError
 from .io import load_torch, read_json, write_bytes, write_json
+from .quant.preset import PackSpec, Preset
 
 MAGIC = b"PGRP"
 GROUPS = ("tok_emb", "attn.c_k", "attn.c_q", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")
@@ -270,11 +275,15 @@ def split_streams(data: bytes, source: str = "PGRP blob") -> dict:
 
 
 def stream_sizes(data: bytes, source: str = "PGRP blob") -> dict:
+    if prune.is_lzma(data):
+        return {"lzma": len(data)}
     return {name: len(s) for name, s in split_streams(data, source).items()}
 
 
 def unpack(data: bytes, source: str = "PGRP blob") -> dict:
-    """The quantized state {"tensors", "meta", "config"} that `pack` turned into `data`."""
+    """The quantized state {"tensors", "meta", "config"} that `pack` (or pack_lzma) turned into `data`."""
+    if prune.is_lzma(data):
+        return prune.lzma_unpack(data, source)
     streams = split_streams(data, source)
     try:
         header, tensors = _decode_remainder(brotli.decompress(streams["remainder"]), source)
@@ -308,6 +317,14 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
 
 
 # --- files ----------------------------------------------------------------------------------------------------
+
+
+def pack_lzma(state: dict, prune_target_bytes: int | None) -> tuple[bytes, int]:
+    """#1512's artifact: (lzma blob, int6 codes zeroed to fit prune_target_bytes; 0 without a target)."""
+    if prune_target_bytes is None:
+        return prune.lzma_pack(state), 0
+    pruned, state = prune.prune_to_target(state, prune_target_bytes, lambda s: len(prune.lzma_pack(s)))
+    return prune.lzma_pack(state), pruned
 
 
 def sha256(data: bytes) -> str:
@@ -371,6 +388,7 @@ def main(argv=None):
     source.add_argument("--quantized", help="quantized.pt from the quantize stage")
     source.add_argument("--index", help="a model.pgrp made elsewhere (eval.artifact): check it, copy it, describe it")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
+    parser.add_argument("--config", help='JSON text or path {"preset": {...}}: its pack section (default: PGRP)')
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the brotli-only comparison (one core compresses the whole state: minutes)")
     args = parser.parse_args(argv)
@@ -378,10 +396,16 @@ def main(argv=None):
         return index(args.index, args.out)
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
+    spec = Preset.parse(load_stage_config(args.config).get("preset")).pack if args.config else PackSpec()
     start = time.perf_counter()
-    data = pack(state)
+    if spec.format == "lzma":
+        data, pruned = pack_lzma(state, spec.prune_target_bytes)
+    else:
+        data, pruned = pack(state), None
     seconds = time.perf_counter() - start
     info = {
+        "format": spec.format,
+        "pruned_int6_codes": pruned,
         "streams": stream_sizes(data),
         "total_bytes": len(data),
         "seconds": round(seconds, 3),

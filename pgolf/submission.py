@@ -84,7 +84,8 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
             quantize.main(["--config", quant_cfg, "--model", str(layout.train / "model.pt"), "--hessians",
                            str(layout.train / "hessians.pt"), "--preset", preset,
                            "--out", str(layout.quant / "quantized.pt")])
-            pack.main(["--quantized", str(layout.quant / "quantized.pt"), "--out", str(layout.quant / "model.pgrp")])
+            pack.main(["--config", quant_cfg, "--quantized", str(layout.quant / "quantized.pt"),
+                       "--out", str(layout.quant / "model.pgrp")])
             sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
                             "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
         dist.barrier()

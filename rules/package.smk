@@ -6,7 +6,7 @@
 rule pack:
     input:
         quantized="results/{name}/seed{seed}/quant/{preset}/quantized.pt",
-        code=module_files("pack"),
+        code=module_files("pack", "prune", "quant.preset"),
     output:
         pgrp="results/{name}/seed{seed}/quant/{preset}/model.pgrp",
         info="results/{name}/seed{seed}/quant/{preset}/pack.json",
@@ -17,8 +17,11 @@ rule pack:
     threads: 8
     resources:
         gpu=min(config["hardware"]["gpus"], 1),
+    params:
+        config=quant_config,
     shell:
-        "python -m pgolf.pack --quantized {input.quantized} --out {output.pgrp} > {log} 2>&1"
+        "python -m pgolf.pack --config {params.config:q} --quantized {input.quantized} --out {output.pgrp} "
+        "> {log} 2>&1"
 
 
 rule code:

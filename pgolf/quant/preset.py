@@ -41,6 +41,24 @@ class AwqSpec:
     group: int = 64
 
 
+PACK_FORMATS = ("pgrp", "lzma")
+
+
+@dataclass
+class PackSpec:
+    """How the pack stage stores this preset: the PGRP container (#1855), or #1512's lzma (preset 9) of the
+    torch-saved state, with int6 codes zeroed until it fits prune_target_bytes (null: no pruning)."""
+
+    format: str = "pgrp"
+    prune_target_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.format not in PACK_FORMATS:
+            raise PgolfError(f"quant preset: pack.format {self.format!r} is not one of {PACK_FORMATS}; fix the preset")
+        if self.prune_target_bytes is not None and (self.format != "lzma" or self.prune_target_bytes < 1):
+            raise PgolfError("quant preset: pack.prune_target_bytes needs pack.format lzma and a positive byte count")
+
+
 @dataclass
 class Preset:
     attn: ClassSpec = field(default_factory=lambda: ClassSpec(bits=6, clip_sigmas=13.0))
@@ -49,6 +67,7 @@ class Preset:
     gptq: GptqSpec = field(default_factory=GptqSpec)
     lqer: LqerSpec = field(default_factory=LqerSpec)
     awq: AwqSpec = field(default_factory=AwqSpec)
+    pack: PackSpec = field(default_factory=PackSpec)
 
     def __post_init__(self):
         for name in ("attn", "mlp", "embed"):
@@ -66,7 +85,7 @@ class Preset:
         default = cls()
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq")
+            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, pack")
         parts = {}
         for f in dataclasses.fields(cls):
             base = getattr(default, f.name)

@@ -1,0 +1,98 @@
+"""#1512's size fitting: zero the int6 codes that matter least until the lzma-compressed state fits a target.
+
+    blob = lzma_pack(state)                                   # lzma preset 9 of the torch-saved quantized state
+    state = lzma_unpack(blob, source)                         # the inverse (exact)
+    order = prune_order(state)                                # (name, flat index) of every nonzero int6 code
+    n, pruned = prune_to_target(state, target_bytes, size)   # fewest zeroed codes with size(pruned) <= target
+
+A code's cost is |q| x its row's scale, the magnitude its weight loses when zeroed; codes go in increasing cost,
+ties in tensor order, then row-major. The search is #1512's: size(0) first, then a binary search over the count
+(it assumes the size falls as codes are zeroed, which lzma makes nearly but not strictly true, as upstream's did).
+"""
+
+import io
+import lzma
+from typing import Callable
+
+import torch
+
+from .errors import PgolfError
+from .quant import dequant
+
+LZMA_PRESET = 9
+LZMA_MAGIC = b"\xfd7zXZ\x00"  # the .xz container lzma.compress writes
+
+
+def is_lzma(data: bytes) -> bool:
+    return data[:6] == LZMA_MAGIC
+
+
+def serialize(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def lzma_pack(state: dict) -> bytes:
+    return lzma.compress(serialize(state), preset=LZMA_PRESET)
+
+
+def lzma_unpack(blob: bytes, source: str) -> dict:
+    try:
+        return torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=True)
+    except (lzma.LZMAError, RuntimeError, EOFError) as e:
+        raise PgolfError(f"{source}: not an lzma-packed quantized state ({e}); re-run the pack stage") from e
+
+
+def int6_names(state: dict) -> list[str]:
+    """The weights stored as int6 codes with one scale per row (GPTQ at 6 bits, without AWQ's int8 groups)."""
+    return [n for n, how in state["meta"].items() if how.startswith(f"{dequant.GPTQ} (int6)") and dequant.AWQ not in how]
+
+
+def prune_order(state: dict) -> list[tuple[str, int]]:
+    names, flat, costs = [], [], []
+    for k, name in enumerate(int6_names(state)):
+        q, scale = state["tensors"][f"{name}.q"], state["tensors"][f"{name}.scale"]
+        cost = q.float().abs() * scale.float()[:, None]
+        idx = torch.nonzero(q.reshape(-1), as_tuple=True)[0]
+        names.append(torch.full_like(idx, k))
+        flat.append(idx)
+        costs.append(cost.reshape(-1)[idx])
+    if not costs:
+        return []
+    order = torch.sort(torch.cat(costs), stable=True).indices
+    which, where = torch.cat(names)[order].tolist(), torch.cat(flat)[order].tolist()
+    tensor_names = int6_names(state)
+    return [(tensor_names[k], i) for k, i in zip(which, where)]
+
+
+def apply_pruning(state: dict, order: list[tuple[str, int]], count: int) -> dict:
+    """A copy of the state with the first `count` codes of `order` set to zero."""
+    tensors = dict(state["tensors"])
+    touched = {name for name, _ in order[:count]}
+    for name in touched:
+        tensors[f"{name}.q"] = tensors[f"{name}.q"].clone()
+    for name, i in order[:count]:
+        tensors[f"{name}.q"].view(-1)[i] = 0
+    return {**state, "tensors": tensors}
+
+
+def prune_to_target(state: dict, target_bytes: int, size: Callable[[dict], int]) -> tuple[int, dict]:
+    """(codes zeroed, pruned state): 0 and the state when size(state) <= target, else the binary search's count."""
+    if size(state) <= target_bytes:
+        return 0, state
+    order = prune_order(state)
+    lo, hi = 0, len(order)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if size(apply_pruning(state, order, mid)) <= target_bytes:
+            hi = mid
+        else:
+            lo = mid + 1
+    pruned = apply_pruning(state, order, lo)
+    if size(pruned) > target_bytes:
+        raise PgolfError(
+            f"pack: zeroing all {len(order)} int6 codes still leaves {size(pruned):,} bytes, over the pruning "
+            f"target of {target_bytes:,}; raise the preset's prune_target_bytes or quantize to fewer bits"
+        )
+    return lo, pruned
