@@ -4,11 +4,15 @@ the size search against a scan of every count.
     pytest tests/test_prune.py
 """
 
+import json
+
 import pytest
 import torch
+import yaml
 
+from conftest import ROOT
 from pgolf.errors import PgolfError
-from pgolf.prune import apply_pruning, lzma_pack, lzma_unpack, prune_order, prune_to_target
+from pgolf.prune import LZMA_MAGIC, apply_pruning, lzma_pack, lzma_unpack, prune_order, prune_to_target
 
 
 def toy_state(seed=0) -> dict:
@@ -87,3 +91,59 @@ def test_size_search_against_a_counting_size():
         assert count == total - keep and size(pruned) == 1000 * keep
     with pytest.raises(PgolfError, match="prune_target_bytes"):
         prune_to_target(state, 10, lambda s: 11)
+
+
+def test_pack_cli_writes_the_pruned_lzma_artifact(tmp_path):
+    from pgolf import pack
+
+    state = toy_state(5)
+    torch.save(state, tmp_path / "quantized.pt")
+    unpruned = len(lzma_pack(state))
+    preset = {"preset": {"pack": {"format": "lzma", "prune_target_bytes": unpruned - 40}}}
+    pack.main(["--config", json.dumps(preset), "--quantized", str(tmp_path / "quantized.pt"),
+               "--out", str(tmp_path / "model.pgrp"), "--no-baseline"])
+    info = json.loads((tmp_path / "pack.json").read_text())
+    data = pack.verify(tmp_path / "model.pgrp", tmp_path / "pack.json")
+    assert info["format"] == "lzma" and info["streams"] == {"lzma": len(data)} and len(data) <= unpruned - 40
+    back = pack.unpack(data, "model.pgrp")
+    count, want = prune_to_target(state, unpruned - 40, lambda s: len(lzma_pack(s)))
+    assert info["pruned_int6_codes"] == count > 0
+    assert all(torch.equal(back["tensors"][k], v) for k, v in want["tensors"].items())
+
+
+def run_preset(name: str) -> dict:
+    return yaml.safe_load((ROOT / "recipes" / "pr1512.yaml").read_text())["quant"]["presets"][name]
+
+
+@pytest.fixture(scope="module")
+def pr1512_config():
+    from pgolf.config import resolve
+
+    return resolve([ROOT / "config.yaml", ROOT / "recipes" / "pr1512.yaml"])
+
+
+def test_the_runs_settings_fail_the_size_check(tmp_path, pr1512_config):
+    # #1512 seed 42: lzma blob 15,994,836 bytes, under its pruning target (so nothing was pruned), and over the
+    # cap with pgolf's code as with its own. size_check reads only the blob's length: a stand-in of that length.
+    from pgolf import codepack, pack, sizecheck
+
+    target = run_preset("pr1512")["pack"]["prune_target_bytes"]
+    assert target == int(15.9 * 2**20) - 115_082 and 15_994_836 <= target
+    blob = LZMA_MAGIC + bytes(15_994_836 - len(LZMA_MAGIC))
+    (tmp_path / "model.pgrp").write_bytes(blob)
+    (tmp_path / "pack.json").write_text(json.dumps({"sha256": pack.sha256(blob)}))
+    (tmp_path / "train_gpt.py").write_text(codepack.build_script(pr1512_config, "pr1512"))
+    with pytest.raises(PgolfError) as err:
+        sizecheck.main(["--pgrp", str(tmp_path / "model.pgrp"), "--pack-json", str(tmp_path / "pack.json"),
+                        "--code", str(tmp_path / "train_gpt.py"), "--preset", "pr1512", "--out", str(tmp_path / "s.json")])
+    message = str(err.value)
+    assert "is over the cap of 16,000,000" in message and "lzma 15,994,836" in message
+    assert "quant.presets.pr1512: set pack.prune_target_bytes to at most" in message
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_the_fitting_preset_leaves_room_for_pgolfs_code(pr1512_config):
+    from pgolf import codepack
+
+    script = codepack.build_script(pr1512_config, "pr1512_fit")
+    assert run_preset("pr1512_fit")["pack"]["prune_target_bytes"] + len(script.encode()) <= 16_000_000
