@@ -23,6 +23,7 @@ class ClassSpec:
 class GptqSpec:
     block_size: int = 128
     damp: float = 0.01
+    clip_percentiles: list[float] | None = None  # #1512: row clips searched over these |w| quantiles; None = SDClip
 
 
 @dataclass
@@ -70,6 +71,9 @@ class Preset:
     pack: PackSpec = field(default_factory=PackSpec)
 
     def __post_init__(self):
+        percentiles = self.gptq.clip_percentiles
+        if percentiles is not None and (not percentiles or any(not 0 < p <= 1 for p in percentiles)):
+            raise PgolfError(f"quant preset: gptq.clip_percentiles {percentiles} needs values in (0, 1]; fix the preset")
         for name in ("attn", "mlp", "embed"):
             spec = getattr(self, name)
             if not 2 <= spec.bits <= 8 or spec.clip_sigmas <= 0:

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import PgolfError
 from . import awq, dequant, lqer
-from .gptq import gptq_quantize, gptq_quantize_protected
+from .gptq import gptq_quantize, gptq_quantize_percentile, gptq_quantize_protected
 from .preset import Preset
 
 MATRIX = re.compile(r"^(tok_emb\.weight|blocks\.\d+\.(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight)$")
@@ -119,6 +119,8 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
             tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
             tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
             how += dequant.AWQ
+        elif preset.gptq.clip_percentiles:
+            q, scale = gptq_quantize_percentile(W, H, spec.bits, preset.gptq.clip_percentiles, **_gptq_args(preset))
         else:
             q, scale = gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset))
         tensors[f"{name}.q"], tensors[f"{name}.scale"], meta[name] = q.cpu(), scale.cpu(), how
