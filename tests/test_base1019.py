@@ -215,3 +215,21 @@ def test_ema_matches_the_recurrence():
     assert torch.allclose(ema.shadow[0].double(), want, atol=1e-7)
     ema.copy_to_params()
     assert torch.allclose(p.detach().double(), want, atol=1e-7)
+
+
+def test_wallclock_warmdown_is_1512s_lr_mul():
+    from pgolf.train import TrainConfig, lr_schedule
+
+    def upstream(step, elapsed_ms, warmdown_iters=4000, max_ms=600_000.0):  # train_gpt_swa.py lr_mul, time branch
+        step_ms = elapsed_ms / max(step, 1)
+        warmdown_ms = warmdown_iters * step_ms
+        remaining_ms = max(max_ms - elapsed_ms, 0.0)
+        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+    cfg = TrainConfig(warmdown_steps=4000, min_lr=0.0, hessian_reserve_seconds=0.0)
+    for step, elapsed in [(1, 0.08), (3000, 245.0), (3400, 278.0), (5000, 408.3), (7349, 600.1)]:
+        assert lr_schedule(cfg, step, elapsed) == pytest.approx(upstream(step, 1000 * elapsed), abs=1e-9)
+    steps = TrainConfig(schedule="steps", steps=60, warmdown_steps=40, min_lr=0.0)
+    assert [lr_schedule(steps, s, 0.0) for s in (0, 20, 21, 55, 59)] == pytest.approx([1, 1, 39 / 40, 5 / 40, 1 / 40])
+    record = TrainConfig()
+    assert lr_schedule(record, 10, 599.0) == pytest.approx(max((1 - 599 / 599.5) / 0.85, 0.1))

@@ -69,6 +69,7 @@ class Preset:
     lqer: LqerSpec = field(default_factory=LqerSpec)
     awq: AwqSpec = field(default_factory=AwqSpec)
     pack: PackSpec = field(default_factory=PackSpec)
+    embed_plain_int8: bool = False  # #1512: tok_emb in int8 rows (clipped at a |w| quantile), without GPTQ
 
     def __post_init__(self):
         percentiles = self.gptq.clip_percentiles
@@ -89,10 +90,13 @@ class Preset:
         default = cls()
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, pack")
+            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, pack, embed_plain_int8")
         parts = {}
         for f in dataclasses.fields(cls):
             base = getattr(default, f.name)
+            if not dataclasses.is_dataclass(base):
+                parts[f.name] = values.get(f.name, base)
+                continue
             merged = {**dataclasses.asdict(base), **(values.get(f.name) or {})}
             parts[f.name] = from_dict(type(base), merged, f"{where}.{f.name}")
         return cls(**parts)

@@ -76,7 +76,7 @@ def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
     if is_gate(name, t):
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = _int8_rows(t)
         meta[name] = dequant.INT8_ROW
-    elif name in TABLES_1019:
+    elif name in TABLES_1019 or name == "tok_emb.weight":  # the latter only with preset.embed_plain_int8
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = int8_rows_clipped(t)
         meta[name] = dequant.INT8_ROW
     elif not t.is_floating_point():
@@ -95,6 +95,8 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
+    if preset.embed_plain_int8:
+        matrices.pop("tok_emb.weight", None)
     _check_hessians(matrices, hessians, need_rms=preset.awq.enabled)
     tensors, meta, rows = {}, {}, {}
     for name, t in unbanked_state.items():  # the cheap tensors first: a tensor without a storage rule fails fast
