@@ -12,7 +12,7 @@ ties in tensor order, then row-major. The search is #1512's: size(0) first, then
 
 import io
 import lzma
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from pgolf.embeds import bigram_hash, smear_per_dim
 from pgolf.errors import PgolfError
 from pgolf.model import GPT, ModelConfig, Rotary

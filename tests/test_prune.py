@@ -9,10 +9,17 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from pgolf.errors import PgolfError
-from pgolf.prune import LZMA_MAGIC, apply_pruning, lzma_pack, lzma_unpack, prune_order, prune_to_target
+from pgolf.prune import (
+    LZMA_MAGIC,
+    apply_pruning,
+    lzma_pack,
+    lzma_unpack,
+    prune_order,
+    prune_to_target,
+)
 
 
 def toy_state(seed=0) -> dict:
