@@ -3,7 +3,7 @@
     python bench/attended_keys.py --manifest resources/data/bench-caseops/manifest.json [--seq-len 2048]
 
 The training stream in micro-batches of 48 x 2,048 tokens, cut as `pgolf.train.pack` cuts them. rows: (48, 2,048)
-rows cut at every BOS and every row start. stream: the record's DocumentPackingLoader (record-stack.md §4), one row
+rows cut at every BOS and every row start. stream: the record's DocumentPackingLoader (docs/record-stack.md §4), one row
 cut at every BOS and every seq_len tokens from a document's start. Prints, for both, the segments per micro-batch
 and the mean number of keys a query attends to (the attention term of the MFU's FLOPs), CPU only.
 """

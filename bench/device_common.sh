@@ -60,17 +60,27 @@ if ! command -v lrzip >/dev/null 2>&1; then
 fi
 T_SETUP=$(awk -v a="$T_SCRIPT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
 
-DATA=resources/data/$PG_DS
-RUNDIR=results/$PG_RUN
-TRAIN=$RUNDIR/seed$PG_SEED/train
-QUANT=$RUNDIR/seed$PG_SEED/quant/$PG_PRESET
+# Every path and stage command comes from pgolf/stages.py, the table the rules read: P_MANIFEST, P_TRAIN_DIR, ...
+eval "$(python -m pgolf.stages paths --ds "$PG_DS" --name "$PG_RUN" --seed "$PG_SEED" --preset "$PG_PRESET")" || exit 2
+DATA=$P_DATA_DIR RUNDIR=$P_RUN_DIR TRAIN=$P_TRAIN_DIR QUANT=$P_QUANT_DIR
 LAUNCH=(python -m pgolf.launch --gpus "$PG_GPUS" --cpu-procs "$PG_CPU_PROCS" --)
 NPROC=$(nproc)
 # threads of the train and hessians rules (4 per rank, capped at the cores as Snakemake caps them), per rank
 THREADS=$((4 * PG_RANKS < NPROC ? 4 * PG_RANKS : NPROC))
 OMP_PER_RANK=$(((THREADS + PG_RANKS - 1) / PG_RANKS))
 
-COMPILE_CACHE=$RUNDIR/compile_cache # where the rules put torch.compile's caches (pgolf.compile_cache)
+# the options of the tokenizer/tokenize rules' `--docs`: only the hub's docs.jsonl is named on the command line
+if [ "$PG_DATA_SOURCE" = hf_docs ]; then DOCS=(--set "input.docs=$P_HUB_DOCS"); else DOCS=(--drop=--docs); fi
+
+# stage_cmd STAGE [--set FIELD=VALUE | --drop OPTION]...: STAGE_CMD=(-m pgolf.<module> ARGS...), the command the
+# rule runs (python -m pgolf.stages argv), with this run's wildcards and the given values
+stage_cmd() {
+    local stage=$1
+    shift
+    mapfile -t STAGE_CMD < <(python -m pgolf.stages argv "$stage" --ds "$PG_DS" --name "$PG_RUN" --seed "$PG_SEED" \
+        --preset "$PG_PRESET" "$@")
+    [ "${#STAGE_CMD[@]}" -gt 0 ] || { echo "python -m pgolf.stages argv $stage failed" >&2; return 2; }
+}
 
 # run_stage NAME COMMAND...: run one stage with its output in $LOGDIR/NAME.log, append "NAME seconds rc" to
 # $LOGDIR/stages.tsv; returns the stage's exit status. A stage still running at the deadline is killed with its
@@ -115,9 +125,27 @@ begin_stages() {
 # The tokenizer and tokenize rules: resources/data/<ds>/ from the carried corpus (deterministic, so every call
 # makes the same shards).
 tokenize_data() {
-    # shellcheck disable=SC2086  # PG_DOCS_OPTION is a word list
-    run_stage tokenizer python -m pgolf.tokenizer --config "$CFG/data.json" $PG_DOCS_OPTION \
-        --out "$DATA/tokenizer.model" &&
-        run_stage tokenize python -m pgolf.tokenize --config "$CFG/data.json" $PG_DOCS_OPTION \
-            --tokenizer "$DATA/tokenizer.model" --workers "$NPROC" --out "$DATA/manifest.json"
+    stage_cmd tokenizer --set "params.config=$CFG/data.json" "${DOCS[@]}" &&
+        run_stage tokenizer python "${STAGE_CMD[@]}" &&
+        stage_cmd tokenize --set "params.config=$CFG/data.json" --set "threads=$NPROC" "${DOCS[@]}" &&
+        run_stage tokenize python "${STAGE_CMD[@]}"
+}
+
+# build_artifact: the rules from audit_data to code (audit_data, train, hessians, quantize, pack, code) on the
+# tokenized data, leaving model.pgrp, pack.json and train_gpt.py in $QUANT.
+build_artifact() {
+    stage_cmd audit_data --set "params.config=$CFG/audit.json" &&
+    run_stage audit_data python "${STAGE_CMD[@]}" &&
+    stage_cmd train --set "params.config=$CFG/train.json" &&
+    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
+    stage_cmd hessians --set "params.config=$CFG/hessians.json" &&
+    run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
+    stage_cmd quantize --set "params.config=$CFG/quantize.json" &&
+    run_stage quantize python "${STAGE_CMD[@]}" &&
+    # lrzip bounds the pack: every core, no OMP cap (pgolf.pack starts one lrzip per group, each threaded)
+    # --no-baseline: the brotli-only comparison is one core on the whole state for minutes, past this call's budget
+    stage_cmd pack --set "params.compressor=$PG_COMPRESSOR" &&
+    run_stage pack env -u OMP_NUM_THREADS python "${STAGE_CMD[@]}" --no-baseline &&
+    stage_cmd code --set "params.config=$CFG/code.json" &&
+    run_stage code python "${STAGE_CMD[@]}"
 }

@@ -83,11 +83,10 @@ def main(argv=None):
         "PG_GPUS": str(hardware["gpus"]),
         "PG_CPU_PROCS": str(hardware.get("cpu_procs", 1)),
         "PG_RANKS": str(ranks),
-        # `--docs` of the tokenizer/tokenize rules (docs_option()): only the hub's docs.jsonl is passed explicitly
-        "PG_DOCS_OPTION": f"--docs resources/hub/{data['name']}/docs.jsonl" if data["source"] == "hf_docs" else "",
         "PG_DATA_SOURCE": data["source"],
         "PG_LOCAL_PATH": str((data.get("local") or {}).get("path") or ""),
         "PG_TOKENIZER": str(data.get("tokenizer") or ""),
+        "PG_COMPRESSOR": config["pack"]["compressor"],  # the pack rule's --compressor
     }
     (out / "vars.sh").write_text(
         "# written by bench/device_configs.py; sourced by bench/gpu_experiment.sh and bench/gpu_evaluate.sh\n"

@@ -22,27 +22,26 @@ for f in model.pgrp pack.json size.json; do
         exit 2
     fi
 done
-PREQUANT=()
+PREQUANT=(--drop=--prequant)
 if [ -f "$FROM/prequant.json" ]; then
-    PREQUANT=(--prequant "$FROM/prequant.json")
+    PREQUANT=(--set "input.prequant=$FROM/prequant.json")
 else
     echo "$FROM/prequant.json: missing (eval_prequant did not finish in call 1); scoring without it"
 fi
-rm -rf "$DATA" "$LOGDIR" "$QUANT/eval.json"
+rm -rf "$DATA" "$LOGDIR" "$P_EVAL"
 mkdir -p "$DATA" "$QUANT"
 begin_stages "artifact $FROM/model.pgrp"
 
 stages() {
     tokenize_data &&
-    run_stage evaluate "${LAUNCH[@]}" -m pgolf.evaluate artifact --config "$CFG/eval.json" \
-        --pgrp "$FROM/model.pgrp" --pack-json "$FROM/pack.json" --size "$FROM/size.json" \
-        "${PREQUANT[@]}" --manifest "$DATA/manifest.json" --compile-cache "$COMPILE_CACHE" \
-        --out "$QUANT/eval.json"
+    stage_cmd evaluate --set "params.config=$CFG/eval.json" --set "input.pgrp=$FROM/model.pgrp" \
+        --set "input.info=$FROM/pack.json" --set "input.size_json=$FROM/size.json" "${PREQUANT[@]}" &&
+        run_stage evaluate "${LAUNCH[@]}" "${STAGE_CMD[@]}"
 }
 stages
 rc=$?
 
-[ -f "$QUANT/eval.json" ] && cp "$QUANT/eval.json" "$OUT/"
+[ -f "$P_EVAL" ] && cp "$P_EVAL" "$OUT/"
 python bench/device_report.py evaluate --out "$OUT" --logs "$LOGDIR" --configs "$CFG" --data "$DATA" \
-    --experiment "$FROM" --eval "$QUANT/eval.json" --rc "$rc" || { [ "$rc" -eq 0 ] && rc=1; }
+    --experiment "$FROM" --eval "$P_EVAL" --rc "$rc" || { [ "$rc" -eq 0 ] && rc=1; }
 exit "$rc"

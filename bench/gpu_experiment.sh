@@ -31,36 +31,20 @@ begin_stages
 
 stages() {
     tokenize_data &&
-    run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
-        --out "$DATA/data_audit.json" &&
-    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
-        --manifest "$DATA/manifest.json" --audit "$DATA/data_audit.json" --seed "$PG_SEED" --out-dir "$TRAIN" \
-        --compile-cache "$COMPILE_CACHE" &&
-    run_stage hessians env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.hessians \
-        --config "$CFG/hessians.json" --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --seed "$PG_SEED" \
-        --out "$TRAIN/hessians.pt" &&
-    run_stage quantize python -m pgolf.quantize --config "$CFG/quantize.json" --model "$TRAIN/model.pt" \
-        --hessians "$TRAIN/hessians.pt" --preset "$PG_PRESET" --out "$QUANT/quantized.pt" &&
-    # lrzip bounds the pack: every core, no OMP cap (pgolf.pack starts one lrzip per group, each threaded)
-    # --no-baseline: the brotli-only comparison is one core on the whole state for minutes, past this call's budget
-    run_stage pack env -u OMP_NUM_THREADS python -m pgolf.pack --no-baseline --quantized "$QUANT/quantized.pt" \
-        --out "$QUANT/model.pgrp" &&
-    run_stage code python -m pgolf.codepack --config "$CFG/code.json" --preset "$PG_PRESET" \
-        --out "$QUANT/train_gpt.py" &&
+    build_artifact &&
     {
         # over the cap, size_check fails with the byte breakdown; the prequant score (independent of it) still runs
-        run_stage size_check python -m pgolf.sizecheck --pgrp "$QUANT/model.pgrp" --pack-json "$QUANT/pack.json" \
-            --code "$QUANT/train_gpt.py" --preset "$PG_PRESET" --out "$QUANT/size.json"
+        stage_cmd size_check && run_stage size_check python "${STAGE_CMD[@]}"
         local size_rc=$?
-        run_stage eval_prequant "${LAUNCH[@]}" -m pgolf.evaluate prequant --config "$CFG/eval.json" \
-            --model "$TRAIN/model.pt" --manifest "$DATA/manifest.json" --out "$TRAIN/prequant.json" && return "$size_rc"
+        stage_cmd eval_prequant --set "params.config=$CFG/eval.json" &&
+            run_stage eval_prequant "${LAUNCH[@]}" "${STAGE_CMD[@]}" && return "$size_rc"
     }
 }
 stages
 rc=$?
 
 # What came out, even after a failure: the files the second call needs, the report, and the summaries.
-for f in "$QUANT/model.pgrp" "$QUANT/pack.json" "$QUANT/size.json" "$TRAIN/prequant.json" "$QUANT/report.json"; do
+for f in "$P_PGRP" "$P_PACK_INFO" "$P_SIZE" "$P_PREQUANT" "$P_QUANT_REPORT"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
 done
 python bench/device_report.py experiment --out "$OUT" --logs "$LOGDIR" --configs "$CFG" --data "$DATA" \

@@ -11,9 +11,9 @@ rm -rf "$DATA" "$LOGDIR"
 mkdir -p "$DATA"
 begin_stages
 tokenize_data || exit 1
-run_stage flex_options python bench/flex_options.py --manifest "$DATA/manifest.json" --out "$OUT/flex_options.json"
+run_stage flex_options python bench/flex_options.py --manifest "$P_MANIFEST" --out "$OUT/flex_options.json"
 rc=$?
-run_stage flex_mask_compiled python bench/flex_mask_compiled.py --manifest "$DATA/manifest.json" \
+run_stage flex_mask_compiled python bench/flex_mask_compiled.py --manifest "$P_MANIFEST" \
     --out "$OUT/flex_mask_compiled.json" || rc=$?
 grep -hv Warning "$LOGDIR/flex_options.log" "$LOGDIR/flex_mask_compiled.log" | tee "$OUT/kernels.log"
 cp "$LOGDIR/stages.tsv" "$OUT/"

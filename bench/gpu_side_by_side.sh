@@ -19,12 +19,12 @@ esac
 LOGDIR=logs/device/side_by_side_$STATE
 rm -rf "$LOGDIR"
 begin_stages "side by side, $STATE"
-if [ ! -f "$DATA/manifest.json" ]; then  # a warm machine keeps the shards of the previous call
+if [ ! -f "$P_MANIFEST" ]; then  # a warm machine keeps the shards of the previous call
     mkdir -p "$DATA"
     tokenize_data || exit 1
 fi
 if [ "${PGOLF_SBS_KERNELS:-0}" = 1 ]; then
-    run_stage attention python bench/attention_backends.py --manifest "$DATA/manifest.json" --out "$OUT/attention.json"
+    run_stage attention python bench/attention_backends.py --manifest "$P_MANIFEST" --out "$OUT/attention.json"
     tail -n 12 "$LOGDIR/attention.log"
 fi
 files=()
@@ -32,8 +32,8 @@ BACKENDS=${PGOLF_SBS_ATTENTION:-auto}
 for att in $BACKENDS; do
     extra=()
     [ "$att" != "${BACKENDS%% *}" ] && extra=(--no-eager-check --no-restart)  # once is enough
-    rm -rf "$COMPILE_CACHE"
-    run_stage "pgolf-$att" python bench/train_throughput.py --manifest "$DATA/manifest.json" --cache "$COMPILE_CACHE" \
+    rm -rf "$P_COMPILE_CACHE"
+    run_stage "pgolf-$att" python bench/train_throughput.py --manifest "$P_MANIFEST" --cache "$P_COMPILE_CACHE" \
         --states "$PHASE" --steps "${PGOLF_SBS_STEPS:-10}" --attention "$att" --out "$OUT/throughput-$att.json" \
         "${extra[@]}"
     [ -f "$OUT/throughput-$att.json" ] && files+=("$OUT/throughput-$att.json")

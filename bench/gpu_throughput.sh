@@ -7,12 +7,12 @@
 source "$(dirname "$0")/device_common.sh"
 
 LOGDIR=logs/device/throughput
-rm -rf "$DATA" "$COMPILE_CACHE" "$LOGDIR"
+rm -rf "$DATA" "$P_COMPILE_CACHE" "$LOGDIR"
 mkdir -p "$DATA"
 begin_stages
 tokenize_data || exit 1
-timeout -k 10 $((DEADLINE_S - 20)) python bench/train_throughput.py --manifest "$DATA/manifest.json" \
-    --cache "$COMPILE_CACHE" --profile --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/throughput.log"
+timeout -k 10 $((DEADLINE_S - 20)) python bench/train_throughput.py --manifest "$P_MANIFEST" \
+    --cache "$P_COMPILE_CACHE" --profile --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/throughput.log"
 rc=$?
 cp "$LOGDIR/stages.tsv" "$OUT/"
 exit "$rc"

@@ -6,7 +6,7 @@
 Pinned to one core. Without --shard the stream is synthetic with text-like repetition: Zipf-distributed
 tokens interleaved with spans copied from earlier in the stream (most from anywhere, some from a small pool
 of boilerplate passages that recur), tuned so that the gated share lands near FineWeb val's 1.31%
-(record-stack.md §8.3). With --shard the tokens of the given pgolf/upstream shards are used instead.
+(docs/record-stack.md §8.3). With --shard the tokens of the given pgolf/upstream shards are used instead.
 Upstream's C hash table takes ~150-170 s for the 47,851,520-token val stream inside the eval timer.
 """
 

@@ -2,7 +2,7 @@
 
     python bench/pack.py [--layers 11] [--vocab 8192] [--seed 0]
 
-The state has the shapes of #1855 (record-stack.md §3.1: vocab 8192, d 512, 11 layers, GQA 8/4 heads, MLP 2048)
+The state has the shapes of #1855 (docs/record-stack.md §3.1: vocab 8192, d 512, 11 layers, GQA 8/4 heads, MLP 2048)
 and the record's SDClip settings (§5.2: attention int6 k=13.0, MLP int6 k=11.5, embedding int7 k=14.0). Weights
 are built to carry the statistics that matter to the compressors, not trained:
   - every matrix: a rank-16 component (a quarter of the variance) plus Student-t (df 4) noise, so values have

@@ -7,7 +7,7 @@
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
 one GPU), every step the product's `Trainer.train_step`. In one run:
-- the bf16 ceiling: median time of an 8192^3 bf16 matmul over 4 rotating random input pairs (SPEC.md);
+- the bf16 ceiling: median time of an 8192^3 bf16 matmul over 4 rotating random input pairs (docs/contracts.md);
 - compile: wall seconds of the first step of each looping state (cold cache in --cache, emptied first) less one
   steady step;
 - median ms/step, tokens/s, model TFLOP/s and MFU before and after looping, peak memory, the loss curve;
@@ -15,7 +15,7 @@ one GPU), every step the product's `Trainer.train_step`. In one run:
 - restart: a new process on the same --cache, seconds from its start to the end of its first step in each state;
 - with --profile, the CUDA kernels that take most time in one looped step.
 Model FLOPs per token = 6 x (matrix parameters applied per token, looped layers once per application, + LM head)
-+ 12 x d_model x (mean attended keys per query) per layer application (SPEC.md). Prints a table last.
++ 12 x d_model x (mean attended keys per query) per layer application (docs/contracts.md). Prints a table last.
 """
 
 import argparse
@@ -73,7 +73,7 @@ def _timed(fn, device) -> float:
 
 
 def flops_per_token(cfg: ModelConfig, looping: bool, mean_keys: float) -> float:
-    """Model FLOPs per trained token (forward + backward), the SPEC.md definition."""
+    """Model FLOPs per trained token (forward + backward), the docs/contracts.md definition."""
     d, kv, hidden = cfg.model_dim, cfg.kv_dim, cfg.mlp_dim
     per_layer = 2 * d * d + 2 * kv * d + 2 * hidden * d  # Q, O; K, V; MLP up, down
     enc, dec = layer_orders(cfg, looping)

@@ -15,10 +15,10 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
 "auto" takes the first one available in AUTO_ORDER. Inside the compiled training step flex comes before the FA2
-kernels: the record model's step ran 4% faster with it than with `varlen` on an H200. Everywhere else (eager
+kernels: the record model's step ran faster with it than with `varlen`. Everywhere else (eager
 forwards: Hessians, diagnostic eval, TTT's global phases; TTT's dynamic-shape chunk graph) the varlen kernels come
-first: they take every shape as it comes, where eager flex first compiled 12.7 s for the Hessian batch's shape and
-then ran no faster (bench/RESULTS.md).
+first: they take every shape as it comes, where eager flex first compiled for each new shape and
+then ran no faster (figures in bench/RESULTS.md).
 
 The three varlen backends flatten the batch into one packed stream cut at every BOS and row start
 (`segment_offsets`). Built inside the model, the cuts come from a `nonzero`, so choosing one of them lets
@@ -208,6 +208,15 @@ def segment_offsets(ids: torch.Tensor, max_len: int | None = None) -> torch.Tens
     return torch.cat([offsets, total])
 
 
+def window_offsets(shape, max_len: int | None, device) -> torch.Tensor:
+    """cu_seqlens of a (B, T) batch cut only at row starts and every `max_len` tokens of a row (attention across
+    documents, #1572: a BOS is no boundary)."""
+    B, T = shape
+    step = min(max_len or T, T)
+    starts = (torch.arange(B)[:, None] * T + torch.arange(0, T, step)[None, :]).flatten()
+    return torch.cat([starts, torch.tensor([B * T])]).to(device=device, dtype=torch.int32)
+
+
 def segment_ids(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
     """(B, T) int32 segment index of every token of a (B, T) batch cut at `cu_seqlens` (over the flattened batch).
     A scatter and a cumsum: Inductor's CPU flex template refused the same ids made by bucketize inside a mask."""
@@ -236,9 +245,9 @@ def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch
 
 
 _compiled_flex = None
-# Tiles of 32 x 128 (dK/dV) and 128 x 32 (dQ) in the backward, 4 warps and 3 stages in both passes. Forward +
-# backward of the record's micro-batch took 2.609 ms against torch's default 2.786 ms (bench/flex_options.py, H200,
-# torch 2.11; forward output bit-identical) and the looped training step 0.5% less (bench/RESULTS.md).
+# Tiles of 32 x 128 (dK/dV) and 128 x 32 (dQ) in the backward, 4 warps and 3 stages in both passes: forward +
+# backward of the record's micro-batch ran faster than with torch's defaults, forward output bit-identical
+# (bench/flex_options.py; figures in bench/RESULTS.md).
 FLEX_KERNEL_OPTIONS = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4,
                        "num_stages": 3}
 

@@ -6,9 +6,13 @@ Documents are the token runs that start at a BOS (id 1), followed across shard b
 by their ids, so the audit works on hub shards whose text is not at hand. The report always gives the
 val/train overlap (count and a few examples); the command fails (after writing the report with
 `passed: false`) when more than `audit.max_overlap_fraction` of val documents also occur in train (the
-leak that disqualified two record submissions, record-stack.md §1.2), when a split does not start with
+leak that disqualified two record submissions, docs/record-stack.md §1.2), when a split does not start with
 BOS, when a token id is outside the vocabulary, when BOS counts disagree with the manifest's document
 counts, or when the val byte sidecar is not aligned with the val tokens (same shards, same sizes, 0 on BOS).
+
+The audit is also where data enters the DAG: it first checks every file's sha256 against the manifest (a changed
+file is an error naming it). It reads every shard anyway and every later stage runs after it, so the check
+costs one extra read here instead of one per GPU stage.
 """
 
 import argparse
@@ -18,11 +22,11 @@ import hashlib
 import numpy as np
 
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import write_json
 from .runlog import RunLog
-from .shards import BOS_ID, load_manifest, read_shard, shard_paths, tokenizer_path
+from .shards import BOS_ID, load_manifest, read_shard, shard_paths, tokenizer_path, verify_checksums
 
 EXAMPLES = 5
 HEAD_IDS = 32  # ids kept per val document for the examples
@@ -110,6 +114,7 @@ def _preview(manifest_path, ids: list) -> str | None:
 
 def audit(manifest_path, cfg: AuditConfig) -> dict:
     manifest = load_manifest(manifest_path)
+    verified_bytes = verify_checksums(manifest_path)
     vocab_size = int(manifest["vocab_size"])
     paths = {split: shard_paths(manifest_path, split) for split in ("train", "val", "val_bytes")}
     problems = []
@@ -156,6 +161,7 @@ def audit(manifest_path, cfg: AuditConfig) -> dict:
         "manifest": str(manifest_path),
         "dataset": manifest.get("dataset"),
         "vocab_size": vocab_size,
+        "checksums": {"verified_bytes": verified_bytes},
         "val": splits["val"],
         "train": splits["train"],
         "overlap": {"val_docs": len(overlapping), "fraction": fraction, "examples": examples},

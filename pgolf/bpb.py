@@ -1,4 +1,4 @@
-"""Bits per byte (record-stack.md §1.3): byte counts per target and the diagnostic (non-TTT) evaluation.
+"""Bits per byte (docs/record-stack.md §1.3): byte counts per target and the diagnostic (non-TTT) evaluation.
 
 val_bpb = (Σ target NLL in nats / ln 2) / Σ target bytes, summed in float64 and all-reduced over ranks.
 Every byte count is attached to a stream position: `position_bytes[i]` is what the target token at stream

@@ -1,4 +1,4 @@
-"""The `lossless_caps_caseops_v1` text transform (record-stack.md §2.4): case becomes operator characters.
+"""The `lossless_caps_caseops_v1` text transform (docs/record-stack.md §2.4): case becomes operator characters.
 
 Every maximal run of ASCII letters (a word) is lowercased and its case written as operators in front of it:
 TITLE (U+E001) capitalises the word's first letter, ALLCAPS (U+E002) every letter of the word, CAPNEXT

@@ -1,8 +1,8 @@
 """The training stage's resumable state: one checkpoint file in the out dir, replaced atomically.
 
 It holds what an uninterrupted run would still have in memory (weights, EMA, optimizer states, step, elapsed
-loop time, loader position, RNG states, the log so far) plus an identity (model and train config, seed) that must
-match for a run to resume from it.
+loop time, loader position, RNG states, the log so far, the world size) plus an identity (model and train config,
+seed, the data manifest's sha256) that must match for a run to resume from it.
 """
 
 from pathlib import Path
@@ -50,7 +50,8 @@ def load(out_dir, identity: dict):
         ) from None
     if state.get("identity") != identity:
         raise PgolfError(
-            f"{path}: checkpoint of a different model/train config or seed; delete it to train from the start"
+            f"{path}: checkpoint of a different model/train config, seed or data manifest; delete it to train "
+            "from the start"
         )
     return state
 

@@ -4,18 +4,18 @@
 
 Overlays merge over the base like Snakemake's `--configfile` (mappings merge key by key, every other value
 replaces), then each schema fragment in workflow/schemas/ validates the result and fills its defaults.
-Stage CLIs take `--config` as a path to such a JSON file or as the JSON text itself (the rules pass the
-sections each stage reads, from `params:`), and need neither Snakemake nor jsonschema.
+Stage CLIs read such a JSON file (or the JSON text the rules pass) with pgolf.stageconfig, and need neither
+Snakemake nor jsonschema.
 """
 
 import argparse
-import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
-from .errors import PgolfError
 from .cli import doc_summary
+from .errors import PgolfError
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "workflow" / "schemas"
 
@@ -50,8 +50,41 @@ def schema_fragments() -> list[Path]:
     return sorted(SCHEMA_DIR.glob("*.schema.yaml"))
 
 
+def sections() -> set[str]:
+    """The top-level sections some schema fragment describes."""
+    return {name for fragment in schema_fragments() for name in load_yaml(fragment).get("properties", {})}
+
+
+def check_values(config: dict, source="config"):
+    """What JSON Schema cannot say, checked after the fragments (the Snakefile runs it too): every top-level
+    section is known, every number is finite, the training budget exceeds its Hessian reserve."""
+    unknown = sorted(set(config) - sections())
+    if unknown:
+        raise PgolfError(
+            f"{source}: unknown top-level section(s) {unknown}; known sections: {sorted(sections())} "
+            "(a misspelt section would be ignored silently): fix the name in your config or recipe"
+        )
+
+    def walk(value, where):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PgolfError(f"{source}: {where}: {value} is not a finite number; set a finite value in your config")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            walk(item, f"{where}.{key}" if where else str(key))
+
+    walk(config, "")
+    train = config.get("train") or {}
+    budget, reserve = train.get("budget_seconds"), train.get("hessian_reserve_seconds")
+    if budget is not None and reserve is not None and budget <= reserve:
+        raise PgolfError(
+            f"{source}: train.budget_seconds ({budget}) must exceed train.hessian_reserve_seconds ({reserve}), "
+            "which the Hessian collection keeps from it; raise the budget or lower the reserve"
+        )
+
+
 def validate(config: dict, source="config") -> dict:
-    """Validate against every schema fragment, filling defaults in place (Snakemake's set_default)."""
+    """Validate against every schema fragment, filling defaults in place (Snakemake's set_default), then
+    check_values."""
     import jsonschema
 
     def set_defaults(validator, properties, instance, schema):
@@ -71,6 +104,7 @@ def validate(config: dict, source="config") -> dict:
             raise PgolfError(
                 f"{source}: {where}: {e.message} (schema {fragment.name}); fix that key in your config or recipe"
             )
+    check_values(config, source)
     return config
 
 
@@ -84,28 +118,25 @@ def resolve(paths) -> dict:
     return validate(merged, source=" + ".join(str(p) for p in paths))
 
 
-def load_stage_config(arg: str) -> dict:
-    """A stage's `--config`: inline JSON (as the rules pass it) or the path of a resolved JSON file."""
-    text = arg.strip()
-    if not text.startswith("{"):
-        path = Path(arg)
-        if not path.exists():
-            raise PgolfError(f"{arg}: config not found; write one with `python -m pgolf.config resolve`")
-        text = path.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PgolfError(f"--config: not valid JSON ({e}); pass a file from `pgolf.config resolve`") from None
+RUN_SECTIONS = ("run", "hardware", "model", "train", "hessians", "eval", "pack")  # with data.name and quant: what run_all reads
 
 
-def from_dict(cls, values: dict | None, where: str):
-    """Build a config dataclass from a mapping; unknown keys are an error naming the section."""
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
-    return cls(**values)
+def narrow_config(config: dict, preset: str) -> dict:
+    """The sections run_all reads, with this preset only: editing another preset, the data source, the audit or the
+    submission's texts leaves the script (and everything after it) unchanged."""
+    presets = (config.get("quant") or {}).get("presets") or {}
+    if preset not in presets:
+        raise PgolfError(
+            f"--config: quant.presets has no preset {preset!r} (it has {sorted(presets)}); "
+            "pass a preset defined in config.yaml or your recipe"
+        )
+    narrowed = {key: config[key] for key in RUN_SECTIONS if key in config}
+    if "name" in (config.get("data") or {}):
+        narrowed["data"] = {"name": config["data"]["name"]}
+    narrowed["quant"] = {"presets": {preset: presets[preset]}, "submission_preset": preset}
+    if "eval" in narrowed:  # eval.artifact switches the DAG to an outside blob; the submission never reads it
+        narrowed["eval"] = {key: value for key, value in narrowed["eval"].items() if key != "artifact"}
+    return narrowed
 
 
 def main(argv=None):

@@ -8,6 +8,11 @@ CFG (JSON text or file) holds the `data` section; the mode follows `data.source`
 HF_HUB_OFFLINE=1 works from a filled cache, and are hard-linked (copied across file systems) into the output
 folder. hf_shards checks every shard's header and size, the val byte sidecar's alignment and the tokenizer
 before anything is written, then writes the manifest (format: pgolf.shards) with the resolved commit.
+
+The first download of a dataset writes hub-lock.json beside its output: the repo, the resolved commit and every
+fetched file's sha256. A later download (a re-run, a code edit, a deleted manifest) must resolve to the same
+commit and the same checksums, or it stops with a message: `revision: main` moving on the hub never changes the
+data silently. `data.hf.refresh: true` (or `--refresh`) accepts a new revision on purpose and rewrites the lock.
 """
 
 import argparse
@@ -22,9 +27,9 @@ from pathlib import Path, PurePosixPath
 
 from .caseops import OPERATORS as CASEOPS_OPERATORS
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .runlog import RunLog
 from .shards import BOS_ID, file_sha256, read_header, read_shard, shard_name
 
@@ -33,7 +38,7 @@ TOKENIZER_NAME = "tokenizer.model"  # every data source yields resources/data/<d
 
 @dataclass
 class HubConfig:
-    """`data.hf`: where the hub keeps the data (record-stack.md §2.1)."""
+    """`data.hf`: where the hub keeps the data (docs/record-stack.md §2.1)."""
 
     repo: str = "romeerp/parameter-golf-caseops-v1"
     revision: str = "main"
@@ -46,6 +51,10 @@ class HubConfig:
     docs_file: str = "datasets/docs_selected.jsonl"
     cache_dir: str | None = None  # None = huggingface_hub's cache ($HF_HOME/hub or $HF_HUB_CACHE)
     max_workers: int = 8
+    refresh: bool = False  # accept a commit or checksums other than hub-lock.json's (then rewrite the lock)
+
+
+LOCK_NAME = "hub-lock.json"
 
 
 def allow_patterns(hub: HubConfig) -> list[str]:
@@ -212,6 +221,38 @@ class SnapshotCheck:
         return docs
 
 
+def check_lock(lock_path: Path, record: dict, refresh: bool, log: RunLog):
+    """Refuse a download whose commit or file checksums differ from the first one's (hub-lock.json), unless
+    `refresh`; then write the lock (files fetched now are added to those recorded before)."""
+    lock = read_json(lock_path) if lock_path.exists() else None
+    fix = (
+        f"to accept it on purpose, run once with data.hf.refresh: true (or python -m pgolf.download --refresh), "
+        f"which rewrites {lock_path}"
+    )
+    if lock is not None and not refresh:
+        if not isinstance(lock, dict) or not isinstance(lock.get("files"), dict):
+            raise PgolfError(f"{lock_path}: not a hub lock (no files); delete it to record this download as the first")
+        pinned = f"{lock.get('repo')}@{lock.get('commit')}"
+        if pinned != f"{record['repo']}@{record['commit']}":
+            raise PgolfError(
+                f"{record['repo']} (revision {record['revision']}) resolves to commit {record['commit']}, but this "
+                f"dataset was first downloaded from {pinned} ({lock_path}): the hub's data changed. To keep the "
+                f"first data, set data.hf.{record['key']}revision: {lock.get('commit')}; {fix}"
+            )
+        changed = sorted(n for n, sha in record["files"].items() if lock["files"].get(n, sha) != sha)
+        if changed:
+            raise PgolfError(
+                f"{pinned} {changed[0]}: sha256 {record['files'][changed[0]][:16]}… differs from the first "
+                f"download's {lock['files'][changed[0]][:16]}… at the same commit ({len(changed)} file(s) changed; "
+                f"{lock_path}): the hub cache's copy is damaged; delete it from the cache and re-run, or {fix}"
+            )
+    files = {**(lock["files"] if lock and not refresh else {}), **record["files"]}
+    entry = {k: record[k] for k in ("repo", "revision", "commit")}
+    write_json(lock_path, {**entry, "files": files})
+    if lock is not None and refresh and lock.get("commit") != record["commit"]:
+        log.write({"event": "hub_lock_refreshed", "from": lock.get("commit"), **entry})
+
+
 def download_shards(data: dict, hub: HubConfig, out: Path, log: RunLog):
     from huggingface_hub import snapshot_download
 
@@ -238,14 +279,19 @@ def download_shards(data: dict, hub: HubConfig, out: Path, log: RunLog):
     val_docs = check.val(splits, vocab_size)
 
     folder = out.parent
+    sources = [p for paths in splits.values() for p in paths] + [tokenizer]
+    with ThreadPoolExecutor(hub.max_workers) as pool:  # hashlib releases the GIL: 16 GB hash in parallel
+        source_digests = dict(zip(sources, pool.map(file_sha256, sources)))
+    repo_files = {PurePosixPath(p.relative_to(snapshot)).as_posix(): d for p, d in source_digests.items()}
+    record = {"repo": hub.repo, "revision": hub.revision, "commit": commit, "files": repo_files, "key": ""}
+    check_lock(folder / LOCK_NAME, record, hub.refresh, log)
     placed = {split: [folder / p.name for p in paths] for split, paths in splits.items()}
+    digests = {folder / TOKENIZER_NAME: source_digests[tokenizer]}
     for split, paths in splits.items():
         for src, dst in zip(paths, placed[split]):
             link_or_copy(src, dst)
+            digests[dst] = source_digests[src]
     link_or_copy(tokenizer, folder / TOKENIZER_NAME)
-    files = [p for paths in placed.values() for p in paths] + [folder / TOKENIZER_NAME]
-    with ThreadPoolExecutor(hub.max_workers) as pool:  # hashlib releases the GIL: 16 GB hash in parallel
-        digests = dict(zip(files, pool.map(file_sha256, files)))
 
     manifest = {
         "dataset": data["name"],
@@ -299,6 +345,9 @@ def download_docs(hub: HubConfig, out: Path, log: RunLog):
             f'{hub.docs_repo}@{commit} {hub.docs_file}: the first line is not a JSON object with a "text" string; '
             "check data.hf.docs_file (a JSONL of documents)"
         )
+    record = {"repo": hub.docs_repo, "revision": hub.docs_revision, "commit": commit,
+              "files": {hub.docs_file: file_sha256(path)}, "key": "docs_"}
+    check_lock(out.parent / LOCK_NAME, record, hub.refresh, log)
     link_or_copy(path, out)
     log.write({"event": "docs", "repo": hub.docs_repo, "commit": commit, "path": str(out), "bytes": out.stat().st_size})
 
@@ -307,6 +356,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.download", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config (JSON text or file) with the data section")
     parser.add_argument("--out", required=True, type=Path, help="manifest.json (hf_shards) or docs.jsonl (hf_docs)")
+    parser.add_argument("--refresh", action="store_true",
+                        help=f"accept a commit or checksums other than {LOCK_NAME}'s (as data.hf.refresh: true)")
     args = parser.parse_args(argv)
     config = load_stage_config(args.config)
     where = "--config" if args.config.strip().startswith("{") else args.config
@@ -314,6 +365,7 @@ def main(argv=None):
     if not isinstance(data, dict) or "name" not in data:
         raise PgolfError(f"{where}: no data section with a name; pass the resolved config (pgolf.config resolve)")
     hub = from_dict(HubConfig, data.get("hf"), "data.hf")
+    hub.refresh = hub.refresh or args.refresh
     log = RunLog("download", {"data": {**data, "hf": asdict(hub)}})
     source = data.get("source")
     if source == "hf_shards":

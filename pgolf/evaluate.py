@@ -9,7 +9,8 @@
 Several ranks: `python -m pgolf.launch --gpus N -- -m pgolf.evaluate ...`. CFG (a resolved config, JSON text or
 path) holds the sections eval and hardware. `artifact` checks the blob against pack.json, unpacks and
 dequantizes it, warms up compilation on random tokens (GPU), scores the quantized model, then runs the timed
-evaluation (n-gram hints when the tilt is on, then phased TTT) and writes eval.json (SPEC.md).
+evaluation (n-gram hints when the tilt is on, then phased TTT; or, with eval.ttt.mode sgd, pgolf.sgd_ttt's full-weight
+SGD TTT over sliding windows) and writes eval.json (docs/contracts.md).
 """
 
 import argparse
@@ -22,17 +23,20 @@ import torch
 from . import dist as pgdist
 from . import compile_cache, ngram
 from .bpb import ValData, diagnostic_eval, load_val
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .dist import sync
 from .errors import PgolfError
 from .io import read_json, write_json
 from .model import GPT, ModelConfig, load_trained
 from .runlog import RunLog
 from .shards import BOS_ID
+from .sgd_ttt import SGDTTT
+from .sgd_ttt import check_coverage as sgd_check_coverage
 from .ttt import PhasedTTT, TTTConfig
 from .cli import doc_summary
 
-FINEWEB_VAL_TARGETS = 47_851_520  # targets of the challenge's val set (record-stack.md), the projection's scale
+FINEWEB_VAL_TARGETS = 47_851_520  # targets of the challenge's val set (docs/record-stack.md), the projection's scale
+TTT_MODES = ("lora", "sgd")
 PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
 
 
@@ -43,7 +47,7 @@ class EvalConfig:
     seq_len: int = 2048  # EVAL_SEQ_LEN of the diagnostic windows
     batch_tokens: int = 524288  # VAL_BATCH_TOKENS over all ranks
     sliding_stride: int | None = None  # None: non-overlapping windows; e.g. 64 for the older sliding eval
-    truncate_tail: bool = False
+    truncate_tail: bool = True  # cut the val stream to floor((N-1)/seq_len)*seq_len + 1 tokens (#1855, #2123)
     val_docs_limit: int | None = None  # score only the first documents (smoke and bench runs); None = all
     artifact: str | None = None  # a .pgrp made elsewhere: the DAG sizes and scores it instead of training
     compile: bool = True  # torch.compile the TTT chunk step on GPU (warm-up outside the timer)
@@ -59,15 +63,19 @@ class EvalConfig:
         cfg.ttt, cfg.tilt = ttt, tilt
         if tilt.enabled and not ttt.enabled:
             raise PgolfError("config eval.tilt.enabled: the tilt applies inside the TTT eval; enable eval.ttt too")
+        if ttt.mode not in TTT_MODES:
+            raise PgolfError(f"config eval.ttt.mode: {ttt.mode!r} is not one of {TTT_MODES}; fix it in your config")
+        if tilt.enabled and ttt.mode == "sgd":
+            raise PgolfError("config eval.tilt.enabled: the tilt runs inside the LoRA TTT only; set eval.ttt.mode lora")
         return cfg
 
 
 def load_artifact(pgrp, pack_json) -> GPT:
     """Check the blob's sha256 against pack.json, unpack, dequantize and build the model."""
-    from .pack import unpack, verify
+    from .pack import unpack_artifact, verify
     from .quant import dequantize_state
 
-    quantized = unpack(verify(pgrp, pack_json), source=str(pgrp))
+    quantized = unpack_artifact(verify(pgrp, pack_json), source=str(pgrp))
     config = ModelConfig.from_dict(quantized["config"], f"{pgrp}: model config")
     return GPT.from_unbanked(config, dequantize_state(quantized))
 
@@ -143,7 +151,11 @@ def run_artifact(args, config, dist, log):
     t0 = time.perf_counter()
     model = prepare(load_artifact(args.pgrp, args.pack_json), dist)
     val = load_val(args.manifest, cfg.val_docs_limit)
-    ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=cfg.compile) if cfg.ttt.enabled else None
+    ttt = None
+    if cfg.ttt.enabled and cfg.ttt.mode == "sgd":
+        ttt = SGDTTT(model, val, cfg.ttt, cfg.seq_len, cfg.sliding_stride, cfg.truncate_tail, dist, compile=cfg.compile)
+    elif cfg.ttt.enabled:
+        ttt = PhasedTTT(model, val, cfg.ttt, dist, compile=cfg.compile)
     seconds["load"] = time.perf_counter() - t0
     if ttt is not None and ttt.compiled:
         t0 = time.perf_counter()
@@ -177,6 +189,8 @@ def run_artifact(args, config, dist, log):
     sync(dist.device)
     graphs = compiled_graphs()
     timer = time.perf_counter()  # the eval timer: hints and TTT
+    if cfg.ttt.mode == "sgd":
+        return out | sgd_outputs(ttt.run(), seconds, timer, graphs, dist, log)
     if cfg.tilt.enabled:
         hints = ngram.hints(val.tokens, cfg.tilt.order, cfg.tilt.threshold)
         seconds["hints"] = time.perf_counter() - timer
@@ -207,6 +221,29 @@ def run_artifact(args, config, dist, log):
             val.tokens, cfg.tilt.order, cfg.tilt.threshold, cfg.tilt.probe_cuts, np.random.default_rng(PROBE_SEED),
             full=hints,
         )
+    return out
+
+
+def sgd_outputs(result, seconds, timer, graphs, dist, log) -> dict:
+    """eval.json's TTT entries for the full-weight SGD mode (every target of the stream scored, BOS ones too)."""
+    sync(dist.device)
+    seconds["eval_timer"] = time.perf_counter() - timer
+    seconds.update(result.seconds)
+    scored = sgd_check_coverage(result.coverage)
+    out = {
+        "ttt": {k: result.totals[k] for k in ("val_loss", "val_bpb")},
+        "final_bpb": result.totals["val_bpb"],
+        "targets": scored,
+        "bytes": result.totals["bytes"],
+        "scored": scored,
+        "seconds": seconds,
+        "projected_8gpu_seconds": projected_8gpu(seconds["eval_timer"], scored, dist),
+        "graphs_compiled_in_timer": compiled_graphs() - graphs,
+        "ttt_chunks": result.chunks,
+        "ttt_steps": result.steps,
+        "probes": {"tilt_causal": "off", "score_first": result.probe},
+    }
+    log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
     return out
 
 

@@ -1,4 +1,4 @@
-"""Hessians for GPTQ and activation RMS for AWQ-lite (record-stack.md §5.1), one torchrun job over the trained model.
+"""Hessians for GPTQ and activation RMS for AWQ-lite (docs/record-stack.md §5.1), one torchrun job over the trained model.
 
     python -m pgolf.launch --gpus 8 -- -m pgolf.hessians --config CFG \
         --model results/<name>/seed<S>/train/model.pt --manifest resources/data/<ds>/manifest.json \
@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 from . import dist as pgdist
 from . import selfcalib
 from .cli import doc_summary, run_cli
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
 from .model import GPT, load_trained
@@ -73,8 +73,8 @@ class CalibrationWindows:
     phase and a random permutation of its seq_len-token windows (not aligned to documents); every window picks a
     shard with probability proportional to its remaining windows; when all are used, a new epoch starts."""
 
-    def __init__(self, paths: list, seq_len: int, rng: np.random.Generator):
-        self.shards = [read_shard(p) for p in paths]
+    def __init__(self, paths: list, seq_len: int, rng: np.random.Generator, vocab_size=None):
+        self.shards = [read_shard(p, vocab_size) for p in paths]
         self.seq_len = seq_len
         self.rng = rng
         if not any(len(tokens) >= seq_len for tokens in self.shards):
@@ -193,7 +193,7 @@ def main(argv=None):
             sums, seconds = collect_self(model, calib, args.seed, dist)
             total_batches, batch_seqs, seq_tokens = calib.self_seqs, 1, calib.seq_len - 1
         else:
-            windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank))
+            windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank), vocab)
             sums, seconds = collect(model, windows, calib, dist.device)
             total_batches = calib.calibration_batches * dist.world
             batch_seqs, seq_tokens = calib.batch_seqs, calib.seq_len

@@ -1,4 +1,4 @@
-"""Document-packing training loader (record-stack.md §4, `DocumentPackingLoader`).
+"""Document-packing training loader (docs/record-stack.md §4, `DocumentPackingLoader`).
 
 Shards are read sequentially in sorted order (the export is already shuffled). Every step takes one contiguous
 span of CHUNKS x (chunk_tokens + 1) tokens that starts at a BOS token and lies inside one shard; a span that would
@@ -35,8 +35,8 @@ def start_position() -> dict:
 class _Shard:
     """One shard's tokens (memory-mapped) and its BOS positions."""
 
-    def __init__(self, path: Path):
-        self.tokens = read_shard(path)
+    def __init__(self, path: Path, vocab_size=None):
+        self.tokens = read_shard(path, vocab_size)
         self.bos = np.flatnonzero(np.asarray(self.tokens) == BOS_ID)
 
     def span_start(self, offset: int, span: int):
@@ -50,8 +50,10 @@ class _Shard:
 class DocumentLoader:
     """Yields this rank's (accum, chunk_tokens + 1) int64 token rows for each step; `position` is resumable."""
 
-    def __init__(self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False):
+    def __init__(self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False,
+                 vocab_size=None):
         self.paths = sorted(Path(p) for p in paths)
+        self.vocab_size = vocab_size  # ids at or above it are refused as each shard opens
         if not self.paths:
             raise PgolfError("the manifest lists no train shards; re-run the data stage (tokenize or download)")
         if batch_tokens % CHUNKS:
@@ -108,7 +110,7 @@ class DocumentLoader:
         index, offset, epoch = position["shard"], position["offset"], position["epoch"]
         for _ in range(len(self.paths) + 1):
             if shard_index != index:
-                shard, shard_index = _Shard(self.paths[index]), index
+                shard, shard_index = _Shard(self.paths[index], self.vocab_size), index
             start = shard.span_start(offset, self.span)
             if start is not None:
                 chunks = [start + (k * self.world + self.rank) * self.chunk for k in range(self.accum)]

@@ -1,4 +1,4 @@
-"""Batched per-document LoRA adapters for test-time training (record-stack.md §8.2).
+"""Batched per-document LoRA adapters for test-time training (docs/record-stack.md §8.2).
 
 One adapter per document of a TTT batch on each enabled target (q, k, v, o, mlp of every virtual layer and
 the LM head), plugged into the model through its `adapters(kind, slot, x)` hook: the output is

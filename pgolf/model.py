@@ -1,4 +1,4 @@
-"""The record model of PR #1855 (record-stack.md §3): an 11-layer GPT with parameter banks, depth recurrence,
+"""The record model of PR #1855 (docs/record-stack.md §3): an 11-layer GPT with parameter banks, depth recurrence,
 U-Net skips, parallel residual lanes, XSA, partial RoPE and the Smear/SparseAttn gates.
 
 Every stage codes against `GPT`:
@@ -15,7 +15,8 @@ Every stage codes against `GPT`:
     model.qat = True                                 # fake int6 weights in training forwards (#1512's late QAT)
     state = model.unbanked_state_dict(); GPT.from_unbanked(config, state)
 
-Documents are isolated inside the model: no attention across a BOS boundary and no SmearGate carry into a BOS.
+Documents are isolated inside the model: no attention across a BOS boundary and no SmearGate carry into a BOS
+(`cross_document` drops the attention boundary: causal within each row, as #1572 trained and scored).
 On CUDA the forward runs in bf16 (weights cast at use, parameters stay fp32); on the CPU in fp32.
 """
 
@@ -28,9 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend
-from .config import from_dict
+from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend, window_offsets
 from .embeds import BigramHash, ValueEmbedding, smear_per_dim
+from .stageconfig import from_dict
 from .errors import PgolfError
 from .io import load_torch
 from .pko import partial_key_offset
@@ -39,6 +40,7 @@ from .shards import BOS_ID
 
 BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
 ADAPTER_KINDS = ("q", "k", "v", "o", "mlp", "head")
+PARALLEL_RESIDUALS = ("lanes", "single")
 
 
 @dataclass
@@ -78,7 +80,9 @@ class ModelConfig:
     loop_start: int = 3
     loop_end: int = 5  # inclusive
     enable_looping_at: float = 0.35  # training fraction at which the trainer turns looping on
-    parallel_start_layer: int | None = 8  # decoder layers from this physical index run two lanes; None = off
+    parallel_start_layer: int | None = 8  # decoder layers from this physical index run in parallel; None = off
+    parallel_residual: str = "lanes"  # lanes: two lanes with learned mixing (#1855); single: x + attn(x) + mlp(x) (#1493)
+    cross_document: bool = False  # attend across BOS within each window (#1493/#1572); False: documents isolated
     attn_window: int | None = None  # sliding window: keys at most this many positions back; None = full
     attn_window_layers: list[int] | None = None  # layers with the window; None = all (when attn_window is set)
     train_seq_len: int = 2048
@@ -114,6 +118,8 @@ class ModelConfig:
                 bad("value_embed_layers", f"layer indices in 0..{self.num_layers - 1}, value_embed_dim at least 1")
         if self.rope_train_len is not None and (self.rope_train_len < 1 or self.rope_dims < 4):
             bad("rope_train_len", "a positive length (and rope_dims of at least 4) or null")
+        if self.parallel_residual not in PARALLEL_RESIDUALS:
+            bad("parallel_residual", f"{self.parallel_residual!r} is not one of {PARALLEL_RESIDUALS}")
         if self.attn_window is not None and self.attn_window < 1:
             bad("attn_window", "must be a positive number of positions or null")
         if self.attn_window_layers is not None:
@@ -144,7 +150,7 @@ class ModelConfig:
 
 
 def layer_orders(config: ModelConfig, looping: bool) -> tuple[list[int], list[int]]:
-    """(encoder, decoder) physical layer indices in application order (record-stack.md §3.2 items 4-5)."""
+    """(encoder, decoder) physical layer indices in application order (docs/record-stack.md §3.2 items 4-5)."""
     n = config.num_layers
     if looping and config.num_loops > 0:
         segment = list(range(config.loop_start, config.loop_end + 1))
@@ -292,7 +298,7 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(min(len(enc), len(dec)), d))
         if c.skip_gates:
             self.skip_gates = nn.Parameter(torch.zeros(min(len(enc), len(dec)), d))
-        if c.parallel_start_layer is not None:
+        if c.parallel_residual == "lanes":
             self.parallel_post_lambdas = nn.Parameter(torch.ones(n, 2, 2))  # [layer, attn|mlp, lane]
             self.parallel_resid_lambdas = nn.Parameter(torch.full((n, 2), 1.1))
         if c.smear_gate:
@@ -422,6 +428,16 @@ class GPT(nn.Module):
         x = x + blk.attn_scale.to(dt) * self._attention(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
         return x + blk.mlp_scale.to(dt) * self._mlp(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
 
+    def _single_lane_block(self, p: _Pass, i: int, slot: int, x, x0):
+        """#1493's parallel residual: attention and MLP both read the mixed input and add to it."""
+        blk, dt = self.blocks[i], x.dtype
+        w = self._bank(p, i)
+        mix = blk.resid_mix.to(dt)
+        x = mix[0] * x + mix[1] * x0
+        attn_out = self._attention(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
+        mlp_out = self._mlp(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
+        return x + blk.attn_scale.to(dt) * attn_out + blk.mlp_scale.to(dt) * mlp_out
+
     def _parallel_block(self, p: _Pass, i: int, slot: int, lane0, lane1, x0):
         """Attention reads lane 0 (mixed with x0), the MLP reads lane 1; both write both lanes."""
         blk, dt = self.blocks[i], lane0.dtype
@@ -441,12 +457,21 @@ class GPT(nn.Module):
             return x + skip
         return torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j].to(x.dtype)))
 
-    def _embed(self, ids: torch.Tensor, dtype) -> torch.Tensor:
+    def _carry_stops(self, ids: torch.Tensor, layout: DocLayout) -> torch.Tensor:
+        """(B, T) bool: positions where the per-dimension smear and the key offset take nothing from the position
+        before: each document's BOS, or with cross_document each attention segment's first position (#1512's rows
+        and windows run across documents and start from zeros / their own key)."""
+        if not self.config.cross_document:
+            return ids == BOS_ID
+        d = layout.doc_ids
+        return torch.cat([torch.ones_like(d[:, :1], dtype=torch.bool), d[:, 1:] != d[:, :-1]], dim=1)
+
+    def _embed(self, ids: torch.Tensor, dtype, starts: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok_emb(ids).to(dtype)
         if self.config.bigram_buckets:
             x = x + self.bigram(ids, dtype, self.qat and self.training)
         if self.config.smear_per_dim:  # #1019: the norm first, then the smear
-            return smear_per_dim(rms_norm(x), self.smear_dim_gate, ids == BOS_ID)
+            return smear_per_dim(rms_norm(x), self.smear_dim_gate, starts)
         if self.config.smear_gate:
             # x_t += lambda * sigmoid(W x_t[:window]) * x_{t-1}, never carried into a document's BOS
             g = self.smear_lambda.to(dtype) * torch.sigmoid(
@@ -462,6 +487,8 @@ class GPT(nn.Module):
         the flex block mask built inside the training graph, rows-packed training on an H200 went NaN at step 3
         (the same builder compiled alone gives eager's masks; bench/RESULTS.md)."""
         windows = {b.attn.window for b in self.blocks}
+        if self.config.cross_document:  # BOS is no boundary: causal within each row, or each max_seqlen piece
+            cu_seqlens = window_offsets(ids.shape, max_seqlen, ids.device)
         return build_layout(ids, self.backend(ids.device), windows, cu_seqlens, max_seqlen)
 
     def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None, max_seqlen=None,
@@ -476,20 +503,21 @@ class GPT(nn.Module):
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
         qat = self.qat and self.training
         banks = tuple((fake_quant_int6(getattr(self, b)) if qat else getattr(self, b)).to(dtype) for b in BANKS)
-        starts = (ids == BOS_ID) if c.partial_key_offset else None
+        starts = self._carry_stops(ids, layout) if c.partial_key_offset or c.smear_per_dim else None
         ve = self.value_embed(ids, dtype, qat) if c.value_embed_layers else None
         p = _Pass(self.backend(ids.device), layout, banks, cos, sin, capture, adapters, starts, ve)
-        x = x0 = self._embed(ids, dtype)
+        x = x0 = self._embed(ids, dtype, starts)
         enc, dec = self.layer_order()
         skips = []
         for slot, i in enumerate(enc):
             x = self._block(p, i, slot, x, x0)
             skips.append(x)
         psl = c.parallel_start_layer
+        lanes = psl is not None and c.parallel_residual == "lanes"
         lane0 = lane1 = None
         for j, i in enumerate(dec):
             slot = len(enc) + j
-            if lane0 is None and psl is not None and i >= psl:
+            if lane0 is None and lanes and i >= psl:
                 lane0 = lane1 = x
             if j < self.skip_weights.size(0) and skips:
                 skip = self.skip_weights[j].to(dtype) * skips.pop()
@@ -497,7 +525,9 @@ class GPT(nn.Module):
                     x = self._skip(j, x, skip)
                 else:
                     lane0 = self._skip(j, lane0, skip)
-            if lane0 is None:
+            if lane0 is None and psl is not None and i >= psl:
+                x = self._single_lane_block(p, i, slot, x, x0)
+            elif lane0 is None:
                 x = self._block(p, i, slot, x, x0)
             else:
                 lane0, lane1 = self._parallel_block(p, i, slot, lane0, lane1, x0)

@@ -1,4 +1,4 @@
-"""Token-only n-gram tilt of the evaluation (record-stack.md §8.3), exact and causal.
+"""Token-only n-gram tilt of the evaluation (docs/record-stack.md §8.3), exact and causal.
 
 Hints. For target position i >= order-1 the context is the previous order-1 tokens of the stream,
 `tokens[i-order+1:i]` (the stream crosses document boundaries). Among the earlier positions j < i with the

@@ -1,4 +1,4 @@
-"""The record's optimizers (record-stack.md §4): sharded Muon for the matrix banks, AdamW for the rest.
+"""The record's optimizers (docs/record-stack.md §4): sharded Muon for the matrix banks, AdamW for the rest.
 
 There is no DDP wrapper: `Optimizers.step` averages the gradients over ranks itself. Bank gradients are
 reduce-scattered over the bank dimension (padded to a multiple of the world size), each rank runs Muon on its
@@ -13,6 +13,8 @@ import math
 import torch
 import torch.distributed as torch_dist
 
+from .errors import PgolfError
+
 # Polar Express (5 iterations, one (a, b, c) each); matched with the 2% norm safety factor below.
 POLAR_EXPRESS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
@@ -22,6 +24,9 @@ POLAR_EXPRESS = (
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 POLAR_SAFETY = 1.02
+# The classic Muon quintic (#1493 and #1572): one (a, b, c) for every iteration, no safety factor.
+NEWTON_SCHULZ = (3.4445, -4.775, 2.0315)
+MUON_BACKENDS = ("polar_express", "newton_schulz")
 
 
 @dataclasses.dataclass
@@ -33,6 +38,8 @@ class OptimConfig:
     muon_momentum_warmup_start: float = 0.92
     muon_momentum_warmup_steps: int = 1500
     muon_row_normalize: bool = True
+    muon_backend: str = "polar_express"  # newton_schulz: the classic quintic, muon_backend_steps iterations
+    muon_backend_steps: int = 5
     muon_wd: float = 0.095
     embed_lr: float = 0.03
     embed_wd: float = 0.085
@@ -59,8 +66,24 @@ def polar_express(g: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def muon_direction(grad, buf, momentum: torch.Tensor, row_normalize: bool) -> torch.Tensor:
-    """Nesterov momentum (buf <- mu*buf + g; g + mu*buf), row normalization (MuonEq-R), Polar Express.
+def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """The classic quintic Newton-Schulz orthogonalization of each matrix in g (..., rows, cols); bf16 on GPU."""
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    a, b, c = NEWTON_SCHULZ
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.mT if tall else x
+
+
+def muon_direction(grad, buf, momentum: torch.Tensor, row_normalize: bool, backend: str = "polar_express",
+                   steps: int = 5) -> torch.Tensor:
+    """Nesterov momentum (buf <- mu*buf + g; g + mu*buf), row normalization (MuonEq-R), then Polar Express or
+    `steps` classic Newton-Schulz iterations (`backend`).
 
     `momentum` is a 0-d tensor so that its warm-up does not recompile the compiled version."""
     buf.mul_(momentum).add_(grad)
@@ -68,7 +91,8 @@ def muon_direction(grad, buf, momentum: torch.Tensor, row_normalize: bool) -> to
     if row_normalize:
         update = update / update.norm(dim=-1, keepdim=True).clamp_min(1e-7)
     rows, cols = update.shape[-2:]
-    return polar_express(update).to(grad.dtype) * math.sqrt(max(1.0, rows / cols))
+    ortho = newton_schulz(update, steps) if backend == "newton_schulz" else polar_express(update)
+    return ortho.to(grad.dtype) * math.sqrt(max(1.0, rows / cols))
 
 
 def muon_momentum(step: int, cfg: OptimConfig) -> float:
@@ -88,6 +112,8 @@ class Optimizers:
 
     def __init__(self, groups: dict, cfg: OptimConfig, world: int = 1, rank: int = 0, compile_muon=False):
         self.cfg, self.world, self.rank = cfg, world, rank
+        if cfg.muon_backend not in MUON_BACKENDS:
+            raise PgolfError(f"config train.muon_backend: {cfg.muon_backend!r} is not one of {MUON_BACKENDS}")
         self.banks = list(groups["matrix"])
         if any(p.ndim != 3 for p in self.banks):
             raise ValueError("Muon takes 3-D parameter banks (n, rows, cols)")
@@ -177,7 +203,8 @@ class Optimizers:
         lr = self.cfg.matrix_lr * lr_mult
         momentum = torch.tensor(momentum, dtype=torch.float32, device=self._device())
         for p, s, g, buf in zip(self.banks, self.shard, shards, self.buffers):
-            update = self.direction(g * scale, buf, momentum, self.cfg.muon_row_normalize)
+            update = self.direction(g * scale, buf, momentum, self.cfg.muon_row_normalize, self.cfg.muon_backend,
+                                    self.cfg.muon_backend_steps)
             if self.world > 1:
                 full = torch.empty((s * self.world, *p.shape[1:]), device=p.device, dtype=update.dtype)
                 torch_dist.all_gather_into_tensor(full, update.contiguous())

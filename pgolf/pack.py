@@ -1,25 +1,34 @@
-"""Per-group lrzip packing of a quantized state into a PGRP container (record-stack.md §7).
+"""Per-group lrzip packing of a quantized state into a PGRP container (docs/record-stack.md §7).
 
     python -m pgolf.pack --quantized results/<name>/seed<seed>/quant/<preset>/quantized.pt \
         --out results/<name>/seed<seed>/quant/<preset>/model.pgrp
 
 writes model.pgrp and, beside it, pack.json (bytes per stream, seconds, cores, sha256, brotli-only baseline).
-With `--config` naming a preset whose pack.format is lzma, model.pgrp holds #1512's artifact instead: lzma of the
-torch-saved state, pruned to pack.prune_target_bytes (pgolf.prune); unpack and stream_sizes read either.
 
 Container: b"PGRP", uint32 LE stream count (9), one uint32 LE length per stream, then the streams in the order
 of STREAMS: 7 lrzip groups, the brotli remainder, the brotli row permutations (an empty stream is a missing
 group). A group concatenates the int8 matrices of one role over layers 0..n: rows of the hot groups reordered
 by a greedy L1 nearest-neighbour chain, each matrix transposed (column-major bytes). The remainder holds every
 other tensor plus meta, config and the group shapes: a uint32 LE length, a JSON header, then raw tensor bytes
-(no pickle), so a .pgrp is self-describing.
+(no pickle), so a .pgrp is self-describing. The decoded remainder is sealed: a uint64 LE length of that payload,
+the payload, then a sha256 over the length, the payload and every other stream (each preceded by its uint64 LE
+length). `unpack` checks the seal before it reads anything else, then validates the header (types, bounds, row
+orders that are permutations) and decodes every stream only up to the size the header declares for it.
+
+`--compressor brotli_shuffle` writes #1572's format instead: torch.save of {"w": tensors, "m": meta, "c": config},
+byte-shuffled with stride 2 (b"BSHF", the stride byte, then every even byte followed by every odd byte), then brotli
+quality 11. `--compressor lzma_pruned` writes #1512's: lzma of the torch-saved state, its least costly int6 codes
+zeroed until the blob fits `--prune-target` bytes (pgolf.prune, b"PLZM" + the decoded size first).
+`unpack_artifact` and `artifact_streams` read any of the three (by the blob's magic).
 """
 
 import argparse
 import hashlib
 import io
 import json
+import math
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -34,10 +43,8 @@ import numpy as np
 import torch
 
 from . import prune
-from .config import load_stage_config
 from .errors import PgolfError
 from .io import load_torch, read_json, write_bytes, write_json
-from .quant.preset import PackSpec, Preset
 
 MAGIC = b"PGRP"
 GROUPS = ("tok_emb", "attn.c_k", "attn.c_q", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")
@@ -45,6 +52,16 @@ STREAMS = GROUPS + ("remainder", "perms")
 HOT = frozenset({"tok_emb", "attn.c_q", "mlp.fc"})
 BLOCK_NAME = re.compile(r"blocks\.(\d+)\.(attn\.c_q|attn\.c_k|attn\.c_v|attn\.proj|mlp\.fc|mlp\.proj)\.weight\.q")
 REPACK = "re-run the pack rule (delete the .pgrp to force it)"
+DIGEST_BYTES = 32
+MAX_DECODED_BYTES = 1 << 31  # sanity cap on any declared stream size (a record group decodes to ~12 MB)
+MAX_HEADER_BYTES = 1 << 26
+# lrzip gets this long plus a second per LRZIP_BYTES_PER_SECOND of declared output (ZPAQ decodes MB/s)
+LRZIP_SECONDS = 60.0
+LRZIP_BYTES_PER_SECOND = 250_000
+DTYPES = {
+    name: getattr(torch, name)
+    for name in ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")
+}
 
 
 def _group_slot(name: str):
@@ -107,24 +124,112 @@ def lrzip_binary() -> str:
     return path
 
 
-def _lrzip(args, data: bytes, source: str) -> bytes:
-    """Run lrzip on `data` written to a temp file; return the bytes of its output file."""
+def _lrzip(args, data: bytes, source: str, max_output=None, timeout=None) -> bytes:
+    """Run lrzip on `data` written to a temp file; return the bytes of its output file. With `max_output` and
+    `timeout`, lrzip is killed once its output grows past max_output bytes or it runs longer than timeout seconds."""
     with tempfile.TemporaryDirectory(prefix="pgolf-lrzip-") as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
         src.write_bytes(data)
-        proc = subprocess.run([lrzip_binary(), *args, "-q", "-f", "-o", str(dst), str(src)], capture_output=True)
+        cmd = [lrzip_binary(), *args, "-q", "-f", "-o", str(dst), str(src)]
+        with open(Path(tmp, "messages"), "w+b") as messages:
+            proc = subprocess.Popen(cmd, stdout=messages, stderr=subprocess.STDOUT)
+            problem = _watch(proc, dst, max_output, timeout)
+            messages.seek(0)
+            tail = messages.read().decode(errors="replace").strip()[-500:]
+        if problem:
+            raise PgolfError(f"{source}: lrzip {' '.join(args)} {problem}; {REPACK}")
         if proc.returncode != 0 or not dst.exists():
-            tail = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-500:]
             raise PgolfError(f"{source}: lrzip {' '.join(args)} failed ({tail}); {REPACK}")
         return dst.read_bytes()
+
+
+def _watch(proc, dst: Path, max_output, timeout) -> str | None:
+    """Wait for lrzip, killing it (and saying why) when its output or its time runs past the bound."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=0.05)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        problem = None
+        if max_output is not None and dst.exists() and dst.stat().st_size > max_output:
+            problem = f"wrote more than the {max_output} bytes the header declares"
+        elif deadline is not None and time.monotonic() > deadline:
+            problem = f"ran past its {timeout:.0f} s limit"
+        if problem:
+            proc.kill()
+            proc.wait()
+            return problem
 
 
 def lrzip_compress(data: bytes) -> bytes:
     return _lrzip(["-z", "-L", "9"], data, "lrzip input") if data else b""
 
 
-def lrzip_decompress(data: bytes, source: str) -> bytes:
-    return _lrzip(["-d"], data, source) if data else b""
+def lrzip_decompress(data: bytes, source: str, expected: int | None = None) -> bytes:
+    """Decode one lrzip stream; with `expected` (the size the header declares), refuse any other size before and
+    after decoding, and bound lrzip's output and time by it."""
+    if expected is None:
+        return _lrzip(["-d"], data, source) if data else b""
+    if not data or not expected:
+        if data or expected:
+            raise PgolfError(f"{source}: {len(data)} bytes of lrzip stream for {expected} bytes of matrices; {REPACK}")
+        return b""
+    # lrzip's magic header: b"LRZI", major, minor, then the uint64 LE size of the decoded file
+    if len(data) < 14 or data[:4] != b"LRZI":
+        raise PgolfError(f"{source}: not an lrzip stream (magic {data[:4]!r}); {REPACK}")
+    (declared,) = struct.unpack_from("<Q", data, 6)
+    if declared != expected:
+        raise PgolfError(f"{source}: lrzip stream decodes to {declared} bytes, the shapes need {expected}; {REPACK}")
+    out = _lrzip(["-d"], data, source, expected, LRZIP_SECONDS + expected / LRZIP_BYTES_PER_SECOND)
+    if len(out) != expected:
+        raise PgolfError(f"{source}: lrzip wrote {len(out)} bytes, the shapes need {expected}; {REPACK}")
+    return out
+
+
+# --- brotli, decoded no further than a declared size ----------------------------------------------------------
+
+
+def _brotli_bounded_output() -> bool:
+    try:
+        brotli.Decompressor().process(b"", output_buffer_limit=1)
+    except TypeError:  # brotli < 1.2
+        return False
+    return True
+
+
+BROTLI_BOUNDED = _brotli_bounded_output()
+
+
+def brotli_decompress(data: bytes, limit: int, source: str, what: str, whole=True) -> bytes:
+    """Decode a brotli stream into at most `limit` bytes: the whole stream (an error if it decodes to more or
+    ends early), or with whole=False just its first `limit` bytes."""
+    dec, out = brotli.Decompressor(), bytearray()
+    try:
+        if BROTLI_BOUNDED:
+            out += dec.process(data, output_buffer_limit=limit + 1)
+            while len(out) <= limit and not dec.is_finished() and not dec.can_accept_more_data():
+                out += dec.process(b"", output_buffer_limit=limit + 1 - len(out))
+        else:  # small pieces of input, so that output past the limit stays small
+            for at in range(0, len(data), 256):
+                out += dec.process(data[at : at + 256])
+                if len(out) > limit:
+                    break
+    except brotli.error as e:
+        raise PgolfError(f"{source}: {what} stream is corrupt (brotli: {e}); {REPACK}") from None
+    if not whole:
+        return bytes(out[:limit])
+    problem = None
+    if len(out) > limit:
+        problem = f"it decodes past its declared {limit} bytes"
+    elif not dec.is_finished():
+        problem = f"it ends without an end marker after {len(out)} of {limit} declared bytes"
+    elif len(out) != limit:
+        problem = f"it decodes to {len(out)} bytes, {limit} declared"
+    if problem:
+        raise PgolfError(f"{source}: {what} stream is corrupt ({problem}); {REPACK}")
+    return bytes(out)
 
 
 # --- remainder: JSON header + raw tensor bytes ----------------------------------------------------------------
@@ -146,7 +251,7 @@ def _to_json(value, where):
 
 def _from_json(value):
     if isinstance(value, dict):
-        if set(value) == {"__tuple__"}:
+        if set(value) == {"__tuple__"} and isinstance(value["__tuple__"], list):
             return tuple(_from_json(v) for v in value["__tuple__"])
         return {k: _from_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -166,25 +271,117 @@ def _encode_remainder(tensors: dict, meta: dict, config: dict, shapes: list) -> 
 
 
 def _decode_remainder(data: bytes, source: str):
+    """The remainder's JSON header and tensors, after checking every header field's type and bound."""
+    def bad(problem):
+        return PgolfError(f"{source}: remainder stream is corrupt ({problem}); {REPACK}")
+
+    if len(data) < 4:
+        raise bad("shorter than its length field")
+    (size,) = struct.unpack_from("<I", data)
+    if 4 + size > len(data):
+        raise bad(f"a {size}-byte header in {len(data) - 4} bytes")
     try:
-        (size,) = struct.unpack_from("<I", data)
         header = json.loads(data[4 : 4 + size])
-        offset, tensors = 4 + size, {}
-        for name, dtype_name, shape in header["tensors"]:
-            dtype = getattr(torch, dtype_name)
-            numel = int(np.prod(shape, dtype=np.int64))
-            nbytes = numel * dtype.itemsize
-            if offset + nbytes > len(data):
-                raise ValueError(f"tensor {name} runs past the end")
-            raw = bytearray(data[offset : offset + nbytes])
-            flat = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
-            tensors[name] = flat.reshape(shape)
-            offset += nbytes
-        if offset != len(data):
-            raise ValueError(f"{len(data) - offset} bytes left over")
-        return header, tensors
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise PgolfError(f"{source}: remainder stream is corrupt ({e}); {REPACK}") from None
+    except (ValueError, RecursionError) as e:
+        raise bad(f"header is not JSON: {e}") from None
+    _check_header(header, bad)
+    offset, tensors = 4 + size, {}
+    for name, dtype_name, shape in header["tensors"]:
+        dtype = DTYPES[dtype_name]
+        numel = math.prod(shape)
+        nbytes = numel * dtype.itemsize
+        if offset + nbytes > len(data):
+            raise bad(f"tensor {name} runs past the end")
+        raw = bytearray(data[offset : offset + nbytes])
+        flat = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(shape)
+        offset += nbytes
+    if offset != len(data):
+        raise bad(f"{len(data) - offset} bytes left over")
+    return header, tensors
+
+
+def _check_header(header, bad):
+    """Types and bounds of the remainder header: config, meta, the group shapes and the tensor table."""
+    if not isinstance(header, dict) or not {"config", "meta", "groups", "tensors"} <= set(header):
+        raise bad('header lacks "config", "meta", "groups" or "tensors"')
+    if not isinstance(header["config"], dict):
+        raise bad("config is not a mapping")
+    meta = header["meta"]
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad("meta is not a mapping of names to strings")
+    groups = header["groups"]
+    if not isinstance(groups, list) or len(groups) != len(GROUPS):
+        raise bad(f"groups is not a list of {len(GROUPS)} shape lists")
+    names = set()
+    for g, group in enumerate(groups):
+        if not isinstance(group, list):
+            raise bad(f"group {GROUPS[g]} is not a list")
+        for row in group:
+            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+                    and all(_is_int(n) and 0 < n <= MAX_DECODED_BYTES for n in row[1:])):
+                raise bad(f"group {GROUPS[g]} has the entry {str(row)[:80]}, not [name, rows, cols]")
+            name, rows, cols = row
+            if _group_slot(name) is None or _group_slot(name)[0] != g or name in names:
+                raise bad(f"group {GROUPS[g]} lists {name!r}, which is not its own or appears twice")
+            if GROUPS[g] in HOT and rows > 1 << 16:
+                raise bad(f"{name} has {rows} rows; row orders hold at most 65,536")
+            names.add(name)
+    entries = header["tensors"]
+    if not isinstance(entries, list):
+        raise bad("tensors is not a list")
+    total = 0
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                and isinstance(entry[1], str) and entry[1] in DTYPES and isinstance(entry[2], list)
+                and all(_is_int(n) and 0 <= n <= MAX_DECODED_BYTES for n in entry[2])):
+            raise bad(f"tensor entry {str(entry)[:80]} is not [name, dtype, shape]")
+        if entry[0] in names:
+            raise bad(f"tensor {entry[0]!r} appears twice")
+        names.add(entry[0])
+        total += math.prod(entry[2]) * DTYPES[entry[1]].itemsize  # Python ints: no overflow
+    if total > MAX_DECODED_BYTES or any(sum(r * c for _, r, c in group) > MAX_DECODED_BYTES for group in groups):
+        raise bad("the declared tensor sizes exceed the size limit")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _digest(head: bytes, streams: dict) -> bytes:
+    """sha256 over the sealed remainder's length and payload, then every other stream with its length."""
+    h = hashlib.sha256(head)
+    for name in STREAMS:
+        if name != "remainder":
+            h.update(struct.pack("<Q", len(streams[name])))
+            h.update(streams[name])
+    return h.digest()
+
+
+def _seal(payload: bytes, streams: dict) -> bytes:
+    head = struct.pack("<Q", len(payload)) + payload
+    return head + _digest(head, streams)
+
+
+def _open_remainder(streams: dict, source: str) -> bytes:
+    """The remainder's payload, decoded no further than its declared size, once the seal over every stream holds."""
+    data = streams["remainder"]
+    if not data:
+        raise PgolfError(f"{source}: the remainder stream is empty; {REPACK}")
+    prefix = brotli_decompress(data, 8, source, "remainder", whole=False)
+    if len(prefix) < 8:
+        raise PgolfError(f"{source}: remainder stream is corrupt (it decodes to {len(prefix)} bytes); {REPACK}")
+    (size,) = struct.unpack("<Q", prefix)
+    if size > MAX_DECODED_BYTES:
+        raise PgolfError(f"{source}: remainder declares {size} bytes, over the {MAX_DECODED_BYTES} limit; {REPACK}")
+    sealed = brotli_decompress(data, 8 + size + DIGEST_BYTES, source, "remainder")
+    head, digest = sealed[:-DIGEST_BYTES], sealed[-DIGEST_BYTES:]
+    if _digest(head, streams) != digest:
+        raise PgolfError(
+            f"{source}: integrity check failed (the sha256 sealed in the remainder does not match the streams): "
+            f"the file is damaged or was changed after packing; {REPACK}"
+        )
+    return head[8:]
 
 
 # --- container ------------------------------------------------------------------------------------------------
@@ -238,15 +435,18 @@ def pack(quantized_state: dict) -> bytes:
     shapes = [[[name, *t.shape] for _, name, t in group] for group in members]
     perms = [b""] * len(GROUPS)
     with ThreadPoolExecutor(len(GROUPS) + 1) as pool:
-        rest = pool.submit(lambda: _brotli(_encode_remainder(remainder, meta, config, shapes)))
+        payload = pool.submit(_encode_remainder, remainder, meta, config, shapes)
         futures = [None] * len(GROUPS)
         # Cold groups first: their lrzip processes run while the chains of the hot groups are computed.
         for g in sorted(range(len(GROUPS)), key=lambda g: GROUPS[g] in HOT):
             blob, perms[g] = _group_blob(members[g], GROUPS[g] in HOT)
             futures[g] = pool.submit(lrzip_compress, blob)
         perm_bytes = b"".join(perms)
-        streams = [f.result() for f in futures] + [rest.result(), _brotli(perm_bytes) if perm_bytes else b""]
-    return MAGIC + struct.pack(f"<{len(streams) + 1}I", len(streams), *map(len, streams)) + b"".join(streams)
+        streams = dict(zip(GROUPS, (f.result() for f in futures)))
+        streams["perms"] = _brotli(perm_bytes) if perm_bytes else b""
+        streams["remainder"] = _brotli(_seal(payload.result(), streams))  # the seal covers the other streams
+    ordered = [streams[name] for name in STREAMS]
+    return MAGIC + struct.pack(f"<{len(ordered) + 1}I", len(ordered), *map(len, ordered)) + b"".join(ordered)
 
 
 def split_streams(data: bytes, source: str = "PGRP blob") -> dict:
@@ -275,29 +475,29 @@ def split_streams(data: bytes, source: str = "PGRP blob") -> dict:
 
 
 def stream_sizes(data: bytes, source: str = "PGRP blob") -> dict:
-    if prune.is_lzma(data):
-        return {"lzma": len(data)}
     return {name: len(s) for name, s in split_streams(data, source).items()}
 
 
 def unpack(data: bytes, source: str = "PGRP blob") -> dict:
-    """The quantized state {"tensors", "meta", "config"} that `pack` (or pack_lzma) turned into `data`."""
-    if prune.is_lzma(data):
-        return prune.lzma_unpack(data, source)
+    """The quantized state {"tensors", "meta", "config"} that `pack` turned into `data`.
+
+    Checks the seal over every stream first, then the header; decodes each stream no further than the size the
+    header declares; any failure is one PgolfError naming `source`."""
     streams = split_streams(data, source)
-    try:
-        header, tensors = _decode_remainder(brotli.decompress(streams["remainder"]), source)
-        perm_bytes = brotli.decompress(streams["perms"]) if streams["perms"] else b""
-    except brotli.error as e:
-        raise PgolfError(f"{source}: brotli stream is corrupt ({e}); {REPACK}") from None
+    header, tensors = _decode_remainder(_open_remainder(streams, source), source)
+    hot_rows = sum(rows for g, shapes in enumerate(header["groups"]) if GROUPS[g] in HOT for _, rows, _ in shapes)
+    perm_bytes = b""
+    if hot_rows or streams["perms"]:
+        perm_bytes = brotli_decompress(streams["perms"], 2 * hot_rows, source, "permutation")
     with ThreadPoolExecutor(len(GROUPS)) as pool:
-        blobs = list(pool.map(lambda g: lrzip_decompress(streams[g], f"{source} ({g})"), GROUPS))
+        blobs = list(pool.map(
+            lambda g: lrzip_decompress(streams[GROUPS[g]], f"{source} ({GROUPS[g]})",
+                                       sum(rows * cols for _, rows, cols in header["groups"][g])),
+            range(len(GROUPS)),
+        ))
     perms = np.frombuffer(perm_bytes, "<u2")
     perm_at = 0
-    for g, (group, blob, shapes) in enumerate(zip(GROUPS, blobs, header["groups"])):
-        expected = sum(rows * cols for _, rows, cols in shapes)
-        if len(blob) != expected:
-            raise PgolfError(f"{source}: group {group} holds {len(blob)} bytes, its shapes need {expected}; {REPACK}")
+    for group, blob, shapes in zip(GROUPS, blobs, header["groups"]):
         at = 0
         for name, rows, cols in shapes:
             t = torch.from_numpy(np.frombuffer(blob, np.int8, rows * cols, at).reshape(cols, rows).T.copy())
@@ -305,15 +505,91 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
             if group in HOT:
                 order = perms[perm_at : perm_at + rows].astype(np.int64)
                 perm_at += rows
-                if len(order) != rows:
-                    raise PgolfError(f"{source}: permutation stream too short for {name}; {REPACK}")
+                if not np.array_equal(np.sort(order), np.arange(rows)):
+                    raise PgolfError(f"{source}: the row order of {name} is not a permutation of its {rows} rows; "
+                                     f"{REPACK}")
                 restored = torch.empty_like(t)
                 restored[torch.from_numpy(order)] = t
                 t = restored
             tensors[name] = t
-    if perm_at != len(perms):
-        raise PgolfError(f"{source}: permutation stream has {len(perms) - perm_at} entries left over; {REPACK}")
     return {"tensors": tensors, "meta": header["meta"], "config": _from_json(header["config"])}
+
+
+# --- brotli with byte shuffle (#1572) -------------------------------------------------------------------------
+
+COMPRESSORS = ("lrzip_groups", "brotli_shuffle", "lzma_pruned")
+SHUFFLE_MAGIC = b"BSHF"
+SHUFFLE_STRIDE = 2
+
+
+def byte_shuffle(data: bytes, stride: int = SHUFFLE_STRIDE) -> bytes:
+    """b"BSHF" + stride byte + the bytes at offsets 0, stride, 2*stride, ..., then 1, 1+stride, ...: the low and
+    high bytes of fp16 scales land in separate runs. Shorter than the stride: returned as is (as #1572 does)."""
+    if stride <= 1 or len(data) < stride:
+        return data
+    src = np.frombuffer(data, np.uint8)
+    return SHUFFLE_MAGIC + bytes([stride]) + np.concatenate([src[k::stride] for k in range(stride)]).tobytes()
+
+
+def byte_unshuffle(data: bytes) -> bytes:
+    if len(data) < 5 or data[:4] != SHUFFLE_MAGIC:
+        return data
+    stride, payload = data[4], np.frombuffer(data, np.uint8, offset=5)
+    if stride < 2:
+        return payload.tobytes()
+    out, at, n = np.empty_like(payload), 0, payload.size
+    for k in range(stride):
+        count = n // stride + (k < n % stride)
+        out[k::stride] = payload[at : at + count]
+        at += count
+    return out.tobytes()
+
+
+def pack_brotli_shuffle(quantized_state: dict) -> bytes:
+    tensors, meta, config = _check_state(quantized_state)
+    buf = io.BytesIO()
+    torch.save({"w": tensors, "m": meta, "c": config}, buf)
+    return brotli.compress(byte_shuffle(buf.getvalue()), quality=11)
+
+
+def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
+    try:
+        raw = byte_unshuffle(brotli.decompress(data))
+    except brotli.error as e:
+        raise PgolfError(f"{source}: not a PGRP container, nor a brotli_shuffle stream ({e}); {REPACK}") from None
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise PgolfError(f"{source}: the brotli stream holds no quantized state ({e}); {REPACK}") from None
+    if not isinstance(state, dict) or set(state) != {"w", "m", "c"}:
+        raise PgolfError(f"{source}: the brotli stream holds no {{w, m, c}} state; {REPACK}")
+    return {"tensors": state["w"], "meta": state["m"], "config": state["c"]}
+
+
+def pack_as(quantized_state: dict, compressor: str, prune_target_bytes: int | None = None) -> tuple[bytes, int | None]:
+    """(blob, int6 codes zeroed: lzma_pruned only, else None)."""
+    if compressor not in COMPRESSORS:
+        raise PgolfError(f"pack compressor {compressor!r} is not one of {COMPRESSORS}; fix pack.compressor")
+    if prune_target_bytes is not None and compressor != "lzma_pruned":
+        raise PgolfError(f"pack.prune_target_bytes applies to lzma_pruned only, not {compressor}; set it to null")
+    if compressor == "lzma_pruned":
+        return pack_lzma(quantized_state, prune_target_bytes)
+    return (pack(quantized_state) if compressor == "lrzip_groups" else pack_brotli_shuffle(quantized_state)), None
+
+
+def unpack_artifact(data: bytes, source: str = "artifact") -> dict:
+    """The quantized state of a blob in any of the formats."""
+    if data[:4] == MAGIC:
+        return unpack(data, source)
+    if prune.is_lzma(data):
+        return prune.lzma_unpack(data, source)
+    return unpack_brotli_shuffle(data, source)
+
+
+def artifact_streams(data: bytes, source: str = "artifact") -> dict:
+    if data[:4] == MAGIC:
+        return stream_sizes(data, source)
+    return {"lzma_pruned" if prune.is_lzma(data) else "brotli_shuffle": len(data)}
 
 
 # --- files ----------------------------------------------------------------------------------------------------
@@ -325,6 +601,15 @@ def pack_lzma(state: dict, prune_target_bytes: int | None) -> tuple[bytes, int]:
         return prune.lzma_pack(state), 0
     pruned, state = prune.prune_to_target(state, prune_target_bytes, lambda s: len(prune.lzma_pack(s)))
     return prune.lzma_pack(state), pruned
+
+
+def prune_target(text: str) -> int | None:
+    """--prune-target: a positive byte count, or none/None/null (the rule renders pack.prune_target_bytes)."""
+    if text.lower() in ("none", "null"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive byte count nor none")
+    return int(text)
 
 
 def sha256(data: bytes) -> str:
@@ -373,10 +658,10 @@ def index(blob_path, out):
     if not path.exists():
         raise PgolfError(f"{path}: artifact not found; set eval.artifact to the path of a pgolf model.pgrp")
     data = path.read_bytes()
-    unpack(data, str(path))
+    unpack_artifact(data, str(path))
     out = Path(out)
     write_bytes(out, data)
-    write_json(out.with_name("pack.json"), {"streams": stream_sizes(data, str(path)), "total_bytes": len(data),
+    write_json(out.with_name("pack.json"), {"streams": artifact_streams(data, str(path)), "total_bytes": len(data),
                                             "sha256": sha256(data), "source": str(path)})
 
 
@@ -388,25 +673,25 @@ def main(argv=None):
     source.add_argument("--quantized", help="quantized.pt from the quantize stage")
     source.add_argument("--index", help="a model.pgrp made elsewhere (eval.artifact): check it, copy it, describe it")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
-    parser.add_argument("--config", help='JSON text or path {"preset": {...}}: its pack section (default: PGRP)')
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the brotli-only comparison (one core compresses the whole state: minutes)")
+    parser.add_argument("--compressor", default="lrzip_groups", choices=COMPRESSORS,
+                        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream; "
+                        "lzma_pruned: #1512's lzma blob")
+    parser.add_argument("--prune-target", type=prune_target, default=None,
+                        help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning")
     args = parser.parse_args(argv)
     if args.index:
         return index(args.index, args.out)
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
-    spec = Preset.parse(load_stage_config(args.config).get("preset")).pack if args.config else PackSpec()
     start = time.perf_counter()
-    if spec.format == "lzma":
-        data, pruned = pack_lzma(state, spec.prune_target_bytes)
-    else:
-        data, pruned = pack(state), None
+    data, pruned = pack_as(state, args.compressor, args.prune_target)
     seconds = time.perf_counter() - start
     info = {
-        "format": spec.format,
+        "compressor": args.compressor,
         "pruned_int6_codes": pruned,
-        "streams": stream_sizes(data),
+        "streams": artifact_streams(data),
         "total_bytes": len(data),
         "seconds": round(seconds, 3),
         "cores": cores(),

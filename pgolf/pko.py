@@ -6,8 +6,9 @@ head in a single layer). The rotary dimensions keep their own position's values.
     k = partial_key_offset(k, rope_dims, keep)     # keep (B, T) bool: positions that keep their own key
 
 #1512 shifts within each row and keeps position 0's own key: its training rows and eval windows attend across
-documents. pgolf isolates documents, so the model passes keep = its documents' first positions (BOS) and a key
-never carries the previous document's last token.
+documents. The model passes keep = the first positions of its attention segments: each row or window with
+model.cross_document (#1512's rule), else each document's BOS, so a key never carries the previous document's
+last token.
 """
 
 import torch

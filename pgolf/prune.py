@@ -1,6 +1,6 @@
 """#1512's size fitting: zero the int6 codes that matter least until the lzma-compressed state fits a target.
 
-    blob = lzma_pack(state)                                   # lzma preset 9 of the torch-saved quantized state
+    blob = lzma_pack(state)                                   # b"PLZM", its decoded size, lzma preset 9 of torch.save
     state = lzma_unpack(blob, source)                         # the inverse (exact)
     order = prune_order(state)                                # (name, flat index) of every nonzero int6 code
     n, pruned = prune_to_target(state, target_bytes, size)   # fewest zeroed codes with size(pruned) <= target
@@ -8,10 +8,16 @@
 A code's cost is |q| x its row's scale, the magnitude its weight loses when zeroed; codes go in increasing cost,
 ties in tensor order, then row-major. The search is #1512's: size(0) first, then a binary search over the count
 (it assumes the size falls as codes are zeroed, which lzma makes nearly but not strictly true, as upstream's did).
+
+Format: b"PLZM", the uint64 LE size of the torch-saved state, then #1512's bytes (lzma.compress at preset 9, an .xz
+stream). The 12 header bytes are pgolf's: the reader decodes no further than the declared size, so a corrupt or
+hostile blob cannot expand without bound.
 """
 
 import io
 import lzma
+import pickle
+import struct
 from collections.abc import Callable
 
 import torch
@@ -20,11 +26,14 @@ from .errors import PgolfError
 from .quant import dequant
 
 LZMA_PRESET = 9
-LZMA_MAGIC = b"\xfd7zXZ\x00"  # the .xz container lzma.compress writes
+LZMA_MAGIC = b"PLZM"
+HEADER = struct.Struct("<4sQ")
+MAX_STATE_BYTES = 1 << 31  # a declared size beyond this is refused before decoding
+REPACK = "re-run the pack stage"
 
 
 def is_lzma(data: bytes) -> bool:
-    return data[:6] == LZMA_MAGIC
+    return data[:4] == LZMA_MAGIC
 
 
 def serialize(state: dict) -> bytes:
@@ -34,14 +43,41 @@ def serialize(state: dict) -> bytes:
 
 
 def lzma_pack(state: dict) -> bytes:
-    return lzma.compress(serialize(state), preset=LZMA_PRESET)
+    raw = serialize(state)
+    return HEADER.pack(LZMA_MAGIC, len(raw)) + lzma.compress(raw, preset=LZMA_PRESET)
+
+
+def lzma_decode(blob: bytes, source: str) -> bytes:
+    """The torch-saved bytes of a PLZM blob, decoded no further than its declared size (which they must fill)."""
+    if len(blob) < HEADER.size or not is_lzma(blob):
+        raise PgolfError(f"{source}: not an lzma_pruned artifact (magic {blob[:4]!r}, expected {LZMA_MAGIC!r}); {REPACK}")
+    _, declared = HEADER.unpack_from(blob)
+    if declared > MAX_STATE_BYTES:
+        raise PgolfError(f"{source}: declares {declared:,} decoded bytes, over the {MAX_STATE_BYTES:,} limit; {REPACK}")
+    dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    try:
+        raw = dec.decompress(blob[HEADER.size :], max_length=declared + 1)
+    except lzma.LZMAError as e:
+        raise PgolfError(f"{source}: the lzma stream is corrupt ({e}); {REPACK}") from None
+    if len(raw) > declared:
+        raise PgolfError(f"{source}: the lzma stream decodes past its declared {declared:,} bytes; {REPACK}")
+    if not dec.eof or len(raw) != declared or dec.unused_data:
+        raise PgolfError(
+            f"{source}: the lzma stream gives {len(raw):,} of {declared:,} declared bytes"
+            f"{'' if dec.eof else ' and no end marker'}{' and trailing bytes' if dec.unused_data else ''}; {REPACK}"
+        )
+    return raw
 
 
 def lzma_unpack(blob: bytes, source: str) -> dict:
+    raw = lzma_decode(blob, source)
     try:
-        return torch.load(io.BytesIO(lzma.decompress(blob)), map_location="cpu", weights_only=True)
-    except (lzma.LZMAError, RuntimeError, EOFError) as e:
-        raise PgolfError(f"{source}: not an lzma-packed quantized state ({e}); re-run the pack stage") from e
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise PgolfError(f"{source}: the lzma stream holds no quantized state ({e}); {REPACK}") from None
+    if not isinstance(state, dict) or not {"tensors", "meta", "config"} <= set(state):
+        raise PgolfError(f"{source}: the lzma stream holds no {{tensors, meta, config}} state; {REPACK}")
+    return state
 
 
 def int6_names(state: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (record-stack.md §5.2, §6).
+"""Quantize a trained model with one preset: GPTQ + SDClip, AWQ-lite, LQER (docs/record-stack.md §5.2, §6).
 
     python -m pgolf.quantize --config CFG --model results/<name>/seed<S>/train/model.pt \
         --hessians results/<name>/seed<S>/train/hessians.pt --preset record \
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
 from .io import atomic_path, load_torch, write_json

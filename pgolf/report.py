@@ -1,4 +1,4 @@
-"""The report's figures: SVG written by hand from the stage JSON outputs (no plotting library).
+"""The report's figures, drawn with matplotlib from the stage JSON outputs.
 
     python -m pgolf.report --run-dir results/<name> --seeds 42 0 1234 --presets record awq \
         --out-dir results/<name>/report
@@ -6,156 +6,80 @@
 Writes loss.svg (training loss of every seed, from train/log.jsonl step records), size.svg (bytes per stream of
 model.pgrp plus code bytes, per preset and seed, from size.json), bpb.svg (bpb by stage: prequant, quantized,
 TTT, final, from eval.json) and presets.svg (total bytes against final bpb, one point per preset and seed).
-`snakemake --report report.html` shows them with the captions in workflow/report/.
+`snakemake --report report.html` shows them with the captions in workflow/report/. Every mark carries a gid
+(an id in the SVG) naming what it shows, such as `size/record/seed1/mlp`.
 """
 
 import argparse
+import io
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
+import matplotlib
+from matplotlib.figure import Figure  # a Figure of its own, not pyplot's global state or a display backend
+from matplotlib.patches import Patch
+
+from .cli import doc_summary
 from .errors import PgolfError
 from .io import read_json, write_bytes
-from .cli import doc_summary
 
-WIDTH, HEIGHT = 720, 400
-LEFT, RIGHT, TOP, BOTTOM = 80, 170, 40, 50  # plot margins; the legend sits in the right one
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+SIZE = (7.2, 4.0)  # inches
 STAGES = [("prequant", "prequant"), ("quantized", "quantized"), ("ttt", "TTT"), ("final", "final")]
+# Fixed SVG ids and no date, so the same outputs draw byte-identical files
+SVG_PARAMS = {"svg.hashsalt": "pgolf", "svg.fonttype": "path"}
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi], about `count` of them (steps of 1, 2 or 5 times a power of ten)."""
-    raw = (hi - lo) / count
-    step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 5, 10) if raw <= m * step)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
+def color(i: int) -> str:
+    return f"C{i % 10}"
 
 
-@dataclass
-class Scale:
-    """Linear map of data [lo, hi] onto pixels [start, end] (end < start for a y axis)."""
-
-    lo: float
-    hi: float
-    start: float
-    end: float
-
-    @classmethod
-    def fit(cls, values, start, end, pad=0.05, zero=False):
-        lo, hi = (0.0 if zero else min(values)), max(values)
-        span = hi - lo or abs(hi) or 1.0
-        return cls(lo if zero else lo - pad * span, hi + pad * span, start, end)
-
-    def __call__(self, v: float) -> float:
-        return round(self.start + (v - self.lo) / (self.hi - self.lo) * (self.end - self.start), 2)
-
-
-def el(tag: str, text: str = "", **attrs) -> str:
-    """One SVG element; attribute names use _ for - (stroke_width -> stroke-width) and data_x for data-x."""
-    attr = "".join(f" {k.replace('_', '-')}={quoteattr(str(v))}" for k, v in attrs.items())
-    return f"<{tag}{attr}>{escape(text)}</{tag}>" if text else f"<{tag}{attr}/>"
-
-
-def tooltip(tag: str, tip: str, **attrs) -> str:
-    """An element with a <title> child, which browsers show on hover."""
-    attr = "".join(f" {k.replace('_', '-')}={quoteattr(str(v))}" for k, v in attrs.items())
-    return f"<{tag}{attr}><title>{escape(tip)}</title></{tag}>"
-
-
-def document(title: str, body: list[str]) -> str:
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'font-family="sans-serif" font-size="11">'
-        + el("title", title)
-        + el("rect", width=WIDTH, height=HEIGHT, fill="white")
-        + el("text", title, x=WIDTH / 2, y=22, text_anchor="middle", font_size=14)
-        + "".join(body)
-        + "</svg>\n"
-    )
-
-
-def y_axis(y: Scale, label: str, fmt) -> list[str]:
-    out = [el("line", x1=LEFT, x2=LEFT, y1=TOP, y2=HEIGHT - BOTTOM, stroke="black")]
-    for t in nice_ticks(y.lo, y.hi):
-        out.append(el("line", x1=LEFT, x2=WIDTH - RIGHT, y1=y(t), y2=y(t), stroke="#ddd"))
-        out.append(el("text", fmt(t), x=LEFT - 6, y=y(t) + 4, text_anchor="end"))
-    mid = (TOP + HEIGHT - BOTTOM) / 2
-    out.append(el("text", label, x=16, y=mid, text_anchor="middle", transform=f"rotate(-90 16 {mid})"))
-    return out
-
-
-def x_axis(x: Scale, label: str, fmt) -> list[str]:
-    base = HEIGHT - BOTTOM
-    out = [el("line", x1=LEFT, x2=WIDTH - RIGHT, y1=base, y2=base, stroke="black")]
-    for t in nice_ticks(x.lo, x.hi):
-        out.append(el("line", x1=x(t), x2=x(t), y1=base, y2=base + 4, stroke="black"))
-        out.append(el("text", fmt(t), x=x(t), y=base + 16, text_anchor="middle"))
-    out.append(el("text", label, x=(LEFT + WIDTH - RIGHT) / 2, y=HEIGHT - 12, text_anchor="middle"))
-    return out
-
-
-def legend(entries: list[tuple[str, str]]) -> list[str]:
-    x0 = WIDTH - RIGHT + 14
-    out = []
-    for i, (name, color) in enumerate(entries):
-        y = TOP + 8 + 16 * i
-        out.append(el("rect", x=x0, y=y - 9, width=10, height=10, fill=color))
-        out.append(el("text", name, x=x0 + 15, y=y))
-    return out
-
-
-def fmt_bytes(v: float) -> str:
+def fmt_bytes(v: float, _pos=None) -> str:
     return f"{v / 1e6:g} MB" if v >= 1e6 else f"{v / 1e3:g} kB" if v >= 1e3 else f"{v:g} B"
 
 
-def fmt_num(v: float) -> str:
-    return f"{v:.4g}"
+def new_figure(title: str):
+    fig = Figure(figsize=SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    return fig, ax
 
 
-def loss_figure(curves: dict) -> str:
-    """curves: {seed: [(step, loss), ...]}: one polyline per seed with one point per step record."""
-    steps = [s for points in curves.values() for s, _ in points]
-    losses = [v for points in curves.values() for _, v in points]
-    x = Scale.fit(steps, LEFT, WIDTH - RIGHT, pad=0.0, zero=True)
-    y = Scale.fit(losses, HEIGHT - BOTTOM, TOP)
-    body = y_axis(y, "train loss (nats/token)", fmt_num) + x_axis(x, "step", fmt_num)
+def loss_figure(curves: dict) -> Figure:
+    """curves: {seed: [(step, loss), ...]}: one line per seed with one point per step record."""
+    fig, ax = new_figure("Training loss")
     for i, (seed, points) in enumerate(curves.items()):
-        coords = " ".join(f"{x(s)},{y(v)}" for s, v in points)
-        color = COLORS[i % len(COLORS)]
-        body.append(el("polyline", points=coords, fill="none", stroke=color, stroke_width=1.5, data_seed=seed))
-    body += legend([(f"seed {seed}", COLORS[i % len(COLORS)]) for i, seed in enumerate(curves)])
-    return document("Training loss", body)
+        steps, losses = zip(*points)
+        ax.plot(steps, losses, color=color(i), linewidth=1.5, label=f"seed {seed}", gid=f"loss/seed{seed}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    return fig
 
 
-def size_figure(sizes: dict) -> str:
+def size_figure(sizes: dict) -> Figure:
     """sizes: {(preset, seed): size.json}: one stacked bar per row, a segment per stream, then the code."""
     parts = list(dict.fromkeys(name for s in sizes.values() for name in s["streams"])) + ["code"]
-    color = {name: COLORS[i % len(COLORS)] for i, name in enumerate(parts)}
+    colors = {name: color(i) for i, name in enumerate(parts)}
     cap = next(iter(sizes.values()))["cap_bytes"]
-    totals = [s["total_bytes"] for s in sizes.values()]
-    x = Scale.fit(totals + ([cap] if max(totals) > cap / 2 else []), LEFT + 60, WIDTH - RIGHT - 110, zero=True)
-    row = (HEIGHT - BOTTOM - TOP) / len(sizes)
-    body = x_axis(x, "bytes", fmt_bytes)
+    fig, ax = new_figure("Artifact size by stream")
+    rows = list(sizes)
     for r, ((preset, seed), s) in enumerate(sizes.items()):
-        top, start = TOP + r * row + 0.15 * row, 0
-        body.append(el("text", f"{preset} s{seed}", x=LEFT + 54, y=top + 0.35 * row + 4, text_anchor="end"))
+        start = 0
         for name, size in [*s["streams"].items(), ("code", s["code_bytes"])]:
-            body.append(tooltip(
-                "rect", f"{preset} seed {seed}: {name} {size:,} bytes", x=x(start), y=round(top, 2),
-                width=round(x(start + size) - x(start), 2), height=round(0.7 * row, 2), fill=color[name],
-                data_stream=name, data_bytes=size, data_preset=preset, data_seed=seed,
-            ))
+            ax.barh(r, size, left=start, height=0.7, color=colors[name], gid=f"size/{preset}/seed{seed}/{name}")
             start += size
-        body.append(el("text", f"headroom {s['headroom_bytes']:,}", x=x(start) + 4, y=top + 0.35 * row + 4))
-    if cap <= x.hi:
-        body.append(el("line", x1=x(cap), x2=x(cap), y1=TOP, y2=HEIGHT - BOTTOM, stroke="red", stroke_dasharray="4 3"))
-        body.append(el("text", "16 MB cap", x=x(cap), y=TOP - 4, text_anchor="middle", fill="red"))
-    body += legend([(name, color[name]) for name in parts])
-    return document("Artifact size by stream", body)
+        ax.annotate(f" headroom {s['headroom_bytes']:,}", (start, r), va="center", fontsize=8)
+    if max(s["total_bytes"] for s in sizes.values()) > cap / 2:
+        ax.axvline(cap, color="red", linestyle="--", gid="size/cap", label="16 MB cap")
+    ax.set_xlim(0, 1.35 * max(ax.get_xlim()[1], 1))  # room for the headroom labels inside the axes
+    ax.set_yticks(range(len(rows)), [f"{preset} s{seed}" for preset, seed in rows])
+    ax.invert_yaxis()  # first row on top
+    ax.xaxis.set_major_formatter(fmt_bytes)
+    ax.set_xlabel("bytes")
+    handles = [Patch(color=colors[name], label=name) for name in parts]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return fig
 
 
 def stage_values(ev: dict) -> dict:
@@ -165,58 +89,67 @@ def stage_values(ev: dict) -> dict:
     return values
 
 
-def bpb_figure(evals: dict) -> str:
+def bpb_figure(evals: dict) -> Figure:
     """evals: {(preset, seed): eval.json}: per stage a bar per preset (mean over seeds) with a dot per seed."""
     presets = list(dict.fromkeys(p for p, _ in evals))
     values = {key: stage_values(ev) for key, ev in evals.items()}
-    y = Scale.fit([v for vals in values.values() for v in vals.values()], HEIGHT - BOTTOM, TOP, pad=0.15)
-    body = y_axis(y, "bits per byte", fmt_num)
-    group = (WIDTH - RIGHT - LEFT) / len(STAGES)
-    bar = 0.8 * group / len(presets)
-    for g, (stage, label) in enumerate(STAGES):
-        x0 = LEFT + g * group + 0.1 * group
-        body.append(el("text", label, x=LEFT + (g + 0.5) * group, y=HEIGHT - BOTTOM + 16, text_anchor="middle"))
+    fig, ax = new_figure("Bits per byte by stage")
+    width = 0.8 / len(presets)
+    every = []
+    for g, (stage, _label) in enumerate(STAGES):
         for i, preset in enumerate(presets):
             seeds = [vals[stage] for (p, _), vals in values.items() if p == preset and stage in vals]
             if not seeds:
                 continue
-            mean, left = sum(seeds) / len(seeds), x0 + i * bar
-            body.append(tooltip(
-                "rect", f"{preset} {label}: {mean:.5f} bpb (mean of {len(seeds)} seeds)", x=round(left, 2),
-                y=y(mean), width=round(0.9 * bar, 2), height=round(HEIGHT - BOTTOM - y(mean), 2),
-                fill=COLORS[i % len(COLORS)], data_stage=stage, data_preset=preset, data_bpb=f"{mean:.6f}",
-            ))
-            body.append(el("text", f"{mean:.4f}", x=round(left + 0.45 * bar, 2), y=y(mean) - 4,
-                           text_anchor="middle", font_size=9))
-            body += [el("circle", cx=round(left + 0.45 * bar, 2), cy=y(v), r=2.5, fill="black") for v in seeds]
-    body.append(el("line", x1=LEFT, x2=WIDTH - RIGHT, y1=HEIGHT - BOTTOM, y2=HEIGHT - BOTTOM, stroke="black"))
-    body += legend([(p, COLORS[i % len(COLORS)]) for i, p in enumerate(presets)])
-    return document("Bits per byte by stage", body)
+            mean, x = sum(seeds) / len(seeds), g - 0.4 + (i + 0.5) * width
+            ax.bar(
+                x,
+                mean,
+                width=0.9 * width,
+                color=color(i),
+                gid=f"bpb/{preset}/{stage}",
+                label=preset if g == 0 else None,
+            )
+            ax.annotate(f"{mean:.4f}", (x, mean), ha="center", va="bottom", fontsize=7)
+            ax.scatter([x] * len(seeds), seeds, s=8, color="black", zorder=3, gid=f"bpb/{preset}/{stage}/seeds")
+            every += seeds
+    lo, hi = min(every), max(every)
+    pad = 0.15 * (hi - lo or abs(hi) or 1.0)
+    ax.set_ylim(lo - pad, hi + pad)  # the differences between stages, not the distance from zero
+    ax.set_xticks(range(len(STAGES)), [label for _, label in STAGES])
+    ax.set_ylabel("bits per byte")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return fig
 
 
-def presets_figure(sizes: dict, evals: dict) -> str:
+def presets_figure(sizes: dict, evals: dict) -> Figure:
     """One point per preset and seed: total bytes (size.json) against final bpb (eval.json)."""
     presets = list(dict.fromkeys(p for p, _ in sizes))
-    points = {key: (sizes[key]["total_bytes"], evals[key]["final_bpb"]) for key in sizes}
     cap = next(iter(sizes.values()))["cap_bytes"]
-    totals = [b for b, _ in points.values()]
-    x = Scale.fit(totals + ([cap] if max(totals) > 0.98 * cap else []), LEFT, WIDTH - RIGHT, pad=0.1)
-    y = Scale.fit([v for _, v in points.values()], HEIGHT - BOTTOM, TOP, pad=0.15)
-    body = y_axis(y, "final bits per byte", fmt_num) + x_axis(x, "total bytes (model.pgrp + code)", fmt_bytes)
-    if x.lo <= cap <= x.hi:
-        body.append(el("line", x1=x(cap), x2=x(cap), y1=TOP, y2=HEIGHT - BOTTOM, stroke="red", stroke_dasharray="4 3"))
-    labelled = set()
-    for (preset, seed), (size, bpb) in points.items():
-        i = presets.index(preset)
-        body.append(tooltip(
-            "circle", f"{preset} seed {seed}: {size:,} bytes, {bpb:.5f} bpb", cx=x(size), cy=y(bpb), r=5,
-            fill=COLORS[i % len(COLORS)], data_preset=preset, data_seed=seed, data_bytes=size, data_bpb=bpb,
-        ))
-        if preset not in labelled:  # one label per preset; the seeds' points sit close together
-            body.append(el("text", preset, x=x(size) + 7, y=y(bpb) + 4))
-            labelled.add(preset)
-    body += legend([(p, COLORS[i % len(COLORS)]) for i, p in enumerate(presets)])
-    return document("Presets: size against final bpb", body)
+    fig, ax = new_figure("Presets: size against final bpb")
+    for i, preset in enumerate(presets):
+        keys = [key for key in sizes if key[0] == preset]
+        xs = [sizes[key]["total_bytes"] for key in keys]
+        ys = [evals[key]["final_bpb"] for key in keys]
+        ax.scatter(xs, ys, s=30, color=color(i), label=preset, gid=f"presets/{preset}")
+        ax.annotate(f" {preset}", (xs[0], ys[0]), fontsize=8)
+    totals = [s["total_bytes"] for s in sizes.values()]
+    if max(totals) > 0.98 * cap:
+        ax.axvline(cap, color="red", linestyle="--", gid="presets/cap")
+    ax.xaxis.set_major_formatter(fmt_bytes)
+    ax.set_xlabel("total bytes (model.pgrp + code)")
+    ax.set_ylabel("final bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return fig
+
+
+def svg_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    with matplotlib.rc_context(SVG_PARAMS):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()
 
 
 def step_records(path: Path) -> list[tuple[int, float]]:
@@ -230,7 +163,7 @@ def step_records(path: Path) -> list[tuple[int, float]]:
 
 
 def figures(run_dir, seeds, presets) -> dict:
-    """SVG text of every figure, keyed by file stem."""
+    """Every figure (a matplotlib Figure), keyed by file stem."""
     run_dir = Path(run_dir)
     curves = {seed: step_records(run_dir / f"seed{seed}" / "train" / "log.jsonl") for seed in seeds}
     keys = [(preset, seed) for preset in presets for seed in seeds]
@@ -252,8 +185,9 @@ def main(argv=None):
     parser.add_argument("--presets", required=True, nargs="+", help="built presets, the submission's first")
     parser.add_argument("--out-dir", required=True, help="folder for loss.svg, size.svg, bpb.svg, presets.svg")
     args = parser.parse_args(argv)
-    for name, svg in figures(args.run_dir, args.seeds, args.presets).items():
-        write_bytes(Path(args.out_dir) / f"{name}.svg", svg.encode())
+    drawn = {name: svg_bytes(fig) for name, fig in figures(args.run_dir, args.seeds, args.presets).items()}
+    for name, svg in drawn.items():
+        write_bytes(Path(args.out_dir) / f"{name}.svg", svg)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,16 @@
         --pack-json .../pack.json --code .../train_gpt.py --preset <preset> --out .../size.json
 
 Over the cap it stops with the breakdown and the preset knobs that shrink the artifact, and writes nothing, so
-evaluation never starts (record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
+evaluation never starts (docs/record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
 """
 
 import argparse
 from pathlib import Path
 
-from .codepack import read_header
+from .codeheader import read_header
 from .errors import PgolfError
 from .io import write_json
-from .pack import stream_sizes, verify
+from .pack import artifact_streams, verify
 
 CAP_BYTES = 16_000_000
 
@@ -29,7 +29,7 @@ def size_report(pgrp, pack_json, code) -> dict:
         "total_bytes": total,
         "cap_bytes": CAP_BYTES,
         "headroom_bytes": CAP_BYTES - total,
-        "streams": stream_sizes(data, str(pgrp)),
+        "streams": artifact_streams(data, str(pgrp)),
         "code_python": versions["python"],
         "code_python_minifier": versions["python_minifier"],
     }
@@ -38,11 +38,11 @@ def size_report(pgrp, pack_json, code) -> dict:
 def over_cap_message(report: dict, preset: str) -> str:
     streams = ", ".join(f"{name} {size:,}" for name, size in report["streams"].items())
     knobs = f"quant.presets.{preset}"
-    if "lzma" in report["streams"]:  # #1512's artifact: pruning sets its size
+    if "lzma_pruned" in report["streams"]:  # #1512's artifact: pruning sets its size
         return (
             f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
-            f"{-report['headroom_bytes']:,} (model.pgrp: lzma {report['artifact_bytes']:,}; train_gpt.py "
-            f"{report['code_bytes']:,}). Shrink it in {knobs}: set pack.prune_target_bytes to at most "
+            f"{-report['headroom_bytes']:,} (model.pgrp: lzma_pruned {report['artifact_bytes']:,}; train_gpt.py "
+            f"{report['code_bytes']:,}). Shrink it: set pack.prune_target_bytes to at most "
             f"{report['cap_bytes'] - report['code_bytes']:,} (the cap less the code), then re-run"
         )
     return (

@@ -16,7 +16,7 @@ import json
 import sysconfig
 from pathlib import Path
 
-from .config import from_dict
+from .stageconfig import from_dict
 from .errors import PgolfError
 
 SOURCES = ("hf_shards", "hf_docs", "local", "builtin")
@@ -36,7 +36,7 @@ class BuiltinSource:
 
 @dataclasses.dataclass
 class DataConfig:
-    """The `data` section (defaults: the record's canonical CaseOps SP8192 data, record-stack.md §2)."""
+    """The `data` section (defaults: the record's canonical CaseOps SP8192 data, docs/record-stack.md §2)."""
 
     name: str = "caseops-sp8192"
     source: str = "hf_shards"

@@ -1,4 +1,4 @@
-"""The record acceptance test of the challenge (record-stack.md §1.1): beat the comparison by at least 0.005 nats,
+"""The record acceptance test of the challenge (docs/record-stack.md §1.1): beat the comparison by at least 0.005 nats,
 one-sided, with p < 0.01 over the seeds (Student's t; written here to avoid a SciPy dependency)."""
 
 import math

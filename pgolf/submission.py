@@ -1,103 +1,54 @@
-"""The submission: the in-process pipeline that train_gpt.py runs, and the records folder the DAG ends in.
+"""The submission: the records folder the DAG ends in.
 
     python -m pgolf.submission --config CFG --run-dir results/<name> --data-dir resources/data/<ds> \\
         --out-dir results/<name>/submission/<folder>
 
 The folder follows the challenge's records/track_10min_16mb/ format: train_gpt.py, README.md, submission.json,
 one log per seed, the tokenizer, requirements.txt and audit.json, every figure read from a measured output.
-`run_all(config)` is what the generated train_gpt.py calls: data (when absent) -> train -> hessians -> quantize
--> pack -> size check -> evaluate in one torchrun job, writing the same files as the DAG.
+The in-process pipeline that train_gpt.py runs is pgolf.runall.
 """
 
 import argparse
+import ast
 import json
-import os
 import platform
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-from .config import load_stage_config
+from .cli import doc_summary
 from .errors import PgolfError
 from .io import read_json, write_bytes, write_json
+from .stageconfig import load_stage_config
 from .stats import acceptance
-from .cli import doc_summary
 
 TIME_BUDGET_SECONDS = 600.0  # the challenge's training and evaluation limits, each
-REQUIREMENTS = ["torch>=2.9", "numpy", "sentencepiece", "brotli"]  # what train_gpt.py imports besides pgolf
 
 
-class Layout:
-    """Where the DAG (and run_all) keeps each stage's files; the rules spell the same paths."""
+def requirements(script: Path) -> list[str]:
+    """requirements.txt: the distribution of every outside module train_gpt.py imports, from its own lines and
+    the sources of every module it carries (pgolf.codepack.submitted_files), each with the version that built it."""
+    from importlib.metadata import packages_distributions, version
 
-    def __init__(self, config: dict, seed: int, preset: str, root="."):
-        root = Path(root)
-        self.data = root / "resources" / "data" / config["data"]["name"]
-        self.train = root / "results" / config["run"]["name"] / f"seed{seed}" / "train"
-        self.quant = root / "results" / config["run"]["name"] / f"seed{seed}" / "quant" / preset
-        self.manifest, self.audit = self.data / "manifest.json", self.data / "data_audit.json"
-        self.compile_cache = root / "results" / config["run"]["name"] / "compile_cache"
+    from .codepack import submitted_files
 
-
-def _data_stage(config: dict, layout: Layout, cfg: str):
-    """Build resources/data/<ds>/ as the data rules would (rank 0, before training)."""
-    from . import audit, download, tokenize, tokenizer
-
-    source = config["data"]["source"]
-    if source == "hf_shards":
-        download.main(["--config", cfg, "--out", str(layout.manifest)])
-    else:
-        docs = []
-        if source == "hf_docs":
-            docs_path = layout.data.parent.parent / "hub" / config["data"]["name"] / "docs.jsonl"
-            download.main(["--config", cfg, "--out", str(docs_path)])
-            docs = ["--docs", str(docs_path)]
-        model = str(layout.data / "tokenizer.model")
-        tokenizer.main(["--config", cfg, *docs, "--out", model])
-        tokenize.main(["--config", cfg, *docs, "--tokenizer", model, "--out", str(layout.manifest)])
-    audit.main(["--config", cfg, "--manifest", str(layout.manifest), "--out", str(layout.audit)])
-
-
-def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
-    """One seed of the whole pipeline in this (torchrun) process group; returns eval.json's contents."""
-    from . import dist as pgdist
-    from . import evaluate, hessians, pack, quantize, sizecheck, train
-
-    seed = int(os.environ.get("SEED", config["run"]["seeds"][0])) if seed is None else seed
-    preset = config["quant"].get("submission_preset", config["submission"]["preset"])
-    code_path = code_path or sys.argv[0]
-    layout = Layout(config, seed, preset, root)
-    cfg = json.dumps(config, sort_keys=True)
-    quant_cfg = json.dumps({"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]})
-    dist = pgdist.init(config["hardware"]["gpus"])
-    try:
-        if dist.is_main and not layout.audit.exists():
-            _data_stage(config, layout, cfg)
-        dist.barrier()
-        cache = ["--compile-cache", str(layout.compile_cache)]
-        train.main(["--config", cfg, "--manifest", str(layout.manifest), "--audit", str(layout.audit),
-                    "--seed", str(seed), "--out-dir", str(layout.train), *cache])
-        hessians.main(["--config", cfg, "--model", str(layout.train / "model.pt"), "--manifest",
-                       str(layout.manifest), "--seed", str(seed), "--out", str(layout.train / "hessians.pt")])
-        if dist.is_main:
-            quantize.main(["--config", quant_cfg, "--model", str(layout.train / "model.pt"), "--hessians",
-                           str(layout.train / "hessians.pt"), "--preset", preset,
-                           "--out", str(layout.quant / "quantized.pt")])
-            pack.main(["--config", quant_cfg, "--quantized", str(layout.quant / "quantized.pt"),
-                       "--out", str(layout.quant / "model.pgrp")])
-            sizecheck.main(["--pgrp", str(layout.quant / "model.pgrp"), "--pack-json", str(layout.quant / "pack.json"),
-                            "--code", str(code_path), "--preset", preset, "--out", str(layout.quant / "size.json")])
-        dist.barrier()
-        evaluate.main(["prequant", "--config", cfg, "--model", str(layout.train / "model.pt"),
-                       "--manifest", str(layout.manifest), "--out", str(layout.train / "prequant.json")])
-        evaluate.main(["artifact", *cache, "--config", cfg, "--pgrp", str(layout.quant / "model.pgrp"),
-                       "--pack-json", str(layout.quant / "pack.json"), "--size", str(layout.quant / "size.json"),
-                       "--prequant", str(layout.train / "prequant.json"), "--manifest", str(layout.manifest),
-                       "--out", str(layout.quant / "eval.json")])
-        return read_json(layout.quant / "eval.json")
-    finally:
-        pgdist.shutdown()
+    names = set()
+    for source in [script.read_bytes(), *(p.read_bytes() for p in submitted_files())]:  # the script is latin-1
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.add(node.module.split(".")[0])
+    names -= {*sys.stdlib_module_names, "pgolf", "__future__"}
+    known = packages_distributions()
+    missing = sorted(n for n in names if n not in known)
+    if missing:
+        raise PgolfError(f"train_gpt.py imports {missing}, which no installed distribution provides; install them")
+    dists = sorted({known[n][0] for n in names}, key=str.lower)
+    return [f"{d}  # built with {version(d)}" for d in dists] + [
+        f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the code and the model"
+    ]
 
 
 def seed_outputs(config: dict, run_dir: Path, seed: int, preset: str) -> dict:
@@ -217,7 +168,7 @@ Reproduce one seed with `SEED=<seed> torchrun --standalone --nproc_per_node={max
 Mean val_bpb **{sub_json['val_bpb']:.8f}** (std {sub_json['val_bpb_std']:.5f}) over {len(seeds)} seed(s);
 val_loss {sub_json['val_loss']:.8f} nats.
 
-## Acceptance (record-stack.md §1.1)
+## Acceptance (pgolf docs/record-stack.md §1.1)
 
 Against {stats['comparison_bpb']} bpb: delta {stats['delta_bpb']:+.5f} bpb / {stats['delta_nats']:+.5f} nats; required
 improvement {stats['required_improvement_nats']} nats, one-sided t-test p = {p}; accepted: {stats['accepted']}.
@@ -235,6 +186,33 @@ bytes (headroom {size['headroom_bytes']:,}); code minified by Python {size['code
 
 {sub_json['hardware']}, PyTorch {sub_json['pytorch_version']}. Training seconds count the loop plus Hessian
 collection; evaluation seconds are the timed phased TTT eval. audit.json: all checks passed = {audit['all_passed']}.
+
+{data_section(config)}"""
+
+
+def data_section(config: dict) -> str:
+    """How the tokenized data that train_gpt.py reads is made: the script carries no data preparation."""
+    data = config["data"]
+    folder = f"resources/data/{data['name']}"
+    hf = data.get("hf") or {}
+    made = {
+        "hf_shards": f"`python -m pgolf.download` fetches the tokenizer and the shards of the Hugging Face data set "
+                     f"`{hf.get('repo')}` (revision `{hf.get('revision')}`, folder `{hf.get('shard_dir')}`, "
+                     f"{hf.get('train_shards')} train shards) and writes manifest.json",
+        "hf_docs": f"`python -m pgolf.download` fetches `{hf.get('docs_file')}` of `{hf.get('docs_repo')}`, "
+                   "`python -m pgolf.tokenizer` trains the tokenizer on it and `python -m pgolf.tokenize` writes the "
+                   "shards and manifest.json",
+        "local": f"`python -m pgolf.tokenizer` trains the tokenizer on `{(data.get('local') or {}).get('path')}` and "
+                 "`python -m pgolf.tokenize` writes the shards and manifest.json",
+        "builtin": "`python -m pgolf.tokenizer` trains the tokenizer on Python's own documentation and "
+                   "`python -m pgolf.tokenize` writes the shards and manifest.json",
+    }[data["source"]]
+    return f"""## Data
+
+train_gpt.py reads `{folder}/` (tokenizer.model, manifest.json, the shards and data_audit.json) from its working
+directory and does not make it: {made}; then
+`python -m pgolf.audit` checks the train/val overlap and writes data_audit.json. With pgolf, `snakemake --until
+audit_data` runs these stages with this run's configuration.
 """
 
 
@@ -264,8 +242,7 @@ def main(argv=None):
         extra = [json.dumps({"event": name, **o[key]}, sort_keys=True)
                  for name, key in (("hessians", "hessians"), ("size", "size"), ("eval", "eval"))]
         write_bytes(out / f"train_seed{seed}.log", ("\n".join(o["log_lines"] + extra) + "\n").encode())
-    requirements = REQUIREMENTS + [f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the model"]
-    write_bytes(out / "requirements.txt", ("\n".join(requirements) + "\n").encode())
+    write_bytes(out / "requirements.txt", ("\n".join(requirements(out / "train_gpt.py")) + "\n").encode())
     write_json(out / "audit.json", audit)
     write_bytes(out / "README.md", readme(config, seeds, stats, audit, sub_json).encode())
     write_json(out / "submission.json", sub_json)  # last: the rule's marker that the folder is complete

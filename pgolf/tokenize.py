@@ -6,7 +6,7 @@
 Each document becomes BOS (id 1) + the ids of its CaseOps transform (no EOS). The first `data.val_docs`
 documents form the val split, the rest train; shards hold `data.shard_tokens` tokens (the last one fewer;
 documents span shard boundaries). Val shards get a sidecar aligned 1:1: for each token the number of
-ORIGINAL UTF-8 bytes its SentencePiece surface covers (record-stack.md §1.3; BOS and operators 0).
+ORIGINAL UTF-8 bytes its SentencePiece surface covers (docs/record-stack.md §1.3; BOS and operators 0).
 Worker processes tokenize chunks of documents in order, so the output is byte-identical for any --workers;
 the manifest is written last, after every shard is complete.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from . import caseops
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .errors import PgolfError
 from .io import write_json
 from .runlog import RunLog
@@ -295,6 +295,11 @@ def build(cfg, tokenizer_path, out, docs_path=None, workers=None, progress=True)
     cfg = data_config(cfg)
     out, tokenizer_path = Path(out), Path(tokenizer_path)
     folder = out.parent
+    if not tokenizer_path.resolve().is_relative_to(folder.resolve()):
+        raise PgolfError(
+            f"{tokenizer_path}: the tokenizer must lie in the dataset folder {folder} (manifest paths stay inside "
+            f"it); copy it to {folder / 'tokenizer.model'} (the tokenizer stage puts it there) and pass that"
+        )
     sp = load(tokenizer_path)
     validate(sp, tokenizer_path)
     folder.mkdir(parents=True, exist_ok=True)

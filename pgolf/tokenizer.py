@@ -1,4 +1,4 @@
-"""Train the CaseOps SentencePiece BPE tokenizer, or validate a given one (record-stack.md §2.3).
+"""Train the CaseOps SentencePiece BPE tokenizer, or validate a given one (docs/record-stack.md §2.3).
 
     python -m pgolf.tokenizer --config CFG --out resources/data/<ds>/tokenizer.model [--docs PATH]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import caseops
 from .cli import doc_summary, run_cli
-from .config import load_stage_config
+from .stageconfig import load_stage_config
 from .errors import PgolfError
 from .io import write_bytes
 from .runlog import RunLog

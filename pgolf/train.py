@@ -1,4 +1,4 @@
-"""Training stage (record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents.
+"""Training stage (docs/record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents.
 
     python -m pgolf.train --config CFG --manifest resources/data/<ds>/manifest.json \\
         --audit resources/data/<ds>/data_audit.json --seed S --out-dir results/<name>/seed<S>/train
@@ -7,7 +7,9 @@ Several ranks: `torchrun --standalone --nproc-per-node=N -m pgolf.train ...` (N 
 `train.batch_tokens` through 8 // N accumulated micro-steps). CFG (a resolved config, JSON text or path) holds the
 sections model, train, hardware and run. Writes model.pt ({"config", "state_dict": EMA weights fp32 by the unbanked
 names, "train": summary}), summary.json and log.jsonl into the out dir. A checkpoint.pt there (written every
-`train.checkpoint_minutes`) is resumed automatically and deleted once model.pt is written. `--compile-cache DIR`
+`train.checkpoint_minutes`) is resumed automatically (also on another world size: logged, and listed under
+"resumes" in summary.json) and deleted once model.pt is written. One trainer at a time per out dir: rank 0 holds
+an fcntl lock on .train.lock there and first deletes what a killed run left of its temporaries. `--compile-cache DIR`
 (the rule passes results/<name>/compile_cache) keeps torch.compile's caches there, so a re-run or a resume on the
 same machine starts training without recompiling.
 """
@@ -17,7 +19,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -28,24 +29,26 @@ import torch.distributed as torch_dist
 
 from . import checkpoint, compile_cache
 from . import dist as pdist
-from .config import from_dict, load_stage_config
+from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
 from .attention import segment_offsets
 from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
 from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
-from .shards import load_manifest, shard_paths
+from .shards import file_sha256, load_manifest, shard_paths
 from .cli import doc_summary
 
 
 PACKINGS = ("rows", "stream")
+LOCK_NAME = ".train.lock"
+OUTPUTS = (checkpoint.NAME, "model.pt", "summary.json")  # what the trainer writes through atomic_path
 
 
 @dataclasses.dataclass
 class TrainConfig(OptimConfig):
-    """The `train:` section; record values (PR #1855, record-stack.md Appendix A) as defaults."""
+    """The `train:` section; record values (PR #1855, docs/record-stack.md Appendix A) as defaults."""
 
     schedule: str = "time"  # time: the record's wallclock schedule; steps: reproducible, over `steps`
     steps: int = 20000  # the steps schedule's length; in the time schedule only a cap (never reached)
@@ -62,7 +65,7 @@ class TrainConfig(OptimConfig):
     compile: bool = True  # torch.compile on GPU (never on the CPU)
     compile_warmup_steps: int = 20  # per looping state and sequence length, outside the timer, then undone
     checkpoint_minutes: float = 5.0  # 0 = no periodic checkpoint
-    log_every: int = 100
+    log_every: int = 500  # TRAIN_LOG_EVERY
 
     def __post_init__(self):
         if self.packing not in PACKINGS:
@@ -112,7 +115,7 @@ def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
 def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A micro-batch's tokens (n * seq_len,) as the model's rows, and their attention cuts (cu_seqlens). rows:
     (n, seq_len) cut at every BOS and row start; stream: one (1, n * seq_len) row cut at every BOS and every seq_len
-    from a document's start, as the record's DocumentPackingLoader cuts (record-stack.md §4)."""
+    from a document's start, as the record's DocumentPackingLoader cuts (docs/record-stack.md §4)."""
     if packing == "stream":
         ids = tokens.reshape(1, -1)
         return ids, segment_offsets(ids, seq_len)
@@ -161,7 +164,7 @@ def peak_memory_mib(device) -> float:
 class Trainer:
     """One rank's training run; rank 0 writes the log, checkpoints and outputs."""
 
-    def __init__(self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None):
+    def __init__(self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None, manifest_sha256=None):
         self.config, self.model_cfg, self.cfg = config, model_cfg, cfg
         self.paths, self.seed, self.out_dir, self.dist = paths, seed, Path(out_dir), dist
         self.stop_after_step = stop_after_step
@@ -186,7 +189,9 @@ class Trainer:
         self.seq_len, self.seq_changed_at = None, None  # the last step's sequence length; the step it changed at
         self.compile_seconds = None  # the compile warm-up's wall seconds, outside the training timer
         self.records = []  # the log's records after the header, kept for a resumed run's log
-        identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed}
+        self.resumes = []  # {"step", "from_world_size", "world_size"} per resume, kept across resumes
+        identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed,
+                    "manifest_sha256": manifest_sha256}
         for volatile in ("checkpoint_minutes", "log_every", "compile", "compile_warmup_steps"):
             identity["train"].pop(volatile)
         self.identity = json.loads(json.dumps(identity))
@@ -211,6 +216,8 @@ class Trainer:
             "seq_changed_at": self.seq_changed_at,
             "rng": checkpoint.rng_state(),
             "records": self.records,
+            "world_size": self.dist.world,
+            "resumes": self.resumes,
         }
 
     def load_state_dict(self, state: dict):
@@ -223,6 +230,7 @@ class Trainer:
         self.model.qat = self.qat_from is not None
         self.seq_len, self.seq_changed_at = state["seq_len"], state["seq_changed_at"]
         self.records = state["records"]
+        self.resumes = state.get("resumes", [])
         checkpoint.set_rng_state(state["rng"])
 
     def save_checkpoint(self):
@@ -287,7 +295,7 @@ class Trainer:
 
     def make_loader(self, position):
         return DocumentLoader(self.paths, self.cfg.batch_tokens, self.dist.world, self.dist.rank, position=position,
-                              pin_memory=self.device.type == "cuda")
+                              pin_memory=self.device.type == "cuda", vocab_size=self.model_cfg.vocab_size)
 
     def emit(self, record: dict):
         if self.log:
@@ -316,7 +324,14 @@ class Trainer:
             for record in self.records:
                 self.log.write(record)
             self.log.echo = echo
-        self.emit({"event": "resume", "step": self.step, "elapsed_s": self.elapsed})
+        before = resumed.get("world_size", self.dist.world)
+        self.resumes.append({"step": self.step, "from_world_size": before, "world_size": self.dist.world})
+        self.emit({"event": "resume", "step": self.step, "elapsed_s": self.elapsed, "from_world_size": before,
+                   "world_size": self.dist.world})
+        if before != self.dist.world and self.dist.is_main:
+            print(f"pgolf train: resuming a checkpoint of {before} rank(s) on {self.dist.world}: the same global "
+                  "batch, but reduction order differs, so the weights will not be bitwise those of either run",
+                  file=sys.stderr)
 
     def agree(self, checkpoint_due: bool) -> tuple[bool, bool]:
         """(done, checkpoint now), the same on every rank: one all-reduce (MAX) of the loop time and the flag."""
@@ -415,12 +430,13 @@ class Trainer:
             "world_size": self.dist.world, "accum_steps": self.accum, "seed": self.seed,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "attention": self.model.backend(self.device).name,
+            "resumes": self.resumes,
         }
         if self.dist.is_main:
             state = {k: v.detach().float().cpu() for k, v in self.model.unbanked_state_dict().items()}
             self.emit({"event": "done", **summary})
             self.log.close()
-            os.replace(self.out_dir / "log.jsonl.partial", self.out_dir / "log.jsonl")
+            durable_replace(self.out_dir / "log.jsonl.partial", self.out_dir / "log.jsonl")
             write_json(self.out_dir / "summary.json", summary)
             with atomic_path(self.out_dir / "model.pt") as tmp:
                 torch.save({"config": config_dict(self.model_cfg), "state_dict": state, "train": summary}, tmp)
@@ -469,12 +485,36 @@ def main(argv=None):
     cfg = from_dict(TrainConfig, config["train"], "config train")
     check_inputs(model_cfg, cfg, args.manifest, args.audit)
     paths = shard_paths(args.manifest, "train")
+    manifest_sha256 = file_sha256(args.manifest)  # a resume must train on the same data
     dist = pdist.init(config["hardware"]["gpus"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
     try:
-        Trainer(config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step).run()
+        lock = lock_out_dir(args.out_dir, dist)
+        Trainer(config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step,
+                manifest_sha256).run()
     finally:
+        if lock:
+            unlock_folder(lock)
         pdist.shutdown()
+
+
+def lock_out_dir(out_dir: Path, dist):
+    """Rank 0 locks the out dir and sweeps a killed run's temporaries; every rank learns whether it could."""
+    lock, error = None, None
+    if dist.is_main:
+        try:
+            lock = lock_folder(out_dir, LOCK_NAME, "trainer")
+            sweep_temporaries(out_dir, OUTPUTS)
+        except PgolfError as e:
+            error = e
+    ok = dist.all_reduce_(torch.tensor([error is None], dtype=torch.float32, device=dist.device),
+                          op=torch_dist.ReduceOp.MIN)
+    if error:
+        raise error
+    if not ok.item():
+        raise PgolfError(f"{out_dir}: rank 0 could not lock this out dir (its message says why)")
+    return lock
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Phased score-first LoRA test-time training (record-stack.md §8.2), the scored evaluation.
+"""Phased score-first LoRA test-time training (docs/record-stack.md §8.2), the scored evaluation.
 
 Documents (spans from each BOS) are sorted by length and cut into batches, handed out longest first through
-a counter in the torch.distributed store. For each batch every document's targets are cut into chunks; at
+a counter in the torch.distributed store. For each batch every document's targets are cut into chunks of one
+size, the short-document rule of the batch's longest document (`short_doc_chunks`, else `chunk_size`); at
 step c each document's chunk c is predicted from up to `seq_len` tokens of its own prefix through the model
 plus that document's LoRA adapters, scored (its per-token losses enter the totals) and only then, unless it
 is the document's last chunk, the adapters take one AdamW step on that chunk's mean loss. Between batches B is
@@ -36,9 +37,10 @@ class TTTConfig:
     """`eval.ttt`: record values (#1855, Appendix A) as defaults."""
 
     enabled: bool = True
+    mode: str = "lora"  # lora: phased LoRA (this module); sgd: full-weight SGD per chunk (pgolf.sgd_ttt, #1572)
     seq_len: int = 2048  # TTT_EVAL_SEQ_LEN: context window ending at each chunk's end
     chunk_size: int = 48
-    short_doc_chunks: list = dataclasses.field(default_factory=list)  # [[max_doc_tokens, chunk], ...] (#2014)
+    short_doc_chunks: list = dataclasses.field(default_factory=list)  # [[max_doc_tokens, chunk], ...] (#2140)
     batch_size: int = 64
     lora_rank: int = 80
     lora_alpha: float = 144.0
@@ -100,6 +102,11 @@ def chunk_sizes(lengths: np.ndarray, cfg: TTTConfig) -> np.ndarray:
     return sizes
 
 
+def batch_chunk(lengths: np.ndarray, cfg: TTTConfig) -> int:
+    """A batch's one chunk size: the rule of its longest document (#2140 picks it from the batch's max length)."""
+    return int(chunk_sizes(lengths.max(keepdims=True), cfg)[0])
+
+
 def phase_boundaries(cfg: TTTConfig, n_docs: int) -> list[int]:
     """Scored-document counts at which the global phases run; a phase that could help no document is dropped."""
     bounds = [cfg.prefix_docs * (k + 1) // cfg.phases for k in range(cfg.phases)] if cfg.phases else []
@@ -149,7 +156,6 @@ class PhasedTTT:
         self.tokens = torch.as_tensor(val.tokens, device=device)
         self.position_bytes = torch.as_tensor(val.position_bytes, device=device)
         self.starts, self.lengths = split_documents(val.tokens)
-        self.chunks = chunk_sizes(self.lengths, cfg)
         self.queue = batch_queue(self.lengths, cfg.batch_size)
         self.boundaries = phase_boundaries(cfg, self.starts.size)
         shapes = adapter_shapes(model, cfg.targets)
@@ -223,9 +229,8 @@ class PhasedTTT:
         cfg, rows = self.cfg, self.cfg.batch_size
         starts = np.zeros(rows, dtype=np.int64)
         n_targets = np.zeros(rows, dtype=np.int64)
-        chunk = np.ones(rows, dtype=np.int64)
         starts[: docs.size], n_targets[: docs.size] = self.starts[docs], self.lengths[docs] - 1
-        chunk[: docs.size] = self.chunks[docs]
+        chunk = np.full(rows, batch_chunk(self.lengths[docs], cfg), dtype=np.int64)
         n_chunks = -(-n_targets // chunk)
         if cfg.warm_start_a:
             self.lora.reset_b()

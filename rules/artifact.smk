@@ -1,6 +1,5 @@
 # An artifact made elsewhere (eval.artifact): adopt the blob, size it with this recipe's train_gpt.py and score it,
-# without training. `snakemake --until artifact_size` answers "does it fit?".
-ARTIFACT_SCRIPT = f"results/{{name}}/seed{config['run']['seeds'][0]}/quant/{config['submission']['preset']}/train_gpt.py"
+# without training. `snakemake --until artifact_size` answers "does it fit?". Paths and commands: pgolf/stages.py.
 
 
 if config["eval"].get("artifact"):
@@ -8,44 +7,42 @@ if config["eval"].get("artifact"):
     rule artifact_index:
         input:
             pgrp=config["eval"]["artifact"],
-            code=module_files("pack"),
+            code=code_inputs("artifact_index"),
         output:
-            pgrp="results/{name}/artifact/model.pgrp",
-            info="results/{name}/artifact/pack.json",
+            **stage_files("artifact_index", "outputs"),
         log:
             "logs/artifact_index/{name}.log",
         localrule: True
         conda:
             "../envs/pgolf.yaml"
         shell:
-            "python -m pgolf.pack --index {input.pgrp} --out {output.pgrp} > {log} 2>&1"
+            stage_shell("artifact_index")
 
     rule artifact_size:
         input:
-            pgrp="results/{name}/artifact/model.pgrp",
-            info="results/{name}/artifact/pack.json",
-            script=ARTIFACT_SCRIPT,
-            code=module_files("sizecheck", "pack", "codepack"),
+            **stage_files("artifact_size", "inputs"),
+            script=stage_path(
+                "script",
+                seed=config["run"]["seeds"][0],
+                preset=config["submission"]["preset"],
+            ),
+            code=code_inputs("artifact_size"),
         output:
-            "results/{name}/artifact/size.json",
+            **stage_files("artifact_size", "outputs"),
         log:
             "logs/artifact_size/{name}.log",
         localrule: True
         conda:
             "../envs/pgolf.yaml"
         shell:
-            "python -m pgolf.sizecheck --pgrp {input.pgrp} --pack-json {input.info} --code {input.script} "
-            "--out {output} > {log} 2>&1"
+            stage_shell("artifact_size")
 
     rule artifact_evaluate:
         input:
-            pgrp="results/{name}/artifact/model.pgrp",
-            info="results/{name}/artifact/pack.json",
-            size_json="results/{name}/artifact/size.json",
-            manifest=f"{DATA_DIR}/manifest.json",
-            code=module_files(*EVAL_MODULES),
+            **stage_files("artifact_evaluate", "inputs"),
+            code=code_inputs("artifact_evaluate"),
         output:
-            "results/{name}/artifact/eval.json",
+            **stage_files("artifact_evaluate", "outputs"),
         log:
             "logs/artifact_evaluate/{name}.log",
         conda:
@@ -54,10 +51,8 @@ if config["eval"].get("artifact"):
         resources:
             gpu=config["hardware"]["gpus"],
         params:
+            **stage_files("artifact_evaluate", "params"),
             config=stage_config("eval", "hardware"),
             launch=torchrun(),
-            compile_cache=compile_cache_dir,
         shell:
-            "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate artifact --config {params.config:q} "
-            "--pgrp {input.pgrp} --pack-json {input.info} --size {input.size_json} "
-            "--manifest {input.manifest} --compile-cache {params.compile_cache} --out {output} > {log} 2>&1"
+            stage_shell("artifact_evaluate", prefix=LAUNCH)

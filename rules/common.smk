@@ -4,11 +4,17 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+# the stage table and the value checks: no torch, so parsing the workflow needs none
+from pgolf import stages as STAGES
+from pgolf.config import check_values
+
 # One schema fragment per config section; a new stage adds its own file here without editing the others.
 for fragment in sorted(
     Path(workflow.basedir, "workflow", "schemas").glob("*.schema.yaml")
 ):
     validate(config, schema=str(fragment))
+# what the schemas cannot say: unknown sections, NaN or infinite numbers, a budget within its Hessian reserve
+check_values(config)
 
 PRESETS = list(config["quant"]["presets"])
 _unknown_presets = sorted(
@@ -23,11 +29,17 @@ if _unknown_presets:
 
 DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
-DATA_DIR = f"resources/data/{DATASET}"
 SUBMISSION_FOLDER = config["submission"]["folder"]
-REPORT_FIGURES = ["loss", "size", "bpb", "presets"]
 # ranks of every torchrun stage: one per GPU, or hardware.cpu_procs gloo ranks on the CPU (as pgolf.launch starts them)
 RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+
+
+# Shell prefixes of the torchrun stages: offline hub, and for train/hessians the rule's threads split over ranks.
+LAUNCH = "HF_HUB_OFFLINE=1 {params.launch}"
+OMP_LAUNCH = (
+    "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
+    "{params.launch}"
+)
 
 
 def stage_config(*sections):
@@ -35,9 +47,34 @@ def stage_config(*sections):
     return json.dumps({s: config[s] for s in sections}, sort_keys=True)
 
 
-def module_files(*modules):
-    """Source files of a stage, listed as inputs so that a code edit re-runs the stage (small files compare by checksum)."""
-    return [f"pgolf/{m.replace('.', '/')}.py" for m in modules]
+def _fixed(stage):
+    """Wildcards a stage's paths take from the config: the dataset outside the data rules, the submission folder."""
+    outputs = STAGES.STAGES[stage].outputs.values()
+    per_dataset = any("{ds}" in STAGES.PATHS[key] for key in outputs)
+    return {"folder": SUBMISSION_FOLDER, **({} if per_dataset else {"ds": DATASET})}
+
+
+def stage_files(stage, section, protect=()):
+    """A stage's inputs, outputs or params from pgolf.stages; outputs named in `protect` are protected()."""
+    files = STAGES.files(stage, section, **_fixed(stage))
+    return {k: protected(v) if k in protect else v for k, v in files.items()}
+
+
+def stage_path(key, **wildcards):
+    """One path of pgolf.stages.PATHS, config-fixed wildcards filled in."""
+    return STAGES.path(key, **{"folder": SUBMISSION_FOLDER, "ds": DATASET, **wildcards})
+
+
+def code_inputs(stage):
+    """The stage's source files (its module's import closure, pgolf.stages.code_inputs), listed as inputs so
+    that an edit to any module the stage can run re-runs it (small files compare by checksum).
+    """
+    return STAGES.code_inputs(stage, Path(workflow.basedir, "pgolf"))
+
+
+def stage_shell(stage, prefix="python", drop=()):
+    """The rule's shell command: `prefix -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages."""
+    return f"{prefix} {STAGES.shell_args(stage, drop)} > {{log:q}} 2>&1"
 
 
 def torchrun(gpus=None):
@@ -59,15 +96,14 @@ def document_inputs(wildcards):
     if source == "local":
         return {"docs": config["data"]["local"]["path"]}
     if source == "hf_docs":
-        return {"docs": f"resources/hub/{DATASET}/docs.jsonl"}
+        return {"docs": stage_path("hub_docs")}
     return {}
 
 
-def docs_option():
-    """`--docs PATH` for the hub's docs.jsonl; the local path and builtin text come from the config itself."""
-    if config["data"]["source"] == "hf_docs":
-        return f"--docs resources/hub/{DATASET}/docs.jsonl"
-    return ""
+def docs_drop():
+    """The options a tokenizer/tokenize command leaves out: `--docs` names only the hub's docs.jsonl (the local
+    path and builtin text come from the config itself)."""
+    return () if config["data"]["source"] == "hf_docs" else ("--docs",)
 
 
 def submission_presets():
@@ -80,37 +116,67 @@ def final_targets():
     """The default target: the submission folder, every built preset's eval.json for every seed, the report figures;
     with eval.artifact set, the sized and scored outside artifact instead."""
     if config["eval"].get("artifact"):
-        return [f"results/{RUN}/artifact/eval.json"]
+        return [stage_path("artifact_eval", name=RUN)]
     return (
-        [f"results/{RUN}/submission/{SUBMISSION_FOLDER}/submission.json"]
+        [stage_path("submission_json", name=RUN)]
         + expand(
-            "results/{name}/seed{seed}/quant/{preset}/eval.json",
-            name=RUN,
+            stage_path("eval", name=RUN),
             seed=config["run"]["seeds"],
             preset=submission_presets(),
         )
-        + expand(f"results/{RUN}/report/{{figure}}.svg", figure=REPORT_FIGURES)
+        + report_figures(RUN)
     )
+
+
+def report_figures(name):
+    """The report's figure files of a run."""
+    return [
+        f"{stage_path('report_dir', name=name)}/{figure}.svg"
+        for figure in STAGES.REPORT_FIGURES
+    ]
 
 
 def submission_inputs(wildcards):
     """What the records folder reads: every seed's train log, Hessian, size and eval outputs of the submission preset."""
-    seeds = config["run"]["seeds"]
-    run = f"results/{wildcards.name}"
-    preset = config["submission"]["preset"]
+    keys = {
+        "train": ["train_summary", "train_log", "hessians_summary"],
+        "quant": ["size", "eval", "script"],
+    }
+    fixed = {"name": wildcards.name, "preset": config["submission"]["preset"]}
     return {
-        "audit": f"{DATA_DIR}/data_audit.json",
-        "tokenizer": f"{DATA_DIR}/tokenizer.model",
-        "train": expand(
-            f"{run}/seed{{seed}}/train/{{f}}",
-            seed=seeds,
-            f=["summary.json", "log.jsonl", "hessians.json"],
-        ),
-        "quant": expand(
-            f"{run}/seed{{seed}}/quant/{preset}/{{f}}",
-            seed=seeds,
-            f=["size.json", "eval.json", "train_gpt.py"],
-        ),
+        "audit": stage_path("data_audit"),
+        "tokenizer": stage_path("tokenizer"),
+        **{
+            group: [
+                stage_path(key, seed=seed, **fixed)
+                for seed in config["run"]["seeds"]
+                for key in group_keys
+            ]
+            for group, group_keys in keys.items()
+        },
+    }
+
+
+def report_figure(figure, category):
+    """One figure of the report rule, with its caption from workflow/report/."""
+    return report(
+        f"{STAGES.PATHS['report_dir']}/{figure}.svg",
+        caption=f"../workflow/report/{figure}.rst",
+        category=category,
+    )
+
+
+def report_inputs(wildcards):
+    """What the report plots: every seed's training log, every built preset's size and eval JSONs."""
+    seeds, presets = config["run"]["seeds"], submission_presets()
+    return {
+        "train": [stage_path("train_log", name=wildcards.name, seed=s) for s in seeds],
+        "quant": [
+            stage_path(key, name=wildcards.name, seed=s, preset=p)
+            for s in seeds
+            for p in presets
+            for key in ("size", "eval")
+        ],
     }
 
 
@@ -123,16 +189,8 @@ def quant_config(wildcards):
     )
 
 
-def package_sources():
-    """Every module the submission script carries (pgolf.codepack decides which): an edit there re-writes it."""
-    from pgolf.codepack import submitted_files
-
-    root = Path(workflow.basedir)
-    return [p.relative_to(root).as_posix() for p in submitted_files(root / "pgolf")]
-
-
 def code_config(wildcards):
-    """The code job's --config: the config without `quant`, plus this preset only, as pgolf.codepack narrows it."""
-    from pgolf.codepack import narrow_config
+    """The code job's --config: the sections run_all reads, with this preset only (pgolf.config.narrow_config)."""
+    from pgolf.config import narrow_config
 
     return json.dumps(narrow_config(config, wildcards.preset), sort_keys=True)

@@ -1,15 +1,15 @@
 # Data: hub shards (download) or documents -> tokenizer -> tokenize; then the audit. The switch on data.source
 # lives here alone, so every later rule reads resources/data/<ds>/{manifest.json,tokenizer.model} whatever the source.
+# Paths and commands come from pgolf/stages.py.
 
 
 if config["data"]["source"] == "hf_shards":
 
     rule download:
         input:
-            code=module_files("download", "shards"),
+            code=code_inputs("download_shards"),
         output:
-            manifest="resources/data/{ds}/manifest.json",
-            tokenizer="resources/data/{ds}/tokenizer.model",
+            **stage_files("download_shards", "outputs"),
         log:
             "logs/download/{ds}.log",
         retries: 3
@@ -19,16 +19,16 @@ if config["data"]["source"] == "hf_shards":
         params:
             config=stage_config("data"),
         shell:
-            "python -m pgolf.download --config {params.config:q} --out {output.manifest} > {log} 2>&1"
+            stage_shell("download_shards")
 
 else:
     if config["data"]["source"] == "hf_docs":
 
         rule download:
             input:
-                code=module_files("download"),
+                code=code_inputs("download_docs"),
             output:
-                docs="resources/hub/{ds}/docs.jsonl",
+                **stage_files("download_docs", "outputs"),
             log:
                 "logs/download/{ds}.log",
             retries: 3
@@ -38,31 +38,30 @@ else:
             params:
                 config=stage_config("data"),
             shell:
-                "python -m pgolf.download --config {params.config:q} --out {output.docs} > {log} 2>&1"
+                stage_shell("download_docs")
 
     rule tokenizer:
         input:
             unpack(document_inputs),
-            code=module_files("tokenizer", "caseops", "sources"),
+            code=code_inputs("tokenizer"),
         output:
-            "resources/data/{ds}/tokenizer.model",
+            **stage_files("tokenizer", "outputs"),
         log:
             "logs/tokenizer/{ds}.log",
         conda:
             "../envs/pgolf.yaml"
         params:
             config=stage_config("data"),
-            docs=docs_option(),
         shell:
-            "python -m pgolf.tokenizer --config {params.config:q} {params.docs} --out {output} > {log} 2>&1"
+            stage_shell("tokenizer", drop=docs_drop())
 
     rule tokenize:
         input:
             unpack(document_inputs),
-            tokenizer="resources/data/{ds}/tokenizer.model",
-            code=module_files("tokenize", "tokenizer", "caseops", "sources", "shards"),
+            **stage_files("tokenize", "inputs"),
+            code=code_inputs("tokenize"),
         output:
-            "resources/data/{ds}/manifest.json",
+            **stage_files("tokenize", "outputs"),
         log:
             "logs/tokenize/{ds}.log",
         conda:
@@ -70,18 +69,16 @@ else:
         threads: 64
         params:
             config=stage_config("data"),
-            docs=docs_option(),
         shell:
-            "python -m pgolf.tokenize --config {params.config:q} {params.docs} --tokenizer {input.tokenizer} "
-            "--workers {threads} --out {output} > {log} 2>&1"
+            stage_shell("tokenize", drop=docs_drop())
 
 
 rule audit_data:
     input:
-        manifest="resources/data/{ds}/manifest.json",
-        code=module_files("audit", "shards"),
+        **stage_files("audit_data", "inputs"),
+        code=code_inputs("audit_data"),
     output:
-        "resources/data/{ds}/data_audit.json",
+        **stage_files("audit_data", "outputs"),
     log:
         "logs/audit_data/{ds}.log",
     conda:
@@ -89,4 +86,4 @@ rule audit_data:
     params:
         config=stage_config("data", "audit"),
     shell:
-        "python -m pgolf.audit --config {params.config:q} --manifest {input.manifest} --out {output} > {log} 2>&1"
+        stage_shell("audit_data")

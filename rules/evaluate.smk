@@ -1,33 +1,15 @@
 # Evaluation: the diagnostic score of the trained model (once per seed) and, per preset, the quantized score plus
-# the timed phased score-first TTT eval of the packed artifact (record-stack.md §8). The model config travels
-# inside the artifact, so params hold only the eval and hardware sections.
-EVAL_MODULES = [
-    "evaluate",
-    "bpb",
-    "ttt",
-    "lora",
-    "ngram",
-    "model",
-    "attention",
-    "pack",
-    "shards",
-    "dist",
-    "launch",
-    "compile_cache",
-]
-EVAL_MODULES += [
-    f"quant.{m}"
-    for m in ("__init__", "dequant", "lqer", "gptq", "awq", "preset", "state")
-]
+# the timed phased score-first TTT eval of the packed artifact (docs/design.md, "Evaluation"). The model config
+# travels inside the artifact, so params hold only the eval and hardware sections. Paths and commands come from
+# pgolf/stages.py.
 
 
 rule eval_prequant:
     input:
-        model="results/{name}/seed{seed}/train/model.pt",
-        manifest=f"{DATA_DIR}/manifest.json",
-        code=module_files(*EVAL_MODULES),
+        **stage_files("eval_prequant", "inputs"),
+        code=code_inputs("eval_prequant"),
     output:
-        "results/{name}/seed{seed}/train/prequant.json",
+        **stage_files("eval_prequant", "outputs"),
     log:
         "logs/eval_prequant/{name}/seed{seed}.log",
     conda:
@@ -39,20 +21,15 @@ rule eval_prequant:
         config=stage_config("eval", "hardware"),
         launch=torchrun(),
     shell:
-        "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate prequant --config {params.config:q} "
-        "--model {input.model} --manifest {input.manifest} --out {output} > {log} 2>&1"
+        stage_shell("eval_prequant", prefix=LAUNCH)
 
 
 rule evaluate:
     input:
-        pgrp="results/{name}/seed{seed}/quant/{preset}/model.pgrp",
-        info="results/{name}/seed{seed}/quant/{preset}/pack.json",
-        size_json="results/{name}/seed{seed}/quant/{preset}/size.json",
-        prequant="results/{name}/seed{seed}/train/prequant.json",
-        manifest=f"{DATA_DIR}/manifest.json",
-        code=module_files(*EVAL_MODULES),
+        **stage_files("evaluate", "inputs"),
+        code=code_inputs("evaluate"),
     output:
-        "results/{name}/seed{seed}/quant/{preset}/eval.json",
+        **stage_files("evaluate", "outputs"),
     log:
         "logs/evaluate/{name}/seed{seed}/{preset}.log",
     conda:
@@ -61,10 +38,8 @@ rule evaluate:
     resources:
         gpu=config["hardware"]["gpus"],
     params:
+        **stage_files("evaluate", "params"),
         config=stage_config("eval", "hardware"),
         launch=torchrun(),
-        compile_cache=compile_cache_dir,
     shell:
-        "HF_HUB_OFFLINE=1 {params.launch} -m pgolf.evaluate artifact --config {params.config:q} "
-        "--pgrp {input.pgrp} --pack-json {input.info} --size {input.size_json} --prequant {input.prequant} "
-        "--manifest {input.manifest} --compile-cache {params.compile_cache} --out {output} > {log} 2>&1"
+        stage_shell("evaluate", prefix=LAUNCH)

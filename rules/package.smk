@@ -1,15 +1,15 @@
 # Packaging, per preset: the quantized state -> model.pgrp (per-group lrzip), the pgolf sources -> the single-file
 # train_gpt.py, and the 16 MB check over both. The code rule's params hold the config without `quant` plus this
 # preset only, so editing another preset leaves this preset's script (and everything after it) cached.
+# Paths and commands come from pgolf/stages.py.
 
 
 rule pack:
     input:
-        quantized="results/{name}/seed{seed}/quant/{preset}/quantized.pt",
-        code=module_files("pack", "prune", "quant.preset"),
+        **stage_files("pack", "inputs"),
+        code=code_inputs("pack"),
     output:
-        pgrp="results/{name}/seed{seed}/quant/{preset}/model.pgrp",
-        info="results/{name}/seed{seed}/quant/{preset}/pack.json",
+        **stage_files("pack", "outputs"),
     log:
         "logs/pack/{name}/seed{seed}/{preset}.log",
     conda:
@@ -18,17 +18,17 @@ rule pack:
     resources:
         gpu=min(config["hardware"]["gpus"], 1),
     params:
-        config=quant_config,
+        compressor=config["pack"]["compressor"],
+        prune_target=config["pack"].get("prune_target_bytes") or "none",
     shell:
-        "python -m pgolf.pack --config {params.config:q} --quantized {input.quantized} --out {output.pgrp} "
-        "> {log} 2>&1"
+        stage_shell("pack")
 
 
 rule code:
     input:
-        code=package_sources(),
+        code=code_inputs("code"),
     output:
-        "results/{name}/seed{seed}/quant/{preset}/train_gpt.py",
+        **stage_files("code", "outputs"),
     log:
         "logs/code/{name}/seed{seed}/{preset}.log",
     localrule: True
@@ -37,22 +37,19 @@ rule code:
     params:
         config=code_config,
     shell:
-        "python -m pgolf.codepack --config {params.config:q} --preset {wildcards.preset} --out {output} > {log} 2>&1"
+        stage_shell("code")
 
 
 rule size_check:
     input:
-        pgrp="results/{name}/seed{seed}/quant/{preset}/model.pgrp",
-        info="results/{name}/seed{seed}/quant/{preset}/pack.json",
-        script="results/{name}/seed{seed}/quant/{preset}/train_gpt.py",
-        code=module_files("sizecheck", "pack", "codepack"),
+        **stage_files("size_check", "inputs"),
+        code=code_inputs("size_check"),
     output:
-        "results/{name}/seed{seed}/quant/{preset}/size.json",
+        **stage_files("size_check", "outputs"),
     log:
         "logs/size_check/{name}/seed{seed}/{preset}.log",
     localrule: True
     conda:
         "../envs/pgolf.yaml"
     shell:
-        "python -m pgolf.sizecheck --pgrp {input.pgrp} --pack-json {input.info} --code {input.script} "
-        "--preset {wildcards.preset} --out {output} > {log} 2>&1"
+        stage_shell("size_check")

@@ -1,22 +1,14 @@
 # Hessians (GPTQ calibration over the trained model) and quantization, one branch per preset: the preset is the
 # {preset} wildcard and the quantize job's params hold that preset alone, so editing one preset re-runs only its
-# quantize -> pack -> ... branch while training and the Hessians stay cached.
-QUANT_MODULES = [
-    f"quant.{m}"
-    for m in ("__init__", "preset", "gptq", "awq", "lqer", "dequant", "state")
-]
+# quantize -> pack -> ... branch while training and the Hessians stay cached. Paths and commands: pgolf/stages.py.
 
 
 rule hessians:
     input:
-        model="results/{name}/seed{seed}/train/model.pt",
-        manifest=f"{DATA_DIR}/manifest.json",
-        code=module_files(
-            "hessians", "model", "attention", "shards", "dist", "launch", "runlog"
-        ),
+        **stage_files("hessians", "inputs"),
+        code=code_inputs("hessians"),
     output:
-        hessians="results/{name}/seed{seed}/train/hessians.pt",
-        summary="results/{name}/seed{seed}/train/hessians.json",
+        **stage_files("hessians", "outputs"),
     log:
         "logs/hessians/{name}/seed{seed}.log",
     conda:
@@ -29,19 +21,15 @@ rule hessians:
         launch=torchrun(),
         ranks=RANKS,
     shell:
-        "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
-        "{params.launch} -m pgolf.hessians --config {params.config:q} --model {input.model} "
-        "--manifest {input.manifest} --seed {wildcards.seed} --out {output.hessians} > {log} 2>&1"
+        stage_shell("hessians", prefix=OMP_LAUNCH)
 
 
 rule quantize:
     input:
-        model="results/{name}/seed{seed}/train/model.pt",
-        hessians="results/{name}/seed{seed}/train/hessians.pt",
-        code=module_files("quantize", "hessians", "model", "runlog", *QUANT_MODULES),
+        **stage_files("quantize", "inputs"),
+        code=code_inputs("quantize"),
     output:
-        quantized="results/{name}/seed{seed}/quant/{preset}/quantized.pt",
-        report="results/{name}/seed{seed}/quant/{preset}/report.json",
+        **stage_files("quantize", "outputs"),
     log:
         "logs/quantize/{name}/seed{seed}/{preset}.log",
     conda:
@@ -51,5 +39,4 @@ rule quantize:
     params:
         config=quant_config,
     shell:
-        "python -m pgolf.quantize --config {params.config:q} --model {input.model} --hessians {input.hessians} "
-        "--preset {wildcards.preset} --out {output.quantized} > {log} 2>&1"
+        stage_shell("quantize")

@@ -1,48 +1,25 @@
-# The report's figures: SVGs written by pgolf.report from every seed's training log and every built preset's
-# size and eval JSONs; `snakemake --report report.html` shows them with the captions in workflow/report/.
+# The report's figures: SVGs drawn by pgolf.report (matplotlib) from every seed's training log and every built
+# preset's size and eval JSONs; `snakemake --report report.html` shows them with the captions in workflow/report/.
+# Paths and the command come from pgolf/stages.py.
 
 
 rule report:
     input:
-        train=expand(
-            "results/{{name}}/seed{seed}/train/log.jsonl", seed=config["run"]["seeds"]
-        ),
-        quant=expand(
-            "results/{{name}}/seed{seed}/quant/{preset}/{f}",
-            seed=config["run"]["seeds"],
-            preset=submission_presets(),
-            f=["size.json", "eval.json"],
-        ),
-        code=module_files("report"),
+        unpack(report_inputs),
+        code=code_inputs("report"),
     output:
-        loss=report(
-            "results/{name}/report/loss.svg",
-            caption="../workflow/report/loss.rst",
-            category="Training",
-        ),
-        size=report(
-            "results/{name}/report/size.svg",
-            caption="../workflow/report/size.rst",
-            category="Size",
-        ),
-        bpb=report(
-            "results/{name}/report/bpb.svg",
-            caption="../workflow/report/bpb.rst",
-            category="Scores",
-        ),
-        presets=report(
-            "results/{name}/report/presets.svg",
-            caption="../workflow/report/presets.rst",
-            category="Presets",
-        ),
+        loss=report_figure("loss", "Training"),
+        size=report_figure("size", "Size"),
+        bpb=report_figure("bpb", "Scores"),
+        presets=report_figure("presets", "Presets"),
     log:
         "logs/report/{name}.log",
     localrule: True
     conda:
         "../envs/pgolf.yaml"
     params:
+        **stage_files("report", "params"),
         seeds=config["run"]["seeds"],
         presets=submission_presets(),
     shell:
-        "python -m pgolf.report --run-dir results/{wildcards.name} --seeds {params.seeds} "
-        "--presets {params.presets} --out-dir $(dirname {output.loss}) > {log} 2>&1"
+        stage_shell("report")

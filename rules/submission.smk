@@ -1,19 +1,15 @@
 # The submission: the records folder of the submission preset over every seed (the default target).
+# Paths and the command come from pgolf/stages.py.
 
 
 rule submission:
     input:
         unpack(submission_inputs),
-        code=module_files("submission", "stats"),
+        code=code_inputs("submission"),
     output:
         multiext(
-            f"results/{{name}}/submission/{SUBMISSION_FOLDER}/",
-            "submission.json",
-            "README.md",
-            "audit.json",
-            "train_gpt.py",
-            "requirements.txt",
-            "tokenizer.model",
+            stage_path("submission_dir") + "/",
+            *STAGES.SUBMISSION_FILES,
         ),
     log:
         "logs/submission/{name}.log",
@@ -21,9 +17,7 @@ rule submission:
     conda:
         "../envs/pgolf.yaml"
     params:
+        **stage_files("submission", "params"),
         config=stage_config("run", "hardware", "submission"),
-        out_dir=f"results/{{name}}/submission/{SUBMISSION_FOLDER}",
-        data_dir=DATA_DIR,
     shell:
-        "python -m pgolf.submission --config {params.config:q} --run-dir results/{wildcards.name} "
-        "--data-dir {params.data_dir} --out-dir {params.out_dir} > {log} 2>&1"
+        stage_shell("submission")

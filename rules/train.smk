@@ -1,29 +1,14 @@
 # Training (torchrun): one model per seed. model.pt is protected, so a later edit cannot silently throw away a
 # 10-minute 8-GPU run; a checkpoint.pt beside the outputs (not an output itself) lets a crashed or requeued job
-# resume where it stopped.
+# resume where it stopped. Paths and the command come from pgolf/stages.py.
 
 
 rule train:
     input:
-        manifest=f"{DATA_DIR}/manifest.json",
-        audit=f"{DATA_DIR}/data_audit.json",
-        code=module_files(
-            "train",
-            "optim",
-            "loader",
-            "checkpoint",
-            "model",
-            "attention",
-            "shards",
-            "dist",
-            "launch",
-            "runlog",
-            "compile_cache",
-        ),
+        **stage_files("train", "inputs"),
+        code=code_inputs("train"),
     output:
-        model=protected("results/{name}/seed{seed}/train/model.pt"),
-        summary="results/{name}/seed{seed}/train/summary.json",
-        log="results/{name}/seed{seed}/train/log.jsonl",
+        **stage_files("train", "outputs", protect=["model"]),
     log:
         "logs/train/{name}/seed{seed}.log",
     conda:
@@ -32,12 +17,9 @@ rule train:
     resources:
         gpu=config["hardware"]["gpus"],
     params:
+        **stage_files("train", "params"),
         config=stage_config("model", "train", "hardware"),
         launch=torchrun(),
         ranks=RANKS,
-        compile_cache=compile_cache_dir,
     shell:
-        "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
-        "{params.launch} -m pgolf.train --config {params.config:q} --manifest {input.manifest} "
-        "--audit {input.audit} --seed {wildcards.seed} --out-dir $(dirname {output.model}) "
-        "--compile-cache {params.compile_cache} > {log} 2>&1"
+        stage_shell("train", prefix=OMP_LAUNCH)

@@ -7,7 +7,7 @@ import pytest
 
 from pgolf import audit
 from pgolf.errors import PgolfError
-from pgolf.shards import shard_name, write_shard
+from pgolf.shards import file_sha256, shard_name, write_shard
 
 RNG = np.random.default_rng(0)
 DOCS = [RNG.integers(2, 500, size=int(n)).tolist() for n in RNG.integers(1, 60, size=120)]
@@ -25,10 +25,20 @@ def write_dataset(folder, val, train, shard_tokens=150, vocab_size=512, sidecar=
         for i, start in enumerate(range(0, len(stream), shard_tokens)):
             entry = write_shard(folder / shard_name(split, i), np.array(stream[start : start + shard_tokens]))
             shards[split].append({**entry, "path": shard_name(split, i)})
-    manifest = {"dataset": "t", "tokenizer": {"path": "tokenizer.model", "sha256": ""}, "vocab_size": vocab_size,
+    (folder / "tokenizer.model").write_bytes(b"a stand-in: the audit reads it only for previews")
+    tokenizer = {"path": "tokenizer.model", "sha256": file_sha256(folder / "tokenizer.model")}
+    manifest = {"dataset": "t", "tokenizer": tokenizer, "vocab_size": vocab_size,
                 "val_docs": len(val), "train_docs": len(train), "shards": shards, **(manifest_extra or {})}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder / "manifest.json"
+
+
+def rewrite_shard(manifest, split, index, tokens):
+    """Replace one shard and its manifest entry, as a data stage that wrote these tokens would."""
+    entry = write_shard(manifest.parent / shard_name(split, index), np.asarray(tokens))
+    entries = json.loads(manifest.read_text())
+    entries["shards"][split][index] = {**entry, "path": shard_name(split, index)}
+    manifest.write_text(json.dumps(entries))
 
 
 def run(manifest, tmp_path, fraction=0.001):
@@ -87,7 +97,7 @@ def test_broken_datasets_fail_with_the_problem_named(tmp_path, change, problem):
 
 def test_split_without_leading_bos(tmp_path):
     manifest = write_dataset(tmp_path / "d", DOCS[:20], DOCS[20:])
-    write_shard(tmp_path / "d" / shard_name("train", 0), np.array([7, 1, 5, 6] * 10))
+    rewrite_shard(manifest, "train", 0, [7, 1, 5, 6] * 10)
     entries = json.loads(manifest.read_text())
     entries["shards"]["train"] = entries["shards"]["train"][:1]
     entries.pop("train_docs")
@@ -99,12 +109,12 @@ def test_split_without_leading_bos(tmp_path):
 def test_sidecar_misalignment(tmp_path):
     folder = tmp_path / "d"
     manifest = write_dataset(folder, DOCS[:20], DOCS[20:])
-    write_shard(folder / shard_name("val_bytes", 0), np.ones(10))
+    rewrite_shard(manifest, "val_bytes", 0, np.ones(10))
     report, error = run(manifest, tmp_path)
     assert not report["val_bytes"]["aligned"]
     assert "fineweb_val_bytes_000000.bin: 10 entries for the 150 tokens of fineweb_val_000000.bin" in error
     write_dataset(folder, [[5, 6], [7]], DOCS)  # val stream: 1 5 6 1 7
-    write_shard(folder / shard_name("val_bytes", 0), np.array([2, 1, 1, 0, 1]))
+    rewrite_shard(manifest, "val_bytes", 0, [2, 1, 1, 0, 1])
     report, error = run(manifest, tmp_path)
     assert "nonzero byte counts on BOS tokens" in error
 
@@ -115,3 +125,28 @@ def test_corrupt_shard_names_the_file(tmp_path):
     with pytest.raises(PgolfError, match=r"fineweb_train_000001.bin: wrong magic 0"):
         audit.main(["--config", "{}", "--manifest", str(manifest), "--out", str(tmp_path / "a.json")])
     assert not (tmp_path / "a.json").exists()
+
+
+def test_a_file_changed_after_the_manifest_is_refused(tmp_path):
+    manifest = write_dataset(tmp_path / "d", DOCS[:20], DOCS[20:])
+    shard = tmp_path / "d" / shard_name("train", 2)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # one token id changed in place: header and size still fine
+    shard.write_bytes(bytes(data))
+    with pytest.raises(PgolfError, match=r"fineweb_train_000002.bin: sha256 .* differs from the manifest .*manifest"
+                                         r"\.json .*changed after the data stage wrote it"):
+        audit.audit(manifest, audit.AuditConfig())
+    write_shard(shard, np.array([1, 2, 3]))  # a valid shard of another length
+    with pytest.raises(PgolfError, match=r"fineweb_train_000002.bin: 3 tokens, the manifest .* says 150"):
+        audit.audit(manifest, audit.AuditConfig())
+    (tmp_path / "d" / "tokenizer.model").write_bytes(b"another model")
+    rewrite_shard(manifest, "train", 2, [1, 2, 3])
+    with pytest.raises(PgolfError, match=r"tokenizer.model: sha256 .* differs from the manifest"):
+        audit.audit(manifest, audit.AuditConfig())
+
+
+def test_report_records_the_verified_bytes(tmp_path):
+    manifest = write_dataset(tmp_path / "d", DOCS[:20], DOCS[20:])
+    report, error = run(manifest, tmp_path)
+    files = [p for p in (tmp_path / "d").iterdir() if p.suffix in (".bin", ".model")]
+    assert error is None and report["checksums"] == {"verified_bytes": sum(p.stat().st_size for p in files)}

@@ -17,7 +17,7 @@ from conftest import GOLDEN
 
 
 def reference_encode(text: str) -> str:
-    """record-stack.md §2.4 word by word, character by character: the spec, slowly."""
+    """docs/record-stack.md §2.4 word by word, character by character: the spec, slowly."""
 
     def word(w):
         if len(w) >= 2 and w.isupper():

@@ -1,4 +1,5 @@
-"""The submission script: its modules import from memory where pgolf is absent, its config is the input's."""
+"""The submission script: it carries the import closure of run_all and nothing else, its modules import from memory
+where pgolf and python-minifier are absent, its config is the run's, and its literal holds any bytes."""
 
 import json
 import os
@@ -15,28 +16,37 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
     "run": {"name": "smoke", "seeds": [1]},
     "hardware": {"gpus": 0, "cpu_procs": 1},
+    "data": {"name": "tiny", "source": "builtin", "hf": {"repo": "someone/data"}},
+    "audit": {"max_overlap_fraction": 0.001},
+    "submission": {"preset": "record", "blurb": "words the judge's run never reads"},
+    "eval": {"seq_len": 64, "artifact": "outside.pgrp"},
     "quant": {
         "presets": {"record": {"attn": {"bits": 6, "clip_sigmas": 13.0}}, "wide": {"attn": {"bits": 8}}},
         "build": ["record", "wide"],
     },
 }
-IMPORTED = ["pgolf", "pgolf.errors", "pgolf.io", "pgolf.config", "pgolf.pack", "pgolf.codepack"]
+IMPORTED = ["pgolf", "pgolf.errors", "pgolf.io", "pgolf.stageconfig", "pgolf.pack", "pgolf.sizecheck", "pgolf.runall"]
+DAG_ONLY = ["download", "tokenize", "tokenizer", "sources", "audit", "launch", "report", "config", "submission",
+            "codepack", "stats"]
 
-# Run in a fresh interpreter: drop every way to import the real pgolf, prove it is gone, then load the script.
+# Run in a fresh interpreter: drop every way to import the real pgolf (and python-minifier), prove they are gone, then
+# load the script and import every module it carries.
 PROBE = """
 import importlib.util, json, os, runpy, sys
 sys.path = [p for p in sys.path if not os.path.exists(os.path.join(p or '.', 'pgolf'))]
 sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '') + type(f).__module__]
+sys.modules['python_minifier'] = None
 assert importlib.util.find_spec('pgolf') is None, 'pgolf is importable without the script'
 script = runpy.run_path(sys.argv[1], run_name='bundle')
 names = json.loads(sys.argv[2])
-for name in names:
+for name in script['M']:
     __import__(name)
 import pgolf.pack, torch
 state = {'tensors': {'x': torch.arange(6, dtype=torch.int16)}, 'meta': {}, 'config': {}}
-rest = pgolf.pack._decode_remainder(pgolf.pack._encode_remainder(state['tensors'], {}, {}, []), 'probe')[1]
+rest = pgolf.pack.unpack(pgolf.pack.pack(state))['tensors']
 print(json.dumps({
     'config': script['CONFIG'],
+    'carried': sorted(script['M']),
     'sources': {n: sys.modules[n].__loader__.get_source(n) for n in names},
     'loaders': sorted({type(sys.modules[n].__loader__).__name__ for n in names}),
     'json_loader': type(json.__loader__).__name__,
@@ -47,7 +57,7 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def modules():
-    """Minifying the whole package takes seconds: do it once and let later builds reuse it."""
+    """Minifying the carried modules takes seconds: do it once and let later builds reuse it."""
     original = C.package_modules
     minified = original()
     with pytest.MonkeyPatch.context() as patch:
@@ -62,7 +72,7 @@ def script(modules, tmp_path_factory):
     return path
 
 
-def test_modules_import_from_memory(script, tmp_path):
+def test_modules_import_from_memory(script, modules, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(script), json.dumps(IMPORTED)],
@@ -73,17 +83,27 @@ def test_modules_import_from_memory(script, tmp_path):
     assert out["loaders"] == ["_PgolfModules"]
     assert out["json_loader"] != "_PgolfModules"  # shadows nothing outside pgolf
     assert out["works"] == list(range(6))
+    assert out["carried"] == sorted(modules)
     for name in IMPORTED:
-        rel = name.replace(".", "/") + ("/__init__.py" if name == "pgolf" else ".py")
-        assert out["sources"][name] == C.minify((ROOT / rel).read_text(), rel), name
+        assert out["sources"][name] == modules[name][1], name
     assert out["config"] == C.narrow_config(CONFIG, "record")
 
 
-def test_baked_config_is_the_input(script):
+def test_carries_the_closure_of_run_all_only(modules):
+    carried = {name.removeprefix("pgolf.") for name in modules}
+    assert {"runall", "train", "hessians", "quantize", "pack", "sizecheck", "evaluate", "ttt", "ngram", "model",
+            "quant.gptq", "codeheader"} <= carried
+    assert not carried & set(DAG_ONLY)
+    assert [p.relative_to(ROOT).as_posix() for p in C.submitted_files()] == sorted(rel for rel, _ in modules.values())
+
+
+def test_baked_config_is_what_run_all_reads(script):
     narrowed = C.narrow_config(CONFIG, "record")
     assert narrowed == {
         "run": CONFIG["run"],
         "hardware": CONFIG["hardware"],
+        "data": {"name": "tiny"},
+        "eval": {"seq_len": 64},
         "quant": {"presets": {"record": CONFIG["quant"]["presets"]["record"]}, "submission_preset": "record"},
     }
     assert C.narrow_config(narrowed, "record") == narrowed  # the rule passes the narrowed config
@@ -91,48 +111,83 @@ def test_baked_config_is_the_input(script):
 
 def test_deterministic(modules):
     source = (ROOT / "pgolf" / "pack.py").read_text()
-    assert C.minify(source) == C.minify(source) == modules["pgolf.pack"][1]
+    preserve = C.preserved_globals({"pack": source})
+    assert C.minify(source, "p", preserve) == C.minify(source, "p", preserve)
     assert list(modules) == sorted(modules) and modules["pgolf.pack"][0] == "pgolf/pack.py"
     assert C.build_script(CONFIG, "record") == C.build_script(json.loads(json.dumps(CONFIG)), "record")
 
 
-def test_blind_to_other_presets(script):
+def test_blind_to_other_presets_and_unread_sections(script):
     edited = json.loads(json.dumps(CONFIG))
     edited["quant"]["presets"]["wide"]["attn"]["bits"] = 7
     edited["quant"]["build"] = ["wide"]
-    assert C.build_script(edited, "record") == script.read_text()
+    edited["submission"]["blurb"] = "other words"
+    edited["data"]["hf"]["repo"] = "someone/else"
+    assert C.build_script(edited, "record") == script.read_bytes()
 
 
 def test_header_records_versions(script):
-    header = C.read_header(script)
-    assert header["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert script.read_text().splitlines()[1] == "import brotli as B,base64 as b"
-    assert len(script.read_text().splitlines()) == 3
+    from pgolf.codeheader import read_header
+
+    header = read_header(script)
+    assert header["python"] == ".".join(map(str, sys.version_info[:3])) and header["preset"] == "record"
+    text = script.read_bytes()
+    assert text.split(b"\n")[1] == b"import subprocess as s"
+    assert text.split(b"\n")[2].startswith(b"t=s.run(('lrzip','-dq'),input=\"\"\"LRZI")
+    assert text.endswith(b"\"\"\".encode('latin1'),capture_output=1,check=1).stdout.decode().split('\\0');exec(t[0])\n")
+
+
+@pytest.mark.parametrize("case", ["all bytes", "quotes", "random"])
+def test_latin1_literal_holds_any_bytes(case, tmp_path):
+    """The literal, written into a latin-1 source file, reads back as exactly the bytes it was made from."""
+    import random
+
+    data = {
+        "all bytes": bytes(range(256)) * 2 + b"\0" + b"01" + b"\0",
+        "quotes": b'"' + b'""' + b'x"""y' + b'\\"' + b'"\r\n\r"' + b'""""',
+        "random": random.Random(0).randbytes(20_000),
+    }[case]
+    literal = C.latin1_literal(data)
+    source = f"# coding: latin-1\nimport sys\nsys.stdout.buffer.write({literal}.encode('latin1'))\n"
+    (tmp_path / "lit.py").write_bytes(source.encode("latin-1"))
+    out = subprocess.run([sys.executable, str(tmp_path / "lit.py")], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data
+    if case == "random":  # about 4 bytes in 256 need an escape: base85 would cost 25%
+        assert len(literal.encode("latin-1")) < len(data) * 1.03
 
 
 def test_entry_point_calls_run_all(tmp_path):
     pkg = tmp_path / "src" / "pgolf"
     (pkg / "inner").mkdir(parents=True)  # a folder without __init__.py becomes an empty package
     (pkg / "__init__.py").write_text('"""Docstrings go."""\n')
-    (pkg / "inner" / "leaf.py").write_text("VALUE = 41\n")
-    (pkg / "submission.py").write_text(
-        "import json, sys\nfrom .inner.leaf import VALUE\n\n"
+    (pkg / "inner" / "leaf.py").write_text("PRIVATE_NAME = 40\nVALUE = PRIVATE_NAME + 1\n")
+    (pkg / "runall.py").write_text(
+        "import argparse, json, sys\nfrom .inner.leaf import VALUE\n\n"
         "def run_all(config):\n    assert False, 'asserts are removed'\n"
-        "    json.dump({'config': config, 'value': VALUE + 1}, open(sys.argv[1], 'w'))\n"
+        "    parser = argparse.ArgumentParser(description='a description that goes')\n"
+        "    parser.add_argument('out', help='a help text that goes')\n"
+        "    json.dump({'config': config, 'value': VALUE + 1}, open(parser.parse_args().out, 'w'))\n\n"
+        "if __name__ == '__main__':\n    raise SystemExit('never run inside train_gpt.py')\n"
     )
     text = C.build_script(CONFIG, "wide", package_dir=pkg)
-    (tmp_path / "train_gpt.py").write_text(text)
+    (tmp_path / "train_gpt.py").write_bytes(text)
     proc = subprocess.run([sys.executable, "train_gpt.py", "out.json"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out.json").read_text())
     assert result == {"config": C.narrow_config(CONFIG, "wide"), "value": 42}
+    modules = C.package_modules(pkg)
+    assert "PRIVATE_NAME" not in modules["pgolf.inner.leaf"][1] and "VALUE" in modules["pgolf.inner.leaf"][1]
+    assert "goes" not in modules["pgolf.runall"][1] and "never run" not in modules["pgolf.runall"][1]
 
 
 def test_errors(tmp_path):
+    from pgolf.codeheader import read_header
+
     with pytest.raises(PgolfError, match="no preset 'nope'"):
         C.narrow_config(CONFIG, "nope")
     (tmp_path / "plain.py").write_text("print(1)\n")
     with pytest.raises(PgolfError, match="not written by pgolf.codepack"):
-        C.read_header(tmp_path / "plain.py")
+        read_header(tmp_path / "plain.py")
     with pytest.raises(PgolfError, match="bad.py: cannot be minified"):
         C.minify("def f(:\n", "bad.py")

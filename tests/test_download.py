@@ -83,12 +83,12 @@ def config(source="hf_shards", **hf) -> dict:
     return {"data": {"name": "fake", "source": source, "vocab_size": 8192, "hf": {"train_shards": 2, **hf}}}
 
 
-def run_download(cfg: dict, out: Path, endpoint: str, home: Path, offline=False) -> subprocess.CompletedProcess:
+def run_download(cfg: dict, out: Path, endpoint: str, home: Path, offline=False, *extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT))
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
-    cmd = [sys.executable, "-c", CLI, "--config", json.dumps(cfg), "--out", str(out)]
+    cmd = [sys.executable, "-c", CLI, "--config", json.dumps(cfg), "--out", str(out), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -242,3 +242,65 @@ def test_config_yaml_mirrors_hubconfig_and_passes_the_schema_fragment():
     assert record["data"]["hf"] == dataclasses.asdict(HubConfig())
     with pytest.raises(jsonschema.ValidationError, match="shards_dir"):
         jsonschema.validate({"data": {"hf": {"shards_dir": "x"}}}, schema)
+
+
+def test_first_download_locks_commit_and_checksums(corpus, tmp_path):
+    files = repo_files(corpus)
+    out, home = tmp_path / "data" / "manifest.json", tmp_path / "home"
+    with HubServer({CASEOPS: files}) as hub:
+        assert run_download(config(), out, hub.url, home).returncode == 0
+        first = hub.commit(CASEOPS)
+    lock = json.loads((out.parent / "hub-lock.json").read_text())
+    fetched = [f"{SHARD_DIR}/fineweb_{s}.bin" for s in ("train_000000", "train_000001", "val_000000", "val_bytes_000000")]
+    assert lock == {
+        "repo": CASEOPS, "revision": "main", "commit": first,
+        "files": {n: hashlib.sha256(files[n]).hexdigest() for n in fetched + [HubConfig.tokenizer]},
+    }
+
+    # the hub's main moves to new data: a re-run (here after the manifest went away) refuses it
+    moved = dict(files)
+    moved[fetched[1]] = shard_bytes(tmp_path, corpus["train"][1][::-1])
+    with HubServer({CASEOPS: moved}) as hub:
+        out.unlink()
+        message = error_line(run_download(config(), out, hub.url, home))
+        assert f"resolves to commit {hub.commit(CASEOPS)}, but this dataset was first downloaded from " \
+               f"{CASEOPS}@{first}" in message
+        assert f"data.hf.revision: {first}" in message and "data.hf.refresh: true" in message
+        assert not out.exists() and json.loads((out.parent / "hub-lock.json").read_text()) == lock
+        # accepted on purpose: the config key or the CLI flag rewrites the lock
+        for cfg, extra in ((config(refresh=True), ()), (config(), ("--refresh",))):
+            (out.parent / "hub-lock.json").write_text(json.dumps(lock))
+            result = run_download(cfg, out, hub.url, home, False, *extra)
+            assert result.returncode == 0, result.stderr
+            relocked = json.loads((out.parent / "hub-lock.json").read_text())
+            assert relocked["commit"] == hub.commit(CASEOPS) != first
+            assert relocked["files"][fetched[1]] == hashlib.sha256(moved[fetched[1]]).hexdigest()
+            assert f'"event": "hub_lock_refreshed", "from": "{first}"' in result.stderr
+        assert run_download(config(), out, hub.url, home).returncode == 0  # the new lock holds
+
+
+def test_a_damaged_cache_copy_at_the_locked_commit_is_refused(corpus, tmp_path):
+    out, home = tmp_path / "data" / "manifest.json", tmp_path / "home"
+    with HubServer({CASEOPS: repo_files(corpus)}) as hub:
+        assert run_download(config(), out, hub.url, home).returncode == 0
+    blob = next(p for p in (home / "hub").rglob("fineweb_train_000001.bin")).resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1  # a token id changed: header and size still pass the snapshot checks
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    assert run_download(config(), tmp_path / "again" / "manifest.json", hub.url, home, True).returncode == 0  # first
+    message = error_line(run_download(config(), out, hub.url, home, True))
+    assert f"{CASEOPS}@{hub.commit(CASEOPS)} {SHARD_DIR}/fineweb_train_000001.bin: sha256" in message
+    assert "differs from the first download's" in message and "hub cache's copy is damaged" in message
+
+
+def test_hf_docs_are_locked_too(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "hub" / "docs.jsonl"
+    with HubServer({DOCS: docs_files()}) as hub:
+        assert run_download(config("hf_docs"), out, hub.url, home).returncode == 0
+    changed = {"datasets/docs_selected.jsonl": b'{"text": "other"}\n'}
+    with HubServer({DOCS: changed}) as hub:
+        message = error_line(run_download(config("hf_docs"), out, hub.url, home))
+        assert "data.hf.docs_revision:" in message and "data.hf.refresh: true" in message
+        assert run_download(config("hf_docs", refresh=True), out, hub.url, home).returncode == 0
+    assert out.read_bytes() == changed["datasets/docs_selected.jsonl"]

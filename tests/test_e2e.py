@@ -50,6 +50,8 @@ def test_submission_folder(smoke_run):
     ev = json.loads((smoke_run / "results/smoke/seed1/quant/record/eval.json").read_text())
     assert sub["val_bpb"] == ev["final_bpb"] and sub["seeds"] == [1]
     assert (folder / "train_gpt.py").read_bytes() == (smoke_run / "results/smoke/seed1/quant/record/train_gpt.py").read_bytes()
+    readme = (folder / "README.md").read_text()  # the script makes no data: the README says how it is made
+    assert "train_gpt.py reads `resources/data/smoke-builtin/`" in readme and "python -m pgolf.tokenize" in readme
 
 
 def test_size_and_eval_contracts(smoke_run):
@@ -115,13 +117,14 @@ def test_generated_script_reproduces_the_dag(smoke_run, tmp_path):
 
 
 def _isolated_run(script):
-    """Run the script with site-packages on the path but the pgolf checkout and its editable install hidden."""
+    """Run the script with site-packages on the path but the pgolf checkout and its editable install hidden (its
+    bytes compiled as Python reads a file, honouring the latin-1 coding line)."""
     return (
         "import site, sys; site.main(); "
         "import os; sys.path[:] = [p for p in sys.path if not os.path.exists(os.path.join(p or '.', 'pgolf'))]; "
         "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '') + type(f).__module__]; "
         "import importlib.util; assert importlib.util.find_spec('pgolf') is None, 'pgolf still importable'; "
-        f"sys.argv = [{str(script)!r}]; exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'))"
+        f"sys.argv = [{str(script)!r}]; exec(compile(open(sys.argv[0], 'rb').read(), sys.argv[0], 'exec'))"
     )
 
 

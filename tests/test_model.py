@@ -330,3 +330,58 @@ def test_packed_stream_segments_are_their_own_documents():
     moved = model(carried, cu_seqlens=cuts)[0]
     assert not torch.allclose(moved[16], base[0, 16])  # the SmearGate carry across the cut (then attention within)
     torch.testing.assert_close(moved[32:], base[0, 32:], atol=1e-6, rtol=0)  # the third piece sees neither
+
+
+def test_pr1572_parameter_count_is_its_dumps():
+    """#1572's model (no gates, single-lane parallel residual from layer 7): train_seed42_frontier.log's model_params."""
+    from pgolf.config import resolve
+
+    config = resolve([ROOT / "config.yaml", ROOT / "recipes/pr1572.yaml"])["model"]
+    with torch.device("meta"):
+        model = GPT(ModelConfig.from_dict(config))
+    assert sum(p.numel() for p in model.parameters()) == 35_944_536
+    assert not hasattr(model, "parallel_post_lambdas") and not hasattr(model, "smear_gate")
+
+
+def test_single_lane_parallel_block_reads_one_input_and_adds_both_outputs():
+    """From the parallel start layer, attention and MLP read the same normed input (the capture of c_q's and fc's
+    rows agree; before that layer they differ), and the block returns x + attn_scale*attn + mlp_scale*mlp."""
+    model, ids = tiny_model(parallel_residual="single"), batch()
+    rows = {}
+    model(ids, capture=lambda name, r: rows.setdefault(name, r))
+    torch.testing.assert_close(rows["blocks.4.attn.c_q.weight"], rows["blocks.4.mlp.fc.weight"])
+    assert (rows["blocks.0.attn.c_q.weight"] - rows["blocks.0.mlp.fc.weight"]).abs().max() > 1e-3
+    # with the MLP scale of the parallel layers at zero a parallel block is attention alone: the same output as a
+    # sequential block with a zero MLP scale
+    with torch.no_grad():
+        for i in (3, 4):
+            model.blocks[i].mlp_scale.zero_()
+    sequential = tiny_model(parallel_residual="single", parallel_start_layer=None)
+    sequential.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(ids), sequential(ids), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.blocks[4].mlp_scale.fill_(1.0)
+    assert (model(ids) - sequential(ids)).abs().max() > 1e-3
+    lanes = tiny_model(parallel_residual="lanes")
+    assert hasattr(lanes, "parallel_post_lambdas") and not hasattr(model, "parallel_post_lambdas")
+
+
+def test_cross_document_attention_equals_a_dense_causal_mask():
+    """cross_document: a BOS is no boundary; each row (or each max_seqlen piece of a packed row) is plainly causal."""
+    from pgolf.attention import DocLayout
+
+    isolated, ids = tiny_model(), batch()
+    cross = tiny_model(cross_document=True)
+    T = ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, None].expand(ids.size(0), 1, T, T)
+    dense = DocLayout(torch.zeros_like(ids, dtype=torch.int32), masks={None: causal})
+    isolated.attention_backend = cross.attention_backend = "sdpa"
+    reference = isolated(ids, layout=dense)
+    torch.testing.assert_close(cross(ids), reference, atol=1e-5, rtol=1e-5)
+    assert (isolated(ids) - reference).abs().max() > 1e-3  # the BOS at row 0, column 10 cuts the isolated model
+    # a packed (1, 2T) row with max_seqlen T: two independent causal windows, whatever cuts were made ahead
+    from pgolf.attention import segment_offsets
+
+    stream = ids.reshape(1, -1)
+    packed = cross(stream, cu_seqlens=segment_offsets(stream, T), max_seqlen=T)
+    torch.testing.assert_close(packed.reshape(ids.shape + (-1,)), reference, atol=1e-5, rtol=1e-5)

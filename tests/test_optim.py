@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pgolf.errors import PgolfError
 from pgolf.optim import (
     POLAR_EXPRESS,
     OptimConfig,
@@ -17,6 +18,7 @@ from pgolf.optim import (
     lr_multiplier,
     muon_direction,
     muon_momentum,
+    newton_schulz,
     polar_express,
 )
 
@@ -66,6 +68,38 @@ def test_muon_direction_matches_reference():
     got = muon_direction(g, buf, torch.tensor(0.95), True)
     assert torch.allclose(buf.double(), expected_buf, atol=1e-5)
     assert torch.allclose(got.double(), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("shape", [(24, 56), (56, 24)])
+def test_newton_schulz_maps_singular_values_by_the_classic_quintic(shape):
+    """Each iteration sends every singular value s to 3.4445 s - 4.775 s^3 + 2.0315 s^5 (#1572's coefficients),
+    starting from the Frobenius-normalized matrix, and keeps the singular vectors."""
+    torch.manual_seed(3)
+    g = torch.randn(*shape, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    s = s / s.square().sum().sqrt()
+    for _ in range(5):
+        s = 3.4445 * s - 4.775 * s**3 + 2.0315 * s**5
+    expected = u @ torch.diag(s) @ vh
+    got = newton_schulz(g.float(), 5).double()
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert s.min() > 0.5 and s.max() < 1.3  # the quintic's band around 1, unlike Polar Express's 5 coefficients
+
+
+def test_muon_direction_newton_schulz_backend():
+    torch.manual_seed(4)
+    g, buf = torch.randn(2, 40, 24), torch.zeros(2, 40, 24)
+    got = muon_direction(g, buf.clone(), torch.tensor(0.9), False, "newton_schulz", 5)
+    update = g + 0.9 * g  # Nesterov from a zero buffer
+    expected = newton_schulz(update, 5) * math.sqrt(40 / 24)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, muon_direction(g, buf.clone(), torch.tensor(0.9), False), atol=1e-3)
+
+
+def test_unknown_muon_backend_is_refused():
+    p = torch.nn.Parameter(torch.zeros(1, 4, 4))
+    with pytest.raises(PgolfError, match="muon_backend"):
+        Optimizers({"matrix": [p], "embed": [], "scalar": []}, OptimConfig(muon_backend="svd"))
 
 
 def test_lr_schedule_shape():

@@ -1,7 +1,11 @@
 """PGRP packing: exact greedy chain, container format, round trips and one clear error per bad input."""
 
+import hashlib
 import json
+import shutil
+import signal
 import struct
+import time
 
 import brotli
 import numpy as np
@@ -124,8 +128,16 @@ def test_container_layout():
     want = b"".join(t[n][o].T.contiguous().numpy().tobytes() for n, o in zip(names[1:4], orders[1:4]))
     assert P.lrzip_decompress(streams["attn.c_q"], "test") == want
 
-    # The remainder is a JSON header plus raw bytes, not a pickle, and holds config, meta and shapes.
-    rest = brotli.decompress(streams["remainder"])
+    # The remainder is sealed: uint64 length, payload, sha256 over both and every other stream with its length.
+    sealed = brotli.decompress(streams["remainder"])
+    (length,) = struct.unpack_from("<Q", sealed)
+    assert len(sealed) == 8 + length + 32
+    covered = sealed[: 8 + length] + b"".join(
+        struct.pack("<Q", len(streams[n])) + streams[n] for n in P.GROUPS + ("perms",)
+    )
+    assert sealed[-32:] == hashlib.sha256(covered).digest()
+    # Its payload is a JSON header plus raw bytes, not a pickle, and holds config, meta and shapes.
+    rest = sealed[8 : 8 + length]
     (size,) = struct.unpack_from("<I", rest)
     header = json.loads(rest[4 : 4 + size])
     assert header["meta"] == state["meta"] and header["config"]["num_layers"] == LAYERS
@@ -174,12 +186,182 @@ def test_corrupt_streams(blob):
     rest_at = table + sum(sizes[g] for g in P.GROUPS)
     flipped = bytearray(blob)
     flipped[rest_at + 2] ^= 0xFF
-    with pytest.raises(PgolfError, match="model.pgrp: .*corrupt"):
+    with pytest.raises(PgolfError, match="model.pgrp: .*corrupt|model.pgrp: integrity check failed"):
         P.unpack(bytes(flipped), source="model.pgrp")
     flipped = bytearray(blob)
-    flipped[table + 30] ^= 0xFF  # inside the tok_emb lrzip stream
-    with pytest.raises(PgolfError, match=r"model.pgrp \(tok_emb\)|model.pgrp: group tok_emb"):
+    flipped[table + 30] ^= 0xFF  # inside the tok_emb lrzip stream: the seal catches it before lrzip runs
+    with pytest.raises(PgolfError, match=r"model.pgrp: integrity check failed .* changed after packing"):
         P.unpack(bytes(flipped), source="model.pgrp")
+
+
+# --- a sealed blob whose contents lie: the checks behind the seal ---------------------------------------------
+
+
+def sealed_parts(blob):
+    """(streams, remainder header, remainder tensor bytes) of a blob."""
+    streams = P.split_streams(blob)
+    sealed = brotli.decompress(streams["remainder"])
+    payload = sealed[8:-32]
+    (size,) = struct.unpack_from("<I", payload)
+    return streams, json.loads(payload[4 : 4 + size]), payload[4 + size :]
+
+
+def reseal(streams, header, raw):
+    """A container of these streams and this remainder, sealed as pack seals it (so only the deeper checks see it)."""
+    text = json.dumps(header).encode()
+    streams = dict(streams)
+    streams["remainder"] = P._brotli(P._seal(struct.pack("<I", len(text)) + text + raw, streams))
+    ordered = [streams[n] for n in P.STREAMS]
+    return P.MAGIC + struct.pack("<10I", 9, *map(len, ordered)) + b"".join(ordered)
+
+
+def test_reseal_round_trips(blob):
+    assert_same_state(P.unpack(reseal(*sealed_parts(blob))), P.unpack(blob))
+
+
+def test_duplicate_row_order_index_is_refused(blob):
+    streams, header, raw = sealed_parts(blob)
+    perms = bytearray(brotli.decompress(streams["perms"]))
+    perms[2:4] = perms[0:2]  # tok_emb's order names its first row twice, its second never
+    streams["perms"] = P._brotli(bytes(perms))
+    with pytest.raises(PgolfError, match=r"model.pgrp: the row order of tok_emb.weight.q is not a permutation"):
+        P.unpack(reseal(streams, header, raw), "model.pgrp")
+
+
+def edit(path, value):
+    def apply(header):
+        target = header
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return apply
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (edit(["tensors", 0, 1], "save"), "is not \\[name, dtype, shape\\]"),
+        (edit(["tensors", 0, 1], ["float16"]), "is not \\[name, dtype, shape\\]"),
+        (edit(["tensors", 0, 2], [-1]), "is not \\[name, dtype, shape\\]"),
+        (edit(["tensors", 0, 2], [2**31, 2**31, 2**31]), "exceed the size limit"),
+        (edit(["tensors", 0, 2], [True]), "is not \\[name, dtype, shape\\]"),
+        (edit(["tensors", 1, 0], "tok_emb.weight.q"), "appears twice"),
+        (edit(["groups", 0, 0, 1], "40"), "not \\[name, rows, cols\\]"),
+        (edit(["groups", 0, 0, 1], 0), "not \\[name, rows, cols\\]"),
+        (edit(["groups", 0, 0, 0], "blocks.0.mlp.fc.weight.q"), "not its own"),
+        (edit(["groups", 0, 0, 1], 1 << 17), "row orders hold at most"),
+        (edit(["groups"], [[]] * 6), "not a list of 7"),
+        (edit(["meta", "x"], 3), "meta is not a mapping"),
+        (edit(["config"], [1]), "config is not a mapping"),
+        (lambda h: h.pop("tensors"), 'header lacks'),
+    ],
+)
+def test_header_edits_are_refused(blob, change, message):
+    streams, header, raw = sealed_parts(blob)
+    change(header)
+    with pytest.raises(PgolfError, match=f"model.pgrp: .*{message}"):
+        P.unpack(reseal(streams, header, raw), "model.pgrp")
+
+
+def test_group_shape_edit_is_refused(blob):
+    streams, header, raw = sealed_parts(blob)
+    header["groups"][1][0][1] += 1  # attn.c_k layer 0 claims one more row than its stream holds
+    with pytest.raises(PgolfError, match=r"model.pgrp \(attn.c_k\): lrzip stream decodes to \d+ bytes, the shapes"):
+        P.unpack(reseal(streams, header, raw), "model.pgrp")
+
+
+def test_brotli_bombs_stop_at_the_declared_size(blob):
+    streams, header, raw = sealed_parts(blob)
+    bomb = brotli.compress(b"\0" * (64 << 20), quality=1)
+    assert len(bomb) < 100_000
+    streams["perms"] = bomb
+    with pytest.raises(PgolfError, match="model.pgrp: permutation stream is corrupt .*decodes past its declared"):
+        P.unpack(reseal(streams, header, raw), "model.pgrp")
+    # a remainder that decodes past the length it declares: the seal is never even computed over it
+    streams = P.split_streams(blob)
+    sealed = brotli.decompress(streams["remainder"])
+    streams["remainder"] = brotli.compress(sealed + b"\0" * (64 << 20), quality=1)
+    ordered = [streams[n] for n in P.STREAMS]
+    bombed = P.MAGIC + struct.pack("<10I", 9, *map(len, ordered)) + b"".join(ordered)
+    with pytest.raises(PgolfError, match="model.pgrp: remainder stream is corrupt .*decodes past its declared"):
+        P.unpack(bombed, "model.pgrp")
+
+
+def test_lrzip_stream_of_another_size_is_refused(blob):
+    streams, header, raw = sealed_parts(blob)
+    streams["attn.c_k"] = P.lrzip_compress(b"\1" * 100_000)
+    with pytest.raises(PgolfError, match=r"\(attn.c_k\): lrzip stream decodes to 100000 bytes, the shapes need"):
+        P.unpack(reseal(streams, header, raw), "model.pgrp")
+
+
+def fake_lrzip(tmp_path, monkeypatch, body):
+    script = tmp_path / "lrzip"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+
+def test_lrzip_is_killed_past_its_time(blob, tmp_path, monkeypatch):
+    fake_lrzip(tmp_path, monkeypatch, f"exec {shutil.which('sleep')} 30")
+    monkeypatch.setattr(P, "LRZIP_SECONDS", 0.3)
+    start = time.monotonic()
+    with pytest.raises(PgolfError, match=r"model.pgrp \(\S+\): lrzip -d ran past its 0 s limit"):
+        P.unpack(blob, "model.pgrp")
+    assert time.monotonic() - start < 10
+
+
+def test_lrzip_is_killed_past_its_declared_output(blob, tmp_path, monkeypatch):
+    # the output file is the argument after -o; the fake writes zeros without end
+    cat = shutil.which("cat")
+    fake_lrzip(tmp_path, monkeypatch, f'while [ "$1" != "-o" ]; do shift; done; exec {cat} /dev/zero > "$2"')
+    with pytest.raises(PgolfError, match=r"model.pgrp \(\S+\): lrzip -d wrote more than the \d+ bytes"):
+        P.unpack(blob, "model.pgrp")
+
+
+def mutations(blob, count, seed):
+    """Bit flips, truncations, insertions and stream-table edits, `count` of each kind, reproducibly."""
+    rng = np.random.default_rng(seed)
+    n = len(blob)
+    for _ in range(count):
+        b = bytearray(blob)
+        b[rng.integers(n)] ^= 1 << rng.integers(8)
+        yield "flip", bytes(b)
+        yield "truncate", blob[: rng.integers(n)]
+        at = rng.integers(n + 1)
+        yield "insert", blob[:at] + bytes(rng.integers(0, 256, rng.integers(1, 9), dtype=np.uint8)) + blob[at:]
+        b = bytearray(blob)
+        field = 4 * rng.integers(1, 11)  # the stream count or one of the nine lengths
+        value = int.from_bytes(b[field : field + 4], "little")
+        value = [value + 1, value - 1, 0, 2**32 - 1, int(rng.integers(2**32))][rng.integers(5)] % 2**32
+        b[field : field + 4] = value.to_bytes(4, "little")
+        yield "table", bytes(b)
+        b = bytearray(blob)  # a swap of two stream lengths keeps the total
+        i, j = 8 + 4 * rng.choice(9, 2, replace=False)
+        b[i : i + 4], b[j : j + 4] = b[j : j + 4], b[i : i + 4]
+        yield "swap", bytes(b)
+
+
+def test_fuzz_only_clean_errors_or_the_exact_state(blob):
+    """Hundreds of damaged blobs: each is refused with one PgolfError naming the file, or (a mutation that changed
+    nothing that matters) loads exactly the original state. A hang trips the alarm."""
+    want = P.unpack(blob)
+    kinds = {}
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("unpack hung on a mutated blob"))
+    signal.alarm(120)
+    try:
+        for kind, data in mutations(blob, 80, seed=23):
+            try:
+                got = P.unpack(data, "fuzz.pgrp")
+            except PgolfError as e:
+                assert str(e).startswith("fuzz.pgrp"), str(e)
+                kinds.setdefault(kind, [0, 0])[0] += 1
+            else:
+                assert_same_state(got, want)
+                kinds.setdefault(kind, [0, 0])[1] += 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert sum(refused for refused, _ in kinds.values()) >= 390, kinds
 
 
 def test_missing_lrzip(monkeypatch, tmp_path):
@@ -210,3 +392,38 @@ def test_cli_and_verify(tmp_path):
     with pytest.raises(PgolfError, match="missing.pt: file not found"):
         P.main(["--quantized", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pgrp")])
     assert not (tmp_path / "x.pgrp").exists()
+
+
+def slow_shuffle(data: bytes, stride: int) -> bytes:
+    """#1572's layout spelled out: every byte at offset k (mod stride), for k = 0, 1, ..., after the header."""
+    out = bytearray(b"BSHF" + bytes([stride]))
+    for k in range(stride):
+        for i in range(k, len(data), stride):
+            out.append(data[i])
+    return bytes(out)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 1001])
+@pytest.mark.parametrize("stride", [2, 3])
+def test_byte_shuffle_layout_and_round_trip(n, stride):
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    shuffled = P.byte_shuffle(data, stride)
+    assert shuffled == (data if n < stride else slow_shuffle(data, stride))
+    assert P.byte_unshuffle(shuffled) == data
+
+
+def test_brotli_shuffle_round_trip_and_format():
+    state = record_like_state()
+    blob = P.pack_as(state, "brotli_shuffle")
+    assert blob[:4] != P.MAGIC
+    raw = P.byte_unshuffle(brotli.decompress(blob))
+    assert brotli.decompress(blob)[:5] == b"BSHF\x02"
+    assert set(torch.load(__import__("io").BytesIO(raw), weights_only=True)) == {"w", "m", "c"}
+    assert_same_state(P.unpack_artifact(blob), state)
+    assert P.artifact_streams(blob) == {"brotli_shuffle": len(blob)}
+    with pytest.raises(PgolfError, match="not a PGRP container, nor a brotli_shuffle stream"):
+        P.unpack_artifact(blob[: len(blob) // 2], "x.pgrp")
+    with pytest.raises(PgolfError, match="holds no quantized state"):
+        P.unpack_artifact(brotli.compress(P.byte_shuffle(b"not a torch.save archive")), "x.pgrp")
+    with pytest.raises(PgolfError, match="not one of"):
+        P.pack_as(state, "zstd")

@@ -5,6 +5,7 @@ the size search against a scan of every count.
 """
 
 import json
+import lzma
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from conftest import ROOT
 
 from pgolf.errors import PgolfError
 from pgolf.prune import (
+    HEADER,
     LZMA_MAGIC,
+    MAX_STATE_BYTES,
     apply_pruning,
     lzma_pack,
     lzma_unpack,
@@ -42,8 +45,27 @@ def test_lzma_round_trip_is_exact():
     back = lzma_unpack(lzma_pack(state), "toy")
     assert back["meta"] == state["meta"] and back["config"] == state["config"]
     assert all(torch.equal(back["tensors"][k], v) for k, v in state["tensors"].items())
-    with pytest.raises(PgolfError, match="toy: not an lzma-packed"):
-        lzma_unpack(b"not lzma", "toy")
+    with pytest.raises(PgolfError, match="toy: not an lzma_pruned artifact"):
+        lzma_unpack(b"not lzma at all", "toy")
+
+
+def test_lzma_reader_is_bounded_by_the_declared_size():
+    blob = lzma_pack(toy_state())
+    _, declared = HEADER.unpack_from(blob)
+    body = blob[HEADER.size :]
+    cases = {
+        "decodes past its declared": HEADER.pack(LZMA_MAGIC, declared - 1) + body,
+        "gives .* of .* declared bytes": HEADER.pack(LZMA_MAGIC, declared + 1) + body,
+        "trailing bytes": blob + b"x",
+        "no end marker": blob[:-30],
+        "over the .* limit": HEADER.pack(LZMA_MAGIC, MAX_STATE_BYTES + 1) + body,
+    }
+    for message, bad in cases.items():
+        with pytest.raises(PgolfError, match=f"toy: .*{message}"):
+            lzma_unpack(bad, "toy")
+    with pytest.raises(PgolfError, match="toy: the lzma stream holds no"):
+        raw = b"not a torch file"
+        lzma_unpack(HEADER.pack(LZMA_MAGIC, len(raw)) + lzma.compress(raw), "toy")
 
 
 def test_prune_order_matches_a_sort_of_python_tuples():
@@ -106,20 +128,33 @@ def test_pack_cli_writes_the_pruned_lzma_artifact(tmp_path):
     state = toy_state(5)
     torch.save(state, tmp_path / "quantized.pt")
     unpruned = len(lzma_pack(state))
-    preset = {"preset": {"pack": {"format": "lzma", "prune_target_bytes": unpruned - 40}}}
-    pack.main(["--config", json.dumps(preset), "--quantized", str(tmp_path / "quantized.pt"),
-               "--out", str(tmp_path / "model.pgrp"), "--no-baseline"])
+    pack.main(["--compressor", "lzma_pruned", "--prune-target", str(unpruned - 40), "--quantized",
+               str(tmp_path / "quantized.pt"), "--out", str(tmp_path / "model.pgrp"), "--no-baseline"])
     info = json.loads((tmp_path / "pack.json").read_text())
     data = pack.verify(tmp_path / "model.pgrp", tmp_path / "pack.json")
-    assert info["format"] == "lzma" and info["streams"] == {"lzma": len(data)} and len(data) <= unpruned - 40
-    back = pack.unpack(data, "model.pgrp")
+    assert info["compressor"] == "lzma_pruned" and len(data) <= unpruned - 40
+    assert info["streams"] == pack.artifact_streams(data) == {"lzma_pruned": len(data)}
+    back = pack.unpack_artifact(data, "model.pgrp")
     count, want = prune_to_target(state, unpruned - 40, lambda s: len(lzma_pack(s)))
     assert info["pruned_int6_codes"] == count > 0
     assert all(torch.equal(back["tensors"][k], v) for k, v in want["tensors"].items())
 
 
-def run_preset(name: str) -> dict:
-    return yaml.safe_load((ROOT / "recipes" / "pr1512.yaml").read_text())["quant"]["presets"][name]
+def test_pack_refuses_a_prune_target_without_lzma(tmp_path):
+    from pgolf import pack
+
+    torch.save(toy_state(), tmp_path / "quantized.pt")
+    with pytest.raises(PgolfError, match="prune_target_bytes applies to lzma_pruned only"):
+        pack.main(["--compressor", "brotli_shuffle", "--prune-target", "1000", "--quantized",
+                   str(tmp_path / "quantized.pt"), "--out", str(tmp_path / "model.pgrp"), "--no-baseline"])
+    assert not (tmp_path / "model.pgrp").exists()
+    with pytest.raises(SystemExit):
+        pack.main(["--compressor", "lzma_pruned", "--prune-target", "-3", "--quantized",
+                   str(tmp_path / "quantized.pt"), "--out", str(tmp_path / "model.pgrp")])
+
+
+def recipe_pack() -> dict:
+    return yaml.safe_load((ROOT / "recipes" / "pr1512.yaml").read_text())["pack"]
 
 
 @pytest.fixture(scope="module")
@@ -134,23 +169,26 @@ def test_the_runs_settings_fail_the_size_check(tmp_path, pr1512_config):
     # cap with pgolf's code as with its own. size_check reads only the blob's length: a stand-in of that length.
     from pgolf import codepack, pack, sizecheck
 
-    target = run_preset("pr1512")["pack"]["prune_target_bytes"]
-    assert target == int(15.9 * 2**20) - 115_082 and 15_994_836 <= target
-    blob = LZMA_MAGIC + bytes(15_994_836 - len(LZMA_MAGIC))
+    target = recipe_pack()["prune_target_bytes"]
+    assert recipe_pack()["compressor"] == "lzma_pruned"
+    assert target == int(15.9 * 2**20) - 115_082 and 15_994_836 + HEADER.size <= target
+    blob = LZMA_MAGIC + bytes(15_994_836 + HEADER.size - len(LZMA_MAGIC))  # #1512's blob with pgolf's header
     (tmp_path / "model.pgrp").write_bytes(blob)
     (tmp_path / "pack.json").write_text(json.dumps({"sha256": pack.sha256(blob)}))
-    (tmp_path / "train_gpt.py").write_text(codepack.build_script(pr1512_config, "pr1512"))
+    (tmp_path / "train_gpt.py").write_bytes(codepack.build_script(pr1512_config, "pr1512"))
     with pytest.raises(PgolfError) as err:
         sizecheck.main(["--pgrp", str(tmp_path / "model.pgrp"), "--pack-json", str(tmp_path / "pack.json"),
                         "--code", str(tmp_path / "train_gpt.py"), "--preset", "pr1512", "--out", str(tmp_path / "s.json")])
     message = str(err.value)
-    assert "is over the cap of 16,000,000" in message and "lzma 15,994,836" in message
-    assert "quant.presets.pr1512: set pack.prune_target_bytes to at most" in message
+    assert "is over the cap of 16,000,000" in message and "lzma_pruned 15,994,848" in message
+    assert "set pack.prune_target_bytes to at most" in message
     assert not (tmp_path / "s.json").exists()
 
 
-def test_the_fitting_preset_leaves_room_for_pgolfs_code(pr1512_config):
+def test_the_fitting_target_leaves_room_for_pgolfs_code(pr1512_config):
     from pgolf import codepack
 
-    script = codepack.build_script(pr1512_config, "pr1512_fit")
-    assert run_preset("pr1512_fit")["pack"]["prune_target_bytes"] + len(script.encode()) <= 16_000_000
+    fit = 15_880_000  # the target recipes/pr1512.yaml's pack comment names as the one that fits
+    assert "prune_target_bytes: 15880000}" in (ROOT / "recipes" / "pr1512.yaml").read_text()
+    script = codepack.build_script(pr1512_config, "pr1512")
+    assert fit + len(script) <= 16_000_000

@@ -1,6 +1,6 @@
-"""pgolf.report on small synthetic stage outputs: well-formed SVG whose marks match the JSON they come from.
+"""pgolf.report on small synthetic stage outputs: SVG files, and marks that match the JSON they come from.
 
-    pytest tests/test_report.py
+pytest tests/test_report.py
 """
 
 import json
@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pgolf.errors import PgolfError
-from pgolf.report import main, nice_ticks
+from pgolf.report import figures, main
 
 SVG = "{http://www.w3.org/2000/svg}"
 SEEDS = {"1": 7, "2": 4}  # seed -> step records in its log
@@ -42,8 +42,14 @@ def run_dir(tmp_path):
             quant.mkdir(parents=True)
             streams = {k: v + 1000 * p for k, v in STREAMS.items()}
             total = sum(streams.values()) + 20_000
-            size = {"streams": streams, "code_bytes": 20_000, "artifact_bytes": total - 20_000,
-                    "total_bytes": total, "cap_bytes": 16_000_000, "headroom_bytes": 16_000_000 - total}
+            size = {
+                "streams": streams,
+                "code_bytes": 20_000,
+                "artifact_bytes": total - 20_000,
+                "total_bytes": total,
+                "cap_bytes": 16_000_000,
+                "headroom_bytes": 16_000_000 - total,
+            }
             quant.joinpath("size.json").write_text(json.dumps(size))
             quant.joinpath("eval.json").write_text(json.dumps(eval_json(0.001 * p + 0.0005 * s, ttt=p == 0)))
     return run
@@ -54,59 +60,70 @@ def build(run_dir, out_dir):
     return {name: ET.parse(out_dir / f"{name}.svg").getroot() for name in ("loss", "size", "bpb", "presets")}
 
 
-def marks(root, tag, **data):
-    """Elements of `tag` whose data-* attributes equal `data`."""
-    found = root.iter(SVG + tag)
-    return [e for e in found if all(e.get(f"data-{k}") == str(v) for k, v in data.items())]
+def artists(fig, gid):
+    """The marks of a figure (lines, bars, point collections) whose gid is `gid`."""
+    return [a for a in fig.findobj() if a.get_gid() == gid]
 
 
-def test_figures_are_svg_documents(run_dir, tmp_path):
-    for root in build(run_dir, tmp_path / "report").values():
+def test_figures_are_svg_documents_with_their_marks(run_dir, tmp_path):
+    roots = build(run_dir, tmp_path / "report")
+    for root in roots.values():
         assert root.tag == SVG + "svg"
-        assert root.find(SVG + "title").text
+    ids = {name: {e.get("id") for e in root.iter() if e.get("id")} for name, root in roots.items()}
+    assert {f"loss/seed{s}" for s in SEEDS} <= ids["loss"]
+    assert {f"size/{p}/seed{s}/{k}" for p in PRESETS for s in SEEDS for k in [*STREAMS, "code"]} <= ids["size"]
+    assert {"bpb/record/ttt", "bpb/awq/final"} <= ids["bpb"] and "bpb/awq/ttt" not in ids["bpb"]
+    assert {f"presets/{p}" for p in PRESETS} <= ids["presets"]
 
 
-def test_loss_curve_has_a_point_per_step_record(run_dir, tmp_path):
-    loss = build(run_dir, tmp_path / "report")["loss"]
-    for seed, n_steps in SEEDS.items():
-        (line,) = marks(loss, "polyline", seed=seed)
-        points = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
-        assert len(points) == n_steps
-        xs, ys = zip(*points)
-        assert list(xs) == sorted(xs)  # steps go right
-        assert list(ys) == sorted(ys)  # falling loss goes down the page (SVG y grows downwards)
+def test_the_same_outputs_draw_the_same_files(run_dir, tmp_path):
+    build(run_dir, tmp_path / "a")
+    build(run_dir, tmp_path / "b")
+    for name in ("loss", "size", "bpb", "presets"):
+        assert (tmp_path / "a" / f"{name}.svg").read_bytes() == (tmp_path / "b" / f"{name}.svg").read_bytes()
 
 
-def test_size_has_a_bar_per_stream_and_code(run_dir, tmp_path):
-    size = build(run_dir, tmp_path / "report")["size"]
+def test_loss_curve_has_a_point_per_step_record(run_dir):
+    fig = figures(run_dir, list(SEEDS), PRESETS)["loss"]
+    for s, (seed, n_steps) in enumerate(SEEDS.items()):
+        (line,) = artists(fig, f"loss/seed{seed}")
+        assert list(line.get_xdata()) == [10 * (i + 1) for i in range(n_steps)]
+        assert list(line.get_ydata()) == pytest.approx([6.0 - 0.4 * i - 0.1 * s for i in range(n_steps)])
+
+
+def test_size_has_a_bar_per_stream_and_code(run_dir):
+    fig = figures(run_dir, list(SEEDS), PRESETS)["size"]
     for seed in SEEDS:
         for p, preset in enumerate(PRESETS):
-            bars = marks(size, "rect", preset=preset, seed=seed)
-            assert [b.get("data-stream") for b in bars] == [*STREAMS, "code"]
-            assert [int(b.get("data-bytes")) for b in bars] == [v + 1000 * p for v in STREAMS.values()] + [20_000]
-            widths = [float(b.get("width")) for b in bars]
-            assert widths[1] > widths[0] > widths[2]  # mlp > attn > embed, drawn to scale
+            expected = [v + 1000 * p for v in STREAMS.values()] + [20_000]
+            bars = [artists(fig, f"size/{preset}/seed{seed}/{k}")[0] for k in [*STREAMS, "code"]]
+            assert [b.get_width() for b in bars] == expected  # drawn to scale, in bytes
+            assert [b.get_x() for b in bars] == [sum(expected[:i]) for i in range(len(expected))]  # stacked
+    (cap,) = artists(fig, "size/cap") or [None]
+    assert cap is None  # 200 kB totals: the 16 MB cap would squash the bars
 
 
-def test_bpb_has_a_bar_per_stage_and_preset(run_dir, tmp_path):
-    bpb = build(run_dir, tmp_path / "report")["bpb"]
-    stages = {p: [b.get("data-stage") for b in marks(bpb, "rect", preset=p)] for p in PRESETS}
-    assert stages == {"record": ["prequant", "quantized", "ttt", "final"], "awq": ["prequant", "quantized", "final"]}
-    (final,) = marks(bpb, "rect", preset="record", stage="final")
-    assert float(final.get("data-bpb")) == pytest.approx(1.058 + 0.0005 / 2)  # mean over the two seeds
-    (quantized,) = marks(bpb, "rect", preset="record", stage="quantized")
-    assert float(quantized.get("height")) > float(final.get("height"))
+def test_bpb_has_a_bar_per_stage_and_preset(run_dir):
+    fig = figures(run_dir, list(SEEDS), PRESETS)["bpb"]
+    drawn = {
+        p: [st for st in ("prequant", "quantized", "ttt", "final") if artists(fig, f"bpb/{p}/{st}")] for p in PRESETS
+    }
+    assert drawn == {"record": ["prequant", "quantized", "ttt", "final"], "awq": ["prequant", "quantized", "final"]}
+    (final,) = artists(fig, "bpb/record/final")
+    assert final.get_height() == pytest.approx(1.058 + 0.0005 / 2)  # mean over the two seeds
+    (dots,) = artists(fig, "bpb/record/final/seeds")
+    assert sorted(dots.get_offsets()[:, 1]) == pytest.approx([1.058, 1.0585])
 
 
-def test_presets_plot_has_a_point_per_preset_and_seed(run_dir, tmp_path):
-    presets = build(run_dir, tmp_path / "report")["presets"]
-    points = marks(presets, "circle")
-    assert sorted((c.get("data-preset"), c.get("data-seed")) for c in points) == sorted(
-        (p, s) for p in PRESETS for s in SEEDS
-    )
-    (awq,) = marks(presets, "circle", preset="awq", seed="1")
-    (record,) = marks(presets, "circle", preset="record", seed="1")
-    assert float(awq.get("cx")) > float(record.get("cx"))  # more bytes lie further right
+def test_presets_plot_has_a_point_per_preset_and_seed(run_dir):
+    fig = figures(run_dir, list(SEEDS), PRESETS)["presets"]
+    total = sum(STREAMS.values()) + 20_000
+    for p, preset in enumerate(PRESETS):
+        (points,) = artists(fig, f"presets/{preset}")
+        finals = [json.loads((run_dir / f"seed{s}/quant/{preset}/eval.json").read_text())["final_bpb"] for s in SEEDS]
+        offsets = points.get_offsets()
+        assert list(offsets[:, 0]) == [total + 4000 * p] * len(SEEDS)
+        assert list(offsets[:, 1]) == pytest.approx(finals)
 
 
 def test_missing_eval_names_the_file(run_dir, tmp_path):
@@ -114,8 +131,3 @@ def test_missing_eval_names_the_file(run_dir, tmp_path):
     with pytest.raises(PgolfError, match="seed2/quant/awq/eval.json"):
         build(run_dir, tmp_path / "report")
     assert not (tmp_path / "report" / "bpb.svg").exists()
-
-
-def test_nice_ticks():
-    assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
-    assert nice_ticks(1.0512, 1.0731) == pytest.approx([1.055, 1.06, 1.065, 1.07])

@@ -33,8 +33,9 @@ def inputs(tmp_path_factory):
     pkg = tmp / "src" / "pgolf"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "runall.py").write_text("def run_all(config):\n    pass\n")
     config = {"quant": {"presets": {"record": {}}}}
-    (tmp / "train_gpt.py").write_text(codepack.build_script(config, "record", package_dir=pkg))
+    (tmp / "train_gpt.py").write_bytes(codepack.build_script(config, "record", package_dir=pkg))
     return tmp
 
 
@@ -75,8 +76,8 @@ def test_cli_over_cap_is_one_line(inputs, monkeypatch):
     # A cap of 16,000,000 cannot be crossed with a small file, so make train_gpt.py huge instead (sparse write).
     big = inputs / "big" / "train_gpt.py"
     big.parent.mkdir()
-    text = (inputs / "train_gpt.py").read_text()
-    with open(big, "w") as f:
+    text = (inputs / "train_gpt.py").read_bytes()
+    with open(big, "wb") as f:
         f.write(text)
         f.truncate(16_000_000)
     cmd = [sys.executable, "-m", "pgolf.sizecheck", *args(inputs, "cli.json")]
@@ -90,7 +91,7 @@ def test_cli_over_cap_is_one_line(inputs, monkeypatch):
 def test_bad_inputs(inputs, tmp_path):
     (tmp_path / "model.pgrp").write_bytes((inputs / "model.pgrp").read_bytes() + b"!")
     (tmp_path / "pack.json").write_text((inputs / "pack.json").read_text())
-    (tmp_path / "train_gpt.py").write_text((inputs / "train_gpt.py").read_text())
+    (tmp_path / "train_gpt.py").write_bytes((inputs / "train_gpt.py").read_bytes())
     with pytest.raises(PgolfError, match="model.pgrp: sha256 .* differs from"):
         sizecheck.main(args(tmp_path))
     (tmp_path / "model.pgrp").write_bytes((inputs / "model.pgrp").read_bytes())

@@ -29,7 +29,7 @@ def test_regularized_beta_symmetry():
 
 
 def test_acceptance_of_upstream_1855_against_1810():
-    # the three #1855 seeds of reference/upstream-1855/submission.json against the then leaderboard's 1.0810
+    # the three seeds of PR #1855's submission.json against the then leaderboard's 1.0810
     losses, bpbs = [2.31944212, 2.32239991, 2.32423994], [1.05989454, 1.06124613, 1.06208695]
     result = acceptance(losses, bpbs, 1.0810)
     assert result["delta_nats"] == pytest.approx(-0.04359, abs=2e-4)

@@ -180,3 +180,13 @@ def test_missing_input_and_bad_tokenizer(tmp_path, small_model):
     )
     with pytest.raises(PgolfError, match=r"plain.model: .*not the CaseOps operators"):
         tok.main(["--config", config(tmp_path), "--tokenizer", f"{plain}.model", "--out", str(tmp_path / "m.json")])
+
+
+def test_tokenizer_outside_the_dataset_folder_is_refused(tmp_path, small_model):
+    elsewhere = tmp_path / "elsewhere" / "tokenizer.model"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(small_model.read_bytes())
+    out = tmp_path / "data" / "manifest.json"
+    with pytest.raises(PgolfError, match=r"elsewhere/tokenizer.model: the tokenizer must lie in the dataset folder"):
+        tok.main(["--config", config(tmp_path), "--tokenizer", str(elsewhere), "--out", str(out)])
+    assert not out.exists()

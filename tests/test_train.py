@@ -5,8 +5,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,14 +130,30 @@ def test_resumed_run_ends_with_the_same_weights(uninterrupted, data, tmp_path):
     assert any(r["event"] == "resume" and r["step"] == 4 for r in log)
 
 
-def test_two_gloo_ranks_match_one_process(uninterrupted, data, tmp_path):
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pgolf.train",
-           *args(config(tmp_path), data, out)]
+def launch(ranks, cfg, data, out, *extra):
+    """The training stage as the rules start it (pgolf.launch: torchrun with `ranks` gloo ranks), in its own
+    session so that a test can kill the whole process tree."""
+    cmd = [sys.executable, "-m", "pgolf.launch", "--gpus", "0", "--cpu-procs", str(ranks), "--", "-m", "pgolf.train",
+           *args(cfg, data, out, *extra)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    one, two = torch.load(uninterrupted / "model.pt"), torch.load(out / "model.pt")
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc):
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-4000:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("two")
+    finish(launch(2, config(tmp), data, tmp / "out"))
+    return tmp / "out"
+
+
+def test_two_gloo_ranks_match_one_process(uninterrupted, two_ranks):
+    one, two = torch.load(uninterrupted / "model.pt"), torch.load(two_ranks / "model.pt")
     assert two["train"]["world_size"] == 2 and two["train"]["accum_steps"] == 4
     assert two["train"]["tokens"] == one["train"]["tokens"]
     assert two["train"]["final_loss"] == pytest.approx(one["train"]["final_loss"], abs=1e-4)
@@ -201,6 +219,92 @@ def test_lr_ramps_after_a_sequence_length_change(data, tmp_path):
                 for k in range(STEPS)]
     assert [r["lr_mult"] for r in steps] == pytest.approx(expected, abs=1e-5)
     assert steps[5]["lr_mult"] == pytest.approx(lr_multiplier(0.5, *warmdown) / 4, abs=1e-5)
+
+
+def sigkill_after_a_checkpoint(ranks, cfg, data, out):
+    """Start training, SIGKILL its whole process tree (launcher, torchrun agent, ranks) from outside as soon as a
+    checkpoint exists; return the step that checkpoint holds."""
+    proc = launch(ranks, cfg, data, out)
+    path = checkpoint.checkpoint_path(out)
+    deadline = time.monotonic() + 240
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "the run finished before the kill: use more steps"
+    return torch.load(path, weights_only=True)["step"]
+
+
+def assert_bitwise(want, got):
+    a, b = torch.load(want / "model.pt")["state_dict"], torch.load(got / "model.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for name, t in a.items():
+        assert torch.equal(t, b[name]), name
+
+
+def test_sigkill_then_resume_is_bitwise_one_rank(uninterrupted, data, tmp_path):
+    cfg, out = config(tmp_path, checkpoint_minutes=1e-9), tmp_path / "out"  # a checkpoint after every step
+    step = sigkill_after_a_checkpoint(1, cfg, data, out)
+    assert 0 < step < STEPS
+    finish(launch(1, cfg, data, out))
+    assert_bitwise(uninterrupted, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumes"][0] == {"step": step, "from_world_size": 1, "world_size": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "model.pt", "summary.json"]  # no temporaries
+
+
+def test_sigkill_then_resume_is_bitwise_two_ranks_and_allowed_on_one(two_ranks, data, tmp_path):
+    cfg, out = config(tmp_path, checkpoint_minutes=1e-9), tmp_path / "out"
+    step = sigkill_after_a_checkpoint(2, cfg, data, out)
+    assert 0 < step < STEPS
+    shutil.copytree(out, tmp_path / "other")
+    finish(launch(2, cfg, data, out))
+    assert_bitwise(two_ranks, out)
+    # the same checkpoint resumed on one rank: allowed, logged, recorded
+    main(args(cfg, data, tmp_path / "other"))
+    summary = json.loads((tmp_path / "other" / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == STEPS
+    assert summary["resumes"][0] == {"step": step, "from_world_size": 2, "world_size": 1}
+    resume = next(r for r in records(tmp_path / "other") if r["event"] == "resume")
+    assert (resume["from_world_size"], resume["world_size"]) == (2, 1)
+
+
+def test_one_trainer_per_out_dir_and_a_killed_one_leaves_nothing_in_the_way(data, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pgolf.train", *args(config(tmp_path, steps=10**6), data, out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = out / ".train.lock"
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text().strip()):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        with pytest.raises(PgolfError, match=rf"{out}: another trainer \(pid {first.pid}\) is running in this folder"):
+            main(args(config(tmp_path, steps=10**6), data, out, "--stop-after-step", "1"))
+    finally:
+        first.kill()
+        first.wait()
+    # what a writer killed mid-rename leaves: the next trainer sweeps its own kinds, nothing else
+    for name in (".checkpoint.pt.k1d2.tmp", ".model.pt.x9.tmp", ".hessians.pt.h7.tmp"):
+        (out / name).write_bytes(b"partial")
+    main(args(config(tmp_path, steps=10**6), data, out, "--stop-after-step", "1"))
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tmp") == [".hessians.pt.h7.tmp"]
+    assert checkpoint.checkpoint_path(out).exists() and not (out / ".train.lock").exists()
+
+
+def test_resume_refuses_another_data_manifest(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = tmp_path / "out"
+    main(args(config(tmp_path), copy, out, "--stop-after-step", "1"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"]["train"] = manifest["shards"]["train"][:2]  # other data, same model and train config
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PgolfError, match="checkpoint of a different model/train config, seed or data manifest"):
+        main(args(config(tmp_path), copy, out))
 
 
 def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):

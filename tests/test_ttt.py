@@ -13,7 +13,7 @@ import torch
 from pgolf.bpb import ValData
 from pgolf.dist import Dist
 from pgolf.model import GPT, ModelConfig
-from pgolf.ttt import PhasedTTT, TTTConfig, batch_queue, chunk_sizes, phase_boundaries, split_documents
+from pgolf.ttt import PhasedTTT, TTTConfig, batch_chunk, batch_queue, chunk_sizes, phase_boundaries, split_documents
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,3 +260,28 @@ def test_warmup_compiles_every_shape_the_timed_eval_runs():
     assert compiled_graphs() == before
     assert compiled.totals["scored"] == eager.totals["scored"] == val.targets
     assert compiled.totals["val_loss"] == pytest.approx(eager.totals["val_loss"], rel=1e-6)
+
+
+def test_a_batch_uses_its_longest_documents_chunk(monkeypatch):
+    cfg = TTTConfig(chunk_size=64, short_doc_chunks=[[256, 16], [2000, 32]])  # #2140's 256:16,2000:32
+    assert batch_chunk(np.array([100, 300]), cfg) == 32 and batch_chunk(np.array([100, 256]), cfg) == 16
+    assert batch_chunk(np.array([40, 2001]), cfg) == 64
+    val = corpus(n_docs=12, max_len=90)
+    widths = []
+    original = PhasedTTT._layout
+
+    def record(self, starts, j0, j1, width):
+        widths.append(width)
+        return original(self, starts, j0, j1, width)
+
+    monkeypatch.setattr(PhasedTTT, "_layout", record)
+    ttt = PhasedTTT(tiny_model(), val, TTTConfig(**{**SMALL, "short_doc_chunks": [[50, 4]]}), CPU)
+    result = ttt.run(None, boost=2.625)
+    assert result.totals["scored"] == val.targets
+    expected = []
+    for docs in ttt.queue:  # each batch's steps all run at the width of its longest document
+        longest = int(ttt.lengths[docs].max())
+        width = 4 if longest <= 50 else 16
+        expected += [width] * -(-(longest - 1) // width)
+    assert widths == expected and {4, 16} <= set(widths)
+    assert any(ttt.lengths[docs].min() <= 50 < ttt.lengths[docs].max() for docs in ttt.queue)  # a mixed batch

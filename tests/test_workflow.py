@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import yaml
+
 from conftest import ROOT, copy_workflow, snakemake
 
 
@@ -50,3 +52,44 @@ def test_schema_violation_stops_snakemake(tmp_path):
     proc = snakemake(workdir, "-n", "--configfile", "bad.yaml", check=False)
     assert proc.returncode != 0
     assert "'ftp' is not one of" in proc.stdout
+
+
+SAFE_PLACEHOLDERS = {"threads", "params.launch", "params.ranks"}  # integers and the launcher prefix built from them
+FIELD = r"(?<!\{)\{([^{}]+)\}(?!\})"
+
+
+def test_every_shell_field_is_quoted():
+    """Every rule's shell is the stage table's command (pgolf.stages.shell_args) behind a launcher prefix: each
+    value a stage takes is quoted with `:q`, and the prefixes hold only integers and the launcher."""
+    from pgolf import stages
+
+    fields = [f for name in stages.STAGES for f in re.findall(FIELD, stages.shell_args(name))]
+    assert len(fields) > 40  # the stage table's commands were read
+    assert [f for f in fields if not f.endswith(":q")] == []
+    common = (ROOT / "rules" / "common.smk").read_text()
+    prefixes = re.findall(r'^(?:LAUNCH|OMP_LAUNCH) = \(?\s*((?:"[^"]*"\s*)+)', common, re.M)
+    assert len(prefixes) == 2
+    assert set(re.findall(FIELD, "".join(prefixes))) <= SAFE_PLACEHOLDERS
+    shells = [s for path in sorted((ROOT / "rules").glob("*.smk"))
+              for s in re.findall(r"^\s*shell:\n\s*(.+)$", path.read_text(), re.M)]
+    assert len(shells) > 10 and [s for s in shells if not s.startswith("stage_shell(")] == []
+
+
+def test_metacharacter_artifact_path_is_one_argument(tmp_path):
+    """The schema refuses such a name; with its pattern lifted, the quoted rule still passes it as one argument."""
+    name = "a$(touch PWNED)b;touch PWNED2 `touch PWNED3`.pgrp"
+    workdir = copy_workflow(tmp_path)
+    (workdir / name).write_bytes(b"not a pgrp")
+    overlay = workdir / "artifact.yaml"
+    overlay.write_text(yaml.safe_dump({"eval": {"artifact": name}}))
+    refused = snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml", "artifact.yaml", check=False)
+    assert refused.returncode != 0 and "does not match" in refused.stdout
+    assert "On instance['eval']['artifact']" in refused.stdout
+    schema = workdir / "workflow/schemas/eval.schema.yaml"
+    schema.write_text(re.sub(r"\n\s*pattern: .*# a path.*", "", schema.read_text()))
+    proc = snakemake(workdir, "results/smoke/artifact/model.pgrp", "--configfile", "recipes/smoke.yaml",
+                     "artifact.yaml", check=False)
+    assert proc.returncode != 0  # the blob is not a .pgrp
+    assert not list(workdir.glob("PWNED*")), "the shell ran a command from the path"
+    log = (workdir / "logs/artifact_index/smoke.log").read_text()
+    assert f"{name}: not a PGRP container" in log

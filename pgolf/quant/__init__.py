@@ -1,4 +1,4 @@
-"""Post-training quantization of the record stack: GPTQ + SDClip, AWQ-lite, LQER (record-stack.md §5-§6)."""
+"""Post-training quantization of the record stack: GPTQ + SDClip, AWQ-lite, LQER (docs/record-stack.md §5-§6)."""
 
 from .dequant import dequantize, dequantize_state
 from .gptq import gptq_quantize

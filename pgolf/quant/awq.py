@@ -1,4 +1,4 @@
-"""AWQ-lite (record-stack.md §6.2): the globally most salient column groups get int8 inside the GPTQ pass.
+"""AWQ-lite (docs/record-stack.md §6.2): the globally most salient column groups get int8 inside the GPTQ pass.
 
 Saliency of input column c = act_rms[c] · mean over rows of |W[:, c]|; a group of `group` consecutive columns
 scores the sum of its columns' saliency (a last, shorter group counts too); the top-k groups over all eligible

@@ -1,4 +1,4 @@
-"""GPTQ with SDClip scales (record-stack.md §5.2), optionally with AWQ-lite int8 column groups in the same pass (§6.2).
+"""GPTQ with SDClip scales (docs/record-stack.md §5.2), optionally with AWQ-lite int8 column groups in the same pass (§6.2).
 
 Columns are quantized one at a time in act-order (descending diag H); each column's rounding error, divided by the
 matching diagonal of the upper Cholesky factor of H⁻¹, is pushed onto the not yet quantized columns, first inside

@@ -1,4 +1,4 @@
-"""LQER (record-stack.md §6.1): a low-rank correction Â·B̂ of a quantized tensor's error E = W − Ŵ.
+"""LQER (docs/record-stack.md §6.1): a low-rank correction Â·B̂ of a quantized tensor's error E = W − Ŵ.
 
 E ≈ A·B from the rank-r SVD (A = U_r·diag(S_r), B = V_rᵀ). Asymmetric packing: A in int2 [-2, 1] with one fp16 scale
 max|A|/1.5, B in int4 [-8, 7] in groups of g over the flattened B with fp16 scales max|group|/7.5. When B's size is
@@ -59,3 +59,40 @@ def correction(mode: str, factors: dict) -> torch.Tensor:
         A = a.float() * a_scale.float().unsqueeze(1)
         B = b.float() * b_scale.float().unsqueeze(1)
     return A @ B
+
+
+def asym_bytes(rows: int, cols: int, rank: int, group: int) -> int:
+    """Bytes #1935's adaptive allocator charges a rank-r asymmetric correction: A int2 plus one fp16 scale,
+    B int4 plus one fp16 scale per group (the formula holds even where the tensor falls back to sym packing)."""
+    return rows * rank * 2 // 8 + 2 + rank * cols * 4 // 8 + (rank * cols // group) * 2
+
+
+def adaptive_ranks(errors: dict, ranks: list[int], budget_bytes: int, group: int) -> dict[str, int]:
+    """LQER_ADAPTIVE (#1935): a rank per tensor under a byte budget, instead of the top-k tensors at one rank.
+
+    Every (tensor, candidate rank) is an option worth its marginal SVD energy over the tensor's previous candidate
+    rank per marginal byte. Options are visited best first (ties in `errors` order); a tensor not yet chosen takes
+    the option's rank if its full cost fits the remaining budget, a chosen one moves up to it if the extra cost fits.
+    """
+    ranks = sorted({int(r) for r in ranks})
+    options = []
+    for name, E in errors.items():
+        S = torch.linalg.svd(E.float(), full_matrices=False)[1]  # #1935 ranks by these singular values
+        rows, cols = E.shape
+        prev_energy, prev_cost = 0.0, 0
+        for r in ranks:
+            rr = min(r, S.numel())
+            energy = float((S[:rr] ** 2).sum())
+            cost = asym_bytes(rows, cols, rr, group)
+            options.append(((energy - prev_energy) / max(cost - prev_cost, 1), name, rr, cost))
+            prev_energy, prev_cost = energy, cost
+    options.sort(key=lambda o: -o[0])  # stable: equal gains keep tensor, then rank, order
+    chosen, remaining = {}, budget_bytes
+    for _, name, r, cost in options:
+        if name in chosen:
+            cur_r, cur_cost = chosen[name]
+            if r > cur_r and cost - cur_cost <= remaining:
+                chosen[name], remaining = (r, cost), remaining - (cost - cur_cost)
+        elif cost <= remaining:
+            chosen[name], remaining = (r, cost), remaining - cost
+    return {name: r for name, (r, _) in chosen.items()}

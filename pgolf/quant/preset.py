@@ -3,7 +3,7 @@
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..config import from_dict
+from ..stageconfig import from_dict
 from ..errors import PgolfError
 
 
@@ -33,6 +33,14 @@ class LqerSpec:
     rank: int = 4
     group: int = 64
     asym: bool = True
+    adaptive: bool = False  # LQER_ADAPTIVE (#1935): ranks per tensor under budget_bytes, not top_k at one rank
+    budget_bytes: int = 60000
+    ranks: list[int] = field(default_factory=lambda: [4, 6, 8, 10])  # candidate ranks of the adaptive allocator
+
+
+@dataclass
+class GateSpec:
+    int8: bool = True  # GATED_ATTN_QUANT_GATE: attention gates int8 per row (#1855); false keeps them fp16 (#2123)
 
 
 @dataclass
@@ -42,22 +50,6 @@ class AwqSpec:
     group: int = 64
 
 
-PACK_FORMATS = ("pgrp", "lzma")
-
-
-@dataclass
-class PackSpec:
-    """How the pack stage stores this preset: the PGRP container (#1855), or #1512's lzma (preset 9) of the
-    torch-saved state, with int6 codes zeroed until it fits prune_target_bytes (null: no pruning)."""
-
-    format: str = "pgrp"
-    prune_target_bytes: int | None = None
-
-    def __post_init__(self):
-        if self.format not in PACK_FORMATS:
-            raise PgolfError(f"quant preset: pack.format {self.format!r} is not one of {PACK_FORMATS}; fix the preset")
-        if self.prune_target_bytes is not None and (self.format != "lzma" or self.prune_target_bytes < 1):
-            raise PgolfError("quant preset: pack.prune_target_bytes needs pack.format lzma and a positive byte count")
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Preset:
     gptq: GptqSpec = field(default_factory=GptqSpec)
     lqer: LqerSpec = field(default_factory=LqerSpec)
     awq: AwqSpec = field(default_factory=AwqSpec)
-    pack: PackSpec = field(default_factory=PackSpec)
+    gates: GateSpec = field(default_factory=GateSpec)
     embed_plain_int8: bool = False  # #1512: tok_emb in int8 rows (clipped at a |w| quantile), without GPTQ
 
     def __post_init__(self):
@@ -82,6 +74,11 @@ class Preset:
                     f"quant preset: {name} needs 2 <= bits <= 8 (int8 storage) and clip_sigmas > 0, "
                     f"got {dataclasses.asdict(spec)}; fix the preset in config.yaml"
                 )
+        if self.lqer.adaptive and (self.lqer.budget_bytes < 0 or not self.lqer.ranks or min(self.lqer.ranks) < 1):
+            raise PgolfError(
+                f"quant preset: lqer.adaptive needs budget_bytes >= 0 and a non-empty list of ranks >= 1, got "
+                f"budget_bytes={self.lqer.budget_bytes} ranks={self.lqer.ranks}; fix the preset in config.yaml"
+            )
 
     @classmethod
     def parse(cls, values: dict | None, where: str = "quant preset") -> "Preset":
@@ -90,7 +87,7 @@ class Preset:
         default = cls()
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, pack, embed_plain_int8")
+            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, gates, embed_plain_int8")
         parts = {}
         for f in dataclasses.fields(cls):
             base = getattr(default, f.name)

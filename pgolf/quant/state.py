@@ -1,10 +1,10 @@
-"""Quantize a whole unbanked state (record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
+"""Quantize a whole unbanked state (docs/record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
 
 Routing: the quantized matrices (tok_emb and every attention / MLP matrix, the ones the Hessians cover) go
-through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row; the #1019
-base's BigramHash and value-embedding tables are int8 per row as #1512 stores them (rows clipped at their
-99.99984th percentile of |w|); every other float tensor of at most 65,536 elements is kept in fp16. Anything else
-has no storage rule and is an error.
+through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row (fp16 with the
+preset's gates.int8 off, as #2123); the #1019 base's BigramHash and value-embedding tables are int8 per row as #1512
+stores them (rows clipped at their 99.99984th percentile of |w|); every other float tensor of at most 65,536
+elements is kept in fp16. Anything else has no storage rule and is an error.
 """
 
 import re
@@ -72,8 +72,8 @@ def int8_rows_clipped(W: torch.Tensor):
     return q, scale.to(torch.float16)
 
 
-def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
-    if is_gate(name, t):
+def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict, gate_int8: bool):
+    if gate_int8 and is_gate(name, t):
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = _int8_rows(t)
         meta[name] = dequant.INT8_ROW
     elif name in TABLES_1019 or name == "tok_emb.weight":  # the latter only with preset.embed_plain_int8
@@ -91,7 +91,7 @@ def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict):
 
 
 def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu"):
-    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in SPEC.md's quantized.pt."""
+    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in docs/contracts.md's quantized.pt."""
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
@@ -101,7 +101,7 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     tensors, meta, rows = {}, {}, {}
     for name, t in unbanked_state.items():  # the cheap tensors first: a tensor without a storage rule fails fast
         if name not in matrices:
-            _small_tensor(name, t.detach().cpu(), tensors, meta)
+            _small_tensor(name, t.detach().cpu(), tensors, meta, preset.gates.int8)
             rows[name] = {"storage": meta[name], "shape": list(t.shape)}
 
     awq_picks = []
@@ -144,14 +144,18 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     lqer_picks = []
     if preset.lqer.enabled:
         spec = preset.lqer
-        lqer_picks = sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]
+        if spec.adaptive:
+            ranks = lqer.adaptive_ranks(errors, spec.ranks, spec.budget_bytes, spec.group)
+        else:
+            ranks = {n: spec.rank for n in sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]}
+        lqer_picks = list(ranks)
         for name in lqer_picks:
-            mode, factors = lqer.fit(errors[name], spec.rank, spec.group, spec.asym)
+            mode, factors = lqer.fit(errors[name], ranks[name], spec.group, spec.asym)
             tensors.update({f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()})
             meta[name] += f"+{mode}"
             E = matrices[name].to(device, torch.float32) - dequant.dequantize_tensor(tensors, meta[name], name).to(device)
             rows[name].update(
-                lqer=mode, frob_error=float(E.norm()), h_error=h_weighted_error(E, hessians[name].to(device))
+                lqer=mode, lqer_rank=ranks[name], frob_error=float(E.norm()), h_error=h_weighted_error(E, hessians[name].to(device))
             )
 
     for name in matrices:
