@@ -298,7 +298,7 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(min(len(enc), len(dec)), d))
         if c.skip_gates:
             self.skip_gates = nn.Parameter(torch.zeros(min(len(enc), len(dec)), d))
-        if c.parallel_residual == "lanes":
+        if c.parallel_start_layer is not None and c.parallel_residual == "lanes":
             self.parallel_post_lambdas = nn.Parameter(torch.ones(n, 2, 2))  # [layer, attn|mlp, lane]
             self.parallel_resid_lambdas = nn.Parameter(torch.full((n, 2), 1.1))
         if c.smear_gate:

@@ -566,7 +566,11 @@ def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
     return {"tensors": state["w"], "meta": state["m"], "config": state["c"]}
 
 
-def pack_as(quantized_state: dict, compressor: str, prune_target_bytes: int | None = None) -> tuple[bytes, int | None]:
+def pack_as(quantized_state: dict, compressor: str, prune_target_bytes: int | None = None) -> bytes:
+    return pack_counted(quantized_state, compressor, prune_target_bytes)[0]
+
+
+def pack_counted(quantized_state: dict, compressor: str, prune_target_bytes: int | None) -> tuple[bytes, int | None]:
     """(blob, int6 codes zeroed: lzma_pruned only, else None)."""
     if compressor not in COMPRESSORS:
         raise PgolfError(f"pack compressor {compressor!r} is not one of {COMPRESSORS}; fix pack.compressor")
@@ -686,7 +690,7 @@ def main(argv=None):
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
     start = time.perf_counter()
-    data, pruned = pack_as(state, args.compressor, args.prune_target)
+    data, pruned = pack_counted(state, args.compressor, args.prune_target)
     seconds = time.perf_counter() - start
     info = {
         "compressor": args.compressor,
