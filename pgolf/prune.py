@@ -129,6 +129,6 @@ def prune_to_target(state: dict, target_bytes: int, size: Callable[[dict], int])
     if size(pruned) > target_bytes:
         raise PgolfError(
             f"pack: zeroing all {len(order)} int6 codes still leaves {size(pruned):,} bytes, over the pruning "
-            f"target of {target_bytes:,}; raise the preset's prune_target_bytes or quantize to fewer bits"
+            f"target of {target_bytes:,}; raise pack.prune_target_bytes or quantize to fewer bits"
         )
     return lo, pruned

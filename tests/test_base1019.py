@@ -17,6 +17,7 @@ from pgolf.model import GPT, ModelConfig, Rotary
 from pgolf.optim import EMA
 from pgolf.pko import partial_key_offset
 from pgolf.qat import fake_quant_int6
+from pgolf.shards import BOS_ID
 
 TINY_1019 = dict(
     vocab_size=64, num_layers=4, xsa_last_n=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=3.0, rope_dims=4,
@@ -233,3 +234,25 @@ def test_wallclock_warmdown_is_1512s_lr_mul():
     assert [lr_schedule(steps, s, 0.0) for s in (0, 20, 21, 55, 59)] == pytest.approx([1, 1, 39 / 40, 5 / 40, 1 / 40])
     record = TrainConfig()
     assert lr_schedule(record, 10, 599.0) == pytest.approx(max((1 - 599 / 599.5) / 0.85, 0.1))
+
+
+def test_cross_document_smear_and_key_offset_restart_per_segment():
+    # #1512's rows and windows run across documents: the per-dimension smear and the key offset carry over a BOS
+    # and restart only where attention does (each max_seqlen piece); isolated documents stop at every BOS.
+    cfg = ModelConfig(**dict(TINY_1019, cross_document=True))
+    ids = torch.randint(2, 64, (1, 8))
+    ids[0, 3] = BOS_ID
+    model = GPT(cfg)
+    stops = model._carry_stops(ids, model.layout(ids, max_seqlen=4))
+    assert stops.tolist() == [[True, False, False, False, True, False, False, False]]
+    isolated = GPT(ModelConfig(**TINY_1019))
+    assert torch.equal(isolated._carry_stops(ids, isolated.layout(ids)), ids == BOS_ID)
+
+    torch.manual_seed(5)
+    model = perturbed(cfg).eval()
+    changed = ids.clone()
+    changed[0, 2] = 2 + (int(ids[0, 2]) - 1) % 62  # another token before the BOS
+    whole, whole_changed = model.hidden(ids, max_seqlen=8), model.hidden(changed, max_seqlen=8)
+    assert not torch.allclose(whole[0, 3], whole_changed[0, 3])  # the BOS position sees its predecessor
+    pieces, pieces_changed = model.hidden(ids, max_seqlen=4), model.hidden(changed, max_seqlen=4)
+    assert torch.equal(pieces[0, 4:], pieces_changed[0, 4:])  # nothing crosses into the next piece
