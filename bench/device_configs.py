@@ -7,8 +7,8 @@ bench/gpu_experiment.sh and bench/gpu_evaluate.sh run the DAG's stages as `pytho
 GPU machine, which lacks jsonschema and Snakemake. This script merges config.yaml and the overlays (validated, with
 the schema defaults filled: `pgolf.config.resolve`, exactly as the Snakefile does) and writes into --out the JSON
 each stage's `--config` takes, built as rules/common.smk builds the rules' params: stage_config(*sections) for the
-data, audit, train, hessians and eval stages, quant_config() for quantize, code_config() (pgolf.codepack's
-narrowing) for code. vars.sh beside them holds the names and paths the scripts need (dataset, run, seed, preset,
+data, hessians and eval stages, data_audit_config() for audit_data, train_config() for train, quant_config() for
+quantize, code_config() (pgolf.codepack's narrowing) for code. vars.sh beside them holds the names and paths the scripts need (dataset, run, seed, preset,
 GPUs, ranks).
 """
 
@@ -28,6 +28,21 @@ from pgolf.config import resolve  # noqa: E402
 def stage_config(config: dict, *sections) -> str:
     """rules/common.smk stage_config(): the sections a stage reads, sorted."""
     return json.dumps({s: config[s] for s in sections}, sort_keys=True)
+
+
+def data_audit_config(config: dict) -> str:
+    """rules/common.smk data_audit_config(): data and audit less audit.strict."""
+    audit = {k: v for k, v in config["audit"].items() if k != "strict"}
+    return json.dumps({"data": config["data"], "audit": audit}, sort_keys=True)
+
+
+def train_config(config: dict) -> str:
+    """rules/common.smk train_config(): model, train, hardware and the eval keys of the last-step raw val."""
+    from pgolf.train import RAW_VAL_KEYS
+
+    sections = {s: config[s] for s in ("model", "train", "hardware")}
+    sections["eval"] = {k: config["eval"][k] for k in RAW_VAL_KEYS}
+    return json.dumps(sections, sort_keys=True)
 
 
 def quant_config(config: dict, preset: str) -> str:
@@ -63,8 +78,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     configs = {
         "data": stage_config(config, "data"),  # tokenizer, tokenize
-        "audit": stage_config(config, "data", "audit"),  # audit_data
-        "train": stage_config(config, "model", "train", "hardware"),
+        "audit": data_audit_config(config),  # audit_data
+        "train": train_config(config),
         "hessians": stage_config(config, "hessians", "hardware"),
         "quantize": quant_config(config, preset),
         "code": code_config(config, preset),

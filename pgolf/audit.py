@@ -35,6 +35,7 @@ HEAD_IDS = 32  # ids kept per val document for the examples
 @dataclasses.dataclass
 class AuditConfig:
     max_overlap_fraction: float = 0.001
+    strict: bool = False  # the submission rule fails when a check of its audit.json fails (pgolf.submission)
 
 
 def _documents(paths):

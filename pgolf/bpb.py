@@ -23,13 +23,14 @@ class ValData:
     """The val token stream (from its first BOS) and the byte count of the target at each position."""
 
     tokens: np.ndarray  # int64 (N,)
-    position_bytes: np.ndarray  # int32 (N,); entries at BOS positions are never scored
+    position_bytes: np.ndarray  # int32 (N,); 0 at BOS positions (a BOS covers no text)
     docs: int
 
     @property
     def targets(self) -> int:
-        """Every non-BOS token is a target, predicted from its own document's prefix."""
-        return int((self.tokens != BOS_ID).sum())
+        """Every token after the first is a target, a BOS included: a document's last prediction is the next
+        document's BOS (0 bytes, its loss counts), as upstream's `_find_docs` spans end one past the next BOS."""
+        return max(int(self.tokens.size) - 1, 0)
 
 
 def sentencepiece_luts(model_path):
@@ -63,8 +64,15 @@ def lut_position_bytes(tokens: np.ndarray, luts) -> np.ndarray:
     return out
 
 
-def load_val(manifest_path, docs_limit=None) -> ValData:
-    """The val split cut to whole documents (optionally the first `docs_limit`), with per-position byte counts."""
+def truncated_length(n_tokens: int, seq_len: int) -> int:
+    """Upstream's `load_validation_tokens` (#1855, #2123): the stream cut to floor((N-1)/L)*L + 1 tokens, so the
+    targets fill whole `seq_len` windows."""
+    return (n_tokens - 1) // seq_len * seq_len + 1
+
+
+def load_val(manifest_path, docs_limit=None, truncate_seq_len=None) -> ValData:
+    """The val split cut to whole documents (optionally the first `docs_limit`), then, given `truncate_seq_len`,
+    to upstream's window multiple (`eval.truncate_tail`), with per-position byte counts."""
     tokens = load_split(manifest_path, "val").astype(np.int64)
     bos = np.flatnonzero(tokens == BOS_ID)
     if tokens.size == 0 or bos.size == 0 or bos[0] != 0:
@@ -73,6 +81,13 @@ def load_val(manifest_path, docs_limit=None) -> ValData:
             "document; re-run the data stage (tokenize or download)"
         )
     end = tokens.size if docs_limit is None or docs_limit >= bos.size else int(bos[docs_limit])
+    if truncate_seq_len is not None:
+        end = truncated_length(end, truncate_seq_len)
+        if end < 2:
+            raise PgolfError(
+                f"{manifest_path}: the val split holds fewer than eval.seq_len={truncate_seq_len} targets, so "
+                "eval.truncate_tail leaves nothing to score; set eval.truncate_tail to false or use more val documents"
+            )
     if shard_paths(manifest_path, "val_bytes"):
         sidecar = load_split(manifest_path, "val_bytes")
         if sidecar.size != tokens.size:
@@ -90,7 +105,7 @@ def load_val(manifest_path, docs_limit=None) -> ValData:
         if luts[0].size != vocab:
             raise PgolfError(f"{path}: {luts[0].size} pieces but the manifest says vocab_size {vocab}; re-tokenize")
         position_bytes = lut_position_bytes(tokens[:end], luts)
-    docs = int(min(bos.size, docs_limit if docs_limit is not None else bos.size))
+    docs = int(np.count_nonzero(bos < end))
     return ValData(tokens=tokens[:end], position_bytes=position_bytes, docs=docs)
 
 
@@ -115,7 +130,12 @@ class Totals:
         }
 
 
-def windows(n_tokens: int, seq_len: int, stride=None, truncate_tail=False):
+def batch_seqs(batch_tokens: int, seq_len: int, world: int) -> int:
+    """Windows per rank and forward: VAL_BATCH_TOKENS over all ranks."""
+    return max(1, batch_tokens // (seq_len * world))
+
+
+def windows(n_tokens: int, seq_len: int, stride=None):
     """(context_start, first_target, end_target) per window; the scored target ranges tile [1, n_tokens).
 
     Non-overlapping (stride None): each window scores all its targets. Sliding: windows end `stride` targets
@@ -124,8 +144,6 @@ def windows(n_tokens: int, seq_len: int, stride=None, truncate_tail=False):
     spans, first = [], 1
     while first < n_tokens:
         end = min(first + (seq_len if stride is None or first == 1 else stride), n_tokens)
-        if truncate_tail and end - first < (seq_len if stride is None else stride):
-            break
         context = first - 1 if stride is None else max(0, end - 1 - seq_len)
         spans.append((context, first, end))
         first = end
@@ -133,8 +151,9 @@ def windows(n_tokens: int, seq_len: int, stride=None, truncate_tail=False):
 
 
 @torch.no_grad()
-def diagnostic_eval(model, val: ValData, seq_len: int, batch_seqs: int, dist, stride=None, truncate_tail=False):
-    """Score the val stream in windows (documents isolated by the model); returns the reduced totals.
+def diagnostic_eval(model, val: ValData, seq_len: int, batch_seqs: int, dist, stride=None):
+    """Score every target of the val stream in windows (documents isolated by the model); returns the reduced
+    totals. A BOS target is predicted from the end of the document before it, as in upstream's eval_val.
 
     Each rank takes a contiguous range of windows; windows are padded to `seq_len` so every forward has one
     shape. `model` may be a compiled wrapper; the model itself runs bf16 on CUDA.
@@ -142,7 +161,7 @@ def diagnostic_eval(model, val: ValData, seq_len: int, batch_seqs: int, dist, st
     device = dist.device
     tokens = torch.as_tensor(val.tokens, device=device)
     position_bytes = torch.as_tensor(val.position_bytes, device=device)
-    spans = windows(tokens.numel(), seq_len, stride, truncate_tail)
+    spans = windows(tokens.numel(), seq_len, stride)
     lo, hi = len(spans) * dist.rank // dist.world, len(spans) * (dist.rank + 1) // dist.world
     totals = Totals(device)
     offsets = torch.arange(seq_len, device=device)
@@ -158,7 +177,7 @@ def diagnostic_eval(model, val: ValData, seq_len: int, batch_seqs: int, dist, st
         valid = target_pos < end[:, None]
         ids = torch.where(valid, tokens[positions.clamp(max=tokens.numel() - 1)], PAD_ID)
         targets = torch.where(valid, tokens[target_pos.clamp(max=tokens.numel() - 1)], PAD_ID)
-        scored = valid & (target_pos >= first[:, None]) & (targets != BOS_ID)
+        scored = valid & (target_pos >= first[:, None])
         nll = model(ids, targets, reduction="none").float()
         totals.add(nll[scored], position_bytes[target_pos[scored]])
     return totals.reduced(dist)

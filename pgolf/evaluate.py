@@ -20,22 +20,23 @@ import time
 import numpy as np
 import torch
 
-from . import dist as pgdist
 from . import compile_cache, ngram
-from .bpb import ValData, diagnostic_eval, load_val
-from .stageconfig import from_dict, load_stage_config
+from . import dist as pgdist
+from .bpb import ValData, batch_seqs, diagnostic_eval, load_val
+from .cli import doc_summary
 from .dist import sync
 from .errors import PgolfError
 from .io import read_json, write_json
 from .model import GPT, ModelConfig, load_trained
 from .runlog import RunLog
-from .shards import BOS_ID
 from .sgd_ttt import SGDTTT
 from .sgd_ttt import check_coverage as sgd_check_coverage
+from .stageconfig import from_dict, load_stage_config
 from .ttt import PhasedTTT, TTTConfig
-from .cli import doc_summary
 
-FINEWEB_VAL_TARGETS = 47_851_520  # targets of the challenge's val set (docs/record-stack.md), the projection's scale
+# Targets of the challenge's val set under #1855's tail rule (its log's `val_tokens: 47851520`), the projection's
+# scale; #2140's untruncated stream has 47,853,343, a difference the projection need not tell apart.
+FINEWEB_VAL_TARGETS = 47_851_520
 TTT_MODES = ("lora", "sgd")
 PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
 
@@ -89,16 +90,12 @@ def prepare(model: GPT, dist) -> GPT:
     return model
 
 
-def batch_seqs(cfg: EvalConfig, dist) -> int:
-    return max(1, cfg.batch_tokens // (cfg.seq_len * dist.world))
-
-
 def score(model, val: ValData, cfg: EvalConfig, dist) -> dict:
     """The diagnostic eval (eager: it is outside the timer and takes seconds, less than compiling it would)."""
     result = diagnostic_eval(
-        model, val, cfg.seq_len, batch_seqs(cfg, dist), dist, cfg.sliding_stride, cfg.truncate_tail
+        model, val, cfg.seq_len, batch_seqs(cfg.batch_tokens, cfg.seq_len, dist.world), dist, cfg.sliding_stride
     )
-    if not cfg.truncate_tail and result["scored"] != val.targets:
+    if result["scored"] != val.targets:
         raise PgolfError(
             f"diagnostic eval scored {result['scored']} of {val.targets} val targets; this is a bug in "
             "pgolf.bpb (every target must be scored exactly once), report it"
@@ -111,11 +108,16 @@ def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
+def load_eval_val(manifest, cfg: EvalConfig) -> ValData:
+    """The val stream this run scores: its document limit, then its tail rule (`eval.truncate_tail`)."""
+    return load_val(manifest, cfg.val_docs_limit, cfg.seq_len if cfg.truncate_tail else None)
+
+
 def check_coverage(coverage: torch.Tensor, val: ValData) -> int:
-    """Every non-BOS target scored exactly once and nothing else: returns the scored count or fails."""
+    """Every target (stream positions 1..N-1) scored exactly once and position 0 never: returns the scored count
+    or fails."""
     coverage = coverage.cpu().numpy()
-    is_target = val.tokens != BOS_ID
-    wrong = int(np.count_nonzero(coverage[is_target] != 1)) + int(np.count_nonzero(coverage[~is_target]))
+    wrong = int(np.count_nonzero(coverage[1:] != 1)) + int(coverage[0] != 0)
     if wrong:
         raise PgolfError(
             f"TTT eval scored {wrong} positions not exactly once ({val.targets} targets); this is a bug in "
@@ -128,7 +130,7 @@ def run_prequant(args, config, dist, log):
     cfg = EvalConfig.parse(config.get("eval"))
     t0 = time.perf_counter()
     model = prepare(load_trained(args.model)[0], dist)
-    val = load_val(args.manifest, cfg.val_docs_limit)
+    val = load_eval_val(args.manifest, cfg)
     t1 = time.perf_counter()
     result = score(model, val, cfg, dist)
     sync(dist.device)
@@ -150,7 +152,7 @@ def run_artifact(args, config, dist, log):
     seconds = {}
     t0 = time.perf_counter()
     model = prepare(load_artifact(args.pgrp, args.pack_json), dist)
-    val = load_val(args.manifest, cfg.val_docs_limit)
+    val = load_eval_val(args.manifest, cfg)
     ttt = None
     if cfg.ttt.enabled and cfg.ttt.mode == "sgd":
         ttt = SGDTTT(model, val, cfg.ttt, cfg.seq_len, cfg.sliding_stride, cfg.truncate_tail, dist, compile=cfg.compile)
@@ -171,7 +173,7 @@ def run_artifact(args, config, dist, log):
         "prequant": {k: prequant[k] for k in ("val_loss", "val_bpb")} if prequant else None,
         "quantized": {k: quantized[k] for k in ("val_loss", "val_bpb")},
         "targets": val.targets,
-        "bytes": int(val.position_bytes[val.tokens != BOS_ID].sum()),
+        "bytes": int(val.position_bytes[1:].sum()),
         "val_docs": val.docs,
         "world": dist.world,
         "device": str(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else "cpu",

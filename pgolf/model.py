@@ -56,6 +56,7 @@ class ModelConfig:
     leaky_relu_slope: float = 0.5
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
+    embed_bf16: bool = True  # token embedding stored (and trained) in bf16, as upstream's GPT(h).bfloat16() leaves it
     logit_softcap: float = 30.0
     asym_logit_rescale: bool = False  # eval/TTT softcap with learned positive/negative caps (#1923)
     rope_dims: int = 16
@@ -322,12 +323,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self):
+        """Upstream's draws in upstream's order (#1855 `_init_weights`), so one torch.manual_seed gives the same
+        weights: Q, K and V of every layer in one loop, every MLP up matrix in a second; O and MLP down zero."""
         c, n = self.config, self.config.num_layers
         nn.init.normal_(self.tok_emb.weight, std=c.tied_embed_init_std)
         for i in range(n):
             nn.init.orthogonal_(self.qo_bank[i])
             nn.init.orthogonal_(self.kv_bank[i])
             nn.init.orthogonal_(self.kv_bank[n + i])
+        for i in range(n):
             nn.init.orthogonal_(self.mlp_up_bank[i])
         self.qo_bank[n:].zero_()
         self.mlp_down_bank.zero_()
@@ -339,6 +343,18 @@ class GPT(nn.Module):
             self.bigram.reset_parameters()
         if c.value_embed_layers:
             self.value_embed.reset_parameters()
+        self._round_through_bf16()
+
+    @torch.no_grad()
+    def _round_through_bf16(self):
+        """Upstream builds the model as GPT(h).bfloat16() and then restores fp32 storage (restore_fp32_params), so
+        every float parameter and buffer starts bf16-rounded (1.1 becomes 1.1015625; RoPE's inverse frequencies
+        too) and the token embedding stays bf16 (`embed_bf16`)."""
+        for p in self.parameters():
+            p.copy_(p.to(torch.bfloat16))
+        self.rotary.inv_freq.copy_(self.rotary.inv_freq.to(torch.bfloat16))
+        if self.config.embed_bf16:
+            self.tok_emb.weight.data = self.tok_emb.weight.data.to(torch.bfloat16)
 
     # ----- structure -----
     def layer_order(self) -> tuple[list[int], list[int]]:
@@ -584,11 +600,13 @@ class GPT(nn.Module):
     # ----- optimizer groups and the unbanked view -----
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """matrix: the 3-D banks (Muon); embed: token embedding (and an untied head), and #1019's BigramHash and
-        value-embedding tables (its token group); scalar: the rest (AdamW)."""
+        value-embedding tables (its token group); scalar: the rest (AdamW) but the learnable logit caps, which act
+        only at eval and, as upstream (#1923 lineage), sit in no group."""
         matrix = [getattr(self, b) for b in BANKS]
         embed = [self.tok_emb.weight] + ([] if self.config.tie_embeddings else [self.lm_head.weight])
         embed += [m.embed.weight for m in (getattr(self, "bigram", None), getattr(self, "value_embed", None)) if m]
-        taken = {id(t) for t in matrix + embed}
+        caps = [self.softcap_pos, self.softcap_neg] if self.config.asym_logit_rescale else []
+        taken = {id(t) for t in matrix + embed + caps}
         return {"matrix": matrix, "embed": embed, "scalar": [t for t in self.parameters() if id(t) not in taken]}
 
     def _unbanked_matrices(self) -> dict[str, tuple[str, int]]:

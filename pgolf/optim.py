@@ -15,7 +15,7 @@ import torch.distributed as torch_dist
 
 from .errors import PgolfError
 
-# Polar Express (5 iterations, one (a, b, c) each); matched with the 2% norm safety factor below.
+# Polar Express (5 iterations, one (a, b, c) each), as #1855 runs them (from #1344): no norm safety factor.
 POLAR_EXPRESS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -23,10 +23,11 @@ POLAR_EXPRESS = (
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
-POLAR_SAFETY = 1.02
 # The classic Muon quintic (#1493 and #1572): one (a, b, c) for every iteration, no safety factor.
 NEWTON_SCHULZ = (3.4445, -4.775, 2.0315)
 MUON_BACKENDS = ("polar_express", "newton_schulz")
+POLAR_EPS = 1e-7
+CLIP_SCOPES = ("local", "global")
 
 
 @dataclasses.dataclass
@@ -49,6 +50,14 @@ class OptimConfig:
     adam_beta2: float = 0.99
     adam_eps: float = 1e-8
     grad_clip: float = 0.3
+    grad_clip_scope: str = "local"  # local: each rank clips its own gradient before the average (#1855); global: after
+
+    def __post_init__(self):
+        if self.grad_clip_scope not in CLIP_SCOPES:
+            raise PgolfError(
+                f"config train.grad_clip_scope: {self.grad_clip_scope!r} is not one of {CLIP_SCOPES}; fix it in your "
+                "config"
+            )
 
 
 def polar_express(g: torch.Tensor) -> torch.Tensor:
@@ -57,7 +66,7 @@ def polar_express(g: torch.Tensor) -> torch.Tensor:
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the smaller Gram matrix
         x = x.mT
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) * POLAR_SAFETY + 1e-7)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + POLAR_EPS)
     for a, b, c in POLAR_EXPRESS:
         gram = x @ x.mT
         x = a * x + (b * gram + c * (gram @ gram)) @ x
@@ -107,7 +116,9 @@ class Optimizers:
     """Muon over `groups["matrix"]` (3-D banks) + AdamW over `groups["embed"]` and `groups["scalar"]`.
 
     Call `step(lr_mult, momentum)` after the backward passes of one global batch, with gradients that are each
-    rank's local mean; it averages them over ranks, clips the global norm and updates every parameter.
+    rank's local mean; it averages them over ranks, clips (`grad_clip_scope` local: each rank's gradient by its own
+    norm before the average, as #1855's loop without a DDP wrapper; global: the averaged gradient, as #1572) and
+    updates every parameter.
     """
 
     def __init__(self, groups: dict, cfg: OptimConfig, world: int = 1, rank: int = 0, compile_muon=False):
@@ -136,12 +147,27 @@ class Optimizers:
         for p in self.banks + self.replicated:
             p.grad = None
 
+    def _clip_scale(self, norm: torch.Tensor) -> torch.Tensor:
+        """torch.nn.utils.clip_grad_norm_'s factor: max_norm / (norm + 1e-6), at most 1."""
+        if self.cfg.grad_clip <= 0:
+            return torch.ones((), device=norm.device)
+        return (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+
     @torch.no_grad()
-    def step(self, lr_mult: float, momentum: float) -> torch.Tensor:
-        """Average, clip and apply one update; return the global gradient norm before clipping (0-d tensor,
-        not synchronized, so that logging decides when to wait for it)."""
-        shards = self._reduce_bank_grads()
-        flat = self._reduce_replicated_grads()
+    def _clip_local(self) -> torch.Tensor:
+        """Scale this rank's gradients by the clip factor of their own norm; return that norm."""
+        grads = [p.grad for p in self.banks + self.replicated if p.grad is not None]
+        sq = torch.zeros((), device=self._device(), dtype=torch.float32)
+        for g in grads:
+            sq += g.float().square().sum()
+        norm = sq.sqrt()
+        scale = self._clip_scale(norm)
+        for g in grads:
+            g.mul_(scale.to(g.dtype))
+        return norm
+
+    def _global_norm(self, shards, flat) -> torch.Tensor:
+        """Norm of the rank-averaged gradient: the bank shards' squares summed over ranks, plus the replicated."""
         sq = torch.zeros((), device=self._device(), dtype=torch.float32)
         for g in shards:
             sq += g.float().square().sum()
@@ -149,10 +175,21 @@ class Optimizers:
             torch_dist.all_reduce(sq)
         if flat is not None:
             sq += flat.float().square().sum()
-        norm = sq.sqrt()
-        scale = torch.ones((), device=norm.device)
-        if self.cfg.grad_clip > 0:
-            scale = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        return sq.sqrt()
+
+    @torch.no_grad()
+    def step(self, lr_mult: float, momentum: float) -> torch.Tensor:
+        """Average, clip and apply one update; return the gradient norm before clipping (this rank's local norm
+        for the local scope, the averaged gradient's for the global; 0-d tensor, not synchronized, so that logging
+        decides when to wait for it)."""
+        if self.cfg.grad_clip_scope == "local":
+            norm = self._clip_local()
+            shards, flat = self._reduce_bank_grads(), self._reduce_replicated_grads()
+            scale = torch.ones((), device=norm.device)
+        else:
+            shards, flat = self._reduce_bank_grads(), self._reduce_replicated_grads()
+            norm = self._global_norm(shards, flat)
+            scale = self._clip_scale(norm)
         self._muon_step(shards, scale, lr_mult, momentum)
         if flat is not None:
             flat.mul_(scale)

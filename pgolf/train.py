@@ -5,7 +5,9 @@
 
 Several ranks: `torchrun --standalone --nproc-per-node=N -m pgolf.train ...` (N divides 8; the global batch stays
 `train.batch_tokens` through 8 // N accumulated micro-steps). CFG (a resolved config, JSON text or path) holds the
-sections model, train, hardware and run. Writes model.pt ({"config", "state_dict": EMA weights fp32 by the unbanked
+sections model, train, hardware and run, and eval's window keys (RAW_VAL_KEYS): after the last step the raw
+(pre-EMA) weights are scored on the val split, as upstream logs it. The budget is wall clock from the first step
+to the last, logging, syncs and checkpoint saves included. Writes model.pt ({"config", "state_dict": EMA weights fp32 by the unbanked
 names, "train": summary}), summary.json and log.jsonl into the out dir. A checkpoint.pt there (written every
 `train.checkpoint_minutes`) is resumed automatically (also on another world size: logged, and listed under
 "resumes" in summary.json) and deleted once model.pt is written. One trainer at a time per out dir: rank 0 holds
@@ -29,21 +31,24 @@ import torch.distributed as torch_dist
 
 from . import checkpoint, compile_cache
 from . import dist as pdist
-from .stageconfig import from_dict, load_stage_config
+from .attention import segment_offsets
+from .bpb import batch_seqs, diagnostic_eval, load_val
+from .cli import doc_summary
 from .errors import PgolfError
 from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
-from .attention import segment_offsets
 from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
 from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
 from .shards import file_sha256, load_manifest, shard_paths
-from .cli import doc_summary
-
+from .stageconfig import from_dict, load_stage_config
 
 PACKINGS = ("rows", "stream")
 LOCK_NAME = ".train.lock"
 OUTPUTS = (checkpoint.NAME, "model.pt", "summary.json")  # what the trainer writes through atomic_path
+# The `eval` keys the raw weights' last-step val reads (the rule passes these alone, so an eval-only change does not
+# re-run training); pgolf.evaluate.EvalConfig holds their defaults.
+RAW_VAL_KEYS = ("seq_len", "batch_tokens", "sliding_stride", "truncate_tail", "val_docs_limit")
 
 
 @dataclasses.dataclass
@@ -68,6 +73,7 @@ class TrainConfig(OptimConfig):
     log_every: int = 500  # TRAIN_LOG_EVERY
 
     def __post_init__(self):
+        super().__post_init__()
         if self.packing not in PACKINGS:
             raise PgolfError(f"config train.packing: {self.packing!r} is not one of {PACKINGS}; fix it in your config")
         if self.schedule not in ("time", "steps"):
@@ -155,6 +161,18 @@ def check_inputs(model_cfg, cfg, manifest_path, audit_path):
         )
 
 
+def load_raw_val(manifest_path, window: dict | None):
+    """The val stream of the last-step raw-weights score (None without an `eval` section): its document limit and
+    tail rule as the eval stages cut it."""
+    if window is None:
+        return None
+    missing = [k for k in RAW_VAL_KEYS if k not in window]
+    if missing:
+        raise PgolfError(f"--config: eval lacks {missing}; pass a config resolved by `pgolf.config resolve`")
+    truncate = window["seq_len"] if window["truncate_tail"] else None
+    return load_val(manifest_path, window["val_docs_limit"], truncate)
+
+
 def peak_memory_mib(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -164,8 +182,12 @@ def peak_memory_mib(device) -> float:
 class Trainer:
     """One rank's training run; rank 0 writes the log, checkpoints and outputs."""
 
-    def __init__(self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None, manifest_sha256=None):
+    def __init__(self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None, manifest_sha256=None,
+                 val=None):
+        """`val` (a ValData cut as config["eval"] says): the raw weights are scored on it after the last step, as
+        upstream's last-step val; None skips that."""
         self.config, self.model_cfg, self.cfg = config, model_cfg, cfg
+        self.val = val
         self.paths, self.seed, self.out_dir, self.dist = paths, seed, Path(out_dir), dist
         self.stop_after_step = stop_after_step
         self.device = dist.device
@@ -188,6 +210,7 @@ class Trainer:
         self.qat_from = None  # the step #1512's late QAT switched on at
         self.seq_len, self.seq_changed_at = None, None  # the last step's sequence length; the step it changed at
         self.compile_seconds = None  # the compile warm-up's wall seconds, outside the training timer
+        self.raw = None  # the raw weights' val score after the last step (raw_val)
         self.records = []  # the log's records after the header, kept for a resumed run's log
         self.resumes = []  # {"step", "from_world_size", "world_size"} per resume, kept across resumes
         identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed,
@@ -350,11 +373,16 @@ class Trainer:
             self.compile_warmup()
         loader = self.make_loader(self.position)
         bar = _progress_bar(self.cfg) if self.dist.is_main and sys.stderr.isatty() else None
-        last_checkpoint = time.perf_counter()
         interval = [0.0, 0]  # seconds and steps since the last log record
         loss = torch.zeros((), device=self.device)
         done = self.step >= self.cfg.steps
+        # The training clock is wall clock from here (a resume adds its checkpoint's seconds): steps, logging,
+        # syncs and checkpoint saves all count against the budget, as upstream's training_time_ms does.
+        self.sync()
+        clock_start, resumed_seconds = time.perf_counter(), self.elapsed
+        last_checkpoint = clock_start
         while not done:
+            self.elapsed = resumed_seconds + time.perf_counter() - clock_start
             frac = schedule_frac(self.cfg, self.step, self.elapsed)
             looping = self.model_cfg.num_loops > 0 and frac >= self.model_cfg.enable_looping_at
             if looping and self.looping_from is None:
@@ -375,12 +403,14 @@ class Trainer:
             loss, grad_norm = self.train_step(next(loader), seq_len, lr_mult, muon_momentum(self.step, self.cfg))
             self.ema.update()
             self.sync()
-            seconds = time.perf_counter() - start
-            self.step, self.position, self.elapsed = self.step + 1, loader.state_dict(), self.elapsed + seconds
+            now = time.perf_counter()
+            seconds = now - start
+            self.step, self.position = self.step + 1, loader.state_dict()
+            self.elapsed = resumed_seconds + now - clock_start
             for acc in (self.phase["after" if looping else "before"], interval):
                 acc[0] += seconds
                 acc[1] += 1
-            minutes = (time.perf_counter() - last_checkpoint) / 60
+            minutes = (now - last_checkpoint) / 60
             done, save = self.agree(0 < self.cfg.checkpoint_minutes <= minutes)
             if done or self.step % self.cfg.log_every == 0:
                 self.log_step(loss, grad_norm, lr_mult, seq_len, looping, interval)
@@ -389,7 +419,8 @@ class Trainer:
                 bar.update(1 if self.cfg.schedule == "steps" else seconds)
             stop_here = self.stop_after_step == self.step and not done
             if save or stop_here:
-                self.save_checkpoint()
+                self.elapsed = resumed_seconds + time.perf_counter() - clock_start
+                self.save_checkpoint()  # the saved clock leaves out this save; the run that goes on counts it
                 last_checkpoint = time.perf_counter()
             if stop_here:
                 self.emit({"event": "stopped", "step": self.step, "reason": "--stop-after-step"})
@@ -398,7 +429,24 @@ class Trainer:
         loader.close()
         if bar:
             bar.close()
+        self.raw_val()
         return self.finish(self.mean_over_ranks(loss))
+
+    def raw_val(self):
+        """Score the raw (pre-EMA) weights after the last step, outside the clock, as upstream logs
+        `val_loss`/`val_bpb` at its last step before applying the EMA."""
+        if self.val is None:
+            return
+        window = self.config["eval"]
+        seqs = batch_seqs(window["batch_tokens"], window["seq_len"], self.dist.world)
+        self.model.eval()
+        start = time.perf_counter()
+        result = diagnostic_eval(self.model, self.val, window["seq_len"], seqs, self.dist, window["sliding_stride"])
+        self.sync()
+        self.raw = {"step": self.step, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
+                    "scored": result["scored"], "seconds": round(time.perf_counter() - start, 3)}
+        self.emit({"event": "raw_val", **self.raw})
+        self.model.train()
 
     def log_step(self, loss, grad_norm, lr_mult, seq_len, looping, interval):
         loss_value = self.mean_over_ranks(loss)
@@ -431,6 +479,7 @@ class Trainer:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "attention": self.model.backend(self.device).name,
             "resumes": self.resumes,
+            "raw_val": self.raw,
         }
         if self.dist.is_main:
             state = {k: v.detach().float().cpu() for k, v in self.model.unbanked_state_dict().items()}
@@ -486,13 +535,14 @@ def main(argv=None):
     check_inputs(model_cfg, cfg, args.manifest, args.audit)
     paths = shard_paths(args.manifest, "train")
     manifest_sha256 = file_sha256(args.manifest)  # a resume must train on the same data
+    val = load_raw_val(args.manifest, config.get("eval"))
     dist = pdist.init(config["hardware"]["gpus"])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     lock = None
     try:
         lock = lock_out_dir(args.out_dir, dist)
         Trainer(config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step,
-                manifest_sha256).run()
+                manifest_sha256, val).run()
     finally:
         if lock:
             unlock_folder(lock)

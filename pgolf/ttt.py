@@ -1,13 +1,14 @@
 """Phased score-first LoRA test-time training (docs/record-stack.md §8.2), the scored evaluation.
 
-Documents (spans from each BOS) are sorted by length and cut into batches, handed out longest first through
-a counter in the torch.distributed store. For each batch every document's targets are cut into chunks of one
-size, the short-document rule of the batch's longest document (`short_doc_chunks`, else `chunk_size`); at
+Documents (spans from each BOS through the next document's BOS, whose prediction is scored too) are sorted by
+length and cut into batches, handed out longest first through a counter in the torch.distributed store. For each
+batch every document's targets are cut into chunks of one size, the short-document rule of the batch's longest
+document (`short_doc_chunks`, else `chunk_size`); at
 step c each document's chunk c is predicted from up to `seq_len` tokens of its own prefix through the model
 plus that document's LoRA adapters, scored (its per-token losses enter the totals) and only then, unless it
 is the document's last chunk, the adapters take one AdamW step on that chunk's mean loss. Between batches B is
 zeroed and A kept. When the count of scored documents crosses a phase boundary, all ranks pause and run one
-epoch of distributed SGD on all base weights over the first `boundary` scored documents (queue order), then
+epoch of distributed SGD on all base weights over the first `boundary` scored documents (ascending length), then
 continue with fresh adapters. With the n-gram tilt on, the scored loss is tilted on gated positions (q from the
 same forward); the adapters always train on the untilted loss.
 """
@@ -81,17 +82,34 @@ def chunk_terms(model, lora, ids, in_idx, targets, hint):
 
 
 def split_documents(tokens: np.ndarray):
-    """(starts, lengths) of the documents that hold at least one target (the stream starts with BOS)."""
+    """(starts, lengths) of upstream's document spans (`_find_docs`): from each BOS through the next document's
+    BOS inclusive, so a document's last target is that BOS; the last document runs to the stream's end. Spans
+    with no target (a BOS alone at the end) are dropped."""
     starts = np.flatnonzero(tokens == BOS_ID)
-    lengths = np.diff(np.append(starts, tokens.size))
+    ends = np.append(starts[1:] + 1, tokens.size)
+    lengths = ends - starts
     keep = lengths >= 2
     return starts[keep], lengths[keep]
 
 
-def batch_queue(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Documents sorted by length, cut into batches; the queue hands out the longest batch first."""
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Documents sorted by span length (stable), cut into batches: upstream's ascending batch list, whose index
+    orders the documents of a global phase."""
     order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, order.size, batch_size)][::-1]
+    return [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+
+
+def queue_order(lengths: np.ndarray, batches: list[np.ndarray]) -> list[int]:
+    """Indices into `batches` in the order they are handed out: longest longest-document first, ties in ascending
+    index order (upstream's stable sort on the negated maximum)."""
+    return sorted(range(len(batches)), key=lambda i: -int(lengths[batches[i]].max()))
+
+
+def phase_documents(batches: list[np.ndarray], queue: list[int], claimed: int, boundary: int) -> np.ndarray:
+    """The documents a global phase trains on: those of the first `claimed` queue entries (all scored by then),
+    ordered by their batch's index in the ascending list, then position in the batch; the first `boundary`."""
+    done = sorted(queue[: min(claimed, len(queue))])
+    return np.concatenate([batches[i] for i in done])[:boundary] if done else np.zeros(0, dtype=np.int64)
 
 
 def chunk_sizes(lengths: np.ndarray, cfg: TTTConfig) -> np.ndarray:
@@ -156,7 +174,8 @@ class PhasedTTT:
         self.tokens = torch.as_tensor(val.tokens, device=device)
         self.position_bytes = torch.as_tensor(val.position_bytes, device=device)
         self.starts, self.lengths = split_documents(val.tokens)
-        self.queue = batch_queue(self.lengths, cfg.batch_size)
+        self.batches = length_batches(self.lengths, cfg.batch_size)
+        self.queue = queue_order(self.lengths, self.batches)  # queue position -> index into self.batches
         self.boundaries = phase_boundaries(cfg, self.starts.size)
         shapes = adapter_shapes(model, cfg.targets)
         self.lora = BatchedLoRA(shapes, cfg.batch_size, cfg.lora_rank, cfg.lora_alpha, device)
@@ -288,9 +307,10 @@ class PhasedTTT:
 
     # ----- global phases -----
     def _global_phase(self, boundary: int, claimed: int):
-        """One epoch of distributed SGD on all base weights over the first `boundary` scored documents."""
+        """One epoch of distributed SGD on all base weights over the first `boundary` scored documents in upstream's
+        order (`phase_documents`): the shortest of them."""
         cfg, dist, model, device = self.cfg, self.dist, self.model, self.dist.device
-        docs = np.concatenate(self.queue[: min(claimed, len(self.queue))])[:boundary]
+        docs = phase_documents(self.batches, self.queue, claimed, boundary)
         stream = np.concatenate([self.host_tokens[s : s + n] for s, n in zip(self.starts[docs], self.lengths[docs])])
         n_chunks = -(-(stream.size - 1) // cfg.global_chunk_tokens)
         params = [p for p in model.parameters()]
@@ -376,8 +396,9 @@ class PhasedTTT:
                 while counters.add("scored", 0) < self.boundaries[phase]:  # others are still scoring
                     time.sleep(0.005)
                 continue
-            self._batch(index, self.queue[index])
-            counters.add("scored", int(self.queue[index].size))
+            docs = self.batches[self.queue[index]]
+            self._batch(index, docs)
+            counters.add("scored", int(docs.size))
         sync(device)
         seconds = {"ttt": time.perf_counter() - start, "global_sgd": sgd_seconds}
         dist.barrier()

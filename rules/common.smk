@@ -77,6 +77,28 @@ def stage_shell(stage, prefix="python", drop=()):
     return f"{prefix} {STAGES.shell_args(stage, drop)} > {{log:q}} 2>&1"
 
 
+def data_audit_config():
+    """The data audit's `--config`: data and audit less `audit.strict`, which only the submission rule reads (so
+    toggling it re-runs nothing upstream)."""
+    audit = {k: v for k, v in config["audit"].items() if k != "strict"}
+    return json.dumps({"data": config["data"], "audit": audit}, sort_keys=True)
+
+
+def train_config():
+    """The train stage's `--config`: its sections plus the eval keys of the raw weights' last-step val
+    (pgolf.train.RAW_VAL_KEYS), so that other eval settings do not re-run training."""
+    window = (
+        "seq_len",
+        "batch_tokens",
+        "sliding_stride",
+        "truncate_tail",
+        "val_docs_limit",
+    )
+    sections = {s: config[s] for s in ("model", "train", "hardware")}
+    sections["eval"] = {k: config["eval"][k] for k in window}
+    return json.dumps(sections, sort_keys=True)
+
+
 def torchrun(gpus=None):
     """Launcher prefix of the distributed stages (pgolf.launch): torchrun with one rank per GPU, `hardware.cpu_procs`
     gloo ranks on the CPU, or one torchrun per node inside a multi-node SLURM job."""

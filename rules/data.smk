@@ -84,6 +84,6 @@ rule audit_data:
     conda:
         "../envs/pgolf.yaml"
     params:
-        config=stage_config("data", "audit"),
+        config=data_audit_config(),
     shell:
         stage_shell("audit_data")

@@ -18,7 +18,7 @@ rule train:
         gpu=config["hardware"]["gpus"],
     params:
         **stage_files("train", "params"),
-        config=stage_config("model", "train", "hardware"),
+        config=train_config(),
         launch=torchrun(),
         ranks=RANKS,
     shell:

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.bpb import (
-    Totals, ValData, diagnostic_eval, load_val, lut_position_bytes, sentencepiece_luts, windows,
+    Totals,
+    ValData,
+    diagnostic_eval,
+    load_val,
+    lut_position_bytes,
+    sentencepiece_luts,
+    windows,
 )
 from pgolf.dist import Dist
 from pgolf.errors import PgolfError
@@ -31,8 +37,26 @@ def test_windows_tile_every_target_once(n, seq_len, stride):
             assert end - 1 - context == seq_len  # sliding windows carry a full context
 
 
-def test_truncate_tail_drops_the_partial_window():
-    assert windows(40, 16, None, truncate_tail=True) == [(0, 1, 17), (16, 17, 33)]
+@pytest.mark.parametrize("n,seq_len", [(40, 16), (33, 16), (49, 16), (1000, 7)])
+def test_truncate_tail_keeps_whole_windows_of_targets(tmp_path, n, seq_len):
+    """eval.truncate_tail as upstream's load_validation_tokens: tokens[: (N-1)//L*L + 1], every target scored."""
+    rng = np.random.default_rng(n)
+    tokens = rng.integers(2, 16, size=n)
+    tokens[0] = 1
+    tokens[rng.integers(1, n, size=n // 10)] = 1
+    manifest = write_val(tmp_path, tokens, rng.integers(0, 5, size=n))
+    val = load_val(manifest, truncate_seq_len=seq_len)
+    kept = (n - 1) // seq_len * seq_len  # the slow definition: whole windows of targets
+    assert val.tokens.tolist() == tokens[: kept + 1].tolist() and val.targets == kept
+    assert val.docs == int((tokens[: kept + 1] == 1).sum())
+    result = diagnostic_eval(BigramModel(), val, seq_len, 2, CPU)
+    assert result["scored"] == kept
+    assert load_val(manifest).targets == n - 1  # false (#2140): the tail is scored too
+
+
+def test_truncate_tail_rejects_a_stream_shorter_than_a_window(tmp_path):
+    with pytest.raises(PgolfError, match="eval.truncate_tail leaves nothing"):
+        load_val(write_val(tmp_path, np.array([1, 5, 6]), np.zeros(3)), truncate_seq_len=4)
 
 
 class BigramModel(torch.nn.Module):
@@ -62,10 +86,9 @@ def test_diagnostic_bpb_equals_hand_computation(seq_len, batch, stride):
     val = bigram_corpus(np.random.default_rng(seq_len))
     logp = torch.log_softmax(model.table.detach().double(), -1).numpy()
     nats = nbytes = 0.0
-    for t in range(1, val.tokens.size):
-        if val.tokens[t] != 1:  # BOS is never a target
-            nats -= logp[val.tokens[t - 1], val.tokens[t]]
-            nbytes += val.position_bytes[t]
+    for t in range(1, val.tokens.size):  # every target, a document's closing BOS included (#1855's eval_val)
+        nats -= logp[val.tokens[t - 1], val.tokens[t]]
+        nbytes += val.position_bytes[t]
     bits = nats / math.log(2)
     result = diagnostic_eval(model, val, seq_len, batch, CPU, stride)
     assert result["scored"] == val.targets and result["bytes"] == nbytes
@@ -130,7 +153,7 @@ def test_load_val_uses_the_sidecar_and_cuts_whole_documents(tmp_path):
     manifest = write_val(tmp_path, tokens, sidecar)
     val = load_val(manifest)
     assert val.tokens.tolist() == tokens.tolist() and val.position_bytes.tolist() == sidecar.tolist()
-    assert val.docs == 3 and val.targets == 5
+    assert val.docs == 3 and val.targets == 7  # the BOS of documents 2 and 3 are targets
     cut = load_val(manifest, docs_limit=2)
     assert cut.tokens.tolist() == [1, 5, 6, 1, 7] and cut.docs == 2 and cut.position_bytes.tolist() == [0, 2, 3, 0, 1]
 

@@ -77,9 +77,10 @@ def artifact_paths(folder):
 
 def test_prequant_and_artifact_write_the_spec_keys(stage_inputs):
     folder, tokens, sidecar = stage_inputs
-    targets = int((tokens != 1).sum())
+    targets = (tokens.size - 1) // EVAL["seq_len"] * EVAL["seq_len"]  # eval.truncate_tail's default (#1855)
+    sidecar = sidecar[: targets + 1]
     prequant = run_stage(folder, "prequant", out="prequant.json", model=folder / "model.pt")
-    assert prequant["scored"] == prequant["targets"] == targets
+    assert prequant["scored"] == prequant["targets"] == targets < tokens.size - 1
     assert prequant["bytes"] == int(sidecar.sum())
 
     result = run_stage(folder, "artifact", **artifact_paths(folder))
@@ -96,6 +97,15 @@ def test_prequant_and_artifact_write_the_spec_keys(stage_inputs):
     assert len(result["ttt_phases"]) == 1 and result["artifact_bytes"] > 0
     # the quantized model scores close to the unquantized one (int6/int7 of a tiny random model)
     assert abs(result["quantized"]["val_bpb"] - prequant["val_bpb"]) < 0.05 * prequant["val_bpb"]
+
+
+def test_truncate_tail_false_scores_every_target_closing_bos_included(stage_inputs):
+    folder, tokens, sidecar = stage_inputs
+    keep = {**EVAL, "truncate_tail": False, "tilt": {"enabled": False}}
+    prequant = run_stage(folder, "prequant", keep, out="keep_pre.json", model=folder / "model.pt")
+    result = run_stage(folder, "artifact", keep, out="keep.json", **artifact_paths(folder))
+    for out in (prequant, result):
+        assert out["scored"] == out["targets"] == tokens.size - 1 and out["bytes"] == int(sidecar.sum())
 
 
 def test_tilt_off_reports_off_and_no_ttt_scores_the_quantized_model(stage_inputs):

@@ -12,7 +12,6 @@ import torch
 
 from pgolf.errors import PgolfError
 from pgolf.optim import (
-    POLAR_EXPRESS,
     OptimConfig,
     Optimizers,
     lr_multiplier,
@@ -43,8 +42,19 @@ def test_polar_express_approximates_the_polar_factor():
     assert (approx * exact).sum() / exact.norm() ** 2 > 0.95
 
 
+# #1855 train_gpt.py `_PE_COEFFS` (from #1344), copied here so the reference does not read pgolf's table.
+UPSTREAM_PE_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+
 def reference_muon_update(g, buf, mu, row_normalize=True):
-    """Slow float64 per-matrix Muon direction, written out from the record's description."""
+    """Slow float64 per-matrix Muon direction, written out from #1855's Muon.step and
+    zeropower_via_newtonschulz5: X / (‖X‖ + 1e-7), five Polar Express iterations, no safety factor."""
     buf = mu * buf + g
     u = g + mu * buf
     if row_normalize:
@@ -53,8 +63,8 @@ def reference_muon_update(g, buf, mu, row_normalize=True):
     for m in u:
         tall = m.shape[0] > m.shape[1]
         x = m.T if tall else m
-        x = x / (x.norm() * 1.02 + 1e-7)
-        for a, b, c in POLAR_EXPRESS:
+        x = x / (x.norm() + 1e-7)
+        for a, b, c in UPSTREAM_PE_COEFFS:
             gram = x @ x.T
             x = a * x + (b * gram + c * gram @ gram) @ x
         out.append((x.T if tall else x) * math.sqrt(max(1.0, m.shape[0] / m.shape[1])))
@@ -201,7 +211,7 @@ WORKER = textwrap.dedent(
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     params = make_params()
-    opt = Optimizers(params, OptimConfig(), world=world, rank=rank)
+    opt = Optimizers(params, OptimConfig(grad_clip_scope=sys.argv[2]), world=world, rank=rank)
     run_steps(opt, params, 3, world=world, rank=rank, lr_mult=0.7)
     state = opt.state_dict()
     if rank == 0:
@@ -211,20 +221,60 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_sharded_muon_on_two_ranks_equals_one_process(tmp_path):
+def run_two_ranks(tmp_path, scope):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent), repo=str(REPO)))
-    out = tmp_path / "rank0.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(out)]
+    out = tmp_path / f"rank0_{scope}.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(out),
+           scope]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded = torch.load(out)
+    return torch.load(out)
+
+
+def clipped(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_ on one rank's gradients, written out."""
+    norm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
+    return [g * min(1.0, max_norm / (norm + 1e-6)) for g in grads]
+
+
+def test_sharded_muon_on_two_ranks_equals_one_process(tmp_path):
+    """Global scope: two ranks equal one process fed the mean gradient (clipped after averaging)."""
+    sharded = run_two_ranks(tmp_path, "global")
     params = make_params()
-    opt = Optimizers(params, OptimConfig())
+    opt = Optimizers(params, OptimConfig(grad_clip_scope="global"))
     run_steps(opt, params, 3, world=1, lr_mult=0.7)
     for name, group in params.items():
         for p, q in zip(group, sharded["params"][name]):
             assert torch.allclose(p.detach(), q, atol=1e-5), name
     for a, b in zip(opt.state_dict()["muon_buffers"], sharded["state"]["muon_buffers"]):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_local_clip_scope_clips_each_rank_before_the_average(tmp_path):
+    """Local scope (#1855): two ranks equal one process fed the mean of each rank's own clipped gradient, and
+    differ from the global scope when the ranks' gradients differ."""
+    local = run_two_ranks(tmp_path, "local")
+    glob = run_two_ranks(tmp_path, "global")
+    cfg = OptimConfig(grad_clip_scope="global", grad_clip=0.0)  # the clip is done by hand below
+    params = make_params()
+    opt = Optimizers(params, cfg)
+    flat = [p for group in params.values() for p in group]
+    for step in range(3):
+        per_rank = [clipped(grads_for(step, r, params), OptimConfig().grad_clip) for r in range(2)]
+        for p, gs in zip(flat, zip(*per_rank)):
+            p.grad = sum(gs) / 2
+        opt.step(0.7, muon_momentum(step, cfg))
+        opt.zero_grad()
+    for name, group in params.items():
+        for p, q, r in zip(group, local["params"][name], glob["params"][name]):
+            assert torch.allclose(p.detach(), q, atol=1e-5), name
+    differs = [not torch.allclose(q, r, atol=1e-4) for name in params for q, r in zip(local["params"][name],
+                                                                                         glob["params"][name])]
+    assert any(differs)
+
+
+def test_unknown_clip_scope_is_refused():
+    with pytest.raises(PgolfError, match="grad_clip_scope: 'ddp'"):
+        OptimConfig(grad_clip_scope="ddp")

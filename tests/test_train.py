@@ -19,8 +19,8 @@ import yaml
 from pgolf import checkpoint
 from pgolf.errors import PgolfError
 from pgolf.model import ModelConfig
-from pgolf.shards import write_shard
 from pgolf.optim import lr_multiplier
+from pgolf.shards import write_shard
 from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +34,12 @@ TRAIN = {"schedule": "steps", "steps": STEPS, "batch_tokens": 8 * 2 * 32, "log_e
          "ema_decay": 0.5, "matrix_lr": 0.05, "embed_lr": 0.05, "scalar_lr": 0.05}
 
 
-def byte_documents():
+def byte_documents(first=0, last=40):
     """Real English text: Python's own documentation topics, one document each, as byte tokens after a BOS."""
     from pydoc_data.topics import topics
 
     tokens = []
-    for key in sorted(topics)[:40]:
+    for key in sorted(topics)[first:last]:
         tokens.append(1)
         tokens.extend(b + 2 for b in topics[key].encode())
     return np.array(tokens)
@@ -51,10 +51,13 @@ def data(tmp_path_factory):
     tokens = byte_documents()
     parts = np.array_split(tokens, 3)
     entries = [write_shard(root / f"fineweb_train_{i:06d}.bin", p) for i, p in enumerate(parts)]
-    for e in entries:
+    val = byte_documents(40, 44)
+    val_entries = [write_shard(root / "fineweb_val_000000.bin", val),
+                   write_shard(root / "fineweb_val_bytes_000000.bin", (val != 1).astype(np.int32))]
+    for e in entries + val_entries:
         e["path"] = Path(e["path"]).name
     manifest = {"dataset": "bytes", "source": "local", "tokenizer": {"path": "none", "sha256": ""},
-                "vocab_size": VOCAB, "shards": {"train": entries}}
+                "vocab_size": VOCAB, "shards": {"train": entries, "val": val_entries[:1], "val_bytes": val_entries[1:]}}
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "data_audit.json").write_text(json.dumps({"passed": True}))
     return root
@@ -68,10 +71,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def config(tmp_path, **train):
+WINDOW = {"seq_len": 64, "batch_tokens": 512, "sliding_stride": None, "truncate_tail": True, "val_docs_limit": 3}
+
+
+def config(tmp_path, eval_window=None, model=None, **train):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model": MODEL, "train": {**TRAIN, **train}, "hardware": {"gpus": 0},
-                                "run": {"name": "t", "seeds": [3]}}))
+    sections = {"model": {**MODEL, **(model or {})}, "train": {**TRAIN, **train}, "hardware": {"gpus": 0}, "run": {"name": "t", "seeds": [3]}}
+    if eval_window:
+        sections["eval"] = eval_window
+    path.write_text(json.dumps(sections))
     return path
 
 
@@ -145,20 +153,63 @@ def finish(proc):
     assert proc.returncode == 0, output[-4000:]
 
 
+# Two ranks against one process: the global clip scope (each rank's local clip, #1855's, sees another gradient than
+# one process does) and an fp32 embedding (bf16 storage rounds each update, so the ranks' other summation order
+# shows in the 4th decimal).
+EXACT = {"model": {"embed_bf16": False}, "grad_clip_scope": "global"}
+
+
 @pytest.fixture(scope="module")
 def two_ranks(data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two")
-    finish(launch(2, config(tmp), data, tmp / "out"))
+    finish(launch(2, config(tmp, **EXACT), data, tmp / "out"))
     return tmp / "out"
 
 
-def test_two_gloo_ranks_match_one_process(uninterrupted, two_ranks):
-    one, two = torch.load(uninterrupted / "model.pt"), torch.load(two_ranks / "model.pt")
+def test_two_gloo_ranks_match_one_process(data, two_ranks, tmp_path):
+    main(args(config(tmp_path, **EXACT), data, tmp_path / "one"))
+    one, two = torch.load(tmp_path / "one" / "model.pt"), torch.load(two_ranks / "model.pt")
     assert two["train"]["world_size"] == 2 and two["train"]["accum_steps"] == 4
     assert two["train"]["tokens"] == one["train"]["tokens"]
     assert two["train"]["final_loss"] == pytest.approx(one["train"]["final_loss"], abs=1e-4)
     for name, t in one["state_dict"].items():
         assert torch.allclose(t, two["state_dict"][name], atol=1e-4, rtol=1e-4), name
+
+
+def test_raw_weights_are_scored_after_the_last_step(data, tmp_path):
+    """With ema_decay 0 the EMA is the raw weights, so the logged raw val equals a diagnostic eval of model.pt."""
+    from pgolf.bpb import diagnostic_eval, load_val
+    from pgolf.dist import Dist
+    from pgolf.model import load_trained
+
+    out = tmp_path / "out"
+    main(args(config(tmp_path, WINDOW, ema_decay=0.0), data, out))
+    raw = [r for r in records(out) if r["event"] == "raw_val"]
+    assert len(raw) == 1 and raw[0]["step"] == STEPS
+    val = load_val(data / "manifest.json", WINDOW["val_docs_limit"], WINDOW["seq_len"])
+    assert raw[0]["scored"] == val.targets == (val_len := val.tokens.size - 1) and val_len % WINDOW["seq_len"] == 0
+    model = load_trained(out / "model.pt")[0].eval()
+    model.looping = True  # on since half the steps
+    cpu = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    expected = diagnostic_eval(model, val, WINDOW["seq_len"], 8, cpu)
+    assert raw[0]["val_bpb"] == pytest.approx(expected["val_bpb"], rel=1e-5)
+    assert {"event": "raw_val", **json.loads((out / "summary.json").read_text())["raw_val"]} == raw[0]
+
+
+def test_the_clock_counts_checkpoint_saves(data, tmp_path, monkeypatch):
+    """Wall clock from the first step to the last: a slow save every step shows in train_seconds."""
+    save = Trainer.save_checkpoint
+
+    def slow_save(self):
+        time.sleep(0.2)
+        save(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", slow_save)
+    out = tmp_path / "out"
+    main(args(config(tmp_path, checkpoint_minutes=1e-9), data, out))
+    summary = json.loads((out / "summary.json").read_text())
+    step_seconds = sum(r["ms_per_step"] for r in records(out) if r["event"] == "step") / 1000
+    assert summary["train_seconds"] >= step_seconds + 0.2 * (STEPS - 1)
 
 
 def test_time_schedule_stops_at_the_budget_less_the_reserve(data, tmp_path):
@@ -256,7 +307,7 @@ def test_sigkill_then_resume_is_bitwise_one_rank(uninterrupted, data, tmp_path):
 
 
 def test_sigkill_then_resume_is_bitwise_two_ranks_and_allowed_on_one(two_ranks, data, tmp_path):
-    cfg, out = config(tmp_path, checkpoint_minutes=1e-9), tmp_path / "out"
+    cfg, out = config(tmp_path, checkpoint_minutes=1e-9, **EXACT), tmp_path / "out"
     step = sigkill_after_a_checkpoint(2, cfg, data, out)
     assert 0 < step < STEPS
     shutil.copytree(out, tmp_path / "other")

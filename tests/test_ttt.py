@@ -13,7 +13,17 @@ import torch
 from pgolf.bpb import ValData
 from pgolf.dist import Dist
 from pgolf.model import GPT, ModelConfig
-from pgolf.ttt import PhasedTTT, TTTConfig, batch_chunk, batch_queue, chunk_sizes, phase_boundaries, split_documents
+from pgolf.ttt import (
+    PhasedTTT,
+    TTTConfig,
+    batch_chunk,
+    chunk_sizes,
+    length_batches,
+    phase_boundaries,
+    phase_documents,
+    queue_order,
+    split_documents,
+)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,12 +61,36 @@ def run_ttt(val, model=None, hints=None, **overrides):
     return PhasedTTT(model or tiny_model(), val, cfg, CPU).run(hints, boost=2.625)
 
 
+def reference_find_docs(tokens):
+    """Upstream's _find_docs written out: [BOS_i, BOS_{i+1}] inclusive, the last document to the end."""
+    bos = [i for i, t in enumerate(tokens) if t == 1]
+    docs = []
+    for k, start in enumerate(bos):
+        end = bos[k + 1] + 1 if k + 1 < len(bos) else len(tokens)
+        if end - start >= 2:
+            docs.append((start, end - start))
+    return docs
+
+
+def reference_upstream_order(lengths, batch_size, claimed, boundary):
+    """Slow reference of upstream's queue and phase selection: batches of the length-sorted documents, the queue
+    sorted (stably) by each batch's longest document descending, scored documents as (batch index, position)."""
+    entries = sorted(enumerate(lengths), key=lambda e: e[1])
+    batches = [entries[i : i + batch_size] for i in range(0, len(entries), batch_size)]
+    queue = sorted(enumerate(batches), key=lambda ib: -max(n for _, n in ib[1]))
+    scored = [(b, pos, doc) for b, batch in queue[:claimed] for pos, (doc, _) in enumerate(batch)]
+    scored.sort(key=lambda x: (x[0], x[1]))
+    return [[doc for doc, _ in batch] for _, batch in queue], [doc for _, _, doc in scored[:boundary]]
+
+
 def test_documents_batches_chunks_and_phases():
     tokens = np.array([1, 5, 6, 1, 1, 7, 1, 8, 9, 10, 11])
     starts, lengths = split_documents(tokens)
-    assert starts.tolist() == [0, 4, 6] and lengths.tolist() == [3, 2, 5]
-    queue = batch_queue(np.array([5, 1, 9, 3, 7]), 2)
-    assert [q.tolist() for q in queue] == [[2], [0, 4], [1, 3]]  # longest batch first
+    assert starts.tolist() == [0, 3, 4, 6] and lengths.tolist() == [4, 2, 3, 5]  # each through the next BOS
+    lengths = np.array([5, 1, 9, 3, 7])
+    batches = length_batches(lengths, 2)
+    assert [b.tolist() for b in batches] == [[1, 3], [0, 4], [2]]
+    assert queue_order(lengths, batches) == [2, 1, 0]  # longest batch first
     cfg = TTTConfig(short_doc_chunks=[[2000, 24], [256, 8]])
     assert chunk_sizes(np.array([10, 256, 257, 2000, 2001]), cfg).tolist() == [8, 8, 24, 24, 48]
     assert phase_boundaries(TTTConfig(), 50000) == [833, 1666, 2500]  # the record's three phases
@@ -64,13 +98,54 @@ def test_documents_batches_chunks_and_phases():
     assert phase_boundaries(TTTConfig(phases=0), 50000) == []
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_spans_queue_and_phase_documents_match_upstream(seed):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, 64, size=int(rng.integers(20, 400)))
+    tokens[rng.integers(0, tokens.size, size=int(rng.integers(1, 40)))] = 1
+    tokens[0] = 1
+    if seed % 2:
+        tokens[-1] = 1  # a closing BOS alone: no target of its own
+    starts, lengths = split_documents(tokens)
+    assert list(zip(starts.tolist(), lengths.tolist())) == reference_find_docs(tokens.tolist())
+    lengths = rng.integers(1, 6, size=int(rng.integers(1, 50)))  # many ties: the stable orders matter
+    batch_size = int(rng.integers(1, 6))
+    batches = length_batches(lengths, batch_size)
+    queue = queue_order(lengths, batches)
+    claimed = int(rng.integers(1, len(batches) + 2))
+    boundary = int(rng.integers(1, lengths.size + 1))
+    ref_queue, ref_docs = reference_upstream_order(lengths.tolist(), batch_size, claimed, boundary)
+    assert [batches[i].tolist() for i in queue] == ref_queue
+    assert phase_documents(batches, queue, claimed, boundary).tolist() == ref_docs
+
+
+def test_global_phase_trains_on_the_documents_upstream_picks(monkeypatch):
+    """Each phase trains on the reference's documents, their spans (closing BOS included) concatenated."""
+    val = corpus()
+    claims = []
+    original = PhasedTTT._global_phase
+
+    def spy(self, boundary, claimed):
+        claims.append((boundary, claimed))
+        return original(self, boundary, claimed)
+
+    monkeypatch.setattr(PhasedTTT, "_global_phase", spy)
+    result = run_ttt(val)
+    _, lengths = split_documents(val.tokens)
+    assert len(claims) == len(result.phases) == 2
+    for (boundary, claimed), phase in zip(claims, result.phases):
+        _, docs = reference_upstream_order(lengths.tolist(), SMALL["batch_size"], claimed, boundary)
+        assert phase["docs"] == len(docs) == boundary
+        assert phase["tokens"] == int(lengths[docs].sum())
+
+
 def test_every_target_scored_exactly_once_with_phases():
     val = corpus()
     result = run_ttt(val, short_doc_chunks=[[20, 4]])
     coverage = result.coverage.numpy()
-    assert (coverage[val.tokens != 1] == 1).all() and (coverage[val.tokens == 1] == 0).all()
-    assert result.totals["scored"] == val.targets
-    assert result.totals["bytes"] == int(val.position_bytes[val.tokens != 1].sum())
+    assert (coverage[1:] == 1).all() and coverage[0] == 0  # every target, each closing BOS included
+    assert result.totals["scored"] == val.targets == val.tokens.size - 1
+    assert result.totals["bytes"] == int(val.position_bytes[1:].sum())
     assert [p["boundary"] for p in result.phases] == [3, 6] and all(p["steps"] > 0 for p in result.phases)
     expected_bpb = result.position_nll.double().sum().item() / np.log(2) / result.totals["bytes"]
     assert result.totals["val_bpb"] == pytest.approx(expected_bpb, rel=1e-9)
@@ -79,7 +154,8 @@ def test_every_target_scored_exactly_once_with_phases():
 def first_batch_chunks(val, chunk):
     """Stream positions of chunk 0 and chunk 1 of the documents in the first (longest) batch."""
     starts, lengths = split_documents(val.tokens)
-    docs = batch_queue(lengths, SMALL["batch_size"])[0]
+    batches = length_batches(lengths, SMALL["batch_size"])
+    docs = batches[queue_order(lengths, batches)[0]]
     first = [np.arange(s + 1, s + 1 + chunk) for s, n in zip(starts[docs], lengths[docs]) if n - 1 > 2 * chunk]
     second = [p + chunk for p in first]
     return np.concatenate(first), np.concatenate(second)
@@ -118,10 +194,11 @@ def test_documents_never_see_each_other():
     val = corpus(n_docs=4)
     base = run_ttt(val, phases=0).position_nll
     starts, lengths = split_documents(val.tokens)
-    victim = int(np.argmax(lengths))
+    victim = int(np.argmax(lengths[:-1]))  # not the last: its closing BOS is another document's first token
     tokens = val.tokens.copy()
-    span = slice(starts[victim] + 1, starts[victim] + lengths[victim])
-    tokens[span] = np.random.default_rng(1).integers(2, 64, size=lengths[victim] - 1)
+    body = slice(starts[victim] + 1, starts[victim] + lengths[victim] - 1)
+    tokens[body] = np.random.default_rng(1).integers(2, 64, size=lengths[victim] - 2)
+    span = slice(starts[victim] + 1, starts[victim] + lengths[victim])  # its targets: the body and the next BOS
     changed = run_ttt(ValData(tokens, val.position_bytes, val.docs), phases=0).position_nll
     others = np.ones(tokens.size, dtype=bool)
     others[span] = False
@@ -140,7 +217,7 @@ def test_tilt_changes_the_score_only_on_gated_positions():
     differs = (plain.position_nll != tilted.position_nll).numpy()
     assert differs.any() and not (differs & ~gated).any()
     assert tilted.untilted == plain.totals  # the adapters train on the untilted loss
-    assert tilted.gated == int(gated[val.tokens != 1].sum())
+    assert tilted.gated == int(gated[1:].sum())
     right = gated & (hint == val.tokens) & (val.tokens != 1)
     assert (tilted.position_nll[right] < plain.position_nll[right]).all()  # a correct hint lowers the loss
 
@@ -154,7 +231,7 @@ def world_results(d) -> dict:
     independent = TTTConfig(**{**SMALL, "phases": 0, "warm_start_a": False})
     out["ttt"] = PhasedTTT(tiny_model(), val, independent, d).run().totals
     phased = PhasedTTT(tiny_model(), val, TTTConfig(**SMALL), d).run()
-    out["phased_coverage_ok"] = bool(((phased.coverage == 1) == torch.as_tensor(val.tokens != 1)).all())
+    out["phased_coverage_ok"] = bool((phased.coverage[1:] == 1).all() and phased.coverage[0] == 0)
     out["phases"] = len(phased.phases)
     return out
 
@@ -278,10 +355,11 @@ def test_a_batch_uses_its_longest_documents_chunk(monkeypatch):
     ttt = PhasedTTT(tiny_model(), val, TTTConfig(**{**SMALL, "short_doc_chunks": [[50, 4]]}), CPU)
     result = ttt.run(None, boost=2.625)
     assert result.totals["scored"] == val.targets
+    queue = [ttt.batches[i] for i in ttt.queue]
     expected = []
-    for docs in ttt.queue:  # each batch's steps all run at the width of its longest document
+    for docs in queue:  # each batch's steps all run at the width of its longest document
         longest = int(ttt.lengths[docs].max())
         width = 4 if longest <= 50 else 16
         expected += [width] * -(-(longest - 1) // width)
     assert widths == expected and {4, 16} <= set(widths)
-    assert any(ttt.lengths[docs].min() <= 50 < ttt.lengths[docs].max() for docs in ttt.queue)  # a mixed batch
+    assert any(ttt.lengths[docs].min() <= 50 < ttt.lengths[docs].max() for docs in queue)  # a mixed batch
