@@ -14,14 +14,13 @@ rm -rf "$DATA" "$RUNDIR" "$LOGDIR"
 mkdir -p "$DATA" "$TRAIN"
 begin_stages
 tokenize_data &&
-    run_stage audit_data python -m pgolf.audit --config "$CFG/audit.json" --manifest "$DATA/manifest.json" \
-        --out "$DATA/data_audit.json" &&
-    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" -m pgolf.train --config "$CFG/train.json" \
-        --manifest "$DATA/manifest.json" --audit "$DATA/data_audit.json" --seed "$PG_SEED" --out-dir "$TRAIN" \
-        --compile-cache "$COMPILE_CACHE" &&
+    stage_cmd audit_data --set "params.config=$CFG/audit.json" &&
+    run_stage audit_data python "${STAGE_CMD[@]}" &&
+    stage_cmd train --set "params.config=$CFG/train.json" &&
+    run_stage train env OMP_NUM_THREADS="$OMP_PER_RANK" "${LAUNCH[@]}" "${STAGE_CMD[@]}" &&
     python bench/qat_probe.py "$TRAIN" --out "$OUT/pr1512.json"
 rc=$?
-for f in "$TRAIN/log.jsonl" "$TRAIN/summary.json" "$LOGDIR/stages.tsv"; do
+for f in "$P_TRAIN_LOG" "$P_TRAIN_SUMMARY" "$LOGDIR/stages.tsv"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
 done
 [ -f "$LOGDIR/train.log" ] && tail -n 200 "$LOGDIR/train.log" >"$OUT/train.log"

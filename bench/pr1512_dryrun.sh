@@ -21,6 +21,7 @@ model: {vocab_size: 512, num_layers: 5, model_dim: 64, num_heads: 4, num_kv_head
         xsa_last_n: 5, value_embed_layers: [3, 4], attn_window: 32, attn_window_layers: [0, 1, 2],
         rope_train_len: 64, train_seq_len: 128}
 train: {steps: 8, warmdown_steps: 8, batch_tokens: 1024, ema_decay: 0.9, log_every: 2}
+eval: {seq_len: 128, val_docs_limit: 20}
 YAML
 python bench/device_configs.py --out "$W/configs" recipes/bench-1gpu.yaml recipes/pr1512.yaml \
     recipes/bench-pr1512.yaml "$W/cpu-dryrun.yaml"
