@@ -28,12 +28,12 @@ import torch.distributed as torch_dist
 from . import dist as pgdist
 from . import selfcalib
 from .cli import doc_summary, run_cli
-from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
 from .model import GPT, load_trained
 from .runlog import RunLog
 from .shards import load_manifest, read_shard, shard_paths
+from .stageconfig import from_dict, load_stage_config
 
 
 @dataclass

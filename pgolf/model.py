@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend, window_offsets
 from .embeds import BigramHash, ValueEmbedding, smear_per_dim
-from .stageconfig import from_dict
 from .errors import PgolfError
 from .io import load_torch
 from .pko import partial_key_offset
 from .qat import fake_quant_int6
 from .shards import BOS_ID
+from .stageconfig import from_dict
 
 BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
 ADAPTER_KINDS = ("q", "k", "v", "o", "mlp", "head")

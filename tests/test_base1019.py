@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
 from pgolf.embeds import bigram_hash, smear_per_dim
 from pgolf.errors import PgolfError
@@ -18,6 +17,8 @@ from pgolf.optim import EMA
 from pgolf.pko import partial_key_offset
 from pgolf.qat import fake_quant_int6
 from pgolf.shards import BOS_ID
+
+from conftest import ROOT
 
 TINY_1019 = dict(
     vocab_size=64, num_layers=4, xsa_last_n=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=3.0, rope_dims=4,

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.quant import dequantize, gptq_quantize
-from pgolf.quant import lqer
+from pgolf.quant import dequantize, gptq_quantize, lqer
 from pgolf.quant.awq import group_scores, select_groups
 from pgolf.quant.dequant import apply_awq_groups
 from pgolf.quant.gptq import gptq_quantize_protected

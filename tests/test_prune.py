@@ -10,7 +10,6 @@ import lzma
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
 from pgolf.errors import PgolfError
 from pgolf.prune import (
@@ -23,6 +22,8 @@ from pgolf.prune import (
     prune_order,
     prune_to_target,
 )
+
+from conftest import ROOT
 
 
 def toy_state(seed=0) -> dict:

@@ -10,11 +10,12 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
 from pgolf import recipe_table as rt
 from pgolf.errors import PgolfError
 from pgolf.model import GPT, ModelConfig
+
+from conftest import ROOT
 
 TABLE = rt.load_table()
 RUNS = ["pr1855", "pr2123", "pr2164", "pr1935", "pr1512"]

@@ -3,8 +3,8 @@
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..stageconfig import from_dict
 from ..errors import PgolfError
+from ..stageconfig import from_dict
 
 
 @dataclass
