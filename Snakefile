@@ -27,6 +27,7 @@ wildcard_constraints:
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/quantize.smk"
+include: "rules/capfit.smk"
 include: "rules/package.smk"
 include: "rules/evaluate.smk"
 include: "rules/submission.smk"

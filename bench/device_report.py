@@ -2,6 +2,7 @@
 
     python bench/device_report.py experiment --out $OUT --logs DIR --configs DIR --data DIR --train DIR --quant DIR --rc N
     python bench/device_report.py evaluate --out $OUT --logs DIR --configs DIR --data DIR --experiment DIR --eval FILE --rc N
+    python bench/device_report.py stages --out $OUT --logs DIR --rc N      (stages.json and logs.txt alone)
 
 Writes stages.json (wall seconds and exit status per stage), logs.txt (the tail of every stage's log, more of
 a failing one) and experiment.json or evaluation.json (the small outputs of the stages in one file), then prints
@@ -220,11 +221,27 @@ def evaluate(args):
     print(table(rows))
 
 
+def stages_only(args):
+    out, logs = Path(args.out), Path(args.logs)
+    stages = read_stages(logs, args.rc)
+    write_json(out / "stages.json", stages)
+    write_logs(out, logs, stages)
+    rows = [("stage", "wall")] + stage_rows(stages) + [
+        ("  total", f"{stages['total_seconds']:8.1f} s"),
+        ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
+    ]
+    print(table(rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("experiment")
     ev = sub.add_parser("evaluate")
+    only = sub.add_parser("stages")
+    only.add_argument("--out", required=True)
+    only.add_argument("--logs", required=True)
+    only.add_argument("--rc", type=int, required=True)
     for p in (exp, ev):
         p.add_argument("--out", required=True)
         p.add_argument("--logs", required=True)
@@ -236,7 +253,7 @@ def main(argv=None):
     ev.add_argument("--experiment", required=True, help="the first call's files (.device/from_experiment)")
     ev.add_argument("--eval", required=True, help="eval.json written by pgolf.evaluate artifact")
     args = parser.parse_args(argv)
-    (experiment if args.command == "experiment" else evaluate)(args)
+    {"experiment": experiment, "evaluate": evaluate, "stages": stages_only}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 # tokenizer, 6 steps, a small eval. Everything lives under $PGOLF_DRYRUN_DIR (default /tmp/pgolf-dryrun), apart
 # from the stages' usual outputs (resources/data/bench-dryrun, results/bench-dryrun, logs/device/).
 #   bash bench/prepare.sh && bash bench/gpu_dryrun.sh
+#   bash bench/gpu_dryrun.sh capfit      (bench/gpu_capfit.sh instead, with bench/capfit-bench.yaml's search space)
 set -euo pipefail
+MODE=${1:-experiment}
 cd "$(dirname "$0")/.."
 W=${PGOLF_DRYRUN_DIR:-/tmp/pgolf-dryrun}
 rm -rf "$W"
@@ -35,9 +37,22 @@ eval:
         phases: 1, prefix_docs: 8, global_chunk_tokens: 1024, global_batch_seqs: 8, window_multiple: 32,
         probe_batches: 1}
 EOF
-python bench/device_configs.py --out "$W/configs" recipes/bench-1gpu.yaml "$W/cpu-dryrun.yaml"
+if [ "$MODE" = capfit ]; then
+    python bench/device_configs.py --out "$W/configs" recipes/bench-1gpu.yaml bench/capfit-bench.yaml "$W/cpu-dryrun.yaml"
+else
+    python bench/device_configs.py --out "$W/configs" recipes/bench-1gpu.yaml "$W/cpu-dryrun.yaml"
+fi
 export PGOLF_DEVICE_CONFIGS=$W/configs PGOLF_FROM_EXPERIMENT=$W/from_experiment
 
+if [ "$MODE" = capfit ]; then
+    echo "== one call: bench/gpu_capfit.sh"
+    # no 10-minute limit here, and Inductor's CPU compile of training alone can take most of one on two cores
+    OUT=$W/out PGOLF_DEADLINE_S=${PGOLF_DEADLINE_S:-3600} bash bench/gpu_capfit.sh
+    n=$(find "$W/out" -type f | wc -l)
+    echo "$W/out: $n files ($(du -sh "$W/out" | cut -f1))"
+    [ "$n" -le 8 ] && [ -f "$W/out/capfit_compare.json" ] || { echo "capfit_compare.json missing from $W/out" >&2; exit 1; }
+    exit 0
+fi
 echo "== call 1: bench/gpu_experiment.sh"
 OUT=$W/out1 bash bench/gpu_experiment.sh
 mkdir -p "$W/from_experiment"

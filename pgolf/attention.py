@@ -4,14 +4,16 @@ A row of token ids may hold several documents, each starting at a BOS token; a q
 its own document at or before its position (and, with a sliding window, at most `window` positions back:
 FlashAttention's `window_size=(window, 0)`). Backends, all computing the same function:
 
-- `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, optional extra `.[flash]`;
+- `fa3`: FlashAttention-3 (`flash_attn_interface.flash_attn_varlen_func`), CUDA, where it is installed (built from
+  FlashAttention's hopper/ sources; PyPI has no wheel that installs on a plain machine, so pgolf has no extra for it);
 - `flex`: FlexAttention with a document-causal block mask (compiled on CUDA with FLEX_KERNEL_OPTIONS, unfused on
   CPU); one kernel is compiled per input shape;
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `cudnn`: cuDNN's fused attention over the packed stream (`aten._cudnn_attention_forward` with cumulative
-  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto"
-  (bench/attention_backends.py checks it on the card); `model.attention: cudnn` asks for it;
+  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto":
+  bench/attention_backends.py checks it on the card, and torch 2.11's packed backward fails that check
+  (bench/RESULTS.md); `model.attention: cudnn` asks for it;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
 "auto" takes the first one available in AUTO_ORDER. Inside the compiled training step flex comes before the FA2
@@ -116,7 +118,7 @@ def resolve_backend(requested: str, device, windowed: bool = False, compiled: bo
     why = f" (cuDNN probe: {cudnn_probe()})" if requested == "cudnn" and cuda and not windowed else ""
     raise PgolfError(
         f"attention backend {requested!r} is not usable on {torch.device(device).type} with torch "
-        f"{torch.__version__}{why}; install the `flash` extra, use a CUDA device, or set it to 'auto'"
+        f"{torch.__version__}{why}; install that kernel (FlashAttention-3 or flash-attn 2), use a CUDA device, or set it to 'auto'"
     )
 
 

@@ -239,9 +239,10 @@ def latin1_literal(data: bytes) -> str:
     return '"""' + "".join(out) + '"""'
 
 
-def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> bytes:
-    """The bytes of train_gpt.py for one preset."""
-    blob = lrzip_compress(payload(narrow_config(config, preset), package_modules(package_dir)))
+def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR, modules=None) -> bytes:
+    """The bytes of train_gpt.py for one preset; `modules` is package_modules(package_dir), when the caller has it."""
+    modules = package_modules(package_dir) if modules is None else modules
+    blob = lrzip_compress(payload(narrow_config(config, preset), modules))
     header = LINE.format(preset=preset, python=platform.python_version(), minifier=version("python-minifier"))
     return (header + "\n" + STUB.format(literal=latin1_literal(blob))).encode("latin-1")
 

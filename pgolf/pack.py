@@ -418,8 +418,18 @@ def _brotli(data: bytes) -> bytes:
     return brotli.compress(data, quality=11, lgwin=24)
 
 
-def pack(quantized_state: dict) -> bytes:
-    """The PGRP blob of a quantized state {"tensors", "meta", "config"}."""
+def _submit_group(pool, members: list, group: str):
+    blob, perm = _group_blob(members, group in HOT)
+    return pool.submit(lrzip_compress, blob), perm
+
+
+def pack(quantized_state: dict, memo=None) -> bytes:
+    """The PGRP blob of a quantized state {"tensors", "meta", "config"}.
+
+    memo((group, members), compute) returns compute(), a group's (lrzip stream future, row orders), or an earlier
+    result for a group of equal members (pgolf.capfit keeps one across many states); the blob is the same either way.
+    """
+    memo = memo or (lambda key, compute: compute())
     tensors, meta, config = _check_state(quantized_state)
     lrzip_binary()
     members = [[] for _ in GROUPS]
@@ -439,8 +449,7 @@ def pack(quantized_state: dict) -> bytes:
         futures = [None] * len(GROUPS)
         # Cold groups first: their lrzip processes run while the chains of the hot groups are computed.
         for g in sorted(range(len(GROUPS)), key=lambda g: GROUPS[g] in HOT):
-            blob, perms[g] = _group_blob(members[g], GROUPS[g] in HOT)
-            futures[g] = pool.submit(lrzip_compress, blob)
+            futures[g], perms[g] = memo((GROUPS[g], members[g]), lambda g=g: _submit_group(pool, members[g], GROUPS[g]))
         perm_bytes = b"".join(perms)
         streams = dict(zip(GROUPS, (f.result() for f in futures)))
         streams["perms"] = _brotli(perm_bytes) if perm_bytes else b""

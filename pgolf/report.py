@@ -6,6 +6,8 @@
 Writes loss.svg (training loss of every seed, from train/log.jsonl step records), size.svg (bytes per stream of
 model.pgrp plus code bytes, per preset and seed, from size.json), bpb.svg (bpb by stage: prequant, quantized,
 TTT, final, from eval.json) and presets.svg (total bytes against final bpb, one point per preset and seed).
+With --capfit instead of --presets it writes capfit.svg alone: every cap-fit candidate's exact bytes against its
+proxy, with the target, the cap and the winner (from quant/capfit/capfit.json).
 `snakemake --report report.html` shows them with the captions in workflow/report/. Every mark carries a gid
 (an id in the SVG) naming what it shows, such as `size/record/seed1/mlp`.
 """
@@ -162,6 +164,46 @@ def step_records(path: Path) -> list[tuple[int, float]]:
     return points
 
 
+CAPFIT_COLORS = {"winner": "C3", "fits": "C0", "over_target": "C7", "check_failed": "C1"}
+
+
+def capfit_figure(fits: dict) -> Figure:
+    """fits: {seed: capfit.json}: every candidate's exact total bytes against its proxy (log scale), coloured by
+    status, the target and the cap as vertical lines; each seed its own marker, the winners large."""
+    fig, ax = new_figure("Cap-fit: size against predicted loss increase")
+    first = next(iter(fits.values()))
+    for s, (seed, fit) in enumerate(fits.items()):
+        marker = "os^vD"[s % 5]
+        for status, status_color in CAPFIT_COLORS.items():
+            rows = [c for c in fit["candidates"] if c["status"] == status]
+            if rows:
+                ax.scatter(
+                    [c["total_bytes"] for c in rows],
+                    [max(c["proxy"], 1e-30) for c in rows],
+                    s=60 if status == "winner" else 14,
+                    marker=marker,
+                    color=status_color,
+                    label=status.replace("_", " ") if s == 0 else None,
+                    gid=f"capfit/seed{seed}/{status}",
+                )
+        winner = next(c for c in fit["candidates"] if c["id"] == fit["winner"])
+        ax.annotate(f" winner s{seed}", (winner["total_bytes"], max(winner["proxy"], 1e-30)), fontsize=8)
+    totals = [c["total_bytes"] for fit in fits.values() for c in fit["candidates"]]
+    for label, value, line_color in (
+        ("target", first["target_bytes"], "black"),
+        ("16 MB cap", first["cap_bytes"], "red"),
+    ):
+        if value <= 1.5 * max(totals):  # a far-away cap would squash the points
+            ax.axvline(value, color=line_color, linestyle="--", gid=f"capfit/{label.split()[-1]}", label=label)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(fmt_bytes)
+    ax.set_xlabel("total bytes (model.pgrp + train_gpt.py)")
+    ax.set_ylabel("proxy: summed tr(E·H·Eᵀ)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return fig
+
+
 def figures(run_dir, seeds, presets) -> dict:
     """Every figure (a matplotlib Figure), keyed by file stem."""
     run_dir = Path(run_dir)
@@ -178,14 +220,23 @@ def figures(run_dir, seeds, presets) -> dict:
     }
 
 
+def capfit_figures(run_dir, seeds) -> dict:
+    """{"capfit": Figure} from every seed's quant/capfit/capfit.json."""
+    fits = {seed: read_json(Path(run_dir) / f"seed{seed}" / "quant" / "capfit" / "capfit.json") for seed in seeds}
+    return {"capfit": capfit_figure(fits)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.report", description=doc_summary(__doc__))
     parser.add_argument("--run-dir", required=True, help="results/<name> (holds seed<S>/train and seed<S>/quant)")
     parser.add_argument("--seeds", required=True, nargs="+", help="the run's seeds (config run.seeds)")
-    parser.add_argument("--presets", required=True, nargs="+", help="built presets, the submission's first")
+    figure = parser.add_mutually_exclusive_group(required=True)
+    figure.add_argument("--presets", nargs="+", help="built presets, the submission's first")
+    figure.add_argument("--capfit", action="store_true", help="write capfit.svg alone, from quant/capfit/capfit.json")
     parser.add_argument("--out-dir", required=True, help="folder for loss.svg, size.svg, bpb.svg, presets.svg")
     args = parser.parse_args(argv)
-    drawn = {name: svg_bytes(fig) for name, fig in figures(args.run_dir, args.seeds, args.presets).items()}
+    made = capfit_figures(args.run_dir, args.seeds) if args.capfit else figures(args.run_dir, args.seeds, args.presets)
+    drawn = {name: svg_bytes(fig) for name, fig in made.items()}
     for name, svg in drawn.items():
         write_bytes(Path(args.out_dir) / f"{name}.svg", svg)
 

@@ -25,6 +25,7 @@ RUN = "results/{name}"
 TRAIN = RUN + "/seed{seed}/train"
 QUANT = RUN + "/seed{seed}/quant/{preset}"
 ARTIFACT = RUN + "/artifact"
+CAPFIT = RUN + "/seed{seed}/quant/capfit"  # QUANT of the preset `capfit`, which the capfit stage chooses
 
 # Every file a stage reads or writes, by one name each; the templates' fields are the rules' wildcards.
 PATHS = {
@@ -43,6 +44,12 @@ PATHS = {
     "hessians_summary": TRAIN + "/hessians.json",
     "prequant": TRAIN + "/prequant.json",
     "quant_dir": QUANT,
+    # the capfit stage's outputs: the chosen preset (the preset `capfit`), the search, and that preset's stage configs
+    "capfit_preset": CAPFIT + "/preset.json",
+    "capfit_report": CAPFIT + "/capfit.json",
+    "capfit_quantize_config": CAPFIT + "/quantize-config.json",
+    "capfit_code_config": CAPFIT + "/code-config.json",
+    "capfit_figure": RUN + "/report/capfit.svg",
     "quantized": QUANT + "/quantized.pt",
     "quant_report": QUANT + "/report.json",
     "pgrp": QUANT + "/model.pgrp",
@@ -153,6 +160,18 @@ STAGES = {
         inputs={"model": "model", "hessians": "hessians"},
         outputs={"quantized": "quantized", "report": "quant_report"},
     ),
+    "capfit": Stage(
+        "capfit",
+        _args("--config {params.config} --model {input.model} --hessians {input.hessians} --out {output.preset}"),
+        inputs={"model": "model", "hessians": "hessians"},
+        outputs={
+            "preset": "capfit_preset",
+            "report": "capfit_report",
+            "quantize_config": "capfit_quantize_config",
+            "code_config": "capfit_code_config",
+        },
+        extra_code=("runall",),  # every candidate's train_gpt.py is built, so its bytes count
+    ),
     "pack": Stage(
         "pack",
         _args(
@@ -209,6 +228,11 @@ STAGES = {
         _args(
             "--run-dir {params.run_dir} --seeds {params.seeds} --presets {params.presets} --out-dir {params.out_dir}"
         ),
+        params={"run_dir": "run_dir", "out_dir": "report_dir"},
+    ),
+    "report_capfit": Stage(
+        "report",
+        _args("--run-dir {params.run_dir} --seeds {params.seeds} --capfit --out-dir {params.out_dir}"),
         params={"run_dir": "run_dir", "out_dir": "report_dir"},
     ),
     "artifact_index": Stage(

@@ -16,7 +16,14 @@ for fragment in sorted(
 # what the schemas cannot say: unknown sections, NaN or infinite numbers, a budget within its Hessian reserve
 check_values(config)
 
-PRESETS = list(config["quant"]["presets"])
+# quant.capfit.enabled adds the preset `capfit`, whose settings the capfit rule writes to a file (docs/capfit.md)
+CAPFIT = "capfit"
+CAPFIT_ENABLED = config["quant"].get("capfit", {}).get("enabled", False)
+if CAPFIT in config["quant"]["presets"]:
+    raise ValueError(
+        f"config: quant.presets.{CAPFIT} is reserved for the preset the capfit rule chooses; rename that preset"
+    )
+PRESETS = list(config["quant"]["presets"]) + ([CAPFIT] if CAPFIT_ENABLED else [])
 _unknown_presets = sorted(
     ({config["submission"]["preset"]} | set(config["quant"].get("build", [])))
     - set(PRESETS)
@@ -129,9 +136,10 @@ def docs_drop():
 
 
 def submission_presets():
-    """Presets built for every seed: the submission's, then those listed in quant.build."""
+    """Presets built for every seed: the submission's, then those listed in quant.build, then capfit when enabled."""
     presets = [config["submission"]["preset"]]
-    return presets + [p for p in config["quant"].get("build", []) if p not in presets]
+    built = config["quant"].get("build", []) + ([CAPFIT] if CAPFIT_ENABLED else [])
+    return presets + [p for p in dict.fromkeys(built) if p not in presets]
 
 
 def final_targets():
@@ -152,10 +160,13 @@ def final_targets():
 
 def report_figures(name):
     """The report's figure files of a run."""
-    return [
+    figures = [
         f"{stage_path('report_dir', name=name)}/{figure}.svg"
         for figure in STAGES.REPORT_FIGURES
     ]
+    return figures + (
+        [stage_path("capfit_figure", name=name)] if CAPFIT_ENABLED else []
+    )
 
 
 def submission_inputs(wildcards):
@@ -203,7 +214,13 @@ def report_inputs(wildcards):
 
 
 def quant_config(wildcards):
-    """The quantize job's --config: this preset alone plus the GPU count, so other presets' edits leave it cached."""
+    """The quantize job's --config: this preset alone plus the GPU count, so other presets' edits leave it cached
+    (the capfit preset's is the file the capfit rule writes, an input of its quantize job).
+    """
+    if wildcards.preset == CAPFIT:
+        return stage_path(
+            "capfit_quantize_config", name=wildcards.name, seed=wildcards.seed
+        )
     preset = config["quant"]["presets"][wildcards.preset]
     return json.dumps(
         {"preset": preset, "hardware": {"gpus": config["hardware"]["gpus"]}},
@@ -211,8 +228,45 @@ def quant_config(wildcards):
     )
 
 
+def capfit_inputs(stage):
+    """For the capfit preset, the stage config the capfit rule wrote for `stage` (quantize or code); else none."""
+
+    def inputs(wildcards):
+        if wildcards.preset != CAPFIT:
+            return {}
+        return {
+            "stage_config": stage_path(
+                f"capfit_{stage}_config", name=wildcards.name, seed=wildcards.seed
+            )
+        }
+
+    return inputs
+
+
+def capfit_reports(wildcards):
+    """What the capfit figure plots: every seed's capfit.json."""
+    return [
+        stage_path("capfit_report", name=wildcards.name, seed=s)
+        for s in config["run"]["seeds"]
+    ]
+
+
+def capfit_config(wildcards):
+    """The capfit job's --config (pgolf.capfit.stage_config): what the capfit preset's code job gets, plus
+    quant.capfit, its base preset and the GPU count; editing another preset leaves it cached.
+    """
+    from pgolf.capfit import stage_config as capfit_stage_config
+
+    return json.dumps(capfit_stage_config(config), sort_keys=True)
+
+
 def code_config(wildcards):
-    """The code job's --config: the sections run_all reads, with this preset only (pgolf.config.narrow_config)."""
+    """The code job's --config: the sections run_all reads, with this preset only (pgolf.config.narrow_config);
+    the capfit preset's is the file the capfit rule writes."""
     from pgolf.config import narrow_config
 
+    if wildcards.preset == CAPFIT:
+        return stage_path(
+            "capfit_code_config", name=wildcards.name, seed=wildcards.seed
+        )
     return json.dumps(narrow_config(config, wildcards.preset), sort_keys=True)

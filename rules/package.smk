@@ -26,6 +26,7 @@ rule pack:
 
 rule code:
     input:
+        unpack(capfit_inputs("code")),
         code=code_inputs("code"),
     output:
         **stage_files("code", "outputs"),

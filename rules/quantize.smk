@@ -26,6 +26,7 @@ rule hessians:
 
 rule quantize:
     input:
+        unpack(capfit_inputs("quantize")),
         **stage_files("quantize", "inputs"),
         code=code_inputs("quantize"),
     output:

@@ -23,3 +23,25 @@ rule report:
         presets=submission_presets(),
     shell:
         stage_shell("report")
+
+
+rule report_capfit:
+    input:
+        fits=capfit_reports,
+        code=code_inputs("report_capfit"),
+    output:
+        report(
+            STAGES.PATHS["capfit_figure"],
+            caption="../workflow/report/capfit.rst",
+            category="Presets",
+        ),
+    log:
+        "logs/report/{name}-capfit.log",
+    localrule: True
+    conda:
+        "../envs/pgolf.yaml"
+    params:
+        **stage_files("report_capfit", "params"),
+        seeds=config["run"]["seeds"],
+    shell:
+        stage_shell("report_capfit")

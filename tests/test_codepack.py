@@ -27,7 +27,7 @@ CONFIG = {
 }
 IMPORTED = ["pgolf", "pgolf.errors", "pgolf.io", "pgolf.stageconfig", "pgolf.pack", "pgolf.sizecheck", "pgolf.runall"]
 DAG_ONLY = ["download", "tokenize", "tokenizer", "sources", "audit", "launch", "report", "config", "submission",
-            "codepack", "stats"]
+            "codepack", "stats", "capfit"]
 
 # Run in a fresh interpreter: drop every way to import the real pgolf (and python-minifier), prove they are gone, then
 # load the script and import every module it carries.

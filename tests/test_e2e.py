@@ -152,3 +152,46 @@ def test_a_corrupt_outside_artifact_is_refused(finished_copy):
     proc = snakemake(finished_copy, "--configfile", "recipes/smoke.yaml", "artifact.yaml", check=False)
     assert proc.returncode != 0 and "bad.pgrp" in proc.stdout and "magic" in proc.stdout.lower()
     assert not (finished_copy / "results/smoke/artifact/pack.json").exists()
+
+
+FAST = """\
+train: {steps: 2, compile: false, log_every: 1}
+hessians: {calibration_batches: 1}
+quant:
+  capfit:
+    enabled: true
+    target_bytes: TARGET
+    space: {attn: {bits: [5, 6]}, mlp: {bits: [5, 6]}, embed: {bits: [7]}}
+"""
+
+
+def test_capfit_branch_fits_its_target_and_a_new_space_reruns_only_it(tmp_path):
+    """capfit -> quantize -> pack + code -> size_check for real (a 2-step smoke model, its own run), then the plans
+    after editing the search space: the capfit branch only."""
+    from conftest import copy_workflow
+
+    workdir = copy_workflow(tmp_path)
+    size_json = "results/smoke/seed1/quant/capfit/size.json"
+    (workdir / "fast.yaml").write_text(FAST.replace("TARGET", "16000000"))
+    args = ("--configfile", "recipes/smoke.yaml", "fast.yaml")
+    snakemake(workdir, size_json, *args)  # every candidate fits: the largest (attn and mlp int6) wins
+    fit = json.loads((workdir / "results/smoke/seed1/quant/capfit/capfit.json").read_text())
+    sizes = sorted(c["total_bytes"] for c in fit["candidates"])
+    assert fit["candidates"][fit["winner"]]["total_bytes"] == sizes[-1]
+
+    (workdir / "fast.yaml").write_text(FAST.replace("TARGET", str(sizes[1])))  # now two candidates fit
+    out = snakemake(workdir, "-n", size_json, *args).stdout
+    assert planned_jobs(out) == {"capfit": 1, "quantize": 1, "pack": 1, "code": 1, "size_check": 1}
+    assert re.search(r"rule capfit:.*?reason: Params have changed since last execution", out, re.DOTALL)
+    snakemake(workdir, size_json, *args)
+    fit = json.loads((workdir / "results/smoke/seed1/quant/capfit/capfit.json").read_text())
+    size = json.loads((workdir / size_json).read_text())
+    winner = fit["candidates"][fit["winner"]]
+    assert size["total_bytes"] == winner["total_bytes"] <= fit["target_bytes"] == sizes[1]
+    assert {c["status"] for c in fit["candidates"]} >= {"winner", "over_target"}
+
+    edit = (workdir / "fast.yaml").read_text().replace("embed: {bits: [7]}", "embed: {bits: [6, 7]}")
+    (workdir / "fast.yaml").write_text(edit)
+    out = snakemake(workdir, "-n", size_json, *args).stdout
+    assert planned_jobs(out) == {"capfit": 1, "quantize": 1, "pack": 1, "code": 1, "size_check": 1}
+    assert re.search(r"rule capfit:.*?reason: Params have changed since last execution", out, re.DOTALL)

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pgolf.errors import PgolfError
-from pgolf.report import figures, main
+from pgolf.report import capfit_figures, figures, main
 
 SVG = "{http://www.w3.org/2000/svg}"
 SEEDS = {"1": 7, "2": 4}  # seed -> step records in its log
@@ -131,3 +131,32 @@ def test_missing_eval_names_the_file(run_dir, tmp_path):
     with pytest.raises(PgolfError, match="seed2/quant/awq/eval.json"):
         build(run_dir, tmp_path / "report")
     assert not (tmp_path / "report" / "bpb.svg").exists()
+
+
+def test_capfit_figure_has_every_candidate_the_target_and_the_winner(tmp_path):
+    run = tmp_path / "results" / "synthetic"
+    candidates = [  # (total bytes, proxy, status)
+        (90_000, 40.0, "fits"), (100_000, 9.0, "winner"), (104_000, 5.0, "check_failed"), (130_000, 1.0, "over_target")
+    ]
+    fit = {
+        "target_bytes": 105_000, "cap_bytes": 16_000_000, "winner": 1,
+        "candidates": [{"id": i, "total_bytes": b, "proxy": p, "status": s, "settings": {"attn": [6, 13.0]}}
+                       for i, (b, p, s) in enumerate(candidates)],
+    }
+    (run / "seed1" / "quant" / "capfit").mkdir(parents=True)
+    (run / "seed1" / "quant" / "capfit" / "capfit.json").write_text(json.dumps(fit))
+    fig = capfit_figures(run, ["1"])["capfit"]
+    for size, proxy, status in candidates:
+        (points,) = artists(fig, f"capfit/seed1/{status}")
+        assert points.get_offsets().tolist() == [[size, proxy]]
+    sizes = {status: artists(fig, f"capfit/seed1/{status}")[0].get_sizes()[0] for _, _, status in candidates}
+    assert sizes["winner"] > sizes["fits"]
+    (target,) = artists(fig, "capfit/target")
+    assert list(target.get_xdata()) == [105_000, 105_000]
+    assert artists(fig, "capfit/cap") == []  # the cap is far off: drawing it would squash the points
+    assert fig.axes[0].get_yscale() == "log"
+    assert [t.get_text() for t in fig.axes[0].texts] == [" winner s1"]
+    main(["--run-dir", str(run), "--seeds", "1", "--capfit", "--out-dir", str(tmp_path / "report")])
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["capfit.svg"]
+    ids = {e.get("id") for e in ET.parse(tmp_path / "report" / "capfit.svg").getroot().iter() if e.get("id")}
+    assert {f"capfit/seed1/{status}" for _, _, status in candidates} | {"capfit/target"} <= ids

@@ -99,7 +99,7 @@ def test_shell_args_and_argv_spell_the_same_command():
         "input.docs": "docs.jsonl",
     }
     for name, spec in stages.STAGES.items():
-        if name in ("submission", "report", "artifact_index", "artifact_size"):
+        if name in ("submission", "report", "report_capfit", "artifact_index", "artifact_size"):
             continue  # their remaining values come from the config
         words = ["-m", f"pgolf.{spec.module}", *stages.argv(name, values)]
 
@@ -171,18 +171,20 @@ def dry_run_jobs(output: str) -> dict[str, list[list[str]]]:
 
 def test_every_rules_code_inputs_are_its_stage_closure(tmp_path):
     """The pgolf/ inputs each planned job lists are exactly its stage's import closure, for every rule of both the
-    smoke DAG, an outside artifact's DAG and the hub-shards download."""
+    smoke DAG, an outside artifact's DAG, the hub-shards download and the cap-fit branch."""
     workdir = copy_workflow(tmp_path)
     (workdir / "outside.pgrp").write_bytes(b"")
     (workdir / "artifact.yaml").write_text("eval:\n  artifact: outside.pgrp\n")
     (workdir / "shards.yaml").write_text("data:\n  source: hf_shards\n")
     (workdir / "docs.yaml").write_text("data:\n  source: hf_docs\n")
+    (workdir / "capfit.yaml").write_text("quant:\n  capfit: {enabled: true}\n")
     seen = set()
     for overlay, download in (
         ((), None),
         (("artifact.yaml",), None),
         (("shards.yaml",), "download_shards"),
         (("docs.yaml",), "download_docs"),
+        (("capfit.yaml",), None),
     ):
         out = snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml", *overlay).stdout
         for rule, inputs in dry_run_jobs(out).items():

@@ -93,3 +93,23 @@ def test_metacharacter_artifact_path_is_one_argument(tmp_path):
     assert not list(workdir.glob("PWNED*")), "the shell ran a command from the path"
     log = (workdir / "logs/artifact_index/smoke.log").read_text()
     assert f"{name}: not a PGRP container" in log
+
+
+def test_capfit_adds_its_preset_branch_and_figure(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "capfit.yaml").write_text("quant:\n  capfit: {enabled: true, target_bytes: 110000}\n")
+    out = snakemake(workdir, "-n", "-p", "--configfile", "recipes/smoke.yaml", "capfit.yaml").stdout
+    jobs = planned_jobs(out)
+    assert jobs["capfit"] == 1 and jobs["report_capfit"] == 1
+    assert jobs["quantize"] == jobs["evaluate"] == 3  # record (the submission's), awq (quant.build), capfit
+    for config_file in ("quantize-config.json", "code-config.json"):  # the capfit preset's jobs read its files
+        assert f"--config results/smoke/seed1/quant/capfit/{config_file} " in out
+    off = planned_jobs(snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml").stdout)
+    assert "capfit" not in off and off["quantize"] == 2
+
+
+def test_capfit_preset_name_is_reserved(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "bad.yaml").write_text("quant:\n  presets:\n    capfit: {}\n")
+    proc = snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml", "bad.yaml", check=False)
+    assert proc.returncode != 0 and "quant.presets.capfit is reserved" in proc.stdout

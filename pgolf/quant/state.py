@@ -90,8 +90,14 @@ def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict, gate_in
         )
 
 
-def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu"):
-    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in docs/contracts.md's quantized.pt."""
+def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config=None, device="cpu", memo=None):
+    """(quantized_state, report): quantized_state = {"tensors", "meta", "config"} as in docs/contracts.md's quantized.pt.
+
+    memo(key, compute) returns compute() or an earlier result for the same key; each key names all that its step
+    (AWQ-lite's picks, one matrix's GPTQ, one matrix's LQER factors) depends on besides this model and these
+    Hessians, so pgolf.capfit can keep one across presets.
+    """
+    memo = memo or (lambda key, compute: compute())
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
@@ -107,16 +113,22 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     awq_picks = []
     if preset.awq.enabled:
         eligible = {n: W.to(device) for n, W in matrices.items() if preset.for_class(matrix_class(n)).bits < 8}
-        awq_picks = awq.select_groups(eligible, hessians["act_rms"], preset.awq.top_k, preset.awq.group)
+        awq_picks = memo(
+            ("awq", *eligible, preset.awq.top_k, preset.awq.group),
+            lambda: awq.select_groups(eligible, hessians["act_rms"], preset.awq.top_k, preset.awq.group),
+        )
 
-    errors = {}
+    errors, keys = {}, {}
     for name, W in matrices.items():
         spec = preset.for_class(matrix_class(name))
         W, H = W.to(device, torch.float32), hessians[name].to(device, torch.float32)
         groups = [(g["start"], g["size"]) for g in awq_picks if g["name"] == name]
         how = f"{dequant.GPTQ} (int{spec.bits})"
+        keys[name] = key = (name, spec.bits, spec.clip_sigmas, *groups, *_gptq_args(preset).values())
         if groups:
-            q, scale, scale_hi = gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
+            q, scale, scale_hi = memo(
+                key, lambda: gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
+            )
             tensors[f"{name}.awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
             tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
             tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
@@ -124,7 +136,7 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
         elif preset.gptq.clip_percentiles:
             q, scale = gptq_quantize_percentile(W, H, spec.bits, preset.gptq.clip_percentiles, **_gptq_args(preset))
         else:
-            q, scale = gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset))
+            q, scale = memo(key, lambda: gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset)))
         tensors[f"{name}.q"], tensors[f"{name}.scale"], meta[name] = q.cpu(), scale.cpu(), how
         errors[name] = E = W - dequant.dequantize_tensor(tensors, how, name).to(device)
         frob, h_error = float(E.norm()), h_weighted_error(E, H)
@@ -150,7 +162,10 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
             ranks = {n: spec.rank for n in sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]}
         lqer_picks = list(ranks)
         for name in lqer_picks:
-            mode, factors = lqer.fit(errors[name], ranks[name], spec.group, spec.asym)
+            mode, factors = memo(
+                ("lqer", *keys[name], ranks[name], spec.group, spec.asym),
+                lambda: lqer.fit(errors[name], ranks[name], spec.group, spec.asym),
+            )
             tensors.update({f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()})
             meta[name] += f"+{mode}"
             E = matrices[name].to(device, torch.float32) - dequant.dequantize_tensor(tensors, meta[name], name).to(device)
