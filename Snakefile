@@ -35,6 +35,10 @@ include: "rules/report.smk"
 include: "rules/artifact.smk"
 
 
+onstart:
+    refuse_placeholders()
+
+
 rule all:
     default_target: True
     input:

@@ -166,7 +166,7 @@ def experiment(args):
         ("quantize s", fmt(number((summary["quantize"] or {}).get("seconds")), ".2f")),
         ("pack s (cores) / brotli-only saved B",
          f"{fmt(pack.get('seconds'))} ({fmt(pack.get('cores'))}) / {fmt(pack.get('saved_vs_baseline_bytes'), ',')}"),
-        ("artifact + code = total B", f"{fmt(size.get('artifact_bytes'), ',')} + {fmt(size.get('code_bytes'), ',')}"
+        ("model + code = total B", f"{fmt(size.get('model_bytes'), ',')} + {fmt(size.get('code_bytes'), ',')}"
                                       f" = {fmt(size.get('total_bytes'), ',')}"),
         ("headroom B", fmt(size.get("headroom_bytes"), ",")),
         ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),

@@ -52,7 +52,7 @@ s = ev["seconds"]
 timed = s.get("eval_timer", s.get("quantized_eval"))
 print(f"eval seconds {timed:.1f} (timed; load {s['load']:.1f}, warmup {s.get('warmup', 0):.1f}, "
       f"quantized diagnostic {s['quantized_eval']:.1f}), projected 8-GPU full val {ev['projected_8gpu_seconds']:.0f} s; "
-      f"size {size['total_bytes']:,} bytes (artifact {size['artifact_bytes']:,} + code {size['code_bytes']:,}); "
+      f"size {size['total_bytes']:,} bytes (model {size['model_bytes']:,} + code {size['code_bytes']:,}); "
       f"final_bpb {ev['final_bpb']:.5f} over {ev['scored']:,} targets; "
       f"score-first probe passed {ev['probes']['score_first'].get('passed') if isinstance(ev['probes']['score_first'], dict) else ev['probes']['score_first']}")
 PY

@@ -18,6 +18,7 @@ costs one extra read here instead of one per GPU stage.
 import argparse
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -182,10 +183,20 @@ def main(argv=None):
     config = load_stage_config(args.config)
     log = RunLog("audit", config)
     report = audit(args.manifest, from_dict(AuditConfig, config.get("audit"), "audit"))
-    write_json(args.out, report)
     log.write({"event": "done", **report})
+    failed = failed_report_path(args.out)
     if not report["passed"]:
-        raise PgolfError(f"{args.manifest}: data audit failed (report in {args.out}): " + "; ".join(report["problems"]))
+        # not the rule's output, which Snakemake deletes when the job fails: the report stays where we say it is
+        write_json(failed, report)
+        raise PgolfError(f"{args.manifest}: data audit failed (report in {failed}): " + "; ".join(report["problems"]))
+    failed.unlink(missing_ok=True)
+    write_json(args.out, report)
+
+
+def failed_report_path(out) -> Path:
+    """Where a failed audit's report goes: beside the output (data_audit.failed.json), which only a pass writes."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.failed{out.suffix}")
 
 
 if __name__ == "__main__":

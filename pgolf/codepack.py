@@ -54,6 +54,7 @@ import sys,json,importlib.abc,importlib.util
 CONFIG=json.loads(t[1])
 M={r[:-3].replace('/','.').removesuffix('.__init__'):(r,c)for r,c in zip(t[2::2],t[3::2])}
 class _PgolfModules(importlib.abc.MetaPathFinder,importlib.abc.Loader):
+ modules=M
  def find_spec(self,name,path=None,target=None):
   if name in M:
    rel=M[name][0];package=[] if rel.endswith('__init__.py') else None

@@ -46,8 +46,8 @@ def load_yaml(path) -> dict:
     return data
 
 
-def schema_fragments() -> list[Path]:
-    return sorted(SCHEMA_DIR.glob("*.schema.yaml"))
+def schema_fragments(schema_dir=SCHEMA_DIR) -> list[Path]:
+    return sorted(Path(schema_dir).glob("*.schema.yaml"))
 
 
 def sections() -> set[str]:
@@ -82,7 +82,7 @@ def check_values(config: dict, source="config"):
         )
 
 
-def validate(config: dict, source="config") -> dict:
+def validate(config: dict, source="config", schema_dir=SCHEMA_DIR) -> dict:
     """Validate against every schema fragment, filling defaults in place (Snakemake's set_default), then
     check_values."""
     import jsonschema
@@ -95,17 +95,34 @@ def validate(config: dict, source="config") -> dict:
         yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
 
     Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": set_defaults})
-    for fragment in schema_fragments():
+    for fragment in schema_fragments(schema_dir):
         schema = load_yaml(fragment)
         errors = sorted(Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
         if errors:
-            e = errors[0]
-            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-            raise PgolfError(
-                f"{source}: {where}: {e.message} (schema {fragment.name}); fix that key in your config or recipe"
-            )
+            raise PgolfError(f"{source}: {schema_error(errors[0], fragment.name)}; fix that key in your config or recipe")
     check_values(config, source)
     return config
+
+
+def schema_error(error, fragment: str) -> str:
+    """One jsonschema error in a line: the key, its value and what the schema allows there (never the schema)."""
+    path = [str(p) for p in error.absolute_path]
+    instance = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    known = schema.get("properties", {})
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        unknown = sorted(k for k in instance if k not in known)
+        path, instance = path + [unknown[0]], instance[unknown[0]]
+    where = ".".join(path) or "(top level)"
+    value = json.dumps(instance, default=str)
+    value = value if len(value) <= 80 else value[:77] + "..."
+    if error.validator == "additionalProperties":
+        allowed = f"allowed keys: {', '.join(sorted(known))}"
+    elif error.validator == "required":
+        allowed = f"required keys: {', '.join(schema.get('required', []))}"
+    else:
+        allowed = schema.get("description") or f"{error.validator}: {json.dumps(error.validator_value, default=str)}"
+    return f"{where} = {value}: {error.message} ({allowed}; schema {fragment})"
 
 
 def resolve(paths) -> dict:

@@ -6,14 +6,22 @@ torchrun per node meeting at the first node.
 `--gpus 0` starts `--cpu-procs` gloo ranks on the CPU. In a SLURM allocation of several nodes (the
 slurm-multinode profile) the first call re-runs itself under `srun` with one task per node; each task then
 starts torchrun with a c10d rendezvous at the first host of the allocation.
+
+Stopping: torchrun runs in its own session, so a terminal's Ctrl-C reaches only this launcher, which passes
+SIGINT (or SIGTERM, as Snakemake and SLURM send) on to the ranks themselves: training stops at the end of its
+step on every rank, checkpoints and says which step the next run resumes from; the launcher exits 130. A
+second signal stops torchrun's whole process group at once.
 """
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from .cli import doc_summary
+from .cli import LAUNCHED_ENV, doc_summary
 
 RENDEZVOUS_PORT = 29500
 
@@ -40,6 +48,44 @@ def command(gpus: int, cpu_procs: int, stage_args: list[str], env=os.environ) ->
             *stage_args]
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (torchrun's ranks), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def run_forwarding_signals(cmd: list[str]) -> int:
+    """Run torchrun in its own session; SIGINT/SIGTERM here become SIGINT to each rank (once they exist)."""
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, LAUNCHED_ENV: "1"})
+    signals = []
+
+    def note(signum, frame):
+        signals.append(signum)
+        if len(signals) > 1:  # asked twice: stop everything now
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, note)
+    forwarded = set()
+    while proc.poll() is None:
+        if signals:
+            for pid in set(children(proc.pid)) - forwarded:
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    continue
+                forwarded.add(pid)
+        time.sleep(0.1)
+    return 130 if signals else proc.returncode
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.launch", description=doc_summary(__doc__))
     parser.add_argument("--gpus", type=int, required=True, help="GPUs per node (hardware.gpus); 0 = CPU")
@@ -48,7 +94,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     stage_args = args.stage_args[1:] if args.stage_args[:1] == ["--"] else args.stage_args
     cmd = command(args.gpus, args.cpu_procs, stage_args)
-    os.execvp(cmd[0], cmd)
+    if cmd[0] == "srun":  # srun passes a signal on to every node's launcher
+        os.execvp(cmd[0], cmd)
+    sys.exit(run_forwarding_signals(cmd))
 
 
 if __name__ == "__main__":

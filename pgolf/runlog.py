@@ -20,6 +20,11 @@ def code_version() -> dict:
     whether the package's files differ from that commit (uncommitted edits or new files, or a copied working tree
     whose .git lags behind it): then only sources_sha256 names the code that ran."""
     digest = hashlib.sha256()
+    carried = getattr(getattr(__spec__, "loader", None), "modules", None)
+    if carried is not None:  # inside train_gpt.py: no files on disk, so hash the (minified) sources it carries
+        for relpath, source in sorted(carried.values()):
+            digest.update(relpath.encode())
+            digest.update(source.encode())
     for path in source_files():
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
         digest.update(path.read_bytes())

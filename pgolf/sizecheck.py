@@ -24,7 +24,7 @@ def size_report(pgrp, pack_json, code) -> dict:
     code_bytes = Path(code).stat().st_size
     total = len(data) + code_bytes
     return {
-        "artifact_bytes": len(data),
+        "model_bytes": len(data),  # model.pgrp alone; artifact (model + code) = total_bytes
         "code_bytes": code_bytes,
         "total_bytes": total,
         "cap_bytes": CAP_BYTES,
@@ -47,7 +47,7 @@ def over_cap_message(report: dict, preset: str) -> str:
         )
     return (
         f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
-        f"{-report['headroom_bytes']:,} (model.pgrp {report['artifact_bytes']:,} = {streams}; "
+        f"{-report['headroom_bytes']:,} (model.pgrp {report['model_bytes']:,} = {streams}; "
         f"train_gpt.py {report['code_bytes']:,}). Shrink it in {knobs}: raise the clip sigmas "
         f"({{attn,mlp,embed}}.clip_sigmas; a larger k gives smaller streams), lower embed.bits, or lower "
         f"lqer.top_k; then re-run"

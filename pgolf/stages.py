@@ -86,6 +86,7 @@ class Stage:
     params: dict = field(default_factory=dict)
     launch: bool = False  # started through pgolf.launch (torchrun), so that module is code input too
     extra_code: tuple[str, ...] = ()  # modules the command runs besides its own (the code rule's payload)
+    progress: bool = False  # a long stage: its log (step, loss, tokens/s, ...) shows on the console too
 
 
 def _args(text: str) -> tuple[str, ...]:
@@ -114,6 +115,7 @@ STAGES = {
         ),
         inputs={"tokenizer": "tokenizer"},
         outputs={"manifest": "manifest"},
+        progress=True,
     ),
     "audit_data": Stage(
         "audit",
@@ -131,6 +133,7 @@ STAGES = {
         outputs={"model": "model", "summary": "train_summary", "log": "train_log"},
         params={"out_dir": "train_dir", "compile_cache": "compile_cache"},
         launch=True,
+        progress=True,
     ),
     "hessians": Stage(
         "hessians",
@@ -141,6 +144,7 @@ STAGES = {
         inputs={"model": "model", "manifest": "manifest"},
         outputs={"hessians": "hessians", "summary": "hessians_summary"},
         launch=True,
+        progress=True,
     ),
     "eval_prequant": Stage(
         "evaluate",
@@ -150,6 +154,7 @@ STAGES = {
         inputs={"model": "model", "manifest": "manifest"},
         outputs={"eval": "prequant"},
         launch=True,
+        progress=True,
     ),
     "quantize": Stage(
         "quantize",
@@ -180,6 +185,7 @@ STAGES = {
         ),
         inputs={"quantized": "quantized"},
         outputs={"pgrp": "pgrp", "info": "pack_info"},
+        progress=True,
     ),
     "code": Stage(
         "codepack",
@@ -215,6 +221,7 @@ STAGES = {
         outputs={"eval": "eval"},
         params={"compile_cache": "compile_cache"},
         launch=True,
+        progress=True,
     ),
     "submission": Stage(
         "submission",
@@ -256,6 +263,7 @@ STAGES = {
         outputs={"eval": "artifact_eval"},
         params={"compile_cache": "compile_cache"},
         launch=True,
+        progress=True,
     ),
 }
 

@@ -170,6 +170,13 @@ def submission_json(config: dict, seeds: dict, stats: dict) -> dict:
     }
 
 
+def verdict(stats: dict) -> str:
+    """The acceptance line's conclusion: accepted yes/no, or why the t-test could not decide."""
+    if stats["accepted"] is None:
+        return f"accepted: undecided ({stats['seeds']} seed; the t-test needs at least 2)"
+    return f"accepted: {'yes' if stats['accepted'] else 'no'}"
+
+
 def readme(config: dict, seeds: dict, stats: dict, audit: dict, sub_json: dict) -> str:
     sub = config["submission"]
     rows = "\n".join(
@@ -200,11 +207,11 @@ val_loss {sub_json['val_loss']:.8f} nats.
 ## Acceptance (pgolf docs/record-stack.md §1.1)
 
 Against {stats['comparison_bpb']} bpb: delta {stats['delta_bpb']:+.5f} bpb / {stats['delta_nats']:+.5f} nats; required
-improvement {stats['required_improvement_nats']} nats, one-sided t-test p = {p}; accepted: {stats['accepted']}.
+improvement {stats['required_improvement_nats']} nats, one-sided t-test p = {p}; {verdict(stats)}.
 
 ## Size (seed {next(iter(seeds))})
 
-artifact {size['artifact_bytes']:,} + code {size['code_bytes']:,} = **{size['total_bytes']:,}** of {size['cap_bytes']:,}
+model {size['model_bytes']:,} + code {size['code_bytes']:,} = **{size['total_bytes']:,}** of {size['cap_bytes']:,}
 bytes (headroom {size['headroom_bytes']:,}); code minified by Python {size['code_python']}.
 
 | stream | bytes |

@@ -21,7 +21,9 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,7 +35,6 @@ from . import checkpoint, compile_cache
 from . import dist as pdist
 from .attention import segment_offsets
 from .bpb import batch_seqs, diagnostic_eval, load_val
-from .cli import doc_summary
 from .errors import PgolfError
 from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
 from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
@@ -42,6 +43,8 @@ from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
 from .shards import file_sha256, load_manifest, shard_paths
 from .stageconfig import from_dict, load_stage_config
+from .cli import doc_summary, interrupted_exit
+
 
 PACKINGS = ("rows", "stream")
 LOCK_NAME = ".train.lock"
@@ -356,22 +359,26 @@ class Trainer:
                   "batch, but reduction order differs, so the weights will not be bitwise those of either run",
                   file=sys.stderr)
 
-    def agree(self, checkpoint_due: bool) -> tuple[bool, bool]:
-        """(done, checkpoint now), the same on every rank: one all-reduce (MAX) of the loop time and the flag."""
-        flags = torch.tensor([self.elapsed, float(checkpoint_due)], device=self.device, dtype=torch.float64)
+    def agree(self, checkpoint_due: bool) -> tuple[bool, bool, bool]:
+        """(done, checkpoint now, interrupted), the same on every rank: one all-reduce (MAX) of the loop time,
+        the checkpoint flag and the interrupt flag (a signal may reach the ranks at different steps)."""
+        flags = torch.tensor([self.elapsed, float(checkpoint_due), float(INTERRUPT.requested)], device=self.device,
+                             dtype=torch.float64)
         if self.dist.enabled:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
         done = self.step >= self.cfg.steps
         if self.cfg.schedule == "time":
             self.elapsed = float(flags[0])  # the slowest rank decides when the budget is spent
             done = done or self.elapsed >= self.cfg.loop_seconds
-        return done, float(flags[1]) > 0 and not done
+        return done, float(flags[1]) > 0 and not done, float(flags[2]) > 0 and not done
 
     def run(self):
         self.resume()
+        INTERRUPT.resumes_from = self.step
         if self.compiled and self.cfg.compile_warmup_steps > 0:
             self.compile_warmup()
         loader = self.make_loader(self.position)
+        INTERRUPT.in_loop = True  # from here a signal stops at the end of the step, with a checkpoint
         bar = _progress_bar(self.cfg) if self.dist.is_main and sys.stderr.isatty() else None
         interval = [0.0, 0]  # seconds and steps since the last log record
         loss = torch.zeros((), device=self.device)
@@ -411,20 +418,25 @@ class Trainer:
                 acc[0] += seconds
                 acc[1] += 1
             minutes = (now - last_checkpoint) / 60
-            done, save = self.agree(0 < self.cfg.checkpoint_minutes <= minutes)
+            done, save, interrupted = self.agree(0 < self.cfg.checkpoint_minutes <= minutes)
             if done or self.step % self.cfg.log_every == 0:
                 self.log_step(loss, grad_norm, lr_mult, seq_len, looping, interval)
                 interval = [0.0, 0]
             if bar:
                 bar.update(1 if self.cfg.schedule == "steps" else seconds)
-            stop_here = self.stop_after_step == self.step and not done
+            stop_here = (self.stop_after_step == self.step or interrupted) and not done
             if save or stop_here:
                 self.elapsed = resumed_seconds + time.perf_counter() - clock_start
                 self.save_checkpoint()  # the saved clock leaves out this save; the run that goes on counts it
                 last_checkpoint = time.perf_counter()
             if stop_here:
-                self.emit({"event": "stopped", "step": self.step, "reason": "--stop-after-step"})
+                reason = "interrupted" if interrupted else "--stop-after-step"
+                self.emit({"event": "stopped", "step": self.step, "reason": reason})
                 loader.close()
+                if bar:
+                    bar.close()
+                if interrupted:
+                    raise Interrupted(self.step)
                 return None
         loader.close()
         if bar:
@@ -494,6 +506,31 @@ class Trainer:
         return summary
 
 
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped training; args[0] is the step the next run resumes from."""
+
+
+class _Interrupt:
+    """The signal flag the loop reads each step. Before the loop (model build, resume, compile warm-up) a signal
+    stops at once: nothing is written there, and the last checkpoint still holds `resumes_from`."""
+
+    requested = False
+    in_loop = False
+    resumes_from = 0
+
+    def handle(self, signum, frame):
+        self.requested = True
+        if not self.in_loop:
+            raise Interrupted(self.resumes_from)
+
+    def install(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+
+INTERRUPT = _Interrupt()
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -536,13 +573,18 @@ def main(argv=None):
     paths = shard_paths(args.manifest, "train")
     manifest_sha256 = file_sha256(args.manifest)  # a resume must train on the same data
     val = load_raw_val(args.manifest, config.get("eval"))
-    dist = pdist.init(config["hardware"]["gpus"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    INTERRUPT.install()
     lock = None
     try:
+        dist = pdist.init(config["hardware"]["gpus"])
+        args.out_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_out_dir(args.out_dir, dist)
         Trainer(config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step,
                 manifest_sha256, val).run()
+    except Interrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train: interrupted; the next run resumes from step {stop.args[0]}", file=sys.stderr, flush=True)
+        interrupted_exit()
     finally:
         if lock:
             unlock_folder(lock)

@@ -49,7 +49,7 @@ if config["eval"].get("artifact"):
             "../envs/pgolf.yaml"
         threads: RANKS
         resources:
-            gpu=config["hardware"]["gpus"],
+            gpu=GPUS,
         params:
             **stage_files("artifact_evaluate", "params"),
             config=stage_config("eval", "hardware"),

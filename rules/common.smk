@@ -1,20 +1,21 @@
 # Helpers shared by every rules file: config validation, wildcard constraints, stage inputs and params.
 import json
+import sys
 from pathlib import Path
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
-# the stage table and the value checks: no torch, so parsing the workflow needs none
+# the stage table: standard library only, so parsing the workflow needs no torch
 from pgolf import stages as STAGES
-from pgolf.config import check_values
+from pgolf.config import validate as validate_config
 
-# One schema fragment per config section; a new stage adds its own file here without editing the others.
-for fragment in sorted(
-    Path(workflow.basedir, "workflow", "schemas").glob("*.schema.yaml")
-):
-    validate(config, schema=str(fragment))
-# what the schemas cannot say: unknown sections, NaN or infinite numbers, a budget within its Hessian reserve
-check_values(config)
+# One schema fragment per config section (workflow/schemas/), then what the schemas cannot say (unknown sections,
+# NaN or infinite numbers, a budget within its Hessian reserve); an error names the key, its value and what is allowed.
+validate_config(
+    config,
+    source="config.yaml + --configfile",
+    schema_dir=Path(workflow.basedir, "workflow", "schemas"),
+)
 
 # quant.capfit.enabled adds the preset `capfit`, whose settings the capfit rule writes to a file (docs/capfit.md)
 CAPFIT = "capfit"
@@ -37,8 +38,50 @@ if _unknown_presets:
 DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
 SUBMISSION_FOLDER = config["submission"]["folder"]
+# GPUs a distributed (torchrun) job asks for, one place for every profile: hardware.gpus; single-GPU stages ask
+# GPU_ONE (none on a CPU run). A SLURM profile must not set `gpu` itself (tests/test_profiles.py checks sbatch's flags).
+GPUS = config["hardware"]["gpus"]
+GPU_ONE = min(GPUS, 1)
 # ranks of every torchrun stage: one per GPU, or hardware.cpu_procs gloo ranks on the CPU (as pgolf.launch starts them)
-RANKS = config["hardware"]["gpus"] or config["hardware"].get("cpu_procs", 1)
+RANKS = GPUS or config["hardware"].get("cpu_procs", 1)
+PLACEHOLDER = "CHANGE_ME"
+
+
+def profile_placeholders():
+    """Profile resources still holding a CHANGE_ME placeholder (the slurm profiles' account and partitions), as
+    `default-resources.KEY=VALUE` / `set-resources.RULE.KEY=VALUE`."""
+    settings = workflow.resource_settings
+    found = [
+        f"default-resources.{key}={resource.raw}"
+        for key, resource in (settings.default_resources or {}).items()
+        if PLACEHOLDER in str(getattr(resource, "raw", ""))
+    ]
+    for rule_name, resources in settings.overwrite_resources.items():
+        found += [
+            f"set-resources.{rule_name}.{key}={resource.raw}"
+            for key, resource in resources.items()
+            if PLACEHOLDER in str(getattr(resource, "raw", ""))
+        ]
+    return found
+
+
+def refuse_placeholders():
+    """Called by onstart (never in a dry run): no job is submitted while the profile has placeholders."""
+    found = profile_placeholders()
+    if found:
+        raise WorkflowError(
+            f"the profile still has placeholders: {', '.join(found)}; fill in your cluster's account and "
+            "partitions in profiles/<profile>/config.yaml (or pass --default-resources / --set-resources) "
+            "before submitting"
+        )
+
+
+if profile_placeholders() and not workflow.remote_exec:
+    print(
+        f"pgolf: the profile still has {PLACEHOLDER} placeholders ({', '.join(profile_placeholders())}); "
+        "a dry run plans, a real run refuses to submit",
+        file=sys.stderr,
+    )
 
 
 # Shell prefixes of the torchrun stages: offline hub, and for train/hessians the rule's threads split over ranks.
@@ -80,8 +123,14 @@ def code_inputs(stage):
 
 
 def stage_shell(stage, prefix="python", drop=()):
-    """The rule's shell command: `prefix -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages."""
-    return f"{prefix} {STAGES.shell_args(stage, drop)} > {{log:q}} 2>&1"
+    """The rule's shell command: `prefix -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages. A long
+    stage (pgolf.stages' `progress`) shows its log on the console as well, through `tee -i` (which outlives a
+    Ctrl-C, so the stage's last words still reach both); pipefail keeps the stage's exit status.
+    """
+    command = f"{prefix} {STAGES.shell_args(stage, drop)}"
+    if STAGES.STAGES[stage].progress:
+        return f"set -o pipefail; {command} 2>&1 | tee -i {{log:q}}"
+    return f"{command} > {{log:q}} 2>&1"
 
 
 def data_audit_config():

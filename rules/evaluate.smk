@@ -16,7 +16,7 @@ rule eval_prequant:
         "../envs/pgolf.yaml"
     threads: RANKS
     resources:
-        gpu=config["hardware"]["gpus"],
+        gpu=GPUS,
     params:
         config=stage_config("eval", "hardware"),
         launch=torchrun(),
@@ -36,7 +36,7 @@ rule evaluate:
         "../envs/pgolf.yaml"
     threads: RANKS
     resources:
-        gpu=config["hardware"]["gpus"],
+        gpu=GPUS,
     params:
         **stage_files("evaluate", "params"),
         config=stage_config("eval", "hardware"),

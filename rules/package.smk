@@ -16,7 +16,7 @@ rule pack:
         "../envs/pgolf.yaml"
     threads: 8
     resources:
-        gpu=min(config["hardware"]["gpus"], 1),
+        gpu=GPU_ONE,
     params:
         compressor=config["pack"]["compressor"],
         prune_target=config["pack"].get("prune_target_bytes") or "none",

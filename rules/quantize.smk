@@ -15,7 +15,7 @@ rule hessians:
         "../envs/pgolf.yaml"
     threads: 4 * RANKS
     resources:
-        gpu=config["hardware"]["gpus"],
+        gpu=GPUS,
     params:
         config=stage_config("hessians", "hardware"),
         launch=torchrun(),
@@ -36,7 +36,7 @@ rule quantize:
     conda:
         "../envs/pgolf.yaml"
     resources:
-        gpu=min(config["hardware"]["gpus"], 1),
+        gpu=GPU_ONE,
     params:
         config=quant_config,
     shell:

@@ -18,6 +18,6 @@ rule submission:
         "../envs/pgolf.yaml"
     params:
         **stage_files("submission", "params"),
-        config=stage_config("run", "hardware", "data", "submission", "audit"),
+        config=stage_config("run", "hardware", "submission", "audit", "data"),
     shell:
         stage_shell("submission")

@@ -15,7 +15,7 @@ rule train:
         "../envs/pgolf.yaml"
     threads: 4 * RANKS
     resources:
-        gpu=config["hardware"]["gpus"],
+        gpu=GPUS,
     params:
         **stage_files("train", "params"),
         config=train_config(),

@@ -48,7 +48,9 @@ def run(manifest, tmp_path, fraction=0.001):
         audit.main(["--config", config, "--manifest", str(manifest), "--out", str(out)])
         return json.loads(out.read_text()), None
     except PgolfError as e:
-        return json.loads(out.read_text()), str(e)
+        failed = tmp_path / "data_audit.failed.json"  # beside the output, which Snakemake deletes on failure
+        assert not out.exists() and f"(report in {failed})" in str(e)
+        return json.loads(failed.read_text()), str(e)
 
 
 def test_clean_corpus_passes(tmp_path):
@@ -73,6 +75,7 @@ def test_planted_overlap_is_caught_across_shard_boundaries(tmp_path):
     assert "2 of 21 val documents (9.52%) also occur in train" in error and "train/val leak" in error
     report, error = run(write_dataset(tmp_path / "d", val, train), tmp_path, fraction=0.2)
     assert error is None and report["passed"] and report["overlap"]["val_docs"] == 2  # reported, below the limit
+    assert not (tmp_path / "data_audit.failed.json").exists()  # a pass clears the stale failure
 
 
 def test_a_prefix_is_not_an_overlap(tmp_path):
@@ -92,7 +95,7 @@ def test_a_prefix_is_not_an_overlap(tmp_path):
 def test_broken_datasets_fail_with_the_problem_named(tmp_path, change, problem):
     report, error = run(write_dataset(tmp_path / "d", DOCS[:20], DOCS[20:], **change), tmp_path)
     assert not report["passed"] and problem in error
-    assert "data audit failed" in error and "data_audit.json" in error
+    assert "data audit failed" in error and "data_audit.failed.json" in error
 
 
 def test_split_without_leading_bos(tmp_path):

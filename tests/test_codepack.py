@@ -1,6 +1,7 @@
 """The submission script: it carries the import closure of run_all and nothing else, its modules import from memory
 where pgolf and python-minifier are absent, its config is the run's, and its literal holds any bytes."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -44,6 +45,10 @@ for name in script['M']:
 import pgolf.pack, torch
 state = {'tensors': {'x': torch.arange(6, dtype=torch.int16)}, 'meta': {}, 'config': {}}
 rest = pgolf.pack.unpack(pgolf.pack.pack(state))['tensors']
+import pgolf.runlog, tempfile
+log_path = os.path.join(tempfile.mkdtemp(), 'log.jsonl')
+pgolf.runlog.RunLog('probe', {}, log_path, echo=False).close()
+code_version = json.loads(open(log_path).readline())['code_version']
 print(json.dumps({
     'config': script['CONFIG'],
     'carried': sorted(script['M']),
@@ -51,6 +56,7 @@ print(json.dumps({
     'loaders': sorted({type(sys.modules[n].__loader__).__name__ for n in names}),
     'json_loader': type(json.__loader__).__name__,
     'works': rest['x'].tolist(),
+    'code_version': code_version,
 }))
 """
 
@@ -87,6 +93,8 @@ def test_modules_import_from_memory(script, modules, tmp_path):
     for name in IMPORTED:
         assert out["sources"][name] == modules[name][1], name
     assert out["config"] == C.narrow_config(CONFIG, "record")
+    # the run log names the sources the script carries, not the hash of nothing
+    assert out["code_version"]["sources_sha256"] not in (hashlib.sha256().hexdigest()[:16], None)
 
 
 def test_carries_the_closure_of_run_all_only(modules):

@@ -98,7 +98,7 @@ def test_from_dict_rejects_unknown_keys():
 def test_names_and_paths_refuse_dots_and_shell_metacharacters(tmp_path, overlay, key):
     bad = tmp_path / "bad.yaml"
     bad.write_text(overlay)
-    with pytest.raises(PgolfError, match=rf"bad\.yaml: {re.escape(key)}: .* does not match"):
+    with pytest.raises(PgolfError, match=rf"bad\.yaml: {re.escape(key)} = .* does not match"):
         resolve([ROOT / "config.yaml", bad])
 
 

@@ -59,8 +59,8 @@ def test_submission_folder(smoke_run):
 def test_size_and_eval_contracts(smoke_run):
     quant = smoke_run / "results/smoke/seed1/quant/record"
     size = json.loads((quant / "size.json").read_text())
-    assert size["total_bytes"] == size["artifact_bytes"] + size["code_bytes"]
-    assert size["artifact_bytes"] == (quant / "model.pgrp").stat().st_size
+    assert size["total_bytes"] == size["model_bytes"] + size["code_bytes"]
+    assert size["model_bytes"] == (quant / "model.pgrp").stat().st_size
     assert size["code_bytes"] == (quant / "train_gpt.py").stat().st_size
     assert size["headroom_bytes"] == size["cap_bytes"] - size["total_bytes"] and size["cap_bytes"] == 16_000_000
     ev = json.loads((quant / "eval.json").read_text())
@@ -143,7 +143,7 @@ def test_an_outside_artifact_is_sized_and_scored_without_training(finished_copy)
     assert ours["prequant"] is None
     assert ours["quantized"]["val_bpb"] == pytest.approx(dag["quantized"]["val_bpb"], rel=1e-6)
     size = json.loads((finished_copy / "results/smoke/artifact/size.json").read_text())
-    assert size["artifact_bytes"] == blob.stat().st_size
+    assert size["model_bytes"] == blob.stat().st_size
 
 
 def test_a_corrupt_outside_artifact_is_refused(finished_copy):

@@ -4,6 +4,8 @@ record, and (where pgolf can express them) plan a complete DAG.
     pytest tests/test_recipes.py
 """
 
+import os
+import re
 import subprocess
 import sys
 
@@ -175,3 +177,22 @@ def test_pr1572_recipe_holds_every_value_of_its_dump():
     assert config["eval"]["ttt"]["mode"] == "sgd" and config["eval"]["ttt"]["global_batch_seqs"] == 32
     assert config["eval"]["ttt"]["global_grad_clip"] == 1.0 and config["model"]["parallel_residual"] == "single"
     assert config["model"]["cross_document"] and config["train"]["muon_backend"] == "newton_schulz"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")) + ["config"])
+def test_submission_title_describes_the_recipes_model(name):
+    """A title that names a depth (11L) or width (512d) names this recipe's model, not the record's."""
+    from pgolf.config import resolve
+
+    files = ["config.yaml"] if name == "config" else ["config.yaml", f"recipes/{name}.yaml"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        config = resolve(files)
+    finally:
+        os.chdir(cwd)
+    title = config["submission"]["name"] + " " + config["submission"]["blurb"]
+    for number in re.findall(r"\b(\d+)L\b", title):
+        assert int(number) == config["model"]["num_layers"], (name, title)
+    for number in re.findall(r"\b(\d+)d\b", title):
+        assert int(number) == config["model"]["model_dim"], (name, title)

@@ -45,7 +45,7 @@ def run_dir(tmp_path):
             size = {
                 "streams": streams,
                 "code_bytes": 20_000,
-                "artifact_bytes": total - 20_000,
+                "model_bytes": total - 20_000,
                 "total_bytes": total,
                 "cap_bytes": 16_000_000,
                 "headroom_bytes": 16_000_000 - total,

@@ -39,3 +39,15 @@ def test_acceptance_of_upstream_1855_against_1810():
 def test_single_seed_has_no_p_value():
     result = acceptance([2.3], [1.06], 1.07)
     assert result["p_value"] is None and result["accepted"] is None
+
+
+def test_readme_verdict_never_prints_none():
+    from pgolf.stats import acceptance
+    from pgolf.submission import verdict
+
+    one = acceptance([2.0], [1.0], comparison_bpb=1.5)
+    assert verdict(one) == "accepted: undecided (1 seed; the t-test needs at least 2)"
+    three = acceptance([2.0, 2.0, 2.0], [1.0, 1.001, 0.999], comparison_bpb=1.5)
+    assert verdict(three) == "accepted: yes" and three["accepted"] is True
+    worse = acceptance([2.0, 2.0, 2.0], [1.6, 1.601, 1.599], comparison_bpb=1.5)
+    assert verdict(worse) == "accepted: no"

@@ -418,3 +418,40 @@ def test_model_attention_picks_the_training_kernel(data, tmp_path):
     with pytest.raises(PgolfError, match="attention backend 'cudnn' is not usable on cpu"):
         main(args(path, data, tmp_path / "out"))
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_path, ranks):
+    """Ctrl-C (SIGINT to pgolf.launch) stops training at the end of a step on every gloo rank within seconds: a
+    checkpoint of that step, no model.pt, one message naming the step, no traceback; a rerun resumes there."""
+    import re
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    cfg = config(tmp_path, steps=100000)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    launch = [sys.executable, "-m", "pgolf.launch", "--gpus", "0", "--cpu-procs", str(ranks), "--",
+              "-m", "pgolf.train", *args(cfg, data, out)]
+    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    partial = out / "log.jsonl.partial"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (partial.exists() and '"step": 3,' in partial.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.time() - sent < 15, "training kept running after the signal"
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout and "KeyboardInterrupt" not in stderr and "SignalException" not in stderr
+    said = re.findall(r"^train: interrupted; the next run resumes from step (\d+)$", stderr, re.M)
+    assert len(said) == 1, stderr[-3000:]  # rank 0 alone says it
+    step = int(said[0])
+    assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
+    assert torch.load(checkpoint.checkpoint_path(out), weights_only=False)["step"] == step >= 3
+    rerun = subprocess.run([*launch, "--stop-after-step", str(step + 1)], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert any(r["event"] == "resume" and r["step"] == step for r in resumed)
