@@ -41,7 +41,7 @@ def over_cap_message(report: dict, preset: str) -> str:
     if "lzma_pruned" in report["streams"]:  # #1512's artifact: pruning sets its size
         return (
             f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
-            f"{-report['headroom_bytes']:,} (model.pgrp: lzma_pruned {report['artifact_bytes']:,}; train_gpt.py "
+            f"{-report['headroom_bytes']:,} (model.pgrp: lzma_pruned {report['model_bytes']:,}; train_gpt.py "
             f"{report['code_bytes']:,}). Shrink it: set pack.prune_target_bytes to at most "
             f"{report['cap_bytes'] - report['code_bytes']:,} (the cap less the code), then re-run"
         )
