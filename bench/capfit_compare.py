@@ -47,7 +47,7 @@ def measure(state, hessians, values, config, name, model_config, device) -> dict
         (tmp / "train_gpt.py").write_bytes(script)
         write_json(tmp / "pack.json", {"sha256": sha256(blob), "total_bytes": len(blob)})
         size = size_report(tmp / "model.pgrp", tmp / "pack.json", tmp / "train_gpt.py")
-    return {"total_bytes": size["total_bytes"], "model_bytes": size["artifact_bytes"],
+    return {"total_bytes": size["total_bytes"], "model_bytes": size["model_bytes"],
             "code_bytes": size["code_bytes"], "proxy": report["h_error"], "proxy_gptq": report["h_error_gptq"]}
 
 

@@ -144,7 +144,7 @@ build_artifact() {
     run_stage quantize python "${STAGE_CMD[@]}" &&
     # lrzip bounds the pack: every core, no OMP cap (pgolf.pack starts one lrzip per group, each threaded)
     # --no-baseline: the brotli-only comparison is one core on the whole state for minutes, past this call's budget
-    stage_cmd pack --set "params.compressor=$PG_COMPRESSOR" &&
+    stage_cmd pack --set "params.compressor=$PG_COMPRESSOR" --set "params.prune_target=$PG_PRUNE_TARGET" &&
     run_stage pack env -u OMP_NUM_THREADS python "${STAGE_CMD[@]}" --no-baseline &&
     stage_cmd code --set "params.config=$CFG/code.json" &&
     run_stage code python "${STAGE_CMD[@]}"

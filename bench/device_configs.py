@@ -102,6 +102,7 @@ def main(argv=None):
         "PG_LOCAL_PATH": str((data.get("local") or {}).get("path") or ""),
         "PG_TOKENIZER": str(data.get("tokenizer") or ""),
         "PG_COMPRESSOR": config["pack"]["compressor"],  # the pack rule's --compressor
+        "PG_PRUNE_TARGET": str(config["pack"].get("prune_target_bytes") or "none"),  # and its --prune-target
     }
     (out / "vars.sh").write_text(
         "# written by bench/device_configs.py; sourced by bench/gpu_experiment.sh and bench/gpu_evaluate.sh\n"

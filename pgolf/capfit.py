@@ -201,6 +201,7 @@ class Sizer:
     def __init__(self, config: dict):
         self.config = config
         self.compressor = (config.get("pack") or {}).get("compressor", "lrzip_groups")
+        self.prune_target = (config.get("pack") or {}).get("prune_target_bytes")
         self.groups = Memo(group_key)
 
     def code_bytes(self, values: dict) -> int:
@@ -209,7 +210,7 @@ class Sizer:
     def model_bytes(self, state: dict) -> int:
         if self.compressor == "lrzip_groups":
             return len(pack(state, self.groups))
-        return len(pack_as(state, self.compressor))  # one brotli stream: nothing to share between candidates
+        return len(pack_as(state, self.compressor, self.prune_target))  # one stream: nothing to share
 
 
 def search(state: dict, hessians: dict, presets: list[dict], sizer: Sizer, *, model_config, device) -> tuple:
@@ -244,7 +245,8 @@ def check_for_real(state, hessians, values, config, *, model_config, device) -> 
     """Quantize, pack and size-check one preset from scratch (no cache but codepack's minified sources), as the
     quantize, pack, code and size_check rules will: size_check's own report of the written files."""
     quantized, _ = quantize_state(state, hessians, values, model_config=model_config, device=device)
-    blob = pack_as(quantized, (config.get("pack") or {}).get("compressor", "lrzip_groups"))
+    packing = config.get("pack") or {}
+    blob = pack_as(quantized, packing.get("compressor", "lrzip_groups"), packing.get("prune_target_bytes"))
     script = codepack.build_script(code_config(config, values), PRESET)
     with tempfile.TemporaryDirectory(prefix="pgolf-capfit-") as tmp:
         tmp = Path(tmp)

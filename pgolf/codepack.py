@@ -91,6 +91,7 @@ OPTIONAL = {
     "pgolf/sgd_ttt.py": ("eval.ttt.mode", ("sgd",)),  # #1572's full-weight SGD TTT (pgolf.evaluate)
     "pgolf/ngram.py": ("eval.tilt.enabled", (True,)),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
     "pgolf/pack_shuffle.py": ("pack.compressor", ("brotli_shuffle",)),  # #1572's artifact format (pgolf.pack)
+    "pgolf/prune.py": ("pack.compressor", ("lzma_pruned",)),  # #1512's pruned lzma format (pgolf.pack)
     "pgolf/quant/awq.py": ("quant.presets.{preset}.awq.enabled", (True,)),  # AWQ-lite picks (pgolf.quant.state)
 }
 _MISSING = object()

@@ -8,7 +8,10 @@ CFG holds the `hessians` and `hardware` sections. Every rank draws `calibration_
 random `seq_len`-token windows from its own train shards (files [rank::world], an RNG seeded by (seed, rank)) and
 runs the model in eval mode with looping on; the `capture` hook sums XᵀX of every quantized matrix's input over
 every application (looped layers count each pass). Unlike the record, the sums are all-reduced over the ranks
-and divided by the total batch count, so every rank's data counts. Writes hessians.pt ({name: H (in, in) fp32,
+and divided by the total batch count, so every rank's data counts. With `source: self` (#1512) no data is read:
+every rank generates the same `self_seqs` sequences of seq_len tokens (pgolf.selfcalib, seeded by --seed, as
+#1512 seeded them with its run seed), runs its share (sequence i on rank i mod world) with the hook, each sequence
+a batch of one (H divides by self_seqs); the generation counts toward the loop seconds. Writes hessians.pt ({name: H (in, in) fp32,
 "act_rms": {name: (in,)}}) and hessians.json (batches, tokens, the collection loop's seconds, which count
 toward the training budget).
 """
@@ -23,13 +26,14 @@ import torch
 import torch.distributed as torch_dist
 
 from . import dist as pgdist
+from . import selfcalib
 from .cli import doc_summary, run_cli
-from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, write_json
 from .model import GPT, load_trained
 from .runlog import RunLog
 from .shards import load_manifest, read_shard, shard_paths
+from .stageconfig import from_dict, load_stage_config
 
 
 @dataclass
@@ -39,11 +43,19 @@ class HessianConfig:
     calibration_batches: int = 16  # per rank
     batch_seqs: int = 48
     seq_len: int = 2048
+    source: str = "data"  # data: train-shard windows; self: sequences the model generates (#1512)
+    self_seqs: int = 64  # source self: sequences generated (each one calibration batch)
+    self_temperature: float = 0.8
+    self_batch: int = 8  # source self: sequences generated together
 
     def __post_init__(self):
-        for key in ("calibration_batches", "batch_seqs", "seq_len"):
+        for key in ("calibration_batches", "batch_seqs", "seq_len", "self_seqs", "self_batch"):
             if getattr(self, key) < 1:
                 raise PgolfError(f"config hessians.{key}: must be at least 1; fix it in config.yaml or your recipe")
+        if self.source not in ("data", "self"):
+            raise PgolfError(f"config hessians.source: {self.source!r} is not data or self; fix your config")
+        if self.self_temperature <= 0:
+            raise PgolfError("config hessians.self_temperature: must be positive; fix your config")
 
 
 def rank_files(paths: list, rank: int, world: int) -> list:
@@ -137,6 +149,21 @@ def collect(model: GPT, windows: CalibrationWindows, config: HessianConfig, devi
     return sums, time.perf_counter() - start
 
 
+@torch.no_grad()
+def collect_self(model: GPT, config: HessianConfig, seed: int, dist: pgdist.Dist) -> tuple[HessianSums, float]:
+    """#1512's calibration: every rank generates all sequences (one RNG stream), then hooks its share."""
+    model.looping = True  # the trained model's final state writes the sequences
+    pgdist.sync(dist.device)
+    start = time.perf_counter()
+    seqs = selfcalib.generate(model, config.self_seqs, config.seq_len, config.self_temperature, config.self_batch,
+                              seed, dist.device)
+    sums = HessianSums()
+    for seq in seqs[dist.rank :: dist.world]:
+        model(seq[:, :-1].to(dist.device), capture=sums)
+    pgdist.sync(dist.device)
+    return sums, time.perf_counter() - start
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.hessians", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="JSON text or path with the hessians and hardware sections")
@@ -162,19 +189,25 @@ def main(argv=None):
         if not paths:
             raise PgolfError(f"{args.manifest}: lists no train shards; re-run the data stage")
         files = rank_files(paths, dist.rank, dist.world)
-        windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank), vocab)
-        sums, seconds = collect(model, windows, calib, dist.device)
+        if calib.source == "self":
+            sums, seconds = collect_self(model, calib, args.seed, dist)
+            total_batches, batch_seqs, seq_tokens = calib.self_seqs, 1, calib.seq_len - 1
+        else:
+            windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank), vocab)
+            sums, seconds = collect(model, windows, calib, dist.device)
+            total_batches = calib.calibration_batches * dist.world
+            batch_seqs, seq_tokens = calib.batch_seqs, calib.seq_len
         sums.all_reduce(dist)
         loop_seconds = dist.all_reduce_(torch.tensor([seconds], device=dist.device), op=torch_dist.ReduceOp.MAX)
-        total_batches = calib.calibration_batches * dist.world
         hessians = sums.result(total_batches)
         summary = {
+            "source": calib.source,
             "batches": total_batches,
-            "batches_per_rank": calib.calibration_batches,
+            "batches_per_rank": calib.calibration_batches if calib.source == "data" else None,
             "world": dist.world,
-            "tokens": total_batches * calib.batch_seqs * calib.seq_len,
+            "tokens": total_batches * batch_seqs * seq_tokens,
             "seq_len": calib.seq_len,
-            "batch_seqs": calib.batch_seqs,
+            "batch_seqs": batch_seqs,
             "seconds": float(loop_seconds.item()),
             "matrices": len(hessians) - 1,
             "files_per_rank": len(files),

@@ -12,6 +12,7 @@ Every stage codes against `GPT`:
     model(stream, targets, cu_seqlens=segment_offsets(stream, 2048), max_seqlen=2048)  # the record's (1, N) packing
     model(ids, targets, layout=model.layout(ids, cu, 2048))  # the layout built ahead (the trainer, outside compile)
     model.looping = True                             # depth recurrence (training turns it on at enable_looping_at)
+    model.qat = True                                 # fake int6 weights in training forwards (#1512's late QAT)
     state = model.unbanked_state_dict(); GPT.from_unbanked(config, state)
 
 Documents are isolated inside the model: no attention across a BOS boundary and no SmearGate carry into a BOS
@@ -29,10 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend, window_offsets
-from .stageconfig import from_dict
+from .embeds import BigramHash, ValueEmbedding, smear_per_dim
 from .errors import PgolfError
 from .io import load_torch
+from .pko import partial_key_offset
+from .qat import fake_quant_int6
 from .shards import BOS_ID
+from .stageconfig import from_dict
 
 BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
 ADAPTER_KINDS = ("q", "k", "v", "o", "mlp", "head")
@@ -57,11 +61,19 @@ class ModelConfig:
     asym_logit_rescale: bool = False  # eval/TTT softcap with learned positive/negative caps (#1923)
     rope_dims: int = 16
     rope_base: float = 10000.0
+    rope_train_len: int | None = None  # #1019's RoPE: longer sequences raise the base by (T/this)^(d/(d-2)); None = off
     ln_scale: bool = True  # norm outputs scaled by 1/sqrt(layer + 1)
     qk_gain_init: float = 5.0
     xsa_last_n: int = 11
     gated_xsa: bool = False  # XSA term scaled by tanh(alpha_h), alpha init 0 (#2018)
     smear_gate: bool = True
+    smear_per_dim: bool = False  # #1019's SmearGate: a learned mix per dimension after the embedding norm
+    bigram_buckets: int = 0  # #1019's BigramHash embedding rows; 0 = off
+    bigram_dim: int = 128
+    value_embed_layers: list[int] | None = None  # layers whose values add the shared value embedding; None = off
+    value_embed_dim: int = 128
+    skip_gates: bool = True  # sigmoid-gated U-Net skips (#1855); false: #1019's x + w * skip
+    partial_key_offset: bool = False  # #1512: full-attention layers' non-rotary key dims come from position t-1
     sparse_attn_gate: bool = True
     gate_window: int = 12
     sparse_attn_gate_scale: float = 0.5
@@ -97,6 +109,16 @@ class ModelConfig:
             bad("xsa_last_n", f"must be in 0..{self.num_layers}")
         if self.attention not in ("auto",) + BACKENDS:
             bad("attention", f"unknown backend {self.attention!r}; use one of {('auto',) + BACKENDS}")
+        if self.smear_gate and self.smear_per_dim:
+            bad("smear_per_dim", "choose one SmearGate: turn smear_gate off to use the per-dimension one")
+        if self.bigram_buckets < 0 or self.bigram_buckets == 1 or self.bigram_dim < 1:
+            bad("bigram_buckets", "0 (off) or at least 2 rows, with bigram_dim at least 1")
+        if self.value_embed_layers is not None:
+            self.value_embed_layers = [int(i) for i in self.value_embed_layers]
+            if any(not 0 <= i < self.num_layers for i in self.value_embed_layers) or self.value_embed_dim < 1:
+                bad("value_embed_layers", f"layer indices in 0..{self.num_layers - 1}, value_embed_dim at least 1")
+        if self.rope_train_len is not None and (self.rope_train_len < 1 or self.rope_dims < 4):
+            bad("rope_train_len", "a positive length (and rope_dims of at least 4) or null")
         if self.parallel_residual not in PARALLEL_RESIDUALS:
             bad("parallel_residual", f"{self.parallel_residual!r} is not one of {PARALLEL_RESIDUALS}")
         if self.attn_window is not None and self.attn_window < 1:
@@ -185,15 +207,22 @@ def softcapped_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: f
 
 
 class Rotary(nn.Module):
-    """cos/sin tables of partial RoPE: frequencies base^(-2j/rope_dims) over the rotated dims only."""
+    """cos/sin tables of partial RoPE: frequencies base^(-2j/rope_dims) over the rotated dims only. With
+    `train_len` (#1019's rule) a sequence of T > train_len tokens uses base * (T/train_len)^(d/(d-2))."""
 
-    def __init__(self, rope_dims: int, base: float):
+    def __init__(self, rope_dims: int, base: float, train_len: int | None = None):
         super().__init__()
+        self.rope_dims, self.base, self.train_len = rope_dims, base, train_len
         inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, T: int, device, dtype):
-        freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), self.inv_freq.to(device))
+        inv_freq = self.inv_freq.to(device)
+        if self.train_len is not None and T > self.train_len:
+            rd = self.rope_dims
+            base = self.base * (T / self.train_len) ** (rd / (rd - 2))
+            inv_freq = 1.0 / base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd)
+        freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
         return freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype)
 
 
@@ -210,6 +239,7 @@ class Attention(nn.Module):
             self.xsa_alpha = nn.Parameter(torch.zeros(config.num_heads))
         in_window = config.attn_window_layers is None or layer in config.attn_window_layers
         self.window = config.attn_window if in_window else None
+        self.key_offset = config.partial_key_offset and self.window is None
 
 
 class Block(nn.Module):
@@ -233,6 +263,8 @@ class _Pass(NamedTuple):
     sin: torch.Tensor
     capture: Callable | None
     adapters: Callable | None
+    starts: torch.Tensor | None = None  # (B, T) bool: documents' first positions (BOS), for the key offset
+    value_embed: torch.Tensor | None = None  # (B, T, kv_dim): the shared value embedding of this batch
 
 
 def _adapt(p: _Pass, kind: str, slot: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -265,18 +297,27 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(c, i) for i in range(n))
         enc, dec = layer_orders(c, looping=True)
         self.skip_weights = nn.Parameter(torch.ones(min(len(enc), len(dec)), d))
-        self.skip_gates = nn.Parameter(torch.zeros(min(len(enc), len(dec)), d))
-        if c.parallel_residual == "lanes":
+        if c.skip_gates:
+            self.skip_gates = nn.Parameter(torch.zeros(min(len(enc), len(dec)), d))
+        if c.parallel_start_layer is not None and c.parallel_residual == "lanes":
             self.parallel_post_lambdas = nn.Parameter(torch.ones(n, 2, 2))  # [layer, attn|mlp, lane]
             self.parallel_resid_lambdas = nn.Parameter(torch.full((n, 2), 1.1))
         if c.smear_gate:
             self.smear_gate = nn.Linear(c.gate_window, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.zeros(1))
+        if c.smear_per_dim:
+            self.smear_dim_gate = nn.Parameter(torch.zeros(d))
+        if c.bigram_buckets:
+            self.bigram = BigramHash(c.bigram_buckets, c.bigram_dim, d)
+        if c.value_embed_layers:
+            self.value_embed = ValueEmbedding(c.vocab_size, c.value_embed_dim, c.kv_dim)
+            self.value_embed_scales = nn.Parameter(torch.ones(len(c.value_embed_layers)))
         if c.asym_logit_rescale:
             self.softcap_pos = nn.Parameter(torch.tensor(float(c.logit_softcap)))
             self.softcap_neg = nn.Parameter(torch.tensor(float(c.logit_softcap)))
-        self.rotary = Rotary(c.rope_dims, c.rope_base)
+        self.rotary = Rotary(c.rope_dims, c.rope_base, c.rope_train_len)
         self.looping = False
+        self.qat = False
         self.attention_backend = "auto"
         self._init_weights()
 
@@ -298,6 +339,10 @@ class GPT(nn.Module):
             self.lm_head.weight.zero_()
         if c.smear_gate:
             self.smear_gate.weight.zero_()
+        if c.bigram_buckets:
+            self.bigram.reset_parameters()
+        if c.value_embed_layers:
+            self.value_embed.reset_parameters()
         self._round_through_bf16()
 
     @torch.no_grad()
@@ -366,9 +411,14 @@ class GPT(nn.Module):
             _capture(p, f"blocks.{i}.attn.{part}.weight", n_in)
         q = _adapt(p, "q", slot, n_in, F.linear(n_in, q_w)).view(B, T, c.num_heads, c.head_dim)
         k = _adapt(p, "k", slot, n_in, F.linear(n_in, k_w)).view(B, T, c.num_kv_heads, c.head_dim)
-        v = _adapt(p, "v", slot, n_in, F.linear(n_in, v_w)).view(B, T, c.num_kv_heads, c.head_dim)
+        v = _adapt(p, "v", slot, n_in, F.linear(n_in, v_w))
+        if p.value_embed is not None and i in c.value_embed_layers:
+            v = v + p.value_embed * self.value_embed_scales[c.value_embed_layers.index(i)].to(v.dtype)
+        v = v.view(B, T, c.num_kv_heads, c.head_dim)
         q = apply_partial_rope(rms_norm(q), p.cos, p.sin)
         k = apply_partial_rope(rms_norm(k), p.cos, p.sin)
+        if attn.key_offset:
+            k = partial_key_offset(k, c.rope_dims, p.starts)
         q = q * attn.q_gain.to(q.dtype)[:, None]
         y = attend(p.backend, q, k, v, p.layout, attn.window)
         if attn.use_xsa:
@@ -417,8 +467,27 @@ class GPT(nn.Module):
         lane1 = resid[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out
         return lane0, lane1
 
-    def _embed(self, ids: torch.Tensor, dtype) -> torch.Tensor:
+    def _skip(self, j: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """U-Net skip j into x: gated (lerp by sigmoid(gate)), or #1019's plain sum."""
+        if not self.config.skip_gates:
+            return x + skip
+        return torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j].to(x.dtype)))
+
+    def _carry_stops(self, ids: torch.Tensor, layout: DocLayout) -> torch.Tensor:
+        """(B, T) bool: positions where the per-dimension smear and the key offset take nothing from the position
+        before: each document's BOS, or with cross_document each attention segment's first position (#1512's rows
+        and windows run across documents and start from zeros / their own key)."""
+        if not self.config.cross_document:
+            return ids == BOS_ID
+        d = layout.doc_ids
+        return torch.cat([torch.ones_like(d[:, :1], dtype=torch.bool), d[:, 1:] != d[:, :-1]], dim=1)
+
+    def _embed(self, ids: torch.Tensor, dtype, starts: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok_emb(ids).to(dtype)
+        if self.config.bigram_buckets:
+            x = x + self.bigram(ids, dtype, self.qat and self.training)
+        if self.config.smear_per_dim:  # #1019: the norm first, then the smear
+            return smear_per_dim(rms_norm(x), self.smear_dim_gate, starts)
         if self.config.smear_gate:
             # x_t += lambda * sigmoid(W x_t[:window]) * x_{t-1}, never carried into a document's BOS
             g = self.smear_lambda.to(dtype) * torch.sigmoid(
@@ -448,9 +517,12 @@ class GPT(nn.Module):
         elif cu_seqlens is not None or max_seqlen is not None:
             raise ValueError("pass the document cuts (cu_seqlens, max_seqlen) or a layout built from them, not both")
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
-        banks = tuple(getattr(self, b).to(dtype) for b in BANKS)
-        p = _Pass(self.backend(ids.device), layout, banks, cos, sin, capture, adapters)
-        x = x0 = self._embed(ids, dtype)
+        qat = self.qat and self.training
+        banks = tuple((fake_quant_int6(getattr(self, b)) if qat else getattr(self, b)).to(dtype) for b in BANKS)
+        starts = self._carry_stops(ids, layout) if c.partial_key_offset or c.smear_per_dim else None
+        ve = self.value_embed(ids, dtype, qat) if c.value_embed_layers else None
+        p = _Pass(self.backend(ids.device), layout, banks, cos, sin, capture, adapters, starts, ve)
+        x = x0 = self._embed(ids, dtype, starts)
         enc, dec = self.layer_order()
         skips = []
         for slot, i in enumerate(enc):
@@ -465,11 +537,10 @@ class GPT(nn.Module):
                 lane0 = lane1 = x
             if j < self.skip_weights.size(0) and skips:
                 skip = self.skip_weights[j].to(dtype) * skips.pop()
-                gate = torch.sigmoid(self.skip_gates[j].to(dtype))
                 if lane0 is None:
-                    x = torch.lerp(skip, x, gate)
+                    x = self._skip(j, x, skip)
                 else:
-                    lane0 = torch.lerp(skip, lane0, gate)
+                    lane0 = self._skip(j, lane0, skip)
             if lane0 is None and psl is not None and i >= psl:
                 x = self._single_lane_block(p, i, slot, x, x0)
             elif lane0 is None:
@@ -528,10 +599,12 @@ class GPT(nn.Module):
 
     # ----- optimizer groups and the unbanked view -----
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """matrix: the 3-D banks (Muon); embed: token embedding (and an untied head); scalar: the rest (AdamW) but
-        the learnable logit caps, which act only at eval and, as upstream (#1923 lineage), sit in no group."""
+        """matrix: the 3-D banks (Muon); embed: token embedding (and an untied head), and #1019's BigramHash and
+        value-embedding tables (its token group); scalar: the rest (AdamW) but the learnable logit caps, which act
+        only at eval and, as upstream (#1923 lineage), sit in no group."""
         matrix = [getattr(self, b) for b in BANKS]
         embed = [self.tok_emb.weight] + ([] if self.config.tie_embeddings else [self.lm_head.weight])
+        embed += [m.embed.weight for m in (getattr(self, "bigram", None), getattr(self, "value_embed", None)) if m]
         caps = [self.softcap_pos, self.softcap_neg] if self.config.asym_logit_rescale else []
         taken = {id(t) for t in matrix + embed + caps}
         return {"matrix": matrix, "embed": embed, "scalar": [t for t in self.parameters() if id(t) not in taken]}

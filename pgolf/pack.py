@@ -15,8 +15,10 @@ the payload, then a sha256 over the length, the payload and every other stream (
 length). `unpack` checks the seal before it reads anything else, then validates the header (types, bounds, row
 orders that are permutations) and decodes every stream only up to the size the header declares for it.
 
-`--compressor brotli_shuffle` writes #1572's format instead (pgolf.pack_shuffle); `unpack_artifact` reads either
-format (a PGRP blob starts with its magic).
+`--compressor brotli_shuffle` writes #1572's format instead (pgolf.pack_shuffle); `--compressor lzma_pruned`
+writes #1512's: lzma of the torch-saved state, its least costly int6 codes zeroed until the blob fits
+`--prune-target` bytes (pgolf.prune, b"PLZM" + the decoded size first). `unpack_artifact` and
+`artifact_streams` read any of the three (by the blob's magic).
 """
 
 import argparse
@@ -521,33 +523,68 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
 
 # --- either format ---------------------------------------------------------------------------------------
 
-COMPRESSORS = ("lrzip_groups", "brotli_shuffle")
+COMPRESSORS = ("lrzip_groups", "brotli_shuffle", "lzma_pruned")
+LZMA_MAGIC = b"PLZM"  # pgolf.prune's blobs; the module itself ships only where lzma_pruned is chosen
 
 
-def pack_as(quantized_state: dict, compressor: str) -> bytes:
+def pack_as(quantized_state: dict, compressor: str, prune_target_bytes: int | None = None) -> bytes:
+    return pack_counted(quantized_state, compressor, prune_target_bytes)[0]
+
+
+def pack_counted(quantized_state: dict, compressor: str, prune_target_bytes: int | None) -> tuple[bytes, int | None]:
+    """(blob, int6 codes zeroed: lzma_pruned only, else None)."""
     if compressor not in COMPRESSORS:
         raise PgolfError(f"pack compressor {compressor!r} is not one of {COMPRESSORS}; fix pack.compressor")
+    if prune_target_bytes is not None and compressor != "lzma_pruned":
+        raise PgolfError(f"pack.prune_target_bytes applies to lzma_pruned only, not {compressor}; set it to null")
+    if compressor == "lzma_pruned":
+        return pack_lzma(quantized_state, prune_target_bytes)
     if compressor == "lrzip_groups":
-        return pack(quantized_state)
+        return pack(quantized_state), None
     from .pack_shuffle import pack_brotli_shuffle  # shipped only where pack.compressor picks it (codepack.OPTIONAL)
 
-    return pack_brotli_shuffle(quantized_state)
+    return pack_brotli_shuffle(quantized_state), None
 
 
 def unpack_artifact(data: bytes, source: str = "artifact") -> dict:
-    """The quantized state of a blob in either format."""
+    """The quantized state of a blob in any of the formats."""
     if data[:4] == MAGIC:
         return unpack(data, source)
+    if data[:4] == LZMA_MAGIC:
+        from . import prune
+
+        return prune.lzma_unpack(data, source)
     from .pack_shuffle import unpack_brotli_shuffle
 
     return unpack_brotli_shuffle(data, source)
 
 
 def artifact_streams(data: bytes, source: str = "artifact") -> dict:
-    return stream_sizes(data, source) if data[:4] == MAGIC else {"brotli_shuffle": len(data)}
+    if data[:4] == MAGIC:
+        return stream_sizes(data, source)
+    return {"lzma_pruned" if data[:4] == LZMA_MAGIC else "brotli_shuffle": len(data)}
 
 
 # --- files ----------------------------------------------------------------------------------------------------
+
+
+def pack_lzma(state: dict, prune_target_bytes: int | None) -> tuple[bytes, int]:
+    """#1512's artifact: (lzma blob, int6 codes zeroed to fit prune_target_bytes; 0 without a target)."""
+    from . import prune
+
+    if prune_target_bytes is None:
+        return prune.lzma_pack(state), 0
+    pruned, state = prune.prune_to_target(state, prune_target_bytes, lambda s: len(prune.lzma_pack(s)))
+    return prune.lzma_pack(state), pruned
+
+
+def prune_target(text: str) -> int | None:
+    """--prune-target: a positive byte count, or none/None/null (the rule renders pack.prune_target_bytes)."""
+    if text.lower() in ("none", "null"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive byte count nor none")
+    return int(text)
 
 
 def sha256(data: bytes) -> str:
@@ -614,17 +651,21 @@ def main(argv=None):
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the brotli-only comparison (one core compresses the whole state: minutes)")
     parser.add_argument("--compressor", default="lrzip_groups", choices=COMPRESSORS,
-                        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream")
+                        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream; "
+                        "lzma_pruned: #1512's lzma blob")
+    parser.add_argument("--prune-target", type=prune_target, default=None,
+                        help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning")
     args = parser.parse_args(argv)
     if args.index:
         return index(args.index, args.out)
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
     start = time.perf_counter()
-    data = pack_as(state, args.compressor)
+    data, pruned = pack_counted(state, args.compressor, args.prune_target)
     seconds = time.perf_counter() - start
     info = {
         "compressor": args.compressor,
+        "pruned_int6_codes": pruned,
         "streams": artifact_streams(data),
         "total_bytes": len(data),
         "seconds": round(seconds, 3),

@@ -107,6 +107,17 @@ def _calibration_rows(batch_tokens, dump):
     return batch_tokens // 8 // dump["train_seq_len"]
 
 
+def _leading_layers(count, dump):  # #1512's SWA_FULL_ATTN_LAYERS: the last `count` layers attend fully
+    return list(range(dump["num_layers"] - count))
+
+
+def _hub_shard_dir(path, dump):  # ./data/datasets/X -> the hub repository's datasets/datasets/X
+    return "datasets/" + str(path).removeprefix("./data/")
+
+
+COMPRESSORS = {"pergroup": "lrzip_groups", "brotli": "brotli_shuffle", "lzma": "lzma_pruned"}
+
+
 TRANSFORMS = {
     "negate": lambda value, dump: not value,
     "all_docs": _all_docs,
@@ -115,6 +126,9 @@ TRANSFORMS = {
     "int_list": lambda text, dump: sorted(int(x) for x in str(text).replace("-", "_").replace(",", "_").split("_")),
     "ttt_mask": _ttt_mask,
     "calibration_rows": _calibration_rows,
+    "leading_layers": _leading_layers,
+    "hub_shard_dir": _hub_shard_dir,
+    "compressor": lambda name, dump: COMPRESSORS[name],
 }
 
 
@@ -135,6 +149,7 @@ COMPARES = {
     "contains": lambda expected, actual: any(_same(expected, a) for a in actual),
     "truthy": lambda expected, actual: bool(expected) == bool(actual),
     "subset": lambda expected, actual: all(k in actual and _same(v, actual[k]) for k, v in expected.items()),
+    "unset_or_equal": lambda expected, actual: actual is None or _same(expected, actual),
 }
 
 

@@ -47,7 +47,9 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
         if dist.is_main:
             _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
             # no brotli-only comparison: minutes of one core that the judge's run does not need
-            compressor = {"params.compressor": config.get("pack", {}).get("compressor", "lrzip_groups")}
+            packing = config.get("pack", {})
+            compressor = {"params.compressor": packing.get("compressor", "lrzip_groups"),
+                          "params.prune_target": packing.get("prune_target_bytes") or "none"}
             _run(pack, "pack", root, {**compressor, **wildcards}, ["--no-baseline"])
             _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
         dist.barrier()

@@ -38,6 +38,13 @@ def size_report(pgrp, pack_json, code) -> dict:
 def over_cap_message(report: dict, preset: str) -> str:
     streams = ", ".join(f"{name} {size:,}" for name, size in report["streams"].items())
     knobs = f"quant.presets.{preset}"
+    if "lzma_pruned" in report["streams"]:  # #1512's artifact: pruning sets its size
+        return (
+            f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
+            f"{-report['headroom_bytes']:,} (model.pgrp: lzma_pruned {report['model_bytes']:,}; train_gpt.py "
+            f"{report['code_bytes']:,}). Shrink it: set pack.prune_target_bytes to at most "
+            f"{report['cap_bytes'] - report['code_bytes']:,} (the cap less the code), then re-run"
+        )
     return (
         f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
         f"{-report['headroom_bytes']:,} (model.pgrp {report['model_bytes']:,} = {streams}; "

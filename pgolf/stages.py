@@ -179,7 +179,10 @@ STAGES = {
     ),
     "pack": Stage(
         "pack",
-        _args("--quantized {input.quantized} --compressor {params.compressor} --out {output.pgrp}"),
+        _args(
+            "--quantized {input.quantized} --compressor {params.compressor} --prune-target {params.prune_target} "
+            "--out {output.pgrp}"
+        ),
         inputs={"quantized": "quantized"},
         outputs={"pgrp": "pgrp", "info": "pack_info"},
         progress=True,

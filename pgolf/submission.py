@@ -71,6 +71,13 @@ def budget(value: float, limit: float, **details) -> dict:
     return {"value": value, "limit": limit, **details, "passed": ok}
 
 
+def scored_phase(eval_json: dict) -> tuple[dict, float]:
+    """(loss and bpb, timed seconds) of the scored phase: TTT's, or the quantized eval's with TTT off (#1512)."""
+    if eval_json["ttt"] is not None:
+        return eval_json["ttt"], eval_json["seconds"]["eval_timer"]
+    return eval_json["quantized"], eval_json["seconds"]["quantized_eval"]
+
+
 def audit_checks(config: dict, data_audit: dict, seeds: dict) -> dict:
     """audit.json: each rule of the challenge checked against the output that measured it. Every check carries
     `passed` and `status` ("passed" / "failed"); `failed` lists the paths of the failed ones."""
@@ -88,7 +95,7 @@ def audit_checks(config: dict, data_audit: dict, seeds: dict) -> dict:
                       "included; a resume adds its checkpoint's seconds), plus the Hessian collection",
                 compile_warmup_seconds_outside=summary.get("compile_warmup_seconds"),
             ),
-            "eval_seconds": budget(ev["seconds"]["eval_timer"], TIME_BUDGET_SECONDS, world=ev["world"],
+            "eval_seconds": budget(scored_phase(ev)[1], TIME_BUDGET_SECONDS, world=ev["world"],
                                    device=ev["device"]),
             "eval_seconds_projected_8gpu": budget(
                 ev["projected_8gpu_seconds"], TIME_BUDGET_SECONDS,
@@ -96,7 +103,8 @@ def audit_checks(config: dict, data_audit: dict, seeds: dict) -> dict:
             ),
             "total_bytes": budget(out["size"]["total_bytes"], out["size"]["cap_bytes"]),
             "targets_scored": {"value": ev["scored"], "expected": ev["targets"], "passed": ev["scored"] == ev["targets"]},
-            "score_first_probe": {**score_first, "passed": bool(score_first["passed"])},
+            "score_first_probe": score_first if isinstance(score_first, str)  # TTT off: nothing to probe
+            else {**score_first, "passed": bool(score_first["passed"])},
             "tilt_causality_probe": tilt_causal if tilt_causal == "off"
             else {**tilt_causal, "passed": bool(tilt_causal["identical"])},
         }
@@ -130,12 +138,12 @@ def submission_json(config: dict, seeds: dict, stats: dict) -> dict:
     sub = config["submission"]
     results = {
         str(seed): {
-            "val_loss": out["eval"]["ttt"]["val_loss"],
+            "val_loss": scored_phase(out["eval"])[0]["val_loss"],
             "val_bpb": out["eval"]["final_bpb"],
             "artifact_bytes": out["size"]["total_bytes"],
             "steps": out["summary"]["steps"],
             "step_avg_ms": round(1000 * out["summary"]["train_seconds"] / max(out["summary"]["steps"], 1), 1),
-            "eval_time_s": round(out["eval"]["seconds"]["eval_timer"], 1),
+            "eval_time_s": round(scored_phase(out["eval"])[1], 1),
         }
         for seed, out in seeds.items()
     }
@@ -174,7 +182,7 @@ def readme(config: dict, seeds: dict, stats: dict, audit: dict, sub_json: dict) 
     rows = "\n".join(
         f"| {seed} | {out['eval']['prequant']['val_bpb']:.5f} | {out['eval']['quantized']['val_bpb']:.5f} | "
         f"{out['eval']['final_bpb']:.5f} | {out['summary']['steps']} | {out['summary']['train_seconds']:.1f} | "
-        f"{out['hessians']['seconds']:.1f} | {out['eval']['seconds']['eval_timer']:.1f} | {out['size']['total_bytes']:,} |"
+        f"{out['hessians']['seconds']:.1f} | {scored_phase(out['eval'])[1]:.1f} | {out['size']['total_bytes']:,} |"
         for seed, out in seeds.items()
     )
     size = next(iter(seeds.values()))["size"]
@@ -278,7 +286,7 @@ def main(argv=None):
     config = load_stage_config(args.config)
     preset = config["submission"]["preset"]
     seeds = {seed: seed_outputs(config, args.run_dir, seed, preset) for seed in config["run"]["seeds"]}
-    stats = acceptance([o["eval"]["ttt"]["val_loss"] for o in seeds.values()],
+    stats = acceptance([scored_phase(o["eval"])[0]["val_loss"] for o in seeds.values()],
                        [o["eval"]["final_bpb"] for o in seeds.values()], config["submission"]["comparison_bpb"])
     audit = audit_checks(config, read_json(args.data_dir / "data_audit.json"), seeds)
     sub_json = submission_json(config, seeds, stats)

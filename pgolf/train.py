@@ -65,7 +65,9 @@ class TrainConfig(OptimConfig):
     batch_tokens: int = 786432
     packing: str = "stream"  # stream: the record loader's one row per micro-batch; rows: also cut at row starts
     warmdown_frac: float = 0.85
+    warmdown_steps: int = 0  # #1512's warmdown over the last N steps' worth of measured step time; 0 = warmdown_frac
     min_lr: float = 0.1
+    late_qat_threshold: float = 0.0  # #1512: fake int6 weights once the LR multiplier falls below this; 0 = off
     seq_change_warmup_steps: int = 0  # LR ramp after each change of model.seq_schedule's length (#2014); 0 = off
     ema_decay: float = 0.9965
     compile: bool = True  # torch.compile on GPU (never on the CPU)
@@ -91,6 +93,22 @@ def schedule_frac(cfg: TrainConfig, step: int, elapsed: float) -> float:
     """Training progress in [0, 1]: steps done, or loop seconds spent out of the budget less the reserve."""
     frac = step / cfg.steps if cfg.schedule == "steps" else elapsed / cfg.loop_seconds
     return min(max(frac, 0.0), 1.0)
+
+
+def lr_schedule(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """The LR multiplier: warmdown_frac's over the training fraction, or with warmdown_steps #1512's: the steps
+    schedule decays linearly over the last N steps; the time schedule over the last N x the mean step time so far
+    (remaining / (N x elapsed / step)), floored at min_lr either way."""
+    n = cfg.warmdown_steps
+    if n <= 0:
+        return lr_multiplier(schedule_frac(cfg, step, elapsed), cfg.warmdown_frac, cfg.min_lr)
+    if cfg.schedule == "steps":
+        mult = min((cfg.steps - step) / n, 1.0)
+    else:
+        warmdown = n * elapsed / max(step, 1)
+        remaining = max(cfg.loop_seconds - elapsed, 0.0)
+        mult = remaining / max(warmdown, 1e-12) if remaining <= warmdown else 1.0
+    return max(mult, cfg.min_lr)
 
 
 def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
@@ -192,6 +210,7 @@ class Trainer:
         self.step, self.elapsed, self.position = 0, 0.0, start_position()
         self.phase = {"before": [0.0, 0], "after": [0.0, 0]}  # looping off/on: [seconds, steps]
         self.looping_from = None
+        self.qat_from = None  # the step #1512's late QAT switched on at
         self.seq_len, self.seq_changed_at = None, None  # the last step's sequence length; the step it changed at
         self.compile_seconds = None  # the compile warm-up's wall seconds, outside the training timer
         self.raw = None  # the raw weights' val score after the last step (raw_val)
@@ -218,6 +237,7 @@ class Trainer:
             "position": self.position,
             "phase": self.phase,
             "looping_from": self.looping_from,
+            "qat_from": self.qat_from,
             "seq_len": self.seq_len,
             "seq_changed_at": self.seq_changed_at,
             "rng": checkpoint.rng_state(),
@@ -232,6 +252,8 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
         self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
         self.phase, self.looping_from = state["phase"], state["looping_from"]
+        self.qat_from = state["qat_from"]
+        self.model.qat = self.qat_from is not None
         self.seq_len, self.seq_changed_at = state["seq_len"], state["seq_changed_at"]
         self.records = state["records"]
         self.resumes = state.get("resumes", [])
@@ -274,7 +296,7 @@ class Trainer:
         return total / self.accum, grad_norm
 
     def compile_warmup(self):
-        """Compile every (looping, sequence length) variant outside the timer, then restore the initial state."""
+        """Compile every (looping, QAT, sequence length) variant outside the timer, then restore the initial state."""
         start = time.perf_counter()
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_opt = copy.deepcopy(self.opt.state_dict())
@@ -282,14 +304,17 @@ class Trainer:
         try:
             for looping in sorted({False, self.model_cfg.num_loops > 0}):
                 self.model.looping = looping
-                for seq_len in seq_lens(self.model_cfg):
-                    for _ in range(self.cfg.compile_warmup_steps):
-                        self.train_step(next(loader), seq_len, 1.0, muon_momentum(0, self.cfg))
+                for qat in sorted({False, self.cfg.late_qat_threshold > 0}):
+                    self.model.qat = qat
+                    for seq_len in seq_lens(self.model_cfg):
+                        for _ in range(self.cfg.compile_warmup_steps):
+                            self.train_step(next(loader), seq_len, 1.0, muon_momentum(0, self.cfg))
         finally:
             loader.close()
         self.model.load_state_dict(saved_model)
         self.opt.load_state_dict(saved_opt)
         self.model.looping = False
+        self.model.qat = self.qat_from is not None
         self.sync()
         self.compile_seconds = round(time.perf_counter() - start, 2)
         self.emit({"event": "compile_warmup_done", "seconds": self.compile_seconds})
@@ -376,7 +401,10 @@ class Trainer:
                 self.seq_changed_at = self.step
                 self.emit({"event": "seq_len_changed", "step": self.step, "seq_len": seq_len})
             self.seq_len = seq_len
-            lr_mult = lr_multiplier(frac, self.cfg.warmdown_frac, self.cfg.min_lr)
+            lr_mult = lr_schedule(self.cfg, self.step, self.elapsed)
+            if self.qat_from is None and lr_mult < self.cfg.late_qat_threshold:
+                self.qat_from, self.model.qat = self.step, True
+                self.emit({"event": "late_qat_enabled", "step": self.step, "lr_mult": round(lr_mult, 5)})
             lr_mult *= seq_change_ramp(self.step, self.seq_changed_at, self.cfg.seq_change_warmup_steps)
             start = time.perf_counter()
             loss, grad_norm = self.train_step(next(loader), seq_len, lr_mult, muon_momentum(self.step, self.cfg))
@@ -455,7 +483,8 @@ class Trainer:
         summary = {
             "steps": self.step, "train_seconds": round(self.elapsed, 3), "schedule": self.cfg.schedule,
             "ms_per_step_before_looping": ms["before"], "ms_per_step_after_looping": ms["after"],
-            "looping_from_step": self.looping_from, "compile_warmup_seconds": self.compile_seconds,
+            "looping_from_step": self.looping_from, "qat_from_step": self.qat_from,
+            "compile_warmup_seconds": self.compile_seconds,
             "tokens": self.step * self.cfg.batch_tokens,
             "final_loss": round(final_loss, 5), "peak_memory_mib": round(peak_memory_mib(self.device), 1),
             "world_size": self.dist.world, "accum_steps": self.accum, "seed": self.seed,

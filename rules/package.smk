@@ -19,6 +19,7 @@ rule pack:
         gpu=GPU_ONE,
     params:
         compressor=config["pack"]["compressor"],
+        prune_target=config["pack"].get("prune_target_bytes") or "none",
     shell:
         stage_shell("pack")
 

@@ -203,7 +203,7 @@ def test_stage_configs_through_the_stage_clis_give_the_searched_size(files, tmp_
               out / "train_gpt.py", "--preset", "capfit", "--out", out / "size.json", cwd=tmp_path)
     size = json.loads((out / "size.json").read_text())
     assert size["total_bytes"] == winner["total_bytes"] == result["checked"]["total_bytes"]
-    assert size["code_bytes"] == winner["code_bytes"] and size["artifact_bytes"] == winner["model_bytes"]
+    assert size["code_bytes"] == winner["code_bytes"] and size["model_bytes"] == winner["model_bytes"]
     report = json.loads((out / "report.json").read_text())
     assert report["settings"] == json.loads((out / "preset.json").read_text())
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.quant import dequantize, gptq_quantize
-from pgolf.quant import lqer
+from pgolf.quant import dequantize, gptq_quantize, lqer
 from pgolf.quant.awq import group_scores, select_groups
 from pgolf.quant.dequant import apply_awq_groups
 from pgolf.quant.gptq import gptq_quantize_protected
@@ -149,3 +148,27 @@ def test_lqer_rank_is_capped_by_the_matrix():
     E = torch.randn(3, 64)
     _, factors = lqer.fit(E, rank=8, group=64, asym=True)
     assert factors["lqA_a"].shape == (3, 3) and factors["lqB_a"].shape == (3, 64)
+
+
+def test_percentile_clip_search_keeps_the_lowest_mse_candidate():
+    # #1512's search: one GPTQ pass per row-clip quantile; the returned codes are the candidate with the lowest MSE
+    from pgolf.quant.gptq import _gptq, gptq_quantize_percentile, percentile_scale
+
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(12, 40, generator=g)
+    W[3, 5] = 9.0  # an outlier that a lower clip trades away
+    X = torch.randn(200, 40, generator=g)
+    H = X.T @ X
+    percentiles = [0.99, 0.999, 1.0]
+    q, scale = gptq_quantize_percentile(W, H, 6, percentiles, block_size=16)
+    errors = []
+    for p in percentiles:
+        s = percentile_scale(W, p, 31)
+        codes = _gptq(W, H, s, 31, 16, 0.01)
+        errors.append(float((W - codes.float() * s.float()[:, None]).pow(2).mean()))
+    best = percentiles[errors.index(min(errors))]
+    assert torch.equal(scale, percentile_scale(W, best, 31)) and q.abs().max() <= 31
+    row = W[0].abs()
+    assert percentile_scale(W, 1.0, 31)[0].item() == pytest.approx(max(row.max().item() / 31, 1 / 31), rel=1e-3)
+    assert percentile_scale(W, 0.99, 31)[0].item() == pytest.approx(
+        max(torch.quantile(row, 0.99).item() / 31, 1 / 31), rel=1e-3)

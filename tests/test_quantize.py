@@ -236,3 +236,36 @@ def test_cli_error_is_one_line_naming_the_fix(tmp_path, capsys):
     with pytest.raises(PgolfError, match="not a hessians.pt"):
         load_hessians(tmp_path / "hessians.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hessians.pt"]
+
+
+def test_1512_storage_rules():
+    # #1512's preset: tok_emb and the #1019 tables in clipped int8 rows, the matrices through GPTQ's clip search
+    from pgolf.quant.state import INT8_CLIP_QUANTILE
+
+    cfg = dict(TINY, num_loops=0, parallel_start_layer=None, smear_gate=False, smear_per_dim=True,
+               sparse_attn_gate=False, skip_gates=False, bigram_buckets=96, bigram_dim=16, value_embed_layers=[2])
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(**cfg))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sums = HessianSums()
+    with torch.no_grad():
+        model.eval()(torch.randint(2, 128, (2, 32)), capture=sums)
+    state = model.unbanked_state_dict()
+    p = Preset.parse({"embed_plain_int8": True, "lqer": {"enabled": False},
+                      "gptq": {"clip_percentiles": [0.999, 1.0]}})
+    quantized, report = quantize_state(state, sums.result(1), p, model_config=dataclasses.asdict(model.config))
+    meta = quantized["meta"]
+    for name in ("tok_emb.weight", "bigram.embed.weight", "value_embed.embed.weight"):
+        W = state[name].float()
+        assert meta[name] == "int8 per row"
+        clip = torch.quantile(W.abs(), INT8_CLIP_QUANTILE, dim=1)
+        scale = (clip / 127).clamp_min(1 / 127)
+        want = torch.clamp(torch.round(torch.clamp(W, -clip[:, None], clip[:, None]) / scale[:, None]), -127, 127)
+        assert torch.equal(quantized["tensors"][f"{name}.q"].float(), want)
+        assert torch.equal(quantized["tensors"][f"{name}.scale"], scale.half())
+    assert meta["blocks.0.mlp.fc.weight"] == "gptq (int6)"
+    assert meta["bigram.proj.weight"] == meta["value_embed.proj.weight"] == "passthrough (fp16)"
+    back = dequantize_state(quantized)
+    assert set(back) == set(state)

@@ -10,14 +10,16 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
 from pgolf import recipe_table as rt
 from pgolf.errors import PgolfError
 from pgolf.model import GPT, ModelConfig
 
+from conftest import ROOT
+
 TABLE = rt.load_table()
-RUNS = ["pr1855", "pr2123", "pr2164", "pr1935"]
+RUNS = ["pr1855", "pr2123", "pr2164", "pr1935", "pr1512"]
+PRINTED = {"pr1512": 70}  # names in the block (#1512's class is smaller than #1855's); 100 for the others
 OWN_SECTIONS = ("run", "submission")  # a recipe's name and its submission's metadata are pgolf's own
 
 
@@ -29,14 +31,14 @@ def leaves(tree: dict, prefix=()):
             yield prefix + (key,), value
 
 
-def test_the_table_covers_the_four_runs():
+def test_the_table_covers_the_runs():
     assert set(RUNS) <= set(TABLE["runs"])
 
 
 @pytest.mark.parametrize("run", RUNS)
 def test_every_printed_hyperparameter_is_mapped(run):
     printed = rt.parse_dump(ROOT / TABLE["runs"][run]["dump"])
-    assert len(printed) > 100
+    assert len(printed) > PRINTED.get(run, 100)
     unmapped = sorted(set(printed) - set(TABLE["params"]))
     assert not unmapped, f"{run}: add these names to params in docs/recipe-table.yaml: {unmapped}"
     declared = {**(TABLE["runs"][run].get("implied") or {}), **(TABLE["runs"][run].get("changes") or {})}
@@ -53,7 +55,7 @@ def test_the_recipe_has_every_mapped_value_of_its_run(run):
     for f in findings:  # only a key another branch adds may be absent
         if f.status == "pending":
             assert any("added_by" in m for m in rt.mappings(TABLE["params"][f.name])), f.name
-    assert sum(f.status == "ok" for f in findings) > 100
+    assert sum(f.status == "ok" for f in findings) > PRINTED.get(run, 100) - 20
 
 
 @pytest.mark.parametrize("run", [r for r in RUNS if r != "pr1855"])

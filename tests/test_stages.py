@@ -68,6 +68,7 @@ def test_every_option_and_field_of_a_stage_exists():
         "input.pgrp",
         "input.script",
         "params.compressor",
+        "params.prune_target",
         "params.config",
         "params.launch",
         "params.seeds",
@@ -93,6 +94,7 @@ def test_shell_args_and_argv_spell_the_same_command():
         "wildcards.preset": "p",
         "params.config": "{}",
         "params.compressor": "lrzip_groups",
+        "params.prune_target": "none",
         "threads": 4,
         "input.docs": "docs.jsonl",
     }

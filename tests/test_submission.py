@@ -13,6 +13,7 @@ def seed_outputs(train_s=590.0, hessian_s=4.7, eval_s=400.0, projected_s=450.0, 
         "hessians": {"seconds": hessian_s},
         "size": {"total_bytes": 15_900_000, "cap_bytes": 16_000_000},
         "eval": {
+            "ttt": {"val_loss": 2.4, "val_bpb": 1.06}, "quantized": {"val_loss": 2.5, "val_bpb": 1.1},
             "seconds": {"eval_timer": eval_s}, "projected_8gpu_seconds": projected_s, "world": 8, "device": "H100",
             "scored": 100, "targets": 100,
             "probes": {"score_first": {"passed": True, "max_abs_diff_before_update": 0.0, "tolerance": 1e-4},
@@ -57,3 +58,13 @@ def test_a_train_val_leak_fails_the_overlap_check():
     leak = {**DATA_AUDIT, "overlap": {"val_docs": 9, "fraction": 0.01, "examples": []}, "passed": False}
     audit = audit_checks({}, leak, {1: seed_outputs()})
     assert audit["failed"] == ["train_val_overlap"] and audit["checks"]["train_val_overlap"]["status"] == "failed"
+
+
+def test_with_ttt_off_the_quantized_eval_is_the_timed_phase():
+    # #1512 has no TTT: evaluate writes ttt None and times the quantized eval alone (no eval_timer)
+    out = seed_outputs()
+    out["eval"].update(ttt=None, seconds={"quantized_eval": 700.0})
+    out["eval"]["probes"]["score_first"] = "off (eval.ttt.enabled is false)"
+    audit = audit_checks({}, DATA_AUDIT, {42: out})
+    assert audit["checks"]["seed42"]["eval_seconds"]["value"] == 700.0 and audit["failed"] == ["seed42.eval_seconds"]
+    assert audit["checks"]["seed42"]["score_first_probe"] == "off (eval.ttt.enabled is false)"

@@ -3,8 +3,8 @@
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..stageconfig import from_dict
 from ..errors import PgolfError
+from ..stageconfig import from_dict
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ClassSpec:
 class GptqSpec:
     block_size: int = 128
     damp: float = 0.01
+    clip_percentiles: list[float] | None = None  # #1512: row clips searched over these |w| quantiles; None = SDClip
 
 
 @dataclass
@@ -49,6 +50,8 @@ class AwqSpec:
     group: int = 64
 
 
+
+
 @dataclass
 class Preset:
     attn: ClassSpec = field(default_factory=lambda: ClassSpec(bits=6, clip_sigmas=13.0))
@@ -58,8 +61,12 @@ class Preset:
     lqer: LqerSpec = field(default_factory=LqerSpec)
     awq: AwqSpec = field(default_factory=AwqSpec)
     gates: GateSpec = field(default_factory=GateSpec)
+    embed_plain_int8: bool = False  # #1512: tok_emb in int8 rows (clipped at a |w| quantile), without GPTQ
 
     def __post_init__(self):
+        percentiles = self.gptq.clip_percentiles
+        if percentiles is not None and (not percentiles or any(not 0 < p <= 1 for p in percentiles)):
+            raise PgolfError(f"quant preset: gptq.clip_percentiles {percentiles} needs values in (0, 1]; fix the preset")
         for name in ("attn", "mlp", "embed"):
             spec = getattr(self, name)
             if not 2 <= spec.bits <= 8 or spec.clip_sigmas <= 0:
@@ -80,10 +87,13 @@ class Preset:
         default = cls()
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, gates")
+            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, gates, embed_plain_int8")
         parts = {}
         for f in dataclasses.fields(cls):
             base = getattr(default, f.name)
+            if not dataclasses.is_dataclass(base):
+                parts[f.name] = values.get(f.name, base)
+                continue
             merged = {**dataclasses.asdict(base), **(values.get(f.name) or {})}
             parts[f.name] = from_dict(type(base), merged, f"{where}.{f.name}")
         return cls(**parts)

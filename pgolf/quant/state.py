@@ -1,8 +1,10 @@
 """Quantize a whole unbanked state (docs/record-stack.md §5.2, §6): storage per tensor, AWQ-lite picks, GPTQ, LQER.
 
 Routing: the quantized matrices (tok_emb and every attention / MLP matrix, the ones the Hessians cover) go
-through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row (fp16 with the preset's
-gates.int8 off, as #2123); every other float tensor of at most 65,536 elements is kept in fp16. Anything else has no storage rule and is an error.
+through GPTQ + SDClip with their class's bits; the sparse attention gates (8x12) are int8 per row (fp16 with the
+preset's gates.int8 off, as #2123); the #1019 base's BigramHash and value-embedding tables are int8 per row as #1512
+stores them (rows clipped at their 99.99984th percentile of |w|); every other float tensor of at most 65,536
+elements is kept in fp16. Anything else has no storage rule and is an error.
 """
 
 import re
@@ -12,12 +14,14 @@ import torch
 
 from ..errors import PgolfError
 from . import dequant, lqer
-from .gptq import gptq_quantize, gptq_quantize_protected
+from .gptq import gptq_quantize, gptq_quantize_percentile, gptq_quantize_protected
 from .preset import Preset
 
 MATRIX = re.compile(r"^(tok_emb\.weight|blocks\.\d+\.(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight)$")
 PASSTHROUGH_MAX_NUMEL = 65_536
 GATE_NUMEL = (32, 8_192)
+TABLES_1019 = ("bigram.embed.weight", "value_embed.embed.weight")
+INT8_CLIP_QUANTILE = 0.9999984  # #1512's per-row clip for the tables it stores in int8
 
 
 def matrix_class(name: str) -> str:
@@ -58,9 +62,22 @@ def _int8_rows(W: torch.Tensor):
     return q, scale
 
 
+def int8_rows_clipped(W: torch.Tensor):
+    """#1512's int8 rows: clip each row at a quantile of |w|, scale clip/127 (at least 1/127), fp16 scales."""
+    W = W.float()
+    clip = torch.quantile(W.abs(), INT8_CLIP_QUANTILE, dim=1)
+    scale = (clip / 127).clamp_min(1 / 127)
+    clipped = torch.maximum(torch.minimum(W, clip[:, None]), -clip[:, None])
+    q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
+    return q, scale.to(torch.float16)
+
+
 def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict, gate_int8: bool):
     if gate_int8 and is_gate(name, t):
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = _int8_rows(t)
+        meta[name] = dequant.INT8_ROW
+    elif name in TABLES_1019 or name == "tok_emb.weight":  # the latter only with preset.embed_plain_int8
+        tensors[f"{name}.q"], tensors[f"{name}.scale"] = int8_rows_clipped(t)
         meta[name] = dequant.INT8_ROW
     elif not t.is_floating_point():
         tensors[name], meta[name] = t.clone(), dequant.RAW
@@ -84,6 +101,8 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     preset = preset if isinstance(preset, Preset) else Preset.parse(preset)
     start_time = time.perf_counter()
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
+    if preset.embed_plain_int8:
+        matrices.pop("tok_emb.weight", None)
     _check_hessians(matrices, hessians, need_rms=preset.awq.enabled)
     tensors, meta, rows = {}, {}, {}
     for name, t in unbanked_state.items():  # the cheap tensors first: a tensor without a storage rule fails fast
@@ -116,6 +135,8 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
             tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
             tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
             how += dequant.AWQ
+        elif preset.gptq.clip_percentiles:
+            q, scale = gptq_quantize_percentile(W, H, spec.bits, preset.gptq.clip_percentiles, **_gptq_args(preset))
         else:
             q, scale = memo(key, lambda: gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset)))
         tensors[f"{name}.q"], tensors[f"{name}.scale"], meta[name] = q.cpu(), scale.cpu(), how

@@ -1,0 +1,31 @@
+"""Calibration sequences the model writes itself (#1512's GPTQ calibration: no training data is read after
+training).
+
+    seqs = generate(model, num_seqs=64, seq_len=4096, temperature=0.8, batch=8, seed=42, device=device)
+
+Each batch of `batch` sequences starts from uniformly random first tokens and is extended one token at a time by
+sampling softmax(logits / temperature) of the full forward pass (no cache, as #1512 did). One generator, seeded
+once on `device`, draws every random number in batch order, so the sequences are a function of the seed (and of
+the device's kernels). Returns a list of (1, seq_len) int64 tensors on the CPU.
+"""
+
+import torch
+
+from .model import GPT
+
+
+@torch.no_grad()
+def generate(model: GPT, num_seqs: int, seq_len: int, temperature: float, batch: int, seed: int,
+             device) -> list[torch.Tensor]:
+    model.eval()
+    rng = torch.Generator(device=device)
+    rng.manual_seed(seed)
+    vocab = model.config.vocab_size
+    out = []
+    for first in range(0, num_seqs, batch):
+        tokens = torch.randint(0, vocab, (min(batch, num_seqs - first), 1), device=device, generator=rng)
+        for _ in range(seq_len - 1):
+            probs = torch.softmax(model(tokens)[:, -1].float() / temperature, dim=-1)
+            tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=rng)], dim=1)
+        out.extend(row[None].cpu() for row in tokens)
+    return out
