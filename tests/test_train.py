@@ -282,8 +282,14 @@ def sigkill_after_a_checkpoint(ranks, cfg, data, out):
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
+    # the launcher, then torchrun's own session (launch starts it apart, for Ctrl-C): every process naming this out dir
     os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
     proc.wait()
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the ranks outlived the kill"
+        time.sleep(0.05)
     assert not (out / "model.pt").exists(), "the run finished before the kill: use more steps"
     return torch.load(path, weights_only=True)["step"]
 
