@@ -121,17 +121,29 @@ def main(argv=None):
         return
     results = []
     for name in args.backends.split(","):
-        child = subprocess.run([sys.executable, __file__, "--manifest", str(args.manifest), "--only", name],
-                               capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--manifest", str(args.manifest), "--only", name], capture_output=True, text=True
+        )
         lines = child.stdout.strip().splitlines()
-        results.append(json.loads(lines[-1]) if child.returncode == 0 and lines else
-                       {"backend": name, "error": f"exit {child.returncode}: " + " | ".join(
-                           child.stderr.strip().splitlines()[-3:])[:300]})
+        results.append(
+            json.loads(lines[-1])
+            if child.returncode == 0 and lines
+            else {
+                "backend": name,
+                "error": f"exit {child.returncode}: " + " | ".join(child.stderr.strip().splitlines()[-3:])[:300],
+            }
+        )
         if args.out:
-            args.out.write_text(json.dumps({"torch": torch.__version__, "device": torch.cuda.get_device_name(),
-                                            "results": results}, indent=1) + "\n")
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; check: {CHECK_TOKENS} tokens vs float64 "
-          f"math (tolerance {TOLERANCE}); timing: fwd+bwd of a {TIME_TOKENS:,}-token micro-batch")
+            args.out.write_text(
+                json.dumps(
+                    {"torch": torch.__version__, "device": torch.cuda.get_device_name(), "results": results}, indent=1
+                )
+                + "\n"
+            )
+    print(
+        f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; check: {CHECK_TOKENS} tokens vs float64 "
+        f"math (tolerance {TOLERANCE}); timing: fwd+bwd of a {TIME_TOKENS:,}-token micro-batch"
+    )
     print("| backend | out | dq | dk | dv | check | layout+fwd+bwd ms |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
@@ -140,8 +152,10 @@ def main(argv=None):
             continue
         e = r["errors"]
         verdict = "pass" if r["passed"] else "FAIL"
-        print(f"| {r['backend']} | {e['out']} | {e['dq']} | {e['dk']} | {e['dv']} | {verdict} | "
-              f"{r.get('fwd_bwd_ms', r.get('error', ''))} |")
+        print(
+            f"| {r['backend']} | {e['out']} | {e['dq']} | {e['dk']} | {e['dv']} | {verdict} | "
+            f"{r.get('fwd_bwd_ms', r.get('error', ''))} |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,13 @@ def measure(state, hessians, values, config, name, model_config, device) -> dict
         (tmp / "train_gpt.py").write_bytes(script)
         write_json(tmp / "pack.json", {"sha256": sha256(blob), "total_bytes": len(blob)})
         size = size_report(tmp / "model.pgrp", tmp / "pack.json", tmp / "train_gpt.py")
-    return {"total_bytes": size["total_bytes"], "model_bytes": size["model_bytes"],
-            "code_bytes": size["code_bytes"], "proxy": report["h_error"], "proxy_gptq": report["h_error_gptq"]}
+    return {
+        "total_bytes": size["total_bytes"],
+        "model_bytes": size["model_bytes"],
+        "code_bytes": size["code_bytes"],
+        "proxy": report["h_error"],
+        "proxy_gptq": report["h_error_gptq"],
+    }
 
 
 def summary(candidate: dict) -> dict:
@@ -67,14 +72,18 @@ def quantized_score(quantized, cfg: EvalConfig, val, dist) -> dict:
 
 
 def table(result: dict) -> str:
-    rows = ["| preset | settings (attn, mlp, embed: bits, k; lqer top-k, rank; awq) | total bytes | proxy | quantized val_bpb |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| preset | settings (attn, mlp, embed: bits, k; lqer top-k, rank; awq) | total bytes | proxy | quantized val_bpb |",
+        "|---|---|---|---|---|",
+    ]
     for key in ("baseline", "capfit"):
         r = result.get(key)
         if r:
             bpb = r.get("quantized", {}).get("val_bpb")
-            rows.append(f"| {r['preset']} | {r['settings']} | {r['total_bytes']:,} | {r['proxy']:.6g} | "
-                        f"{'-' if bpb is None else f'{bpb:.5f}'} |")
+            rows.append(
+                f"| {r['preset']} | {r['settings']} | {r['total_bytes']:,} | {r['proxy']:.6g} | "
+                f"{'-' if bpb is None else f'{bpb:.5f}'} |"
+            )
     return "\n".join(rows)
 
 
@@ -106,10 +115,15 @@ def main(argv=None):
     write_json(out / "capfit.json", fit)
     winner = fit["candidates"][fit["winner"]]
     result["capfit"] = {
-        "preset": capfit.PRESET, "settings": winner["settings"], **summary(winner),
-        "checked_total_bytes": fit["checked"]["total_bytes"], "stage_seconds": stage_seconds,
-        "search_seconds": fit["seconds"]["search"], "check_seconds": fit["seconds"]["check"],
-        "candidates": len(fit["candidates"]), "fitting": sum(c["total_bytes"] <= target for c in fit["candidates"]),
+        "preset": capfit.PRESET,
+        "settings": winner["settings"],
+        **summary(winner),
+        "checked_total_bytes": fit["checked"]["total_bytes"],
+        "stage_seconds": stage_seconds,
+        "search_seconds": fit["seconds"]["search"],
+        "check_seconds": fit["seconds"]["check"],
+        "candidates": len(fit["candidates"]),
+        "fitting": sum(c["total_bytes"] <= target for c in fit["candidates"]),
         "cache": fit["cache"],
     }
     # the baseline's bytes and proxy: its row of the search when the space holds it (the same computation)
@@ -123,7 +137,10 @@ def main(argv=None):
     else:
         measured = summary(row)
     result["baseline"] = {
-        "preset": args.baseline, "settings": settings, **measured, "fits_target": measured["total_bytes"] <= target,
+        "preset": args.baseline,
+        "settings": settings,
+        **measured,
+        "fits_target": measured["total_bytes"] <= target,
         # a row of the search has its script built under the name capfit (a few bytes from the baseline's own)
         "bytes_built_as": capfit.PRESET if row is not None else args.baseline,
     }
@@ -144,9 +161,11 @@ def main(argv=None):
     )
     save()
     pgdist.shutdown()
-    print(f"target {target:,} bytes on {dist.device}; capfit stage {stage_seconds:.1f} s "
-          f"(search {fit['seconds']['search']:.1f} s over {len(fit['candidates'])} candidates, "
-          f"check {fit['seconds']['check']:.1f} s)")
+    print(
+        f"target {target:,} bytes on {dist.device}; capfit stage {stage_seconds:.1f} s "
+        f"(search {fit['seconds']['search']:.1f} s over {len(fit['candidates'])} candidates, "
+        f"check {fit['seconds']['check']:.1f} s)"
+    )
     print(table(result))
     print(f"proxy ranks the two as quantized val_bpb does: {result['proxy_ranks_like_bpb']}")
 

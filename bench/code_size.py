@@ -26,8 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pgolf import codepack as C  # noqa: E402
 from pgolf.config import resolve  # noqa: E402
 
-UPSTREAM = dict(rename_locals=False, hoist_literals=False, remove_literal_statements=True, remove_asserts=True,
-                prefer_single_line=True)
+UPSTREAM = dict(
+    rename_locals=False,
+    hoist_literals=False,
+    remove_literal_statements=True,
+    remove_asserts=True,
+    prefer_single_line=True,
+)
 ALL_MODULES = "every module but report.py (before issue 25)"
 CONFIG_AWARE = "closure less the OPTIONAL modules the config turns off (what codepack writes)"
 
@@ -51,7 +56,8 @@ COMPRESSORS = {
     "lrzip ZPAQ -L 9": C.lrzip_compress,
 }
 STUB_CALL = {  # the decompressing expression each compressor needs in the stub, around the bytes expression X
-    "zlib 9": "import zlib;t=zlib.decompress(X)", "bz2 9": "import bz2;t=bz2.decompress(X)",
+    "zlib 9": "import zlib;t=zlib.decompress(X)",
+    "bz2 9": "import bz2;t=bz2.decompress(X)",
     "xz 9e": "import lzma;t=lzma.decompress(X)",
     "raw LZMA2 9e": "import lzma as L;t=L.decompress(X,L.FORMAT_RAW,None,[{'id':L.FILTER_LZMA2,'lc':0,'pb':0}])",
     "brotli q11": "import brotli;t=brotli.decompress(X)",
@@ -86,17 +92,26 @@ def main():
     settings = [  # (label, module set, minify options)
         ("upstream pyminify options", ALL_MODULES, UPSTREAM),
         ("upstream pyminify options", "closure of run_all", UPSTREAM),
-        ("codepack (help/__main__/unused defs dropped, locals + private globals renamed)", "closure of run_all",
-         C.MINIFY_OPTIONS),
-        ("codepack (help/__main__/unused defs dropped, locals + private globals renamed)", CONFIG_AWARE,
-         C.MINIFY_OPTIONS),
+        (
+            "codepack (help/__main__/unused defs dropped, locals + private globals renamed)",
+            "closure of run_all",
+            C.MINIFY_OPTIONS,
+        ),
+        (
+            "codepack (help/__main__/unused defs dropped, locals + private globals renamed)",
+            CONFIG_AWARE,
+            C.MINIFY_OPTIONS,
+        ),
     ]
     print(f"preset {args.preset}; Python {sys.version.split()[0]}\n")
     print("| minifier | modules | payload | compressor | compressed | base85 script | latin-1 script |")
     print("|---|---|---|---|---|---|---|")
     closure = [p.relative_to(C.PACKAGE_DIR.parent).as_posix() for p in C.submitted_files()]
-    every = [p.relative_to(C.PACKAGE_DIR.parent).as_posix() for p in sorted(C.PACKAGE_DIR.rglob("*.py"))
-             if "__pycache__" not in p.parts and p.name != "report.py"]
+    every = [
+        p.relative_to(C.PACKAGE_DIR.parent).as_posix()
+        for p in sorted(C.PACKAGE_DIR.rglob("*.py"))
+        if "__pycache__" not in p.parts and p.name != "report.py"
+    ]
     for label, module_set, options in settings:
         if options is C.MINIFY_OPTIONS:
             modules = C.package_modules(config=config if module_set == CONFIG_AWARE else None)
@@ -107,8 +122,10 @@ def main():
             start = time.perf_counter()
             blob = compress(data)
             seconds = time.perf_counter() - start
-            print(f"| {label} | {module_set} | {len(data):,} | {name} ({seconds:.1f} s) | {len(blob):,} | "
-                  f"{script_bytes(blob, name, 'base85'):,} | {script_bytes(blob, name, 'latin-1'):,} |")
+            print(
+                f"| {label} | {module_set} | {len(data):,} | {name} ({seconds:.1f} s) | {len(blob):,} | "
+                f"{script_bytes(blob, name, 'base85'):,} | {script_bytes(blob, name, 'latin-1'):,} |"
+            )
     written = len(C.build_script(config, args.preset))
     blob = C.lrzip_compress(C.payload(config, C.package_modules(config=config)))
     assert abs(written - script_bytes(blob, "lrzip ZPAQ -L 9", "latin-1")) < 40, "stub drifted from codepack"

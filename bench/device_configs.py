@@ -60,8 +60,12 @@ def code_config(config: dict, preset: str) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("overlays", nargs="*", default=["recipes/bench-1gpu.yaml"],
-                        help="recipes merged over config.yaml, left to right (default: recipes/bench-1gpu.yaml)")
+    parser.add_argument(
+        "overlays",
+        nargs="*",
+        default=["recipes/bench-1gpu.yaml"],
+        help="recipes merged over config.yaml, left to right (default: recipes/bench-1gpu.yaml)",
+    )
     parser.add_argument("--out", default=".device/configs", help="folder to write (default .device/configs)")
     parser.add_argument("--preset", help="quant preset (default: submission.preset)")
     args = parser.parse_args(argv)

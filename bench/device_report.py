@@ -115,8 +115,10 @@ def table(rows):
 
 
 def stage_rows(stages):
-    return [(f"  {name}", f"{secs:8.1f} s" + (f"  EXIT {stages['status'][name]}" if stages["status"][name] else ""))
-            for name, secs in stages["seconds"].items()]
+    return [
+        (f"  {name}", f"{secs:8.1f} s" + (f"  EXIT {stages['status'][name]}" if stages["status"][name] else ""))
+        for name, secs in stages["seconds"].items()
+    ]
 
 
 def val_shards(manifest):
@@ -155,22 +157,36 @@ def experiment(args):
 
     t, pre, pack, size = (summary[k] or {} for k in ("train_summary", "prequant", "pack", "size"))
     hess = summary["hessians"] or {}
-    rows = [("stage", "wall")] + stage_rows(stages) + [
-        ("  total", f"{stages['total_seconds']:8.1f} s"),
-        ("train steps / final loss", f"{fmt(t.get('steps'))} / {fmt(t.get('final_loss'))}"),
-        ("train loop s / compile warm-up s", f"{fmt(t.get('train_seconds'))} / {fmt(t.get('compile_warmup_seconds'))}"),
-        ("ms/step before / after looping",
-         f"{fmt(t.get('ms_per_step_before_looping'))} / {fmt(t.get('ms_per_step_after_looping'))}"),
-        ("hessians loop s (batches)", f"{fmt(hess.get('seconds'), '.2f')} ({fmt(hess.get('batches'))})"),
-        ("prequant val_loss / val_bpb", f"{fmt(pre.get('val_loss'), '.5f')} / {fmt(pre.get('val_bpb'), '.5f')}"),
-        ("quantize s", fmt(number((summary["quantize"] or {}).get("seconds")), ".2f")),
-        ("pack s (cores) / brotli-only saved B",
-         f"{fmt(pack.get('seconds'))} ({fmt(pack.get('cores'))}) / {fmt(pack.get('saved_vs_baseline_bytes'), ',')}"),
-        ("model + code = total B", f"{fmt(size.get('model_bytes'), ',')} + {fmt(size.get('code_bytes'), ',')}"
-                                      f" = {fmt(size.get('total_bytes'), ',')}"),
-        ("headroom B", fmt(size.get("headroom_bytes"), ",")),
-        ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
-    ]
+    rows = (
+        [("stage", "wall")]
+        + stage_rows(stages)
+        + [
+            ("  total", f"{stages['total_seconds']:8.1f} s"),
+            ("train steps / final loss", f"{fmt(t.get('steps'))} / {fmt(t.get('final_loss'))}"),
+            (
+                "train loop s / compile warm-up s",
+                f"{fmt(t.get('train_seconds'))} / {fmt(t.get('compile_warmup_seconds'))}",
+            ),
+            (
+                "ms/step before / after looping",
+                f"{fmt(t.get('ms_per_step_before_looping'))} / {fmt(t.get('ms_per_step_after_looping'))}",
+            ),
+            ("hessians loop s (batches)", f"{fmt(hess.get('seconds'), '.2f')} ({fmt(hess.get('batches'))})"),
+            ("prequant val_loss / val_bpb", f"{fmt(pre.get('val_loss'), '.5f')} / {fmt(pre.get('val_bpb'), '.5f')}"),
+            ("quantize s", fmt(number((summary["quantize"] or {}).get("seconds")), ".2f")),
+            (
+                "pack s (cores) / brotli-only saved B",
+                f"{fmt(pack.get('seconds'))} ({fmt(pack.get('cores'))}) / {fmt(pack.get('saved_vs_baseline_bytes'), ',')}",
+            ),
+            (
+                "model + code = total B",
+                f"{fmt(size.get('model_bytes'), ',')} + {fmt(size.get('code_bytes'), ',')}"
+                f" = {fmt(size.get('total_bytes'), ',')}",
+            ),
+            ("headroom B", fmt(size.get("headroom_bytes"), ",")),
+            ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
+        ]
+    )
     print(table(rows))
 
 
@@ -190,34 +206,70 @@ def evaluate(args):
     summary = {
         "stages": stages,
         "configs_sha256": configs_sha256(Path(args.configs)),
-        "configs_match_experiment": first.get("configs_sha256") == configs_sha256(Path(args.configs)) if first else None,
+        "configs_match_experiment": first.get("configs_sha256") == configs_sha256(Path(args.configs))
+        if first
+        else None,
         "code_version": code_version(),
         "code_matches_experiment": (first.get("code_version") or {}).get("sources_sha256")
-        == code_version().get("sources_sha256") if first else None,
+        == code_version().get("sources_sha256")
+        if first
+        else None,
         "val_shards_match_experiment": (here == there) if here is not None and there is not None else None,
         "quantized_minus_prequant": delta or None,
-        "eval": {k: result.get(k) for k in ("prequant", "quantized", "ttt", "ttt_no_tilt", "final_bpb", "targets",
-                                            "bytes", "val_docs", "seconds", "projected_8gpu_seconds", "artifact_bytes",
-                                            "device", "tilt", "probes")} if result else None,
+        "eval": {
+            k: result.get(k)
+            for k in (
+                "prequant",
+                "quantized",
+                "ttt",
+                "ttt_no_tilt",
+                "final_bpb",
+                "targets",
+                "bytes",
+                "val_docs",
+                "seconds",
+                "projected_8gpu_seconds",
+                "artifact_bytes",
+                "device",
+                "tilt",
+                "probes",
+            )
+        }
+        if result
+        else None,
     }
     write_json(out / "evaluation.json", summary)
     seconds = result.get("seconds") or {}
-    rows = [("stage", "wall")] + stage_rows(stages) + [
-        ("  total", f"{stages['total_seconds']:8.1f} s"),
-        ("prequant val_loss / val_bpb", f"{fmt(pre.get('val_loss'), '.5f')} / {fmt(pre.get('val_bpb'), '.5f')}"),
-        ("quantized val_loss / val_bpb", f"{fmt(quant.get('val_loss'), '.5f')} / {fmt(quant.get('val_bpb'), '.5f')}"),
-        ("quantized - prequant loss / bpb",
-         f"{fmt(delta.get('val_loss'), '+.5f')} / {fmt(delta.get('val_bpb'), '+.5f')}"),
-        ("ttt val_loss / val_bpb", f"{fmt(ttt.get('val_loss'), '.5f')} / {fmt(ttt.get('val_bpb'), '.5f')}"),
-        ("final_bpb", fmt(result.get("final_bpb"), ".5f")),
-    ] + [(f"  eval {k} s", f"{v:8.2f}") for k, v in seconds.items() if isinstance(v, (int, float))] + [
-        ("projected 8-GPU eval s", fmt(result.get("projected_8gpu_seconds"), ".1f")),
-        ("targets / val docs", f"{fmt(result.get('targets'), ',')} / {fmt(result.get('val_docs'))}"),
-        ("same val shards / configs / code as call 1", f"{fmt(summary['val_shards_match_experiment'])} / "
-                                                      f"{fmt(summary['configs_match_experiment'])} / "
-                                                      f"{fmt(summary['code_matches_experiment'])}"),
-        ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
-    ]
+    rows = (
+        [("stage", "wall")]
+        + stage_rows(stages)
+        + [
+            ("  total", f"{stages['total_seconds']:8.1f} s"),
+            ("prequant val_loss / val_bpb", f"{fmt(pre.get('val_loss'), '.5f')} / {fmt(pre.get('val_bpb'), '.5f')}"),
+            (
+                "quantized val_loss / val_bpb",
+                f"{fmt(quant.get('val_loss'), '.5f')} / {fmt(quant.get('val_bpb'), '.5f')}",
+            ),
+            (
+                "quantized - prequant loss / bpb",
+                f"{fmt(delta.get('val_loss'), '+.5f')} / {fmt(delta.get('val_bpb'), '+.5f')}",
+            ),
+            ("ttt val_loss / val_bpb", f"{fmt(ttt.get('val_loss'), '.5f')} / {fmt(ttt.get('val_bpb'), '.5f')}"),
+            ("final_bpb", fmt(result.get("final_bpb"), ".5f")),
+        ]
+        + [(f"  eval {k} s", f"{v:8.2f}") for k, v in seconds.items() if isinstance(v, (int, float))]
+        + [
+            ("projected 8-GPU eval s", fmt(result.get("projected_8gpu_seconds"), ".1f")),
+            ("targets / val docs", f"{fmt(result.get('targets'), ',')} / {fmt(result.get('val_docs'))}"),
+            (
+                "same val shards / configs / code as call 1",
+                f"{fmt(summary['val_shards_match_experiment'])} / "
+                f"{fmt(summary['configs_match_experiment'])} / "
+                f"{fmt(summary['code_matches_experiment'])}",
+            ),
+            ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
+        ]
+    )
     print(table(rows))
 
 
@@ -226,10 +278,14 @@ def stages_only(args):
     stages = read_stages(logs, args.rc)
     write_json(out / "stages.json", stages)
     write_logs(out, logs, stages)
-    rows = [("stage", "wall")] + stage_rows(stages) + [
-        ("  total", f"{stages['total_seconds']:8.1f} s"),
-        ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
-    ]
+    rows = (
+        [("stage", "wall")]
+        + stage_rows(stages)
+        + [
+            ("  total", f"{stages['total_seconds']:8.1f} s"),
+            ("exit", f"{args.rc}" + (f" (failed: {stages['failed']})" if stages["failed"] else "")),
+        ]
+    )
     print(table(rows))
 
 

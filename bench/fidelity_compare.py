@@ -91,8 +91,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pgolf-log", required=True, type=Path, help="the train stage's log.jsonl")
     parser.add_argument("--prequant", type=Path, help="eval_prequant's prequant.json (post-EMA pre-quant score)")
-    parser.add_argument("--upstream", type=Path, default=Path("bench/upstream/h100-60steps.log"),
-                        help="upstream's log (default bench/upstream/h100-60steps.log)")
+    parser.add_argument(
+        "--upstream",
+        type=Path,
+        default=Path("bench/upstream/h100-60steps.log"),
+        help="upstream's log (default bench/upstream/h100-60steps.log)",
+    )
     args = parser.parse_args(argv)
     for path in (args.pgolf_log, args.upstream):
         if not path.exists():

@@ -40,8 +40,11 @@ def listed(num_blocks: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 def differing_tables(a, b) -> list[str]:
     """Names of the block tables whose listed blocks differ between two BlockMasks."""
-    return [num for num, idx in TABLES
-            if not torch.equal(listed(getattr(a, num), getattr(a, idx)), listed(getattr(b, num), getattr(b, idx)))]
+    return [
+        num
+        for num, idx in TABLES
+        if not torch.equal(listed(getattr(a, num), getattr(a, idx)), listed(getattr(b, num), getattr(b, idx)))
+    ]
 
 
 def main(argv=None):

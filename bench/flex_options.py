@@ -76,12 +76,15 @@ def main(argv=None):
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
-        rows.append({"options": options, "ms": statistics.median(times),
-                     "max_diff": float((y - reference).abs().max())})
+        rows.append(
+            {"options": options, "ms": statistics.median(times), "max_diff": float((y - reference).abs().max())}
+        )
     if args.out:
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(device), "rows": rows}, indent=1) + "\n")
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.rows} x {args.seq_len} tokens, "
-          "document-causal, 8/4 heads of 64, bf16, forward + backward")
+    print(
+        f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.rows} x {args.seq_len} tokens, "
+        "document-causal, 8/4 heads of 64, bf16, forward + backward"
+    )
     print("| kernel_options | ms | max |diff| to the default's output |")
     print("|---|---|---|")
     for r in rows:

@@ -80,14 +80,18 @@ def main():
     print("|---|---|---|---|---|---|")
     for run in range(args.repeats):
         (hint, gated), seconds, peak = measure(lambda: hints(tokens, args.order, args.threshold))
-        print(f"| hints {run + 1} | {seconds[0]:.2f} | {seconds[1]:.2f} | {peak / 2**20:,.0f} "
-              f"| {np.mean(hint >= 0):.4%} | {gated.mean():.4%} |")
+        print(
+            f"| hints {run + 1} | {seconds[0]:.2f} | {seconds[1]:.2f} | {peak / 2**20:,.0f} "
+            f"| {np.mean(hint >= 0):.4%} | {gated.mean():.4%} |"
+        )
     if args.probe_cuts:
         probe, seconds, peak = measure(
             lambda: causality_probe(tokens, args.order, args.threshold, args.probe_cuts, rng, full=(hint, gated))
         )
-        print(f"| causality probe, {args.probe_cuts} cuts (identical: {probe['identical']}) "
-              f"| {seconds[0]:.2f} | {seconds[1]:.2f} | {peak / 2**20:,.0f} | | |")
+        print(
+            f"| causality probe, {args.probe_cuts} cuts (identical: {probe['identical']}) "
+            f"| {seconds[0]:.2f} | {seconds[1]:.2f} | {peak / 2**20:,.0f} | | |"
+        )
 
 
 if __name__ == "__main__":

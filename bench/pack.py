@@ -79,8 +79,14 @@ def synthetic_state(layers, vocab, seed):
         tensors[f"blocks.{i}.attn.attn_gate_w.q"] = torch.round(gate / gate.abs().max() * 127).to(torch.int8)
         tensors[f"blocks.{i}.attn.attn_gate_w.scale"] = torch.rand(HEADS).half()
         meta[f"blocks.{i}.attn.attn_gate_w"] = "int8 per row"
-        for small, shape in {"attn.q_gain": (HEADS,), "attn_scale": (DIM,), "mlp_scale": (DIM,), "resid_mix": (2, DIM),
-                             "parallel_post_lambdas": (2, 2), "parallel_resid_lambdas": (2,)}.items():
+        for small, shape in {
+            "attn.q_gain": (HEADS,),
+            "attn_scale": (DIM,),
+            "mlp_scale": (DIM,),
+            "resid_mix": (2, DIM),
+            "parallel_post_lambdas": (2, 2),
+            "parallel_resid_lambdas": (2,),
+        }.items():
             tensors[f"blocks.{i}.{small}"] = torch.randn(shape, generator=gen).half()
             meta[f"blocks.{i}.{small}"] = "passthrough (float16)"
     top_level = {"skip_weights": (8, DIM), "skip_gates": (8, DIM), "smear_gate": (12,), "smear_lambda": (1,)}
@@ -91,8 +97,15 @@ def synthetic_state(layers, vocab, seed):
         for suffix, t in lqer_asym(gen, rows, cols).items():
             tensors[f"{name}.{suffix}"] = t
         meta[name] = meta[name].split("+")[0] + "+lqer_asym"
-    config = {"vocab_size": vocab, "num_layers": layers, "model_dim": DIM, "num_heads": HEADS,
-              "num_kv_heads": KV_HEADS, "mlp_mult": 4.0, "tie_embeddings": True}
+    config = {
+        "vocab_size": vocab,
+        "num_layers": layers,
+        "model_dim": DIM,
+        "num_heads": HEADS,
+        "num_kv_heads": KV_HEADS,
+        "mlp_mult": 4.0,
+        "tie_embeddings": True,
+    }
     return {"tensors": tensors, "meta": meta, "config": config}
 
 
@@ -117,8 +130,10 @@ def main():
     baseline_s = time.perf_counter() - start
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"cores {P.cores()}  nn-chain device {device}  torch threads {torch.get_num_threads()}  "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"cores {P.cores()}  nn-chain device {device}  torch threads {torch.get_num_threads()}  "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'stream':<12}{'bytes':>12}")
     for name, size in P.stream_sizes(data).items():
         print(f"{name:<12}{size:>12,}")

@@ -26,10 +26,14 @@ def summarize(train_dir: Path) -> dict:
     before = [r for r in steps if qat is None or r["step"] <= qat]
     after = [r for r, start in zip(steps, starts) if qat is not None and start >= qat]
     return {
-        "device": summary["device"], "steps": summary["steps"], "qat_from_step": qat,
+        "device": summary["device"],
+        "steps": summary["steps"],
+        "qat_from_step": qat,
         "seq_len": steps[-1]["seq_len"] if steps else None,
-        "ms_per_step_before_qat": median_ms(before), "ms_per_step_with_qat": median_ms(after),
-        "peak_memory_mib": summary["peak_memory_mib"], "final_loss": summary["final_loss"],
+        "ms_per_step_before_qat": median_ms(before),
+        "ms_per_step_with_qat": median_ms(after),
+        "peak_memory_mib": summary["peak_memory_mib"],
+        "final_loss": summary["final_loss"],
         "compile_warmup_seconds": summary["compile_warmup_seconds"],
     }
 

@@ -28,9 +28,12 @@ def upstream_figures(log: str, batch_tokens: int) -> dict:
         return {"error": f"{len(clocks)} step lines in the log"}
     seconds = statistics.median(gaps)
     peak = re.search(r"peak memory allocated: (\d+) MiB", log)
-    return {"ms_per_step": round(1000 * seconds, 1), "steps": len(clocks),
-            "compile_s": round(clocks[0] - seconds, 1),
-            "peak_gib": round(int(peak.group(1)) / 1024, 2) if peak else None}
+    return {
+        "ms_per_step": round(1000 * seconds, 1),
+        "steps": len(clocks),
+        "compile_s": round(clocks[0] - seconds, 1),
+        "peak_gib": round(int(peak.group(1)) / 1024, 2) if peak else None,
+    }
 
 
 def main(argv=None):
@@ -45,8 +48,10 @@ def main(argv=None):
     up = upstream_figures(args.upstream.read_text(), tokens)
     ceiling = first["ceiling_tflops"]
     phase = first["phases"][args.state]
-    print(f"\n{first['device']}, torch {first['torch']}; {args.state}; batch {tokens:,} tokens; bf16 ceiling "
-          f"{ceiling} TFLOP/s (this call)")
+    print(
+        f"\n{first['device']}, torch {first['torch']}; {args.state}; batch {tokens:,} tokens; bf16 ceiling "
+        f"{ceiling} TFLOP/s (this call)"
+    )
     print("| program | attention | ms/step | tokens/s | vs upstream | MFU | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
     if "error" in up:
@@ -54,18 +59,24 @@ def main(argv=None):
     else:
         up_tps = tokens / (up["ms_per_step"] / 1000)
         up_mfu = phase["model_tflops"] * phase["ms_per_step"] / up["ms_per_step"] / ceiling
-        print(f"| upstream #1855 | FA2 varlen (stand-in) | {up['ms_per_step']:,} | {up_tps:,.0f} | 1.00x | "
-              f"{up_mfu:.1%} | {up['compile_s']} | {up['peak_gib']} |")
+        print(
+            f"| upstream #1855 | FA2 varlen (stand-in) | {up['ms_per_step']:,} | {up_tps:,.0f} | 1.00x | "
+            f"{up_mfu:.1%} | {up['compile_s']} | {up['peak_gib']} |"
+        )
     for r in runs:
         p = r["phases"][args.state]
         ratio = f"{p['tokens_per_s'] / up_tps:.3f}x" if "error" not in up else ""
-        print(f"| pgolf | {r['attention']} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {ratio} | "
-              f"{p['mfu']:.1%} | {p['compile_s']} | {r.get('peak_memory_gib')} |")
+        print(
+            f"| pgolf | {r['attention']} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {ratio} | "
+            f"{p['mfu']:.1%} | {p['compile_s']} | {r.get('peak_memory_gib')} |"
+        )
     for r in runs:
         restart = r.get("restart_s", {}).get(args.state, r.get("restart_error"))
         check = r.get("eager_check", {})
-        print(f"pgolf {r['attention']}: restart on the cache, first step done at {restart} s; eager check "
-              f"{'pass' if check.get('passed') else check or 'not run'}")
+        print(
+            f"pgolf {r['attention']}: restart on the cache, first step done at {restart} s; eager check "
+            f"{'pass' if check.get('passed') else check or 'not run'}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def single_core(sp, docs):
         "bare sp.encode (transformed text)": (sp.encode, transformed),
         "tokenize_doc (transform + ids + sidecar)": (lambda d: tok.tokenize_doc(sp, d), docs),
         "sidecar from SentencePiece offsets only (no fast path)": (
-            lambda d: tok._general_sidecar(sp, caseops.encode_utf8(d.encode())), docs),
+            lambda d: tok._general_sidecar(sp, caseops.encode_utf8(d.encode())),
+            docs,
+        ),
         "encode_ids (transform + ids, train docs)": (lambda d: tok.encode_ids(sp, d), docs),
         "caseops.encode alone": (caseops.encode, docs),
     }
@@ -72,10 +74,18 @@ def cli_path(docs_path, model, workers, val_docs, shard_tokens):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=Path, default=first_existing(
-        ROOT / "bench/data/bench-docs.parquet", ROOT.parent / "shared/corpus/bench-docs.parquet"))
-    parser.add_argument("--tokenizer", type=Path, default=first_existing(
-        ROOT / "bench/data" / MODEL, ROOT.parent / "shared/reference/upstream-1855" / MODEL))
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=first_existing(
+            ROOT / "bench/data/bench-docs.parquet", ROOT.parent / "shared/corpus/bench-docs.parquet"
+        ),
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=first_existing(ROOT / "bench/data" / MODEL, ROOT.parent / "shared/reference/upstream-1855" / MODEL),
+    )
     parser.add_argument("--limit", type=int, default=None, help="documents for part 1 (default all)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--val-docs", type=int, default=500)
@@ -86,8 +96,10 @@ def main():
     corpus_mb = sum(len(d.encode()) for d in corpus) / 1e6
     docs = corpus[: args.limit]
     mb = sum(len(d.encode()) for d in docs) / 1e6
-    print(f"{len(docs):,} documents, {mb:.1f} MB, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, sentencepiece {__import__('sentencepiece').__version__}\n")
+    print(
+        f"{len(docs):,} documents, {mb:.1f} MB, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, sentencepiece {__import__('sentencepiece').__version__}\n"
+    )
     seconds, fast = single_core(sp, docs)
     floor = seconds["bare sp.encode (transformed text)"]
     print("| one core (CPU s, interleaved) | seconds | MB/s | throughput vs bare sp.encode |")
@@ -100,7 +112,9 @@ def main():
     print("|---|---|---|---|")
     for workers in args.workers:
         wall, tokens, count = cli_path(args.docs, args.tokenizer, workers, args.val_docs, 10**8)
-        print(f"| --workers {workers} ({count:,} docs, {tokens:,} tokens) | {wall:.2f} | {corpus_mb / wall:.2f} | {tokens / wall:,.0f} |")
+        print(
+            f"| --workers {workers} ({count:,} docs, {tokens:,} tokens) | {wall:.2f} | {corpus_mb / wall:.2f} | {tokens / wall:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,13 @@ STATE_NAMES = {v: k for k, v in STATES.items()}
 
 def bf16_ceiling(size: int, device, repeats: int = 20) -> float:
     """TFLOP/s of a bf16 size^3 matmul: median over `repeats` timed products cycling through 4 random pairs."""
-    pairs = [(torch.randn(size, size, device=device, dtype=torch.bfloat16),
-              torch.randn(size, size, device=device, dtype=torch.bfloat16)) for _ in range(4)]
+    pairs = [
+        (
+            torch.randn(size, size, device=device, dtype=torch.bfloat16),
+            torch.randn(size, size, device=device, dtype=torch.bfloat16),
+        )
+        for _ in range(4)
+    ]
     for a, b in pairs:
         a @ b
     times = []
@@ -90,8 +95,15 @@ def mean_attended_keys(rows: torch.Tensor, seq_len: int, packing: str) -> float:
 
 def make_trainer(args, compiled: bool, out_dir: Path, dist) -> Trainer:
     model_cfg = ModelConfig.from_dict(json.loads(args.model)) if args.model else ModelConfig()
-    cfg = TrainConfig(schedule="steps", steps=10**6, batch_tokens=args.batch_tokens, compile=compiled,
-                      compile_warmup_steps=0, checkpoint_minutes=0, packing=args.packing)
+    cfg = TrainConfig(
+        schedule="steps",
+        steps=10**6,
+        batch_tokens=args.batch_tokens,
+        compile=compiled,
+        compile_warmup_steps=0,
+        checkpoint_minutes=0,
+        packing=args.packing,
+    )
     config = {"model": vars(model_cfg), "train": vars(cfg), "bench": vars(args)}
     with contextlib.redirect_stderr(io.StringIO()):  # the trainer's log header (config dump); the table says it
         trainer = Trainer(config, model_cfg, cfg, shard_paths(args.manifest, "train"), args.seed, out_dir, dist)
@@ -118,8 +130,12 @@ class Run:
         loss, _ = t.train_step(rows, seq_len, 1.0, muon_momentum(len(self.steps), t.cfg))
         t.ema.update()
         t.sync()
-        record = {"step": len(self.steps) + 1, "looping": looping, "loss": float(loss),
-                  "seconds": time.perf_counter() - start}
+        record = {
+            "step": len(self.steps) + 1,
+            "looping": looping,
+            "loss": float(loss),
+            "seconds": time.perf_counter() - start,
+        }
         self.steps.append(record)
         self.keys.append(mean_attended_keys(rows, seq_len, t.cfg.packing))
         return record
@@ -149,8 +165,15 @@ def kernel_table(run: Run, top: int = 12) -> list[dict]:
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events)
     events.sort(key=lambda e: -e.device_time_total)
-    return [{"kernel": e.key[:70], "calls": e.count, "ms": round(e.device_time_total / 1000, 2),
-             "share": round(e.device_time_total / total, 4)} for e in events[:top]]
+    return [
+        {
+            "kernel": e.key[:70],
+            "calls": e.count,
+            "ms": round(e.device_time_total / 1000, 2),
+            "share": round(e.device_time_total / total, 4),
+        }
+        for e in events[:top]
+    ]
 
 
 def phase_summary(records, keys, model_cfg, batch_tokens, ceiling) -> dict:
@@ -159,10 +182,15 @@ def phase_summary(records, keys, model_cfg, batch_tokens, ceiling) -> dict:
     mean_keys = statistics.fmean(keys)
     flops = flops_per_token(model_cfg, records[0]["looping"], mean_keys)
     tflops = flops * batch_tokens / seconds / 1e12
-    return {"ms_per_step": round(1000 * seconds, 1), "tokens_per_s": round(batch_tokens / seconds),
-            "mean_attended_keys": round(mean_keys, 1), "model_tflops": round(tflops, 1),
-            "mfu": round(tflops / ceiling, 4), "first_step_s": round(records[0]["seconds"], 2),
-            "compile_s": round(records[0]["seconds"] - seconds, 2)}
+    return {
+        "ms_per_step": round(1000 * seconds, 1),
+        "tokens_per_s": round(batch_tokens / seconds),
+        "mean_attended_keys": round(mean_keys, 1),
+        "model_tflops": round(tflops, 1),
+        "mfu": round(tflops / ceiling, 4),
+        "first_step_s": round(records[0]["seconds"], 2),
+        "compile_s": round(records[0]["seconds"] - seconds, 2),
+    }
 
 
 def main(argv=None):
@@ -180,10 +208,17 @@ def main(argv=None):
     parser.add_argument("--ceiling-size", type=int, default=8192)
     parser.add_argument("--attention", default="auto", help="attention backend (pgolf.attention.BACKENDS or auto)")
     parser.add_argument("--packing", choices=PACKINGS, default=TrainConfig.packing, help="train.packing")
-    parser.add_argument("--flex-options", type=json.loads, help="FlexAttention kernel_options in place of "
-                        "pgolf.attention.FLEX_KERNEL_OPTIONS, as JSON ({} = torch's default)")
-    parser.add_argument("--states", default="before_looping,looping",
-                        help="looping states to measure, comma-separated (a side-by-side call measures one)")
+    parser.add_argument(
+        "--flex-options",
+        type=json.loads,
+        help="FlexAttention kernel_options in place of "
+        "pgolf.attention.FLEX_KERNEL_OPTIONS, as JSON ({} = torch's default)",
+    )
+    parser.add_argument(
+        "--states",
+        default="before_looping,looping",
+        help="looping states to measure, comma-separated (a side-by-side call measures one)",
+    )
     parser.add_argument("--no-eager-check", action="store_true", help="skip the eager run's first losses")
     parser.add_argument("--no-restart", action="store_true", help="skip the restart probe")
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
@@ -204,8 +239,12 @@ def main(argv=None):
     ceiling = bf16_ceiling(args.ceiling_size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "ceiling_tflops": round(ceiling, 1), "batch_tokens": args.batch_tokens}
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "ceiling_tflops": round(ceiling, 1),
+        "batch_tokens": args.batch_tokens,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="pgolf-bench-"))
 
     trainer = make_trainer(args, True, tmp / "compiled", dist)
@@ -220,12 +259,12 @@ def main(argv=None):
         for _ in range(args.steps + 1):
             run.step(looping)
         name = "looping" if looping else "before_looping"
-        phases[name] = phase_summary(run.steps[first:], run.keys[first:], trainer.model_cfg, args.batch_tokens,
-                                     ceiling)
+        phases[name] = phase_summary(run.steps[first:], run.keys[first:], trainer.model_cfg, args.batch_tokens, ceiling)
     result["phases"] = phases
     save(args.out, result)
-    result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) \
-        if device.type == "cuda" else None
+    result["peak_memory_gib"] = (
+        round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+    )
     if args.profile and device.type == "cuda":
         result["kernels"] = kernel_table(run)
     result["losses"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in run.steps]
@@ -255,16 +294,36 @@ def eager_check(args, result: dict, tmp: Path, dist):
     compiled_losses = [r["loss"] for r in result["losses"][: args.eager_steps]]
     # a NaN compares as neither larger nor smaller, so it counts as infinitely far (a NaN run once passed here)
     worst = max(abs(a - b) if math.isfinite(a - b) else math.inf for a, b in zip(compiled_losses, eager_losses))
-    result["eager_check"] = {"compiled": compiled_losses, "eager": [round(x, 4) for x in eager_losses],
-                             "max_abs_diff": round(worst, 5), "tolerance": args.loss_tolerance,
-                             "passed": worst <= args.loss_tolerance}
+    result["eager_check"] = {
+        "compiled": compiled_losses,
+        "eager": [round(x, 4) for x in eager_losses],
+        "max_abs_diff": round(worst, 5),
+        "tolerance": args.loss_tolerance,
+        "passed": worst <= args.loss_tolerance,
+    }
 
 
 def restart(args, result: dict, cache: Path):
     """A fresh process on the filled compile cache: seconds from its launch to the end of each state's first step."""
-    probe = [sys.executable, __file__, "--restart-probe", "--manifest", str(args.manifest), "--cache", str(cache),
-             "--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed), "--attention", args.attention,
-             "--packing", args.packing, "--states", ",".join(STATE_NAMES[s] for s in args.states)]
+    probe = [
+        sys.executable,
+        __file__,
+        "--restart-probe",
+        "--manifest",
+        str(args.manifest),
+        "--cache",
+        str(cache),
+        "--batch-tokens",
+        str(args.batch_tokens),
+        "--seed",
+        str(args.seed),
+        "--attention",
+        args.attention,
+        "--packing",
+        args.packing,
+        "--states",
+        ",".join(STATE_NAMES[s] for s in args.states),
+    ]
     if args.model:
         probe += ["--model", args.model]
     if args.flex_options is not None:
@@ -284,18 +343,24 @@ def save(path: Path | None, result: dict):
 
 
 def print_table(r: dict):
-    print(f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}, packing "
-          f"{r['packing']}; bf16 ceiling {r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; "
-          f"peak memory {r['peak_memory_gib']} GiB")
+    print(
+        f"\n{r['device']}, torch {r['torch']}, compiled: {r['compiled']}, attention {r['attention']}, packing "
+        f"{r['packing']}; bf16 ceiling {r['ceiling_tflops']} TFLOP/s; batch {r['batch_tokens']:,} tokens; "
+        f"peak memory {r['peak_memory_gib']} GiB"
+    )
     print("| phase | ms/step | tokens/s | mean keys | model TFLOP/s | MFU | compile s | restart: first step at s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, p in r["phases"].items():
-        print(f"| {name} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {p['mean_attended_keys']} | "
-              f"{p['model_tflops']} | {p['mfu']:.1%} | {p['compile_s']} | {r.get('restart_s', {}).get(name)} |")
+        print(
+            f"| {name} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {p['mean_attended_keys']} | "
+            f"{p['model_tflops']} | {p['mfu']:.1%} | {p['compile_s']} | {r.get('restart_s', {}).get(name)} |"
+        )
     e = r.get("eager_check")
     if e:
-        print(f"eager check: compiled {e['compiled']} vs eager {e['eager']}: max |diff| {e['max_abs_diff']} "
-              f"(tolerance {e['tolerance']}) -> {'pass' if e['passed'] else 'FAIL'}")
+        print(
+            f"eager check: compiled {e['compiled']} vs eager {e['eager']}: max |diff| {e['max_abs_diff']} "
+            f"(tolerance {e['tolerance']}) -> {'pass' if e['passed'] else 'FAIL'}"
+        )
     for k in r.get("kernels", []):
         print(f"  {k['share']:6.1%} {k['ms']:9.2f} ms {k['calls']:5d}x  {k['kernel']}")
 

@@ -20,7 +20,6 @@ from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import PhasedTTT
 
 
-
 def synthetic_val(docs: int, vocab: int, seed: int = 0) -> ValData:
     """Log-normal document lengths (median ~700 tokens, a long tail), random tokens with repeated phrases."""
     rng = np.random.default_rng(seed)
@@ -76,8 +75,10 @@ def main():
         ("of which global phases s", result.seconds["global_sgd"]),
         ("TTT tokens/s", val.targets / seconds),
         ("score-first probe passed", probe["passed"]),
-        ("probe max diff before / after update",
-         f"{probe['max_abs_diff_before_update']:.2e} / {probe['max_abs_diff_after_update']:.2e}"),
+        (
+            "probe max diff before / after update",
+            f"{probe['max_abs_diff_before_update']:.2e} / {probe['max_abs_diff_after_update']:.2e}",
+        ),
         ("diag bpb / ttt bpb", f"{diag['val_bpb']:.4f} / {result.totals['val_bpb']:.4f}"),
         ("projected full val on 8 devices s", FINEWEB_VAL_TARGETS / (val.targets / seconds) / 8),
     ]

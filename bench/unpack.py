@@ -80,8 +80,9 @@ def main():
         blobs, *t = timed(lambda: floor(streams, Path(tmp)))
         rows.append(("floor: lrzip -d, all groups at once", *t))
         largest = max(P.GROUPS, key=lambda g: len(streams[g]))
-        info = subprocess.run(["lrzip", "-i", "-vv", str(Path(tmp) / f"{largest}.lrz")], capture_output=True,
-                              text=True).stdout
+        info = subprocess.run(
+            ["lrzip", "-i", "-vv", str(Path(tmp) / f"{largest}.lrz")], capture_output=True, text=True
+        ).stdout
     state, *t = timed(lambda: P.unpack(data))
     rows.append(("pgolf.pack.unpack", *t))
     original = P.lrzip_decompress

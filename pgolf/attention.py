@@ -29,8 +29,8 @@ torch.compile capture data-dependent shapes; the trainer passes them in, built o
 
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -227,8 +227,9 @@ def segment_ids(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
     return torch.cumsum(starts, 0, dtype=torch.int32).view(B, T)
 
 
-def build_layout(ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch.Tensor | None = None,
-                 max_seqlen: int | None = None) -> DocLayout:
+def build_layout(
+    ids: torch.Tensor, backend: Backend, windows, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None
+) -> DocLayout:
     """Document boundaries of a (B, T) batch for `backend`; `windows` = the set of windows the layers use;
     `cu_seqlens` = cuts made ahead (segment_offsets(ids), or its max_len split), on ids' device: every backend
     attends within those segments; `max_seqlen` = their longest (default T; the varlen kernels size their grid
@@ -250,8 +251,14 @@ _compiled_flex = None
 # Tiles of 32 x 128 (dK/dV) and 128 x 32 (dQ) in the backward, 4 warps and 3 stages in both passes: forward +
 # backward of the record's micro-batch ran faster than with torch's defaults, forward output bit-identical
 # (bench/flex_options.py; figures in bench/RESULTS.md).
-FLEX_KERNEL_OPTIONS = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4,
-                       "num_stages": 3}
+FLEX_KERNEL_OPTIONS = {
+    "BLOCK_M1": 32,
+    "BLOCK_N1": 128,
+    "BLOCK_M2": 128,
+    "BLOCK_N2": 32,
+    "num_warps": 4,
+    "num_stages": 3,
+}
 
 
 def _flex(q, k, v, block_mask):
@@ -290,8 +297,15 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
             y = backend.varlen_fn(qf, kf, vf, cu, n)
         else:
             y = backend.varlen_fn(
-                qf, kf, vf, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=n, max_seqlen_k=n,
-                causal=True, window_size=(left, 0),
+                qf,
+                kf,
+                vf,
+                cu_seqlens_q=cu,
+                cu_seqlens_k=cu,
+                max_seqlen_q=n,
+                max_seqlen_k=n,
+                causal=True,
+                window_size=(left, 0),
             )
             if isinstance(y, tuple):  # some FA3 releases also return the log-sum-exp
                 y = y[0]
@@ -316,8 +330,9 @@ def cudnn_probe() -> str | None:
     """Run the cuDNN packed kernels once on a tiny input, forward and backward: None when they work, else why not."""
     if not _CUDNN_PROBE:
         try:
-            q, k, v = (torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                       for _ in range(3))
+            q, k, v = (
+                torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+            )
             cu = torch.tensor([0, 8, 24], device="cuda", dtype=torch.int32)
             cudnn_varlen(q, k, v, cu, 16).sum().backward()
             torch.cuda.synchronize()
@@ -330,6 +345,7 @@ def cudnn_probe() -> str | None:
 def cudnn_varlen(q, k, v, cu_seqlens, max_seqlen: int) -> torch.Tensor:
     """Causal attention within each segment of a packed (total, H, D) stream through cuDNN (as many K/V heads as
     Q heads); 1/sqrt(D) scale."""
-    out = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                                  True, 0.0, True, False)
+    out = torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, True, 0.0, True, False
+    )
     return out[0]

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from .cli import doc_summary, run_cli
-from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import write_json
 from .runlog import RunLog
 from .shards import BOS_ID, load_manifest, read_shard, shard_paths, tokenizer_path, verify_checksums
+from .stageconfig import from_dict, load_stage_config
 
 EXAMPLES = 5
 HEAD_IDS = 32  # ids kept per val document for the examples
@@ -139,8 +139,13 @@ def audit(manifest_path, cfg: AuditConfig) -> dict:
                 val_index, val_head = val_docs[digest]
                 ids = np.frombuffer(val_head, np.uint16).tolist()
                 examples.append(
-                    {"val_doc": val_index, "train_doc": index, "tokens": length, "head_ids": ids,
-                     "preview": _preview(manifest_path, ids)}
+                    {
+                        "val_doc": val_index,
+                        "train_doc": index,
+                        "tokens": length,
+                        "head_ids": ids,
+                        "preview": _preview(manifest_path, ids),
+                    }
                 )
     splits["train"].update(docs=train_docs, empty_docs=empty)
 

@@ -170,9 +170,7 @@ def candidate_presets(base: dict, space: SearchSpace) -> list[dict]:
     base = dataclasses.asdict(Preset.parse(base, "capfit base preset"))
     classes = [list(itertools.product(getattr(space, c).bits, getattr(space, c).clip_sigmas)) for c in CLASSES]
     presets, seen = [], set()
-    for attn, mlp, embed, top_k, rank, awq in itertools.product(
-        *classes, space.lqer_top_k, space.lqer_rank, space.awq
-    ):
+    for attn, mlp, embed, top_k, rank, awq in itertools.product(*classes, space.lqer_top_k, space.lqer_rank, space.awq):
         values = json.loads(json.dumps(base))
         for name, (bits, clip) in zip(CLASSES, (attn, mlp, embed)):
             values[name] = {"bits": bits, "clip_sigmas": float(clip)}
@@ -219,17 +217,19 @@ def search(state: dict, hessians: dict, presets: list[dict], sizer: Sizer, *, mo
     for i, values in enumerate(presets):
         quantized, report = quantize_state(state, hessians, values, model_config=model_config, device=device, memo=memo)
         model_bytes, code_bytes = sizer.model_bytes(quantized), sizer.code_bytes(values)
-        candidates.append({
-            "id": i,
-            "settings": describe(values),
-            "preset": values,
-            "model_bytes": model_bytes,
-            "code_bytes": code_bytes,
-            "total_bytes": model_bytes + code_bytes,
-            "proxy": report["h_error"],
-            "proxy_gptq": report["h_error_gptq"],
-            "lqer_picks": report["lqer_picks"],
-        })
+        candidates.append(
+            {
+                "id": i,
+                "settings": describe(values),
+                "preset": values,
+                "model_bytes": model_bytes,
+                "code_bytes": code_bytes,
+                "total_bytes": model_bytes + code_bytes,
+                "proxy": report["h_error"],
+                "proxy_gptq": report["h_error_gptq"],
+                "lqer_picks": report["lqer_picks"],
+            }
+        )
     matrices = sum(1 for name in state if MATRIX.match(name))
     counts = {
         "candidates": len(presets),
@@ -262,7 +262,9 @@ def choose(candidates: list[dict], target: int, check) -> dict:
     whose checked total fits wins."""
     for c in candidates:
         c.update(chosen=False, status="over_target", why=f"{c['total_bytes']:,} bytes > target {target:,}")
-    fitting = sorted((c for c in candidates if c["total_bytes"] <= target), key=lambda c: (c["proxy"], c["total_bytes"], c["id"]))
+    fitting = sorted(
+        (c for c in candidates if c["total_bytes"] <= target), key=lambda c: (c["proxy"], c["total_bytes"], c["id"])
+    )
     if not fitting:
         smallest = min(candidates, key=lambda c: c["total_bytes"])
         raise PgolfError(
@@ -282,10 +284,13 @@ def choose(candidates: list[dict], target: int, check) -> dict:
             c.update(chosen=True, status="winner", why="lowest proxy within the target; packed and size-checked")
             report = checked
         else:
-            c.update(status="check_failed", why=(
-                f"searched {c['total_bytes']:,} bytes but packed and size-checked {checked['total_bytes']:,} "
-                f"> target {target:,}; the next candidate was taken"
-            ))
+            c.update(
+                status="check_failed",
+                why=(
+                    f"searched {c['total_bytes']:,} bytes but packed and size-checked {checked['total_bytes']:,} "
+                    f"> target {target:,}; the next candidate was taken"
+                ),
+            )
     if winner is None:
         raise PgolfError(
             f"quant.capfit: every candidate within the target of {target:,} bytes missed it once packed for "
@@ -313,9 +318,7 @@ def run(config: dict, model_path, hessians_path, device) -> tuple[dict, dict]:
     search_seconds = time.perf_counter() - start
 
     def check(values):
-        return check_for_real(
-            state, hessians, values, config, model_config=model_config, device=device
-        )
+        return check_for_real(state, hessians, values, config, model_config=model_config, device=device)
 
     checked = choose(candidates, capfit.target, check)
     winner = next(c for c in candidates if c["chosen"])

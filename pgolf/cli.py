@@ -5,7 +5,6 @@ import sys
 
 from .errors import PgolfError
 
-
 # Set by pgolf.launch for the ranks it starts: the launcher itself reports an interruption (exit 130), so a rank
 # stopped by its forwarded signal ends quietly, and torchrun prints no failure report over it.
 LAUNCHED_ENV = "PGOLF_LAUNCHED"

@@ -141,8 +141,13 @@ class _DropUnrun(ast.NodeTransformer):
 
     def visit_If(self, node):
         test = node.test
-        if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
-                and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__"):
+        if (
+            isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__"
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__"
+        ):
             return None
         return self.generic_visit(node)
 
@@ -174,8 +179,10 @@ def unused_definitions(sources: dict) -> dict:
             for node in tree.body:
                 if not (isinstance(node, DEFINITIONS) and node.name in unused[rel]):
                     names |= _referenced_names(node)
-        found = {rel: {n.name for n in tree.body if isinstance(n, DEFINITIONS) and n.name not in names}
-                 for rel, tree in trees.items()}
+        found = {
+            rel: {n.name for n in tree.body if isinstance(n, DEFINITIONS) and n.name not in names}
+            for rel, tree in trees.items()
+        }
         if all(found[rel] <= unused[rel] for rel in trees):
             return unused
         for rel in trees:
@@ -210,8 +217,10 @@ def package_modules(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS, config: dic
     A folder without __init__.py (a namespace package in the source tree) gets an empty package module.
     """
     package_dir = Path(package_dir)
-    sources = {path.relative_to(package_dir.parent).as_posix(): path.read_text() for path in
-               submitted_files(package_dir, config)}
+    sources = {
+        path.relative_to(package_dir.parent).as_posix(): path.read_text()
+        for path in submitted_files(package_dir, config)
+    }
     key = (package_dir, tuple(sorted(options.items())), tuple(sources.items()))
     if key not in _MINIFIED:
         _MINIFIED[key] = _minify_all(sources, options)

@@ -99,7 +99,9 @@ def validate(config: dict, source="config", schema_dir=SCHEMA_DIR) -> dict:
         schema = load_yaml(fragment)
         errors = sorted(Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
         if errors:
-            raise PgolfError(f"{source}: {schema_error(errors[0], fragment.name)}; fix that key in your config or recipe")
+            raise PgolfError(
+                f"{source}: {schema_error(errors[0], fragment.name)}; fix that key in your config or recipe"
+            )
     check_values(config, source)
     return config
 
@@ -135,7 +137,15 @@ def resolve(paths) -> dict:
     return validate(merged, source=" + ".join(str(p) for p in paths))
 
 
-RUN_SECTIONS = ("run", "hardware", "model", "train", "hessians", "eval", "pack")  # with data.name and quant: what run_all reads
+RUN_SECTIONS = (
+    "run",
+    "hardware",
+    "model",
+    "train",
+    "hessians",
+    "eval",
+    "pack",
+)  # with data.name and quant: what run_all reads
 
 
 def narrow_config(config: dict, preset: str) -> dict:

@@ -27,11 +27,11 @@ from pathlib import Path, PurePosixPath
 
 from .caseops import OPERATORS as CASEOPS_OPERATORS
 from .cli import doc_summary, run_cli
-from .stageconfig import from_dict, load_stage_config
 from .errors import PgolfError
 from .io import atomic_path, read_json, write_json
 from .runlog import RunLog
 from .shards import BOS_ID, file_sha256, read_header, read_shard, shard_name
+from .stageconfig import from_dict, load_stage_config
 
 TOKENIZER_NAME = "tokenizer.model"  # every data source yields resources/data/<ds>/tokenizer.model
 
@@ -345,8 +345,13 @@ def download_docs(hub: HubConfig, out: Path, log: RunLog):
             f'{hub.docs_repo}@{commit} {hub.docs_file}: the first line is not a JSON object with a "text" string; '
             "check data.hf.docs_file (a JSONL of documents)"
         )
-    record = {"repo": hub.docs_repo, "revision": hub.docs_revision, "commit": commit,
-              "files": {hub.docs_file: file_sha256(path)}, "key": "docs_"}
+    record = {
+        "repo": hub.docs_repo,
+        "revision": hub.docs_revision,
+        "commit": commit,
+        "files": {hub.docs_file: file_sha256(path)},
+        "key": "docs_",
+    }
     check_lock(out.parent / LOCK_NAME, record, hub.refresh, log)
     link_or_copy(path, out)
     log.write({"event": "docs", "repo": hub.docs_repo, "commit": commit, "path": str(out), "bytes": out.stat().st_size})
@@ -356,8 +361,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.download", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="resolved config (JSON text or file) with the data section")
     parser.add_argument("--out", required=True, type=Path, help="manifest.json (hf_shards) or docs.jsonl (hf_docs)")
-    parser.add_argument("--refresh", action="store_true",
-                        help=f"accept a commit or checksums other than {LOCK_NAME}'s (as data.hf.refresh: true)")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help=f"accept a commit or checksums other than {LOCK_NAME}'s (as data.hf.refresh: true)",
+    )
     args = parser.parse_args(argv)
     config = load_stage_config(args.config)
     where = "--config" if args.config.strip().startswith("{") else args.config

@@ -227,7 +227,9 @@ def run_artifact(args, config, dist, log):
     if cfg.tilt.enabled:
         out["ttt_no_tilt"] = {k: result.untilted[k] for k in ("val_loss", "val_bpb")}
         out["tilt"].update(
-            gated_share=result.gated / max(scored, 1), order=cfg.tilt.order, threshold=cfg.tilt.threshold,
+            gated_share=result.gated / max(scored, 1),
+            order=cfg.tilt.order,
+            threshold=cfg.tilt.threshold,
             boost=cfg.tilt.boost,
         )
     log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
@@ -235,7 +237,11 @@ def run_artifact(args, config, dist, log):
         from . import ngram
 
         out["probes"]["tilt_causal"] = ngram.causality_probe(
-            val.tokens, cfg.tilt.order, cfg.tilt.threshold, cfg.tilt.probe_cuts, np.random.default_rng(PROBE_SEED),
+            val.tokens,
+            cfg.tilt.order,
+            cfg.tilt.threshold,
+            cfg.tilt.probe_cuts,
+            np.random.default_rng(PROBE_SEED),
             full=hints,
         )
     return out

@@ -128,9 +128,7 @@ class HessianSums:
     def result(self, total_batches: int) -> dict:
         """{name: H = ΣXᵀX / total_batches, "act_rms": {name: sqrt(Σx² / rows)}} on the CPU."""
         out = {name: (h / total_batches).cpu() for name, h in sorted(self.xtx.items())}
-        out["act_rms"] = {
-            name: (self.sq[name] / self.rows[name].float()).sqrt().cpu() for name in sorted(self.xtx)
-        }
+        out["act_rms"] = {name: (self.sq[name] / self.rows[name].float()).sqrt().cpu() for name in sorted(self.xtx)}
         return out
 
 
@@ -155,8 +153,9 @@ def collect_self(model: GPT, config: HessianConfig, seed: int, dist: pgdist.Dist
     model.looping = True  # the trained model's final state writes the sequences
     pgdist.sync(dist.device)
     start = time.perf_counter()
-    seqs = selfcalib.generate(model, config.self_seqs, config.seq_len, config.self_temperature, config.self_batch,
-                              seed, dist.device)
+    seqs = selfcalib.generate(
+        model, config.self_seqs, config.seq_len, config.self_temperature, config.self_batch, seed, dist.device
+    )
     sums = HessianSums()
     for seq in seqs[dist.rank :: dist.world]:
         model(seq[:, :-1].to(dist.device), capture=sums)

@@ -41,11 +41,27 @@ def command(gpus: int, cpu_procs: int, stage_args: list[str], env=os.environ) ->
         return [*torchrun, "--standalone", *stage_args]
     if "SLURM_PROCID" not in env:
         # The batch script itself: fan out to one task per node, each re-entering this launcher.
-        return ["srun", f"--ntasks={nodes}", "--ntasks-per-node=1", sys.executable, "-m", "pgolf.launch",
-                f"--gpus={gpus}", f"--cpu-procs={cpu_procs}", "--", *stage_args]
-    return [*torchrun, f"--nnodes={nodes}", f"--node-rank={env['SLURM_NODEID']}", "--rdzv-backend=c10d",
-            f"--rdzv-id={env['SLURM_JOB_ID']}", f"--rdzv-endpoint={first_host(env['SLURM_JOB_NODELIST'])}:{RENDEZVOUS_PORT}",
-            *stage_args]
+        return [
+            "srun",
+            f"--ntasks={nodes}",
+            "--ntasks-per-node=1",
+            sys.executable,
+            "-m",
+            "pgolf.launch",
+            f"--gpus={gpus}",
+            f"--cpu-procs={cpu_procs}",
+            "--",
+            *stage_args,
+        ]
+    return [
+        *torchrun,
+        f"--nnodes={nodes}",
+        f"--node-rank={env['SLURM_NODEID']}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-id={env['SLURM_JOB_ID']}",
+        f"--rdzv-endpoint={first_host(env['SLURM_JOB_NODELIST'])}:{RENDEZVOUS_PORT}",
+        *stage_args,
+    ]
 
 
 def children(pid: int) -> list[int]:

@@ -50,8 +50,9 @@ class _Shard:
 class DocumentLoader:
     """Yields this rank's (accum, chunk_tokens + 1) int64 token rows for each step; `position` is resumable."""
 
-    def __init__(self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False,
-                 vocab_size=None):
+    def __init__(
+        self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False, vocab_size=None
+    ):
         self.paths = sorted(Path(p) for p in paths)
         self.vocab_size = vocab_size  # ids at or above it are refused as each shard opens
         if not self.paths:
@@ -114,7 +115,7 @@ class DocumentLoader:
             start = shard.span_start(offset, self.span)
             if start is not None:
                 chunks = [start + (k * self.world + self.rank) * self.chunk for k in range(self.accum)]
-                rows = np.stack([shard.tokens[c: c + self.chunk] for c in chunks]).astype(np.int64)
+                rows = np.stack([shard.tokens[c : c + self.chunk] for c in chunks]).astype(np.int64)
                 rows = torch.from_numpy(rows)
                 if self.pin_memory:
                     rows = rows.pin_memory()

@@ -22,8 +22,9 @@ On CUDA the forward runs in bf16 (weights cast at use, parameters stay fp32); on
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -82,7 +83,9 @@ class ModelConfig:
     loop_end: int = 5  # inclusive
     enable_looping_at: float = 0.35  # training fraction at which the trainer turns looping on
     parallel_start_layer: int | None = 8  # decoder layers from this physical index run in parallel; None = off
-    parallel_residual: str = "lanes"  # lanes: two lanes with learned mixing (#1855); single: x + attn(x) + mlp(x) (#1493)
+    parallel_residual: str = (
+        "lanes"  # lanes: two lanes with learned mixing (#1855); single: x + attn(x) + mlp(x) (#1493)
+    )
     cross_document: bool = False  # attend across BOS within each window (#1493/#1572); False: documents isolated
     attn_window: int | None = None  # sliding window: keys at most this many positions back; None = full
     attn_window_layers: list[int] | None = None  # layers with the window; None = all (when attn_window is set)
@@ -368,7 +371,7 @@ class GPT(nn.Module):
 
     @property
     def attention_backend(self) -> str:
-        """"auto" or a name from pgolf.attention.BACKENDS; resolved here, not inside a compiled forward."""
+        """ "auto" or a name from pgolf.attention.BACKENDS; resolved here, not inside a compiled forward."""
         return self._attention_backend
 
     @attention_backend.setter
@@ -507,8 +510,15 @@ class GPT(nn.Module):
             cu_seqlens = window_offsets(ids.shape, max_seqlen, ids.device)
         return build_layout(ids, self.backend(ids.device), windows, cu_seqlens, max_seqlen)
 
-    def hidden(self, ids: torch.Tensor, capture=None, adapters=None, cu_seqlens=None, max_seqlen=None,
-               layout: DocLayout | None = None) -> torch.Tensor:
+    def hidden(
+        self,
+        ids: torch.Tensor,
+        capture=None,
+        adapters=None,
+        cu_seqlens=None,
+        max_seqlen=None,
+        layout: DocLayout | None = None,
+    ) -> torch.Tensor:
         """Final-norm output (B, T, d) in the compute dtype (bf16 on CUDA, fp32 on CPU)."""
         c = self.config
         dtype = torch.bfloat16 if ids.is_cuda else torch.float32
@@ -564,8 +574,18 @@ class GPT(nn.Module):
                 logits = logits + delta.float()
         return logits
 
-    def forward(self, ids, targets=None, *, reduction: str = "mean", capture=None, adapters=None, cu_seqlens=None,
-                max_seqlen=None, layout=None):
+    def forward(
+        self,
+        ids,
+        targets=None,
+        *,
+        reduction: str = "mean",
+        capture=None,
+        adapters=None,
+        cu_seqlens=None,
+        max_seqlen=None,
+        layout=None,
+    ):
         """Softcapped logits (B, T, V) fp32, or with targets the CE loss (mean, or (B, T) for "none").
 
         capture(name, rows): input rows (N, in) of every quantized matrix, on every application.
@@ -578,8 +598,9 @@ class GPT(nn.Module):
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        h = self.hidden(ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                        layout=layout)
+        h = self.hidden(
+            ids, capture=capture, adapters=adapters, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, layout=layout
+        )
         if targets is None:
             return self.logits(h, capture, adapters)
         if self.config.asym_logit_rescale and not self.training:

@@ -89,8 +89,9 @@ def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
     return x.mT if tall else x
 
 
-def muon_direction(grad, buf, momentum: torch.Tensor, row_normalize: bool, backend: str = "polar_express",
-                   steps: int = 5) -> torch.Tensor:
+def muon_direction(
+    grad, buf, momentum: torch.Tensor, row_normalize: bool, backend: str = "polar_express", steps: int = 5
+) -> torch.Tensor:
     """Nesterov momentum (buf <- mu*buf + g; g + mu*buf), row normalization (MuonEq-R), then Polar Express or
     `steps` classic Newton-Schulz iterations (`backend`).
 
@@ -130,15 +131,18 @@ class Optimizers:
             raise ValueError("Muon takes 3-D parameter banks (n, rows, cols)")
         self.replicated = list(groups["embed"]) + list(groups["scalar"])
         self.shard = [math.ceil(p.shape[0] / world) for p in self.banks]
-        self.buffers = [torch.zeros((s, *p.shape[1:]), device=p.device, dtype=torch.float32)
-                        for s, p in zip(self.shard, self.banks)]
+        self.buffers = [
+            torch.zeros((s, *p.shape[1:]), device=p.device, dtype=torch.float32) for s, p in zip(self.shard, self.banks)
+        ]
         adam_groups = [
             {"params": list(groups[name]), "lr": lr, "base_lr": lr, "weight_decay": wd}
             for name, lr, wd in (("embed", cfg.embed_lr, cfg.embed_wd), ("scalar", cfg.scalar_lr, cfg.scalar_wd))
         ]
         on_gpu = bool(self.replicated) and self.replicated[0].is_cuda
         self.adam = torch.optim.AdamW(
-            [g for g in adam_groups if g["params"]], betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+            [g for g in adam_groups if g["params"]],
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
             fused=on_gpu or None,
         )
         self.direction = torch.compile(muon_direction, dynamic=False) if compile_muon else muon_direction
@@ -195,7 +199,7 @@ class Optimizers:
             flat.mul_(scale)
             offset = 0
             for p in self.replicated:
-                p.grad = flat[offset: offset + p.numel()].view_as(p).to(p.dtype)
+                p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
                 offset += p.numel()
             for group in self.adam.param_groups:
                 group["lr"] = group["base_lr"] * lr_mult
@@ -228,9 +232,9 @@ class Optimizers:
     def _reduce_replicated_grads(self):
         if not self.replicated:
             return None
-        flat = torch.cat([
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in self.replicated
-        ])
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in self.replicated]
+        )
         if self.world > 1:
             torch_dist.all_reduce(flat)
             flat.div_(self.world)
@@ -240,8 +244,14 @@ class Optimizers:
         lr = self.cfg.matrix_lr * lr_mult
         momentum = torch.tensor(momentum, dtype=torch.float32, device=self._device())
         for p, s, g, buf in zip(self.banks, self.shard, shards, self.buffers):
-            update = self.direction(g * scale, buf, momentum, self.cfg.muon_row_normalize, self.cfg.muon_backend,
-                                    self.cfg.muon_backend_steps)
+            update = self.direction(
+                g * scale,
+                buf,
+                momentum,
+                self.cfg.muon_row_normalize,
+                self.cfg.muon_backend,
+                self.cfg.muon_backend_steps,
+            )
             if self.world > 1:
                 full = torch.empty((s * self.world, *p.shape[1:]), device=p.device, dtype=update.dtype)
                 torch_dist.all_gather_into_tensor(full, update.contiguous())
@@ -262,7 +272,7 @@ class Optimizers:
 
     def load_state_dict(self, state: dict):
         for p, s, buf, whole in zip(self.banks, self.shard, self.buffers, state["muon_buffers"]):
-            rows = whole[self.rank * s: (self.rank + 1) * s]
+            rows = whole[self.rank * s : (self.rank + 1) * s]
             buf.zero_()
             buf[: rows.shape[0]].copy_(rows)
         self.adam.load_state_dict(state["adam"])

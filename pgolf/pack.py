@@ -269,6 +269,7 @@ def _encode_remainder(tensors: dict, meta: dict, config: dict, shapes: list) -> 
 
 def _decode_remainder(data: bytes, source: str):
     """The remainder's JSON header and tensors, after checking every header field's type and bound."""
+
     def bad(problem):
         return PgolfError(f"{source}: remainder stream is corrupt ({problem}); {REPACK}")
 
@@ -315,8 +316,12 @@ def _check_header(header, bad):
         if not isinstance(group, list):
             raise bad(f"group {GROUPS[g]} is not a list")
         for row in group:
-            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
-                    and all(_is_int(n) and 0 < n <= MAX_DECODED_BYTES for n in row[1:])):
+            if not (
+                isinstance(row, list)
+                and len(row) == 3
+                and isinstance(row[0], str)
+                and all(_is_int(n) and 0 < n <= MAX_DECODED_BYTES for n in row[1:])
+            ):
                 raise bad(f"group {GROUPS[g]} has the entry {str(row)[:80]}, not [name, rows, cols]")
             name, rows, cols = row
             if _group_slot(name) is None or _group_slot(name)[0] != g or name in names:
@@ -329,9 +334,15 @@ def _check_header(header, bad):
         raise bad("tensors is not a list")
     total = 0
     for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-                and isinstance(entry[1], str) and entry[1] in DTYPES and isinstance(entry[2], list)
-                and all(_is_int(n) and 0 <= n <= MAX_DECODED_BYTES for n in entry[2])):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+            and entry[1] in DTYPES
+            and isinstance(entry[2], list)
+            and all(_is_int(n) and 0 <= n <= MAX_DECODED_BYTES for n in entry[2])
+        ):
             raise bad(f"tensor entry {str(entry)[:80]} is not [name, dtype, shape]")
         if entry[0] in names:
             raise bad(f"tensor {entry[0]!r} appears twice")
@@ -496,11 +507,16 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
     if hot_rows or streams["perms"]:
         perm_bytes = brotli_decompress(streams["perms"], 2 * hot_rows, source, "permutation")
     with ThreadPoolExecutor(len(GROUPS)) as pool:
-        blobs = list(pool.map(
-            lambda g: lrzip_decompress(streams[GROUPS[g]], f"{source} ({GROUPS[g]})",
-                                       sum(rows * cols for _, rows, cols in header["groups"][g])),
-            range(len(GROUPS)),
-        ))
+        blobs = list(
+            pool.map(
+                lambda g: lrzip_decompress(
+                    streams[GROUPS[g]],
+                    f"{source} ({GROUPS[g]})",
+                    sum(rows * cols for _, rows, cols in header["groups"][g]),
+                ),
+                range(len(GROUPS)),
+            )
+        )
     perms = np.frombuffer(perm_bytes, "<u2")
     perm_at = 0
     for group, blob, shapes in zip(GROUPS, blobs, header["groups"]):
@@ -512,8 +528,9 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
                 order = perms[perm_at : perm_at + rows].astype(np.int64)
                 perm_at += rows
                 if not np.array_equal(np.sort(order), np.arange(rows)):
-                    raise PgolfError(f"{source}: the row order of {name} is not a permutation of its {rows} rows; "
-                                     f"{REPACK}")
+                    raise PgolfError(
+                        f"{source}: the row order of {name} is not a permutation of its {rows} rows; {REPACK}"
+                    )
                 restored = torch.empty_like(t)
                 restored[torch.from_numpy(order)] = t
                 t = restored
@@ -636,8 +653,15 @@ def index(blob_path, out):
     unpack_artifact(data, str(path))
     out = Path(out)
     write_bytes(out, data)
-    write_json(out.with_name("pack.json"), {"streams": artifact_streams(data, str(path)), "total_bytes": len(data),
-                                            "sha256": sha256(data), "source": str(path)})
+    write_json(
+        out.with_name("pack.json"),
+        {
+            "streams": artifact_streams(data, str(path)),
+            "total_bytes": len(data),
+            "sha256": sha256(data),
+            "source": str(path),
+        },
+    )
 
 
 def main(argv=None):
@@ -648,13 +672,24 @@ def main(argv=None):
     source.add_argument("--quantized", help="quantized.pt from the quantize stage")
     source.add_argument("--index", help="a model.pgrp made elsewhere (eval.artifact): check it, copy it, describe it")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the brotli-only comparison (one core compresses the whole state: minutes)")
-    parser.add_argument("--compressor", default="lrzip_groups", choices=COMPRESSORS,
-                        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream; "
-                        "lzma_pruned: #1512's lzma blob")
-    parser.add_argument("--prune-target", type=prune_target, default=None,
-                        help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the brotli-only comparison (one core compresses the whole state: minutes)",
+    )
+    parser.add_argument(
+        "--compressor",
+        default="lrzip_groups",
+        choices=COMPRESSORS,
+        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream; "
+        "lzma_pruned: #1512's lzma blob",
+    )
+    parser.add_argument(
+        "--prune-target",
+        type=prune_target,
+        default=None,
+        help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning",
+    )
     args = parser.parse_args(argv)
     if args.index:
         return index(args.index, args.out)

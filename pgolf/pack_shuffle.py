@@ -52,7 +52,9 @@ def unpack_brotli_shuffle(data: bytes, source: str = "brotli blob") -> dict:
     try:
         raw = byte_unshuffle(brotli.decompress(data))
     except brotli.error as e:
-        raise PgolfError(f"{source}: no PGRP or PLZM magic ({bytes(data[:4])!r}), and not a brotli_shuffle stream either ({e}); {REPACK}") from None
+        raise PgolfError(
+            f"{source}: no PGRP or PLZM magic ({bytes(data[:4])!r}), and not a brotli_shuffle stream either ({e}); {REPACK}"
+        ) from None
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:

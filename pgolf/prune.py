@@ -50,7 +50,9 @@ def lzma_pack(state: dict) -> bytes:
 def lzma_decode(blob: bytes, source: str) -> bytes:
     """The torch-saved bytes of a PLZM blob, decoded no further than its declared size (which they must fill)."""
     if len(blob) < HEADER.size or not is_lzma(blob):
-        raise PgolfError(f"{source}: not an lzma_pruned artifact (magic {blob[:4]!r}, expected {LZMA_MAGIC!r}); {REPACK}")
+        raise PgolfError(
+            f"{source}: not an lzma_pruned artifact (magic {blob[:4]!r}, expected {LZMA_MAGIC!r}); {REPACK}"
+        )
     _, declared = HEADER.unpack_from(blob)
     if declared > MAX_STATE_BYTES:
         raise PgolfError(f"{source}: declares {declared:,} decoded bytes, over the {MAX_STATE_BYTES:,} limit; {REPACK}")
@@ -82,7 +84,9 @@ def lzma_unpack(blob: bytes, source: str) -> dict:
 
 def int6_names(state: dict) -> list[str]:
     """The weights stored as int6 codes with one scale per row (GPTQ at 6 bits, without AWQ's int8 groups)."""
-    return [n for n, how in state["meta"].items() if how.startswith(f"{dequant.GPTQ} (int6)") and dequant.AWQ not in how]
+    return [
+        n for n, how in state["meta"].items() if how.startswith(f"{dequant.GPTQ} (int6)") and dequant.AWQ not in how
+    ]
 
 
 def prune_order(state: dict) -> list[tuple[str, int]]:

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from .cli import doc_summary, run_cli
-from .stageconfig import load_stage_config
 from .dist import require_gpus
 from .errors import PgolfError
 from .io import atomic_path, load_torch, write_json
 from .model import load_trained
 from .quant import Preset, quantize_state
 from .runlog import RunLog
+from .stageconfig import load_stage_config
 
 
 def load_hessians(path) -> dict:
@@ -56,7 +56,10 @@ def main(argv=None):
     )
     with atomic_path(args.out) as tmp:
         torch.save(quantized, tmp)
-    write_json(Path(args.out).with_name("report.json"), {"preset": args.preset, "settings": dataclasses.asdict(preset), "device": str(device), **report})
+    write_json(
+        Path(args.out).with_name("report.json"),
+        {"preset": args.preset, "settings": dataclasses.asdict(preset), "device": str(device), **report},
+    )
     log.write({"event": "done", "seconds": report["seconds"], "lqer": report["lqer_picks"], "awq": report["awq_picks"]})
 
 

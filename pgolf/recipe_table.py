@@ -94,8 +94,14 @@ def _length_steps(text, dump):  # "256:16,2000:32" -> [[256, 16], [2000, 32]]
 
 
 def _ttt_mask(text, dump):
-    masks = {"": {}, "all": {}, "baseline_all": {}, "no_q": {"q": False}, "no_v": {"v": False},
-             "no_qv": {"q": False, "v": False}}
+    masks = {
+        "": {},
+        "all": {},
+        "baseline_all": {},
+        "no_q": {"q": False},
+        "no_v": {"v": False},
+        "no_qv": {"q": False, "v": False},
+    }
     if text not in masks:
         raise PgolfError(f"ttt_mask {text!r}: not one of {sorted(masks)}")
     return {"q": True, "v": True, **masks[text]}
@@ -166,8 +172,10 @@ def load_table(path=TABLE) -> dict:
             if len(kinds) != 1:
                 raise PgolfError(f"{path}: params.{name} needs exactly one of key / fixed / none, got {list(mapping)}")
             if mapping.get("transform", "negate") not in TRANSFORMS or mapping.get("compare", "equal") not in COMPARES:
-                raise PgolfError(f"{path}: params.{name}: unknown transform or compare; known: {sorted(TRANSFORMS)}, "
-                                 f"{sorted(COMPARES)}")
+                raise PgolfError(
+                    f"{path}: params.{name}: unknown transform or compare; known: {sorted(TRANSFORMS)}, "
+                    f"{sorted(COMPARES)}"
+                )
     for run, spec in table["runs"].items():
         unknown = set(spec) - RUN_FIELDS
         if unknown or not {"configs", "dump"} <= set(spec):
@@ -246,15 +254,19 @@ def check(table: dict, run: str, config: dict | None = None) -> list[Finding]:
                 ok = _same(value, m["fixed"])
                 findings.append(Finding(name, "ok" if ok else "MISMATCH", source, "fixed", value, m["fixed"]))
             else:
-                expected = TRANSFORMS[m["transform"]](value, {k: v for k, (v, _) in values.items()}) \
-                    if "transform" in m else value
+                expected = (
+                    TRANSFORMS[m["transform"]](value, {k: v for k, (v, _) in values.items()})
+                    if "transform" in m
+                    else value
+                )
                 actual = lookup(config, m["key"])
                 if actual is MISSING:
                     status = "pending" if "added_by" in m else "MISMATCH"
                 else:
                     status = "ok" if COMPARES[m.get("compare", "equal")](expected, actual) else "MISMATCH"
-                findings.append(Finding(name, status, source, m["key"], expected,
-                                        None if actual is MISSING else actual))
+                findings.append(
+                    Finding(name, status, source, m["key"], expected, None if actual is MISSING else actual)
+                )
     return findings
 
 
@@ -323,19 +335,28 @@ def render_markdown(table: dict) -> str:
     for run in runs:
         spec = table["runs"][run]
         facts = parse_header(ROOT / spec["dump"])
-        lines.append(f"| {run} | {', '.join(spec['configs'])} | `{spec['dump']}` | {facts['model_params']:,} | "
-                     f"{comparison_bpb(table, run)} |")
+        lines.append(
+            f"| {run} | {', '.join(spec['configs'])} | `{spec['dump']}` | {facts['model_params']:,} | "
+            f"{comparison_bpb(table, run)} |"
+        )
     for run in runs:
         spec = table["runs"][run]
         extra = [(n, i["value"], f"implied: {i['why']}") for n, i in (spec.get("implied") or {}).items()]
         extra += [(n, i["value"], f"change: {i['why']}") for n, i in (spec.get("changes") or {}).items()]
-        extra += [(n, values[run].get(n, ("", ""))[0], f"not this run: {why}")
-                  for n, why in (spec.get("not_this_run") or {}).items()]
+        extra += [
+            (n, values[run].get(n, ("", ""))[0], f"not this run: {why}")
+            for n, why in (spec.get("not_this_run") or {}).items()
+        ]
         if extra:
             lines += ["", f"### {run}: beyond its printed block", "", "| name | value | why |", "|---|---|---|"]
             lines += [f"| {n} | `{v!r}` | {_cell(why)} |" for n, v, why in extra]
-    lines += ["", "## Hyperparameters", "", "| upstream name | pgolf | " + " | ".join(runs) + " |",
-              "|---|---|" + "---|" * len(runs)]
+    lines += [
+        "",
+        "## Hyperparameters",
+        "",
+        "| upstream name | pgolf | " + " | ".join(runs) + " |",
+        "|---|---|" + "---|" * len(runs),
+    ]
     for name in sorted(table["params"]):
         cells = [_cell(" + ".join(_mapping_text(m) for m in mappings(table["params"][name])))]
         for run in runs:

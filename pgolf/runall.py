@@ -36,8 +36,9 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
     wildcards = {f"wildcards.{k}": v for k, v in wc.items()}
     for key in ("manifest", "data_audit"):
         if not (root / stages.path(key, **wc)).exists():
-            raise PgolfError(f"{root / stages.path(key, **wc)}: not found; make the data first "
-                             "(`snakemake --until audit_data`)")
+            raise PgolfError(
+                f"{root / stages.path(key, **wc)}: not found; make the data first (`snakemake --until audit_data`)"
+            )
     cfg = json.dumps(config, sort_keys=True)
     quant_cfg = json.dumps({"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]})
     dist = pgdist.init(config["hardware"]["gpus"])
@@ -48,8 +49,10 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
             _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
             # no brotli-only comparison: minutes of one core that the judge's run does not need
             packing = config.get("pack", {})
-            compressor = {"params.compressor": packing.get("compressor", "lrzip_groups"),
-                          "params.prune_target": packing.get("prune_target_bytes") or "none"}
+            compressor = {
+                "params.compressor": packing.get("compressor", "lrzip_groups"),
+                "params.prune_target": packing.get("prune_target_bytes") or "none",
+            }
             _run(pack, "pack", root, {**compressor, **wildcards}, ["--no-baseline"])
             _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
         dist.barrier()

@@ -34,8 +34,9 @@ def code_version() -> dict:
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode == 0:
             version["git_commit"] = commit.stdout.strip()
-            changed = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True,
-                                     timeout=10)
+            changed = subprocess.run(
+                [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+            )
             version["git_dirty"] = changed.returncode != 0 or bool(changed.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         pass

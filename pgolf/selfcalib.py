@@ -15,8 +15,9 @@ from .model import GPT
 
 
 @torch.no_grad()
-def generate(model: GPT, num_seqs: int, seq_len: int, temperature: float, batch: int, seed: int,
-             device) -> list[torch.Tensor]:
+def generate(
+    model: GPT, num_seqs: int, seq_len: int, temperature: float, batch: int, seed: int, device
+) -> list[torch.Tensor]:
     model.eval()
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)

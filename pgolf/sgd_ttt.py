@@ -65,8 +65,18 @@ class SGDResult:
 
 
 class SGDTTT:
-    def __init__(self, model, val: ValData, ttt_cfg, seq_len: int, stride: int | None, truncate_tail: bool, dist,
-                 compile: bool = False, batch_seqs: int | None = None):
+    def __init__(
+        self,
+        model,
+        val: ValData,
+        ttt_cfg,
+        seq_len: int,
+        stride: int | None,
+        truncate_tail: bool,
+        dist,
+        compile: bool = False,
+        batch_seqs: int | None = None,
+    ):
         """`ttt_cfg`: eval.ttt (its global_* keys and seq_len); `seq_len`, `stride`: the scoring windows
         (eval.seq_len, eval.sliding_stride; no stride = non-overlapping windows); `batch_seqs`: windows per scoring
         batch (default global_batch_seqs, as #1572)."""
@@ -89,7 +99,9 @@ class SGDTTT:
         self.compiled = compile and device.type == "cuda"
         self.forward = torch.compile(model, dynamic=False) if self.compiled else model
         probes = min(ttt_cfg.probe_batches, self.n_chunks - 1)
-        self.probe_chunks = set(np.linspace(0, self.n_chunks - 2, probes).round().astype(int).tolist()) if probes else set()
+        self.probe_chunks = (
+            set(np.linspace(0, self.n_chunks - 2, probes).round().astype(int).tolist()) if probes else set()
+        )
 
     # ----- scoring -----
     def _window_batch(self, spans):
@@ -117,7 +129,9 @@ class SGDTTT:
         hi = len(windows) * (self.dist.rank + 1) // self.dist.world
         mine, out = windows[lo:hi], []
         for b in range(0, len(mine), self.batch_seqs):
-            ids, targets, scored, target_pos = self._window_batch([self.spans[k] for k in mine[b : b + self.batch_seqs]])
+            ids, targets, scored, target_pos = self._window_batch(
+                [self.spans[k] for k in mine[b : b + self.batch_seqs]]
+            )
             nll = self.forward(ids, targets, reduction="none").float()
             out.append(nll[scored])
             if totals is not None:
@@ -206,8 +220,12 @@ class SGDTTT:
             p.requires_grad_(False)
         self.model.eval()
         return SGDResult(
-            totals=totals.reduced(dist), coverage=dist.all_reduce_(coverage), probe=self._probe_summary(diffs),
-            seconds=seconds, chunks=self.n_chunks, steps=steps,
+            totals=totals.reduced(dist),
+            coverage=dist.all_reduce_(coverage),
+            probe=self._probe_summary(diffs),
+            seconds=seconds,
+            chunks=self.n_chunks,
+            steps=steps,
         )
 
     # ----- score-first probe -----
@@ -234,11 +252,12 @@ class SGDTTT:
         worst = torch.tensor(diffs or [(0.0, 0.0)], dtype=torch.float64, device=device).max(0).values
         worst = self.dist.all_reduce_(worst, op=torch_dist.ReduceOp.MAX)
         return {
-            "chunks": len(diffs), "tolerance": PROBE_TOLERANCE,
-            "max_abs_diff_before_update": float(worst[0]), "max_abs_diff_after_update": float(worst[1]),
+            "chunks": len(diffs),
+            "tolerance": PROBE_TOLERANCE,
+            "max_abs_diff_before_update": float(worst[0]),
+            "max_abs_diff_after_update": float(worst[1]),
             "passed": bool(diffs) and float(worst[0]) <= PROBE_TOLERANCE,
         }
-
 
     def eval_outputs(self, result, seconds, timer, graphs, log) -> dict:
         """eval.json's TTT entries for the full-weight SGD mode (every target of the stream scored, BOS ones too)."""
@@ -264,10 +283,13 @@ class SGDTTT:
         log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
         return out
 
+
 def check_coverage(coverage: torch.Tensor) -> int:
     """Every target (positions 1..N-1) scored exactly once: returns the count or fails."""
     coverage = coverage.cpu().numpy()
     wrong = int(np.count_nonzero(coverage[1:] != 1)) + int(coverage[0] != 0)
     if wrong:
-        raise PgolfError(f"SGD TTT scored {wrong} positions not exactly once; this is a bug in pgolf.sgd_ttt, report it")
+        raise PgolfError(
+            f"SGD TTT scored {wrong} positions not exactly once; this is a bug in pgolf.sgd_ttt, report it"
+        )
     return int(coverage.sum())

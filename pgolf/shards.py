@@ -159,7 +159,9 @@ def verify_checksums(manifest_path, workers: int = 8) -> int:
     paths = [base / e["path"] for e in entries]
     for path in paths:
         if not path.exists():
-            raise PgolfError(f"{path}: listed in {manifest_path} but missing; re-run the data stage (delete the manifest)")
+            raise PgolfError(
+                f"{path}: listed in {manifest_path} but missing; re-run the data stage (delete the manifest)"
+            )
     with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL
         digests = list(pool.map(file_sha256, paths))
     for path, entry, digest in zip(paths, entries, digests):

@@ -16,8 +16,8 @@ import json
 import sysconfig
 from pathlib import Path
 
-from .stageconfig import from_dict
 from .errors import PgolfError
+from .stageconfig import from_dict
 
 SOURCES = ("hf_shards", "hf_docs", "local", "builtin")
 # Standard-library folders that hold tests and test data rather than documentation.
@@ -82,9 +82,9 @@ def _jsonl_texts(path: Path):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise PgolfError(f"{path}:{line_no}: not valid JSON ({e}); each line must be {{\"text\": ...}}") from None
+                raise PgolfError(f'{path}:{line_no}: not valid JSON ({e}); each line must be {{"text": ...}}') from None
             if not isinstance(record, dict) or "text" not in record:
-                raise PgolfError(f"{path}:{line_no}: no \"text\" field; each line must be {{\"text\": ...}}")
+                raise PgolfError(f'{path}:{line_no}: no "text" field; each line must be {{"text": ...}}')
             yield record["text"]
 
 
@@ -143,9 +143,7 @@ def _docstrings_in_order(tree: ast.AST):
 
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(
-        p for p in root.rglob("*.py") if not _SKIPPED_STDLIB_DIRS & set(p.relative_to(root).parts[:-1])
-    )
+    return sorted(p for p in root.rglob("*.py") if not _SKIPPED_STDLIB_DIRS & set(p.relative_to(root).parts[:-1]))
 
 
 def _stdlib_docstrings():

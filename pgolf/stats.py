@@ -15,7 +15,10 @@ def _betacf(a, b, x, iters=300, eps=1e-15):
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, iters + 1):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)), -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -59,7 +62,11 @@ def acceptance(val_losses, val_bpbs, comparison_bpb):
     }
     if len(improvements) >= 2:
         sd = statistics.stdev(improvements)
-        t = (mean - MIN_IMPROVEMENT_NATS) / (sd / math.sqrt(len(improvements))) if sd > 0 else math.copysign(math.inf, mean - MIN_IMPROVEMENT_NATS)
+        t = (
+            (mean - MIN_IMPROVEMENT_NATS) / (sd / math.sqrt(len(improvements)))
+            if sd > 0
+            else math.copysign(math.inf, mean - MIN_IMPROVEMENT_NATS)
+        )
         p = t_sf(t, len(improvements) - 1) if math.isfinite(t) else (0.0 if t > 0 else 1.0)
         result.update(t_statistic=t, p_value=p, accepted=bool(p < SIGNIFICANCE))
     return result

@@ -89,27 +89,39 @@ def audit_checks(config: dict, data_audit: dict, seeds: dict) -> dict:
         tilt_causal = ev["probes"]["tilt_causal"]
         checks[f"seed{seed}"] = {
             "train_seconds_incl_hessians": budget(
-                train_s, TIME_BUDGET_SECONDS, train_loop_seconds=summary["train_seconds"],
-                hessian_seconds=out["hessians"]["seconds"], resumes=summary.get("resumes", []),
+                train_s,
+                TIME_BUDGET_SECONDS,
+                train_loop_seconds=summary["train_seconds"],
+                hessian_seconds=out["hessians"]["seconds"],
+                resumes=summary.get("resumes", []),
                 clock="wall clock from the first training step to the last (logging, syncs and checkpoint saves "
-                      "included; a resume adds its checkpoint's seconds), plus the Hessian collection",
+                "included; a resume adds its checkpoint's seconds), plus the Hessian collection",
                 compile_warmup_seconds_outside=summary.get("compile_warmup_seconds"),
             ),
-            "eval_seconds": budget(scored_phase(ev)[1], TIME_BUDGET_SECONDS, world=ev["world"],
-                                   device=ev["device"]),
+            "eval_seconds": budget(scored_phase(ev)[1], TIME_BUDGET_SECONDS, world=ev["world"], device=ev["device"]),
             "eval_seconds_projected_8gpu": budget(
-                ev["projected_8gpu_seconds"], TIME_BUDGET_SECONDS,
+                ev["projected_8gpu_seconds"],
+                TIME_BUDGET_SECONDS,
                 basis="the timed eval scaled linearly to the full val set on 8 GPUs of this kind",
             ),
             "total_bytes": budget(out["size"]["total_bytes"], out["size"]["cap_bytes"]),
-            "targets_scored": {"value": ev["scored"], "expected": ev["targets"], "passed": ev["scored"] == ev["targets"]},
-            "score_first_probe": score_first if isinstance(score_first, str)  # TTT off: nothing to probe
+            "targets_scored": {
+                "value": ev["scored"],
+                "expected": ev["targets"],
+                "passed": ev["scored"] == ev["targets"],
+            },
+            "score_first_probe": score_first
+            if isinstance(score_first, str)  # TTT off: nothing to probe
             else {**score_first, "passed": bool(score_first["passed"])},
-            "tilt_causality_probe": tilt_causal if tilt_causal == "off"
+            "tilt_causality_probe": tilt_causal
+            if tilt_causal == "off"
             else {**tilt_causal, "passed": bool(tilt_causal["identical"])},
         }
-    checks["train_val_overlap"] = {**data_audit["overlap"], "limit_fraction": data_audit["max_overlap_fraction"],
-                                   "passed": bool(data_audit["passed"])}
+    checks["train_val_overlap"] = {
+        **data_audit["overlap"],
+        "limit_fraction": data_audit["max_overlap_fraction"],
+        "passed": bool(data_audit["passed"]),
+    }
     failed = []
 
     def mark(node, path):
@@ -153,15 +165,24 @@ def submission_json(config: dict, seeds: dict, stats: dict) -> dict:
     first = next(iter(seeds.values()))
     gpus = config["hardware"]["gpus"]
     return {
-        "author": sub["author"], "github_id": sub["github_id"], "name": sub["name"], "blurb": sub["blurb"],
-        "date": sub["date"], "track": sub["track"],
-        "val_loss": statistics.fmean(losses), "val_bpb": statistics.fmean(bpbs),
+        "author": sub["author"],
+        "github_id": sub["github_id"],
+        "name": sub["name"],
+        "blurb": sub["blurb"],
+        "date": sub["date"],
+        "track": sub["track"],
+        "val_loss": statistics.fmean(losses),
+        "val_bpb": statistics.fmean(bpbs),
         "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
         "val_bpb_std": statistics.stdev(bpbs) if len(bpbs) > 1 else 0.0,
-        "seeds": [int(s) for s in seeds], "seed_results": results,
+        "seeds": [int(s) for s in seeds],
+        "seed_results": results,
         "comparison_baseline_bpb": sub["comparison_bpb"],
-        "delta_vs_leaderboard_bpb": stats["delta_bpb"], "delta_vs_leaderboard_nats": stats["delta_nats"],
-        "artifact_bytes_mean": statistics.fmean(sizes), "artifact_bytes_max": max(sizes), "bytes_total": max(sizes),
+        "delta_vs_leaderboard_bpb": stats["delta_bpb"],
+        "delta_vs_leaderboard_nats": stats["delta_nats"],
+        "artifact_bytes_mean": statistics.fmean(sizes),
+        "artifact_bytes_max": max(sizes),
+        "bytes_total": max(sizes),
         "train_steps_mean": statistics.fmean(r["steps"] for r in results.values()),
         "step_avg_ms_mean": statistics.fmean(r["step_avg_ms"] for r in results.values()),
         "hardware": f"{gpus}x {first['summary']['device']}" if gpus else f"CPU ({first['summary']['device']})",
@@ -188,12 +209,12 @@ def readme(config: dict, seeds: dict, stats: dict, audit: dict, sub_json: dict) 
     size = next(iter(seeds.values()))["size"]
     streams = "\n".join(f"| {name} | {n:,} |" for name, n in size["streams"].items())
     p = "n/a (one seed)" if stats["p_value"] is None else f"{stats['p_value']:.4g}"
-    return f"""# {sub['name']}
+    return f"""# {sub["name"]}
 
-{sub['blurb']}
+{sub["blurb"]}
 
-Built by pgolf (a cached Snakemake DAG of the record stack); preset `{sub['preset']}`, run `{config['run']['name']}`.
-Reproduce one seed with `SEED=<seed> torchrun --standalone --nproc_per_node={max(config['hardware']['gpus'], 1)} train_gpt.py`.
+Built by pgolf (a cached Snakemake DAG of the record stack); preset `{sub["preset"]}`, run `{config["run"]["name"]}`.
+Reproduce one seed with `SEED=<seed> torchrun --standalone --nproc_per_node={max(config["hardware"]["gpus"], 1)} train_gpt.py`.
 
 ## Results
 
@@ -201,18 +222,18 @@ Reproduce one seed with `SEED=<seed> torchrun --standalone --nproc_per_node={max
 |---|---|---|---|---|---|---|---|---|
 {rows}
 
-Mean val_bpb **{sub_json['val_bpb']:.8f}** (std {sub_json['val_bpb_std']:.5f}) over {len(seeds)} seed(s);
-val_loss {sub_json['val_loss']:.8f} nats.
+Mean val_bpb **{sub_json["val_bpb"]:.8f}** (std {sub_json["val_bpb_std"]:.5f}) over {len(seeds)} seed(s);
+val_loss {sub_json["val_loss"]:.8f} nats.
 
 ## Acceptance (pgolf docs/record-stack.md §1.1)
 
-Against {stats['comparison_bpb']} bpb: delta {stats['delta_bpb']:+.5f} bpb / {stats['delta_nats']:+.5f} nats; required
-improvement {stats['required_improvement_nats']} nats, one-sided t-test p = {p}; {verdict(stats)}.
+Against {stats["comparison_bpb"]} bpb: delta {stats["delta_bpb"]:+.5f} bpb / {stats["delta_nats"]:+.5f} nats; required
+improvement {stats["required_improvement_nats"]} nats, one-sided t-test p = {p}; {verdict(stats)}.
 
 ## Size (seed {next(iter(seeds))})
 
-model {size['model_bytes']:,} + code {size['code_bytes']:,} = **{size['total_bytes']:,}** of {size['cap_bytes']:,}
-bytes (headroom {size['headroom_bytes']:,}); code minified by Python {size['code_python']}.
+model {size["model_bytes"]:,} + code {size["code_bytes"]:,} = **{size["total_bytes"]:,}** of {size["cap_bytes"]:,}
+bytes (headroom {size["headroom_bytes"]:,}); code minified by Python {size["code_python"]}.
 
 | stream | bytes |
 |---|---|
@@ -220,7 +241,7 @@ bytes (headroom {size['headroom_bytes']:,}); code minified by Python {size['code
 
 ## Hardware and timings
 
-{sub_json['hardware']}, PyTorch {sub_json['pytorch_version']}. Training seconds are wall clock from the first step to
+{sub_json["hardware"]}, PyTorch {sub_json["pytorch_version"]}. Training seconds are wall clock from the first step to
 the last plus the Hessian collection; evaluation seconds are the timed phased TTT eval, projected to the full val set
 on 8 GPUs of this kind.
 
@@ -238,15 +259,15 @@ def data_section(config: dict) -> str:
     hf = data.get("hf") or {}
     made = {
         "hf_shards": f"`python -m pgolf.download` fetches the tokenizer and the shards of the Hugging Face data set "
-                     f"`{hf.get('repo')}` (revision `{hf.get('revision')}`, folder `{hf.get('shard_dir')}`, "
-                     f"{hf.get('train_shards')} train shards) and writes manifest.json",
+        f"`{hf.get('repo')}` (revision `{hf.get('revision')}`, folder `{hf.get('shard_dir')}`, "
+        f"{hf.get('train_shards')} train shards) and writes manifest.json",
         "hf_docs": f"`python -m pgolf.download` fetches `{hf.get('docs_file')}` of `{hf.get('docs_repo')}`, "
-                   "`python -m pgolf.tokenizer` trains the tokenizer on it and `python -m pgolf.tokenize` writes the "
-                   "shards and manifest.json",
+        "`python -m pgolf.tokenizer` trains the tokenizer on it and `python -m pgolf.tokenize` writes the "
+        "shards and manifest.json",
         "local": f"`python -m pgolf.tokenizer` trains the tokenizer on `{(data.get('local') or {}).get('path')}` and "
-                 "`python -m pgolf.tokenize` writes the shards and manifest.json",
+        "`python -m pgolf.tokenize` writes the shards and manifest.json",
         "builtin": "`python -m pgolf.tokenizer` trains the tokenizer on Python's own documentation and "
-                   "`python -m pgolf.tokenize` writes the shards and manifest.json",
+        "`python -m pgolf.tokenize` writes the shards and manifest.json",
     }[data["source"]]
     return f"""## Data
 
@@ -270,10 +291,12 @@ def compliance_table(audit: dict) -> str:
             limit = check.get("limit", check.get("expected", check.get("limit_fraction", check.get("tolerance", ""))))
             value, limit = (f"{v:,.1f}" if isinstance(v, float) else v for v in (value, limit))
             rows.append(f"| {name + '.' + key if key else name} | {value} | {limit} | {check['status']} |")
-    verdict = ("All checks passed." if audit["all_passed"]
-               else "**Failed checks: " + ", ".join(audit["failed"]) + "** (this run cannot meet them).")
+    verdict = (
+        "All checks passed."
+        if audit["all_passed"]
+        else "**Failed checks: " + ", ".join(audit["failed"]) + "** (this run cannot meet them)."
+    )
     return "| check | value | limit | status |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + verdict
-
 
 
 def main(argv=None):
@@ -286,8 +309,11 @@ def main(argv=None):
     config = load_stage_config(args.config)
     preset = config["submission"]["preset"]
     seeds = {seed: seed_outputs(config, args.run_dir, seed, preset) for seed in config["run"]["seeds"]}
-    stats = acceptance([scored_phase(o["eval"])[0]["val_loss"] for o in seeds.values()],
-                       [o["eval"]["final_bpb"] for o in seeds.values()], config["submission"]["comparison_bpb"])
+    stats = acceptance(
+        [scored_phase(o["eval"])[0]["val_loss"] for o in seeds.values()],
+        [o["eval"]["final_bpb"] for o in seeds.values()],
+        config["submission"]["comparison_bpb"],
+    )
     audit = audit_checks(config, read_json(args.data_dir / "data_audit.json"), seeds)
     sub_json = submission_json(config, seeds, stats)
     sub_json["acceptance"] = stats
@@ -299,8 +325,10 @@ def main(argv=None):
     write_bytes(out / "train_gpt.py", scripts.pop())
     shutil.copyfile(args.data_dir / "tokenizer.model", out / "tokenizer.model")
     for seed, o in seeds.items():
-        extra = [json.dumps({"event": name, **o[key]}, sort_keys=True)
-                 for name, key in (("hessians", "hessians"), ("size", "size"), ("eval", "eval"))]
+        extra = [
+            json.dumps({"event": name, **o[key]}, sort_keys=True)
+            for name, key in (("hessians", "hessians"), ("size", "size"), ("eval", "eval"))
+        ]
         write_bytes(out / f"train_seed{seed}.log", ("\n".join(o["log_lines"] + extra) + "\n").encode())
     write_bytes(out / "requirements.txt", ("\n".join(requirements(out / "train_gpt.py")) + "\n").encode())
     write_json(out / "audit.json", audit)

@@ -24,12 +24,12 @@ import numpy as np
 
 from . import caseops
 from .cli import doc_summary, run_cli
-from .stageconfig import load_stage_config
 from .errors import PgolfError
 from .io import write_json
 from .runlog import RunLog
 from .shards import BOS_ID, file_sha256, shard_name, write_shard
 from .sources import data_config, iter_documents
+from .stageconfig import load_stage_config
 from .tokenizer import load, validate
 
 SPACE = "\u2581".encode()  # SentencePiece's whitespace symbol
@@ -358,7 +358,9 @@ def main(argv=None):
     log = RunLog("tokenize", config)
     manifest = build(config, args.tokenizer, args.out, args.docs, args.workers)
     tokens = {split: sum(e["tokens"] for e in entries) for split, entries in manifest["shards"].items()}
-    log.write({"event": "done", "docs": {"val": manifest["val_docs"], "train": manifest["train_docs"]}, "tokens": tokens})
+    log.write(
+        {"event": "done", "docs": {"val": manifest["val_docs"], "train": manifest["train_docs"]}, "tokens": tokens}
+    )
 
 
 if __name__ == "__main__":

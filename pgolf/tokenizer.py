@@ -17,11 +17,11 @@ from pathlib import Path
 
 from . import caseops
 from .cli import doc_summary, run_cli
-from .stageconfig import load_stage_config
 from .errors import PgolfError
 from .io import write_bytes
 from .runlog import RunLog
 from .sources import data_config, iter_documents
+from .stageconfig import load_stage_config
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 OPERATOR_IDS = range(4, 8)  # user-defined symbols U+E001..U+E004, right after the four special pieces

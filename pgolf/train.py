@@ -35,6 +35,7 @@ from . import checkpoint, compile_cache
 from . import dist as pdist
 from .attention import segment_offsets
 from .bpb import batch_seqs, diagnostic_eval, load_val
+from .cli import doc_summary, interrupted_exit
 from .errors import PgolfError
 from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
 from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
@@ -43,8 +44,6 @@ from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
 from .shards import file_sha256, load_manifest, shard_paths
 from .stageconfig import from_dict, load_stage_config
-from .cli import doc_summary, interrupted_exit
-
 
 PACKINGS = ("rows", "stream")
 LOCK_NAME = ".train.lock"
@@ -185,8 +184,9 @@ def peak_memory_mib(device) -> float:
 class Trainer:
     """One rank's training run; rank 0 writes the log, checkpoints and outputs."""
 
-    def __init__(self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None, manifest_sha256=None,
-                 val=None):
+    def __init__(
+        self, config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step=None, manifest_sha256=None, val=None
+    ):
         """`val` (a ValData cut as config["eval"] says): the raw weights are scored on it after the last step, as
         upstream's last-step val; None skips that."""
         self.config, self.model_cfg, self.cfg = config, model_cfg, cfg
@@ -216,8 +216,12 @@ class Trainer:
         self.raw = None  # the raw weights' val score after the last step (raw_val)
         self.records = []  # the log's records after the header, kept for a resumed run's log
         self.resumes = []  # {"step", "from_world_size", "world_size"} per resume, kept across resumes
-        identity = {"model": config_dict(model_cfg), "train": dataclasses.asdict(cfg), "seed": seed,
-                    "manifest_sha256": manifest_sha256}
+        identity = {
+            "model": config_dict(model_cfg),
+            "train": dataclasses.asdict(cfg),
+            "seed": seed,
+            "manifest_sha256": manifest_sha256,
+        }
         for volatile in ("checkpoint_minutes", "log_every", "compile", "compile_warmup_steps"):
             identity["train"].pop(volatile)
         self.identity = json.loads(json.dumps(identity))
@@ -320,8 +324,15 @@ class Trainer:
         self.emit({"event": "compile_warmup_done", "seconds": self.compile_seconds})
 
     def make_loader(self, position):
-        return DocumentLoader(self.paths, self.cfg.batch_tokens, self.dist.world, self.dist.rank, position=position,
-                              pin_memory=self.device.type == "cuda", vocab_size=self.model_cfg.vocab_size)
+        return DocumentLoader(
+            self.paths,
+            self.cfg.batch_tokens,
+            self.dist.world,
+            self.dist.rank,
+            position=position,
+            pin_memory=self.device.type == "cuda",
+            vocab_size=self.model_cfg.vocab_size,
+        )
 
     def emit(self, record: dict):
         if self.log:
@@ -352,18 +363,28 @@ class Trainer:
             self.log.echo = echo
         before = resumed.get("world_size", self.dist.world)
         self.resumes.append({"step": self.step, "from_world_size": before, "world_size": self.dist.world})
-        self.emit({"event": "resume", "step": self.step, "elapsed_s": self.elapsed, "from_world_size": before,
-                   "world_size": self.dist.world})
+        self.emit(
+            {
+                "event": "resume",
+                "step": self.step,
+                "elapsed_s": self.elapsed,
+                "from_world_size": before,
+                "world_size": self.dist.world,
+            }
+        )
         if before != self.dist.world and self.dist.is_main:
-            print(f"pgolf train: resuming a checkpoint of {before} rank(s) on {self.dist.world}: the same global "
-                  "batch, but reduction order differs, so the weights will not be bitwise those of either run",
-                  file=sys.stderr)
+            print(
+                f"pgolf train: resuming a checkpoint of {before} rank(s) on {self.dist.world}: the same global "
+                "batch, but reduction order differs, so the weights will not be bitwise those of either run",
+                file=sys.stderr,
+            )
 
     def agree(self, checkpoint_due: bool) -> tuple[bool, bool, bool]:
         """(done, checkpoint now, interrupted), the same on every rank: one all-reduce (MAX) of the loop time,
         the checkpoint flag and the interrupt flag (a signal may reach the ranks at different steps)."""
-        flags = torch.tensor([self.elapsed, float(checkpoint_due), float(INTERRUPT.requested)], device=self.device,
-                             dtype=torch.float64)
+        flags = torch.tensor(
+            [self.elapsed, float(checkpoint_due), float(INTERRUPT.requested)], device=self.device, dtype=torch.float64
+        )
         if self.dist.enabled:
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
         done = self.step >= self.cfg.steps
@@ -455,39 +476,61 @@ class Trainer:
         start = time.perf_counter()
         result = diagnostic_eval(self.model, self.val, window["seq_len"], seqs, self.dist, window["sliding_stride"])
         self.sync()
-        self.raw = {"step": self.step, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
-                    "scored": result["scored"], "seconds": round(time.perf_counter() - start, 3)}
+        self.raw = {
+            "step": self.step,
+            "val_loss": result["val_loss"],
+            "val_bpb": result["val_bpb"],
+            "scored": result["scored"],
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         self.emit({"event": "raw_val", **self.raw})
         self.model.train()
 
     def log_step(self, loss, grad_norm, lr_mult, seq_len, looping, interval):
         loss_value = self.mean_over_ranks(loss)
         seconds, steps = interval
-        self.emit({
-            "event": "step", "step": self.step, "loss": round(loss_value, 5), "grad_norm": round(float(grad_norm), 4),
-            "lr_mult": round(lr_mult, 5), "matrix_lr": self.cfg.matrix_lr * lr_mult, "seq_len": seq_len,
-            "looping": looping, "elapsed_s": round(self.elapsed, 3),
-            "ms_per_step": round(1000 * seconds / max(steps, 1), 2),
-            "tokens_per_s": round(self.cfg.batch_tokens * steps / max(seconds, 1e-9)),
-            "peak_mem_mib": round(peak_memory_mib(self.device), 1),
-        })
+        self.emit(
+            {
+                "event": "step",
+                "step": self.step,
+                "loss": round(loss_value, 5),
+                "grad_norm": round(float(grad_norm), 4),
+                "lr_mult": round(lr_mult, 5),
+                "matrix_lr": self.cfg.matrix_lr * lr_mult,
+                "seq_len": seq_len,
+                "looping": looping,
+                "elapsed_s": round(self.elapsed, 3),
+                "ms_per_step": round(1000 * seconds / max(steps, 1), 2),
+                "tokens_per_s": round(self.cfg.batch_tokens * steps / max(seconds, 1e-9)),
+                "peak_mem_mib": round(peak_memory_mib(self.device), 1),
+            }
+        )
         if not math.isfinite(loss_value):  # every rank sees the same mean, so every rank stops here
-            raise PgolfError(f"train: the loss is {loss_value} at step {self.step} ({self.out_dir}/log.jsonl.partial); "
-                             "the run diverged, so no model is written; lower train.matrix_lr, embed_lr and "
-                             "scalar_lr or train.grad_clip and run again")
+            raise PgolfError(
+                f"train: the loss is {loss_value} at step {self.step} ({self.out_dir}/log.jsonl.partial); "
+                "the run diverged, so no model is written; lower train.matrix_lr, embed_lr and "
+                "scalar_lr or train.grad_clip and run again"
+            )
 
     def finish(self, final_loss: float) -> dict:
         """Swap the EMA in, write model.pt, summary.json and log.jsonl (rank 0), delete the checkpoint."""
         self.ema.copy_to_params()
         ms = {k: round(1000 * s / n, 2) if n else None for k, (s, n) in self.phase.items()}
         summary = {
-            "steps": self.step, "train_seconds": round(self.elapsed, 3), "schedule": self.cfg.schedule,
-            "ms_per_step_before_looping": ms["before"], "ms_per_step_after_looping": ms["after"],
-            "looping_from_step": self.looping_from, "qat_from_step": self.qat_from,
+            "steps": self.step,
+            "train_seconds": round(self.elapsed, 3),
+            "schedule": self.cfg.schedule,
+            "ms_per_step_before_looping": ms["before"],
+            "ms_per_step_after_looping": ms["after"],
+            "looping_from_step": self.looping_from,
+            "qat_from_step": self.qat_from,
             "compile_warmup_seconds": self.compile_seconds,
             "tokens": self.step * self.cfg.batch_tokens,
-            "final_loss": round(final_loss, 5), "peak_memory_mib": round(peak_memory_mib(self.device), 1),
-            "world_size": self.dist.world, "accum_steps": self.accum, "seed": self.seed,
+            "final_loss": round(final_loss, 5),
+            "peak_memory_mib": round(peak_memory_mib(self.device), 1),
+            "world_size": self.dist.world,
+            "accum_steps": self.accum,
+            "seed": self.seed,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "attention": self.model.backend(self.device).name,
             "resumes": self.resumes,
@@ -548,8 +591,13 @@ def _progress_bar(cfg: TrainConfig):
         return None
     if cfg.schedule == "steps":
         return tqdm(total=cfg.steps, unit="step", desc="train", dynamic_ncols=True)
-    return tqdm(total=round(cfg.loop_seconds), unit="s", desc="train", dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}]")
+    return tqdm(
+        total=round(cfg.loop_seconds),
+        unit="s",
+        desc="train",
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}]",
+    )
 
 
 def main(argv=None):
@@ -579,8 +627,9 @@ def main(argv=None):
         dist = pdist.init(config["hardware"]["gpus"])
         args.out_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_out_dir(args.out_dir, dist)
-        Trainer(config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step,
-                manifest_sha256, val).run()
+        Trainer(
+            config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step, manifest_sha256, val
+        ).run()
     except Interrupted as stop:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train: interrupted; the next run resumes from step {stop.args[0]}", file=sys.stderr, flush=True)
@@ -600,8 +649,9 @@ def lock_out_dir(out_dir: Path, dist):
             sweep_temporaries(out_dir, OUTPUTS)
         except PgolfError as e:
             error = e
-    ok = dist.all_reduce_(torch.tensor([error is None], dtype=torch.float32, device=dist.device),
-                          op=torch_dist.ReduceOp.MIN)
+    ok = dist.all_reduce_(
+        torch.tensor([error is None], dtype=torch.float32, device=dist.device), op=torch_dist.ReduceOp.MIN
+    )
     if error:
         raise error
     if not ok.item():

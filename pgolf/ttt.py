@@ -269,7 +269,10 @@ class PhasedTTT:
             self.lora.reinitialize(torch.Generator().manual_seed(LORA_SEED + 1 + index))
         params = list(self.lora.parameters())
         opt = torch.optim.AdamW(
-            params, lr=cfg.lr * cfg.local_lr_mult, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+            params,
+            lr=cfg.lr * cfg.local_lr_mult,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
             weight_decay=cfg.weight_decay,
         )
         steps = int(n_chunks.max())
@@ -417,9 +420,14 @@ class PhasedTTT:
         gated = int(dist.all_reduce_(self.gated_count.clone()))
         probe = self._probe_summary()
         return TTTResult(
-            totals=self.totals.reduced(dist), untilted=self.untilted.reduced(dist), gated=gated,
-            coverage=dist.all_reduce_(self.coverage), position_nll=self.position_nll, probe=probe,
-            seconds=seconds, phases=phases,
+            totals=self.totals.reduced(dist),
+            untilted=self.untilted.reduced(dist),
+            gated=gated,
+            coverage=dist.all_reduce_(self.coverage),
+            position_nll=self.position_nll,
+            probe=probe,
+            seconds=seconds,
+            phases=phases,
         )
 
     def _probe_summary(self) -> dict:
@@ -428,7 +436,9 @@ class PhasedTTT:
         worst = self.dist.all_reduce_(diffs.max(0).values, op=torch_dist.ReduceOp.MAX)
         counts = self.dist.all_reduce_(counts)
         return {
-            "chunks": int(counts), "tolerance": PROBE_TOLERANCE,
-            "max_abs_diff_before_update": float(worst[0]), "max_abs_diff_after_update": float(worst[1]),
+            "chunks": int(counts),
+            "tolerance": PROBE_TOLERANCE,
+            "max_abs_diff_before_update": float(worst[0]),
+            "max_abs_diff_after_update": float(worst[1]),
             "passed": bool(counts > 0) and float(worst[0]) <= PROBE_TOLERANCE,
         }

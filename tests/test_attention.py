@@ -22,16 +22,32 @@ def reference_attention(q, k, v, doc_ids, window):
     k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     docs = doc_ids.tolist()
     visible = torch.tensor(
-        [[[s <= t and docs[b][s] == docs[b][t] and (window is None or t - s <= window) for s in range(T)]
-          for t in range(T)] for b in range(B)]
+        [
+            [
+                [s <= t and docs[b][s] == docs[b][t] and (window is None or t - s <= window) for s in range(T)]
+                for t in range(T)
+            ]
+            for b in range(B)
+        ]
     )
     scores = torch.einsum("bthd,bshd->bhts", q, k) / D**0.5
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
     return torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
 
 
-def fake_flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
-                      causal=False, window_size=(-1, -1), **unused):
+def fake_flash_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    **unused,
+):
     """flash_attn_varlen_func's documented API in plain torch (packed (total, H, D) tensors)."""
     assert torch.equal(cu_seqlens_q, cu_seqlens_k) and cu_seqlens_q.dtype == torch.int32 and causal
     H, D = q.shape[1], q.shape[2]
@@ -51,15 +67,29 @@ def fake_flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     return out, torch.zeros(1)  # FA3 releases that also return the log-sum-exp
 
 
-def torch_varlen_new(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
-                     window_size=(-1, -1), enable_gqa=False):
+def torch_varlen_new(
+    query,
+    key,
+    value,
+    cu_seq_q,
+    cu_seq_k,
+    max_q,
+    max_k,
+    *,
+    return_aux=None,
+    scale=None,
+    window_size=(-1, -1),
+    enable_gqa=False,
+):
     assert window_size[1] == 0 and (enable_gqa or key.shape[1] == query.shape[1])
-    return fake_flash_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=True,
-                             window_size=window_size)[0]
+    return fake_flash_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=True, window_size=window_size)[
+        0
+    ]
 
 
-def torch_varlen_old(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None,
-                     scale=None):
+def torch_varlen_old(
+    query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None, scale=None
+):
     assert is_causal and key.shape[1] == query.shape[1], "old varlen_attn has no GQA: heads must be repeated"
     return fake_flash_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=True)[0]
 
@@ -178,9 +208,23 @@ def test_model_takes_cuts_made_ahead_on_the_cpu(fake_flash):
     from pgolf.model import GPT, ModelConfig
 
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=4,
-                            gate_window=4, num_loops=0, loop_start=0, loop_end=0, parallel_start_layer=None,
-                            xsa_last_n=2, train_seq_len=16))
+    model = GPT(
+        ModelConfig(
+            vocab_size=64,
+            num_layers=2,
+            model_dim=32,
+            num_heads=4,
+            num_kv_heads=2,
+            rope_dims=4,
+            gate_window=4,
+            num_loops=0,
+            loop_start=0,
+            loop_end=0,
+            parallel_start_layer=None,
+            xsa_last_n=2,
+            train_seq_len=16,
+        )
+    )
     with torch.no_grad():
         model.qo_bank.normal_(0, 0.2)  # the O projections start at zero; make attention reach the loss
     model.attention_backend = "fa3"
@@ -214,9 +258,11 @@ def test_max_len_splits_long_segments_from_their_start():
 
 def block_sets(mask):
     """Per (row, query block): the set of partial and the set of full key blocks of a BlockMask."""
+
     def sets(num, idx):
         return [[set(idx[b, 0, i, : int(num[b, 0, i])].tolist()) for i in range(num.size(-1))]
                 for b in range(num.size(0))]  # fmt: skip
+
     return sets(mask.kv_num_blocks, mask.kv_indices), sets(mask.full_kv_num_blocks, mask.full_kv_indices)
 
 
@@ -285,9 +331,23 @@ def test_packed_stream_through_varlen_matches_sdpa_with_the_split_length_as_max_
 
     sys.modules["flash_attn_interface"].flash_attn_varlen_func = recording
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, rope_dims=4,
-                            gate_window=4, num_loops=0, loop_start=0, loop_end=0, parallel_start_layer=None,
-                            xsa_last_n=2, train_seq_len=16))
+    model = GPT(
+        ModelConfig(
+            vocab_size=64,
+            num_layers=2,
+            model_dim=32,
+            num_heads=4,
+            num_kv_heads=2,
+            rope_dims=4,
+            gate_window=4,
+            num_loops=0,
+            loop_start=0,
+            loop_end=0,
+            parallel_start_layer=None,
+            xsa_last_n=2,
+            train_seq_len=16,
+        )
+    )
     with torch.no_grad():
         model.qo_bank.normal_(0, 0.2)
     stream = torch.randint(2, 64, (1, 48), generator=torch.Generator().manual_seed(1))

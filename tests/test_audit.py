@@ -27,8 +27,15 @@ def write_dataset(folder, val, train, shard_tokens=150, vocab_size=512, sidecar=
             shards[split].append({**entry, "path": shard_name(split, i)})
     (folder / "tokenizer.model").write_bytes(b"a stand-in: the audit reads it only for previews")
     tokenizer = {"path": "tokenizer.model", "sha256": file_sha256(folder / "tokenizer.model")}
-    manifest = {"dataset": "t", "tokenizer": tokenizer, "vocab_size": vocab_size,
-                "val_docs": len(val), "train_docs": len(train), "shards": shards, **(manifest_extra or {})}
+    manifest = {
+        "dataset": "t",
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size,
+        "val_docs": len(val),
+        "train_docs": len(train),
+        "shards": shards,
+        **(manifest_extra or {}),
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder / "manifest.json"
 
@@ -136,8 +143,11 @@ def test_a_file_changed_after_the_manifest_is_refused(tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1  # one token id changed in place: header and size still fine
     shard.write_bytes(bytes(data))
-    with pytest.raises(PgolfError, match=r"fineweb_train_000002.bin: sha256 .* differs from the manifest .*manifest"
-                                         r"\.json .*changed after the data stage wrote it"):
+    with pytest.raises(
+        PgolfError,
+        match=r"fineweb_train_000002.bin: sha256 .* differs from the manifest .*manifest"
+        r"\.json .*changed after the data stage wrote it",
+    ):
         audit.audit(manifest, audit.AuditConfig())
     write_shard(shard, np.array([1, 2, 3]))  # a valid shard of another length
     with pytest.raises(PgolfError, match=r"fineweb_train_000002.bin: 3 tokens, the manifest .* says 150"):

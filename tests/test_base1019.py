@@ -21,10 +21,29 @@ from pgolf.shards import BOS_ID
 from conftest import ROOT
 
 TINY_1019 = dict(
-    vocab_size=64, num_layers=4, xsa_last_n=4, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=3.0, rope_dims=4,
-    qk_gain_init=2.5, smear_gate=False, smear_per_dim=True, sparse_attn_gate=False, num_loops=0,
-    parallel_start_layer=None, skip_gates=False, bigram_buckets=48, bigram_dim=8, value_embed_layers=[2, 3],
-    value_embed_dim=8, partial_key_offset=True, attn_window=4, attn_window_layers=[0, 1], rope_train_len=8,
+    vocab_size=64,
+    num_layers=4,
+    xsa_last_n=4,
+    model_dim=32,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_mult=3.0,
+    rope_dims=4,
+    qk_gain_init=2.5,
+    smear_gate=False,
+    smear_per_dim=True,
+    sparse_attn_gate=False,
+    num_loops=0,
+    parallel_start_layer=None,
+    skip_gates=False,
+    bigram_buckets=48,
+    bigram_dim=8,
+    value_embed_layers=[2, 3],
+    value_embed_dim=8,
+    partial_key_offset=True,
+    attn_window=4,
+    attn_window_layers=[0, 1],
+    rope_train_len=8,
 )
 
 

@@ -25,8 +25,10 @@ torch.set_num_threads(1)
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("n,seq_len,stride", [(2, 4, None), (100, 16, None), (101, 16, None), (100, 16, 5),
-                                              (37, 8, 8), (500, 64, 64), (9, 4, 1)])
+@pytest.mark.parametrize(
+    "n,seq_len,stride",
+    [(2, 4, None), (100, 16, None), (101, 16, None), (100, 16, 5), (37, 8, 8), (500, 64, 64), (9, 4, 1)],
+)
 def test_windows_tile_every_target_once(n, seq_len, stride):
     spans = windows(n, seq_len, stride)
     scored = np.concatenate([np.arange(first, end) for _, first, end in spans])
@@ -110,12 +112,23 @@ def sp_model(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sp")
     text = folder / "train.txt"
-    lines = ["The quick brown fox jumps over the lazy dog.", "Ünïcödé façade — naïve café, 東京 and emoji 🙂!",
-             "   leading spaces, tabs\tand  double  spaces", "numbers 12345 and symbols #$%&*"] * 30
+    lines = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Ünïcödé façade — naïve café, 東京 and emoji 🙂!",
+        "   leading spaces, tabs\tand  double  spaces",
+        "numbers 12345 and symbols #$%&*",
+    ] * 30
     text.write_text("\n".join(lines))
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(folder / "sp"), vocab_size=320, byte_fallback=True, bos_id=1, eos_id=-1,
-        unk_id=0, pad_id=-1, minloglevel=2,
+        input=str(text),
+        model_prefix=str(folder / "sp"),
+        vocab_size=320,
+        byte_fallback=True,
+        bos_id=1,
+        eos_id=-1,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
     )
     return folder / "sp.model"
 
@@ -141,8 +154,7 @@ def write_val(folder, tokens, sidecar=None, tokenizer="tok.model", vocab=16):
     for entries in shards.values():
         for entry in entries:
             entry["path"] = entry["path"].rsplit("/", 1)[-1]
-    manifest = {"dataset": "t", "tokenizer": {"path": tokenizer, "sha256": ""}, "vocab_size": vocab,
-                "shards": shards}
+    manifest = {"dataset": "t", "tokenizer": {"path": tokenizer, "sha256": ""}, "vocab_size": vocab, "shards": shards}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder / "manifest.json"
 

@@ -43,8 +43,10 @@ def files(trained, tmp_path_factory):  # noqa: F811
     """model.pt and hessians.pt of the tiny model, as the train and hessians stages write them."""
     model, hessians = trained
     folder = tmp_path_factory.mktemp("capfit")
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.unbanked_state_dict(), "train": {}},
-               folder / "model.pt")
+    torch.save(
+        {"config": dataclasses.asdict(model.config), "state_dict": model.unbanked_state_dict(), "train": {}},
+        folder / "model.pt",
+    )
     torch.save(hessians, folder / "hessians.pt")
     return folder
 
@@ -171,8 +173,15 @@ def test_candidates_are_distinct_presets_with_everything_spelled_out():
 
 def run_stage(module, *args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=cwd, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
     assert proc.returncode == 0, f"{module}: {proc.stderr[-3000:]}"
 
 
@@ -183,24 +192,80 @@ def test_stage_configs_through_the_stage_clis_give_the_searched_size(files, tmp_
     out = tmp_path / "quant" / "capfit"
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(capfit.stage_config(config)))
-    run_stage("pgolf.capfit", "--config", config_path, "--model", files / "model.pt", "--hessians",
-              files / "hessians.pt", "--out", out / "preset.json", cwd=tmp_path)
+    run_stage(
+        "pgolf.capfit",
+        "--config",
+        config_path,
+        "--model",
+        files / "model.pt",
+        "--hessians",
+        files / "hessians.pt",
+        "--out",
+        out / "preset.json",
+        cwd=tmp_path,
+    )
     result = json.loads((out / "capfit.json").read_text())
     winner = result["candidates"][result["winner"]]
-    assert winner["settings"] == {"attn": [6, 13.0], "mlp": [6, 11.5], "embed": [8, 14.0], "lqer": [2, 4],
-                                  "awq": False}  # everything fits: the most bits win
+    assert winner["settings"] == {
+        "attn": [6, 13.0],
+        "mlp": [6, 11.5],
+        "embed": [8, 14.0],
+        "lqer": [2, 4],
+        "awq": False,
+    }  # everything fits: the most bits win
     preset = json.loads((out / "preset.json").read_text())
     assert json.loads((out / "quantize-config.json").read_text()) == {"preset": preset, "hardware": {"gpus": 0}}
     code_config = json.loads((out / "code-config.json").read_text())  # what the code rule gives a config.yaml preset
     assert code_config == narrow_config(capfit.with_preset(config, preset), "capfit")
-    run_stage("pgolf.quantize", "--config", out / "quantize-config.json", "--model", files / "model.pt",
-              "--hessians", files / "hessians.pt", "--preset", "capfit", "--out", out / "quantized.pt", cwd=tmp_path)
-    run_stage("pgolf.pack", "--no-baseline", "--quantized", out / "quantized.pt", "--compressor",
-              config["pack"]["compressor"], "--out", out / "model.pgrp", cwd=tmp_path)
-    run_stage("pgolf.codepack", "--config", out / "code-config.json", "--preset", "capfit", "--out",
-              out / "train_gpt.py", cwd=tmp_path)
-    run_stage("pgolf.sizecheck", "--pgrp", out / "model.pgrp", "--pack-json", out / "pack.json", "--code",
-              out / "train_gpt.py", "--preset", "capfit", "--out", out / "size.json", cwd=tmp_path)
+    run_stage(
+        "pgolf.quantize",
+        "--config",
+        out / "quantize-config.json",
+        "--model",
+        files / "model.pt",
+        "--hessians",
+        files / "hessians.pt",
+        "--preset",
+        "capfit",
+        "--out",
+        out / "quantized.pt",
+        cwd=tmp_path,
+    )
+    run_stage(
+        "pgolf.pack",
+        "--no-baseline",
+        "--quantized",
+        out / "quantized.pt",
+        "--compressor",
+        config["pack"]["compressor"],
+        "--out",
+        out / "model.pgrp",
+        cwd=tmp_path,
+    )
+    run_stage(
+        "pgolf.codepack",
+        "--config",
+        out / "code-config.json",
+        "--preset",
+        "capfit",
+        "--out",
+        out / "train_gpt.py",
+        cwd=tmp_path,
+    )
+    run_stage(
+        "pgolf.sizecheck",
+        "--pgrp",
+        out / "model.pgrp",
+        "--pack-json",
+        out / "pack.json",
+        "--code",
+        out / "train_gpt.py",
+        "--preset",
+        "capfit",
+        "--out",
+        out / "size.json",
+        cwd=tmp_path,
+    )
     size = json.loads((out / "size.json").read_text())
     assert size["total_bytes"] == winner["total_bytes"] == result["checked"]["total_bytes"]
     assert size["code_bytes"] == winner["code_bytes"] and size["model_bytes"] == winner["model_bytes"]

@@ -15,7 +15,6 @@ from pgolf.errors import PgolfError
 from conftest import GOLDEN
 
 
-
 def reference_encode(text: str) -> str:
     """docs/record-stack.md §2.4 word by word, character by character: the spec, slowly."""
 

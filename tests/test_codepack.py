@@ -29,8 +29,20 @@ CONFIG = {
     },
 }
 IMPORTED = ["pgolf", "pgolf.errors", "pgolf.io", "pgolf.stageconfig", "pgolf.pack", "pgolf.sizecheck", "pgolf.runall"]
-DAG_ONLY = ["download", "tokenize", "tokenizer", "sources", "audit", "launch", "report", "config", "submission",
-            "codepack", "stats", "capfit"]
+DAG_ONLY = [
+    "download",
+    "tokenize",
+    "tokenizer",
+    "sources",
+    "audit",
+    "launch",
+    "report",
+    "config",
+    "submission",
+    "codepack",
+    "stats",
+    "capfit",
+]
 
 # Run in a fresh interpreter: drop every way to import the real pgolf (and python-minifier), prove they are gone, then
 # load the script and import every module it carries.
@@ -89,7 +101,10 @@ def test_modules_import_from_memory(script, modules, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(script), json.dumps(IMPORTED)],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -106,8 +121,20 @@ def test_modules_import_from_memory(script, modules, tmp_path):
 
 def test_carries_the_closure_of_run_all_only(modules):
     carried = {name.removeprefix("pgolf.") for name in modules}
-    assert {"runall", "train", "hessians", "quantize", "pack", "sizecheck", "evaluate", "ttt", "ngram", "model",
-            "quant.gptq", "codeheader"} <= carried
+    assert {
+        "runall",
+        "train",
+        "hessians",
+        "quantize",
+        "pack",
+        "sizecheck",
+        "evaluate",
+        "ttt",
+        "ngram",
+        "model",
+        "quant.gptq",
+        "codeheader",
+    } <= carried
     assert not carried & set(DAG_ONLY)
     assert [p.relative_to(ROOT).as_posix() for p in C.submitted_files()] == sorted(rel for rel, _ in modules.values())
 
@@ -249,15 +276,23 @@ def test_carried_modules_import_without_the_left_out_ones(drops):
     """No carried module imports a left-out one at import time (callers import it inside the branch that runs it)."""
     carried = [C.module_name(rel) for rel in closure([C.ENTRY]) if rel not in drops]
     blocked = [C.module_name(rel) for rel in drops]
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, json.dumps(carried), json.dumps(blocked)],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORT, json.dumps(carried), json.dumps(blocked)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_blocking_catches_a_module_level_import(tmp_path):
     """The check above fails where a carried module imports a left-out one at the top (so it can catch one)."""
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, '["pgolf.ttt"]', '["pgolf.bpb"]'], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORT, '["pgolf.ttt"]', '["pgolf.bpb"]'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "pgolf.bpb" in proc.stderr
 
 

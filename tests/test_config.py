@@ -33,7 +33,10 @@ def test_resolve_smoke_recipe_overrides_record():
 def test_resolve_cli_prints_json(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pgolf.config", "resolve", "config.yaml", "recipes/smoke.yaml"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out) == resolve([ROOT / "config.yaml", ROOT / "recipes/smoke.yaml"])
 
@@ -50,7 +53,9 @@ def test_schema_error_cli_is_one_line(tmp_path):
     bad.write_text("run:\n  seeds: []\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pgolf.config", "resolve", "config.yaml", str(bad)],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "run.seeds" in proc.stderr and "Traceback" not in proc.stderr
@@ -92,7 +97,7 @@ def test_from_dict_rejects_unknown_keys():
         ("eval:\n  artifact: 'x.pgrp; rm -rf ~'\n", "eval.artifact"),
         ("data:\n  local:\n    path: 'docs`id`.jsonl'\n", "data.local.path"),
         ("data:\n  tokenizer: 'tok|x.model'\n", "data.tokenizer"),
-        ("data:\n  hf:\n    cache_dir: \"c'ache\"\n", "data.hf.cache_dir"),
+        ('data:\n  hf:\n    cache_dir: "c\'ache"\n', "data.hf.cache_dir"),
     ],
 )
 def test_names_and_paths_refuse_dots_and_shell_metacharacters(tmp_path, overlay, key):
@@ -117,8 +122,14 @@ def test_dotted_names_that_are_not_dot_or_dotdot_pass(tmp_path):
         ("train:\n  budget_seconds: .inf\n", r"train\.budget_seconds: inf is not a finite number"),
         ("eval:\n  tilt:\n    boost: .inf\n", r"eval\.tilt\.boost: inf is not a finite number"),
         ("model:\n  seq_schedule: [[128, .nan]]\n", r"model\.seq_schedule\.0\.1: nan is not a finite number"),
-        ("train:\n  budget_seconds: 0.4\n", r"train\.budget_seconds \(0\.4\) must exceed train\.hessian_reserve_seconds"),
-        ("train:\n  budget_seconds: 2.0\n  hessian_reserve_seconds: 2.0\n", r"train\.budget_seconds \(2\.0\) must exceed"),
+        (
+            "train:\n  budget_seconds: 0.4\n",
+            r"train\.budget_seconds \(0\.4\) must exceed train\.hessian_reserve_seconds",
+        ),
+        (
+            "train:\n  budget_seconds: 2.0\n  hessian_reserve_seconds: 2.0\n",
+            r"train\.budget_seconds \(2\.0\) must exceed",
+        ),
     ],
 )
 def test_values_schemas_cannot_check_are_refused(tmp_path, overlay, message):
@@ -132,8 +143,10 @@ def test_snakemake_refuses_what_pgolf_config_refuses(tmp_path):
     from conftest import copy_workflow, snakemake
 
     workdir = copy_workflow(tmp_path)
-    for overlay, message in [("trian:\n  steps: 5\n", "unknown top-level section(s) ['trian']"),
-                             ("train:\n  matrix_lr: .nan\n", "train.matrix_lr: nan is not a finite number")]:
+    for overlay, message in [
+        ("trian:\n  steps: 5\n", "unknown top-level section(s) ['trian']"),
+        ("train:\n  matrix_lr: .nan\n", "train.matrix_lr: nan is not a finite number"),
+    ]:
         (workdir / "bad.yaml").write_text(overlay)
         proc = snakemake(workdir, "-n", "--configfile", "recipes/smoke.yaml", "bad.yaml", check=False)
         assert proc.returncode != 0 and message in proc.stdout

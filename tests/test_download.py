@@ -251,9 +251,13 @@ def test_first_download_locks_commit_and_checksums(corpus, tmp_path):
         assert run_download(config(), out, hub.url, home).returncode == 0
         first = hub.commit(CASEOPS)
     lock = json.loads((out.parent / "hub-lock.json").read_text())
-    fetched = [f"{SHARD_DIR}/fineweb_{s}.bin" for s in ("train_000000", "train_000001", "val_000000", "val_bytes_000000")]
+    fetched = [
+        f"{SHARD_DIR}/fineweb_{s}.bin" for s in ("train_000000", "train_000001", "val_000000", "val_bytes_000000")
+    ]
     assert lock == {
-        "repo": CASEOPS, "revision": "main", "commit": first,
+        "repo": CASEOPS,
+        "revision": "main",
+        "commit": first,
         "files": {n: hashlib.sha256(files[n]).hexdigest() for n in fetched + [HubConfig.tokenizer]},
     }
 
@@ -263,8 +267,10 @@ def test_first_download_locks_commit_and_checksums(corpus, tmp_path):
     with HubServer({CASEOPS: moved}) as hub:
         out.unlink()
         message = error_line(run_download(config(), out, hub.url, home))
-        assert f"resolves to commit {hub.commit(CASEOPS)}, but this dataset was first downloaded from " \
-               f"{CASEOPS}@{first}" in message
+        assert (
+            f"resolves to commit {hub.commit(CASEOPS)}, but this dataset was first downloaded from "
+            f"{CASEOPS}@{first}" in message
+        )
         assert f"data.hf.revision: {first}" in message and "data.hf.refresh: true" in message
         assert not out.exists() and json.loads((out.parent / "hub-lock.json").read_text()) == lock
         # accepted on purpose: the config key or the CLI flag rewrites the lock

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
+from test_workflow import planned_jobs
 
 from conftest import snakemake
-from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.smoke
 FOLDER = "results/smoke/submission/2026-11-23_pgolf_smoke"
@@ -35,8 +35,15 @@ def edit_config(workdir, edit):
 
 def test_submission_folder(smoke_run):
     folder = smoke_run / FOLDER
-    for name in ("README.md", "submission.json", "audit.json", "train_gpt.py", "requirements.txt",
-                 "tokenizer.model", "train_seed1.log"):
+    for name in (
+        "README.md",
+        "submission.json",
+        "audit.json",
+        "train_gpt.py",
+        "requirements.txt",
+        "tokenizer.model",
+        "train_seed1.log",
+    ):
         assert (folder / name).is_file(), name
     for figure in ("loss", "size", "bpb", "presets"):
         assert (smoke_run / f"results/smoke/report/{figure}.svg").is_file(), figure
@@ -51,7 +58,9 @@ def test_submission_folder(smoke_run):
     sub = json.loads((folder / "submission.json").read_text())
     ev = json.loads((smoke_run / "results/smoke/seed1/quant/record/eval.json").read_text())
     assert sub["val_bpb"] == ev["final_bpb"] and sub["seeds"] == [1]
-    assert (folder / "train_gpt.py").read_bytes() == (smoke_run / "results/smoke/seed1/quant/record/train_gpt.py").read_bytes()
+    assert (folder / "train_gpt.py").read_bytes() == (
+        smoke_run / "results/smoke/seed1/quant/record/train_gpt.py"
+    ).read_bytes()
     readme = (folder / "README.md").read_text()  # the script makes no data: the README says how it is made
     assert "train_gpt.py reads `resources/data/smoke-builtin/`" in readme and "python -m pgolf.tokenize" in readme
 
@@ -95,10 +104,19 @@ def test_editing_the_submission_preset_rebuilds_the_folder(finished_copy):
 def test_a_new_preset_builds_beside_the_others(finished_copy):
     def add(config):
         config["quant"]["presets"]["mlp5"] = {"mlp": {"bits": 5, "clip_sigmas": 11.5}}
+
     edit_config(finished_copy, add)
     (finished_copy / "more.yaml").write_text("quant:\n  build: [awq, mlp5]\n")
     out = snakemake(finished_copy, "-n", "--configfile", "recipes/smoke.yaml", "more.yaml").stdout
-    assert planned_jobs(out) == {"quantize": 1, "pack": 1, "code": 1, "size_check": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert planned_jobs(out) == {
+        "quantize": 1,
+        "pack": 1,
+        "code": 1,
+        "size_check": 1,
+        "evaluate": 1,
+        "report": 1,
+        "all": 1,
+    }
     assert "preset=mlp5" in out and "preset=awq" not in out
 
 
@@ -108,8 +126,9 @@ def test_generated_script_reproduces_the_dag(smoke_run, tmp_path):
     script = smoke_run / FOLDER / "train_gpt.py"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONNOUSERSITE"] = "1"
-    proc = subprocess.run([sys.executable, "-S", "-c", _isolated_run(script)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", _isolated_run(script)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ours = json.loads((tmp_path / "results/smoke/seed1/quant/record/eval.json").read_text())
     dag = json.loads((smoke_run / "results/smoke/seed1/quant/record/eval.json").read_text())

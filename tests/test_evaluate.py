@@ -19,9 +19,20 @@ from pgolf.shards import shard_name, write_shard
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = {
-    "seq_len": 32, "batch_tokens": 128,
-    "ttt": {"seq_len": 32, "chunk_size": 8, "batch_size": 4, "lora_rank": 2, "lora_alpha": 4.0, "phases": 1,
-            "prefix_docs": 6, "global_chunk_tokens": 96, "global_batch_seqs": 2, "window_multiple": 16},
+    "seq_len": 32,
+    "batch_tokens": 128,
+    "ttt": {
+        "seq_len": 32,
+        "chunk_size": 8,
+        "batch_size": 4,
+        "lora_rank": 2,
+        "lora_alpha": 4.0,
+        "phases": 1,
+        "prefix_docs": 6,
+        "global_chunk_tokens": 96,
+        "global_batch_seqs": 2,
+        "window_multiple": 16,
+    },
     "tilt": {"enabled": True, "order": 3, "threshold": 0.5},
 }
 
@@ -39,13 +50,29 @@ def stage_inputs(tmp_path_factory):
     val_bytes = write_shard(folder / shard_name("val_bytes", 0), sidecar)
     for entry in (val, val_bytes):
         entry["path"] = Path(entry["path"]).name
-    manifest = {"dataset": "t", "tokenizer": {"path": "tok.model", "sha256": ""}, "vocab_size": 64,
-                "shards": {"val": [val], "val_bytes": [val_bytes]}}
+    manifest = {
+        "dataset": "t",
+        "tokenizer": {"path": "tok.model", "sha256": ""},
+        "vocab_size": 64,
+        "shards": {"val": [val], "val_bytes": [val_bytes]},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=64, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8,
-                         gate_window=4, num_loops=1, loop_start=1, loop_end=2, parallel_start_layer=3, xsa_last_n=2)
+    config = ModelConfig(
+        vocab_size=64,
+        num_layers=4,
+        model_dim=32,
+        num_heads=2,
+        num_kv_heads=1,
+        rope_dims=8,
+        gate_window=4,
+        num_loops=1,
+        loop_start=1,
+        loop_end=2,
+        parallel_start_layer=3,
+        xsa_last_n=2,
+    )
     model = GPT(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -71,8 +98,12 @@ def run_stage(folder, command, eval_section=EVAL, out="out.json", **paths):
 
 
 def artifact_paths(folder):
-    return dict(pgrp=folder / "model.pgrp", pack_json=folder / "pack.json", size=folder / "size.json",
-                prequant=folder / "prequant.json")
+    return dict(
+        pgrp=folder / "model.pgrp",
+        pack_json=folder / "pack.json",
+        size=folder / "size.json",
+        prequant=folder / "prequant.json",
+    )
 
 
 def test_prequant_and_artifact_write_the_spec_keys(stage_inputs):

@@ -171,4 +171,5 @@ def test_percentile_clip_search_keeps_the_lowest_mse_candidate():
     row = W[0].abs()
     assert percentile_scale(W, 1.0, 31)[0].item() == pytest.approx(max(row.max().item() / 31, 1 / 31), rel=1e-3)
     assert percentile_scale(W, 0.99, 31)[0].item() == pytest.approx(
-        max(torch.quantile(row, 0.99).item() / 31, 1 / 31), rel=1e-3)
+        max(torch.quantile(row, 0.99).item() / 31, 1 / 31), rel=1e-3
+    )

@@ -14,13 +14,25 @@ import yaml
 
 from pgolf.errors import PgolfError
 from pgolf.hessians import CalibrationWindows, HessianConfig, HessianSums, rank_files, rank_rng
-from pgolf.model import load_trained
-from pgolf.model import GPT, ModelConfig
+from pgolf.model import GPT, ModelConfig, load_trained
 from pgolf.shards import write_shard
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = dict(vocab_size=96, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0, rope_dims=8,
-            xsa_last_n=3, num_loops=1, loop_start=1, loop_end=1, parallel_start_layer=2, train_seq_len=32)
+TINY = dict(
+    vocab_size=96,
+    num_layers=3,
+    model_dim=32,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_mult=2.0,
+    rope_dims=8,
+    xsa_last_n=3,
+    num_loops=1,
+    loop_start=1,
+    loop_end=1,
+    parallel_start_layer=2,
+    train_seq_len=32,
+)
 
 
 def tiny_model_pt(path: Path, seed=0) -> GPT:
@@ -29,7 +41,9 @@ def tiny_model_pt(path: Path, seed=0) -> GPT:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))  # a "trained" model: no zero matrices, gates open
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.unbanked_state_dict(), "train": {}}, path)
+    torch.save(
+        {"config": dataclasses.asdict(model.config), "state_dict": model.unbanked_state_dict(), "train": {}}, path
+    )
     return model
 
 
@@ -41,8 +55,12 @@ def tiny_data(folder: Path, shards=3, tokens=3000, vocab=96) -> Path:
         ids[:: 41 + i] = 1  # documents start at BOS
         entry = write_shard(folder / f"fineweb_train_{i:06d}.bin", ids)
         entries.append({**entry, "path": Path(entry["path"]).name})
-    manifest = {"dataset": "tiny", "tokenizer": {"path": "none", "sha256": ""}, "vocab_size": vocab,
-                "shards": {"train": entries}}
+    manifest = {
+        "dataset": "tiny",
+        "tokenizer": {"path": "none", "sha256": ""},
+        "vocab_size": vocab,
+        "shards": {"train": entries},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder / "manifest.json"
 
@@ -113,9 +131,28 @@ def test_two_gloo_ranks_equal_one_process_over_the_union_of_batches(tmp_path):
     calib = HessianConfig(calibration_batches=2, batch_seqs=2, seq_len=32)
     config = {"hessians": dataclasses.asdict(calib), "hardware": {"gpus": 0, "cpu_procs": 2}}
     out = tmp_path / "train" / "hessians.pt"
-    cmd = [sys.executable, "-m", "pgolf.launch", "--gpus", "0", "--cpu-procs", "2", "--", "-m", "pgolf.hessians",
-           "--config", json.dumps(config), "--model", str(tmp_path / "model.pt"), "--manifest", str(manifest),
-           "--seed", "3", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgolf.launch",
+        "--gpus",
+        "0",
+        "--cpu-procs",
+        "2",
+        "--",
+        "-m",
+        "pgolf.hessians",
+        "--config",
+        json.dumps(config),
+        "--model",
+        str(tmp_path / "model.pt"),
+        "--manifest",
+        str(manifest),
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,8 +22,13 @@ def test_multinode_batch_script_fans_out_with_srun():
 
 def test_multinode_task_meets_at_first_host(monkeypatch):
     monkeypatch.setattr(launch, "first_host", lambda nodelist: {"gpu[07-08]": "gpu07"}[nodelist])
-    env = {"SLURM_NNODES": "2", "SLURM_PROCID": "1", "SLURM_NODEID": "1", "SLURM_JOB_ID": "42",
-           "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    env = {
+        "SLURM_NNODES": "2",
+        "SLURM_PROCID": "1",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_ID": "42",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
     cmd = launch.command(8, 1, STAGE, env=env)
     assert "--nnodes=2" in cmd and "--node-rank=1" in cmd and "--rdzv-id=42" in cmd
-    assert "--rdzv-endpoint=gpu07:29500" in cmd and cmd[-len(STAGE):] == STAGE
+    assert "--rdzv-endpoint=gpu07:29500" in cmd and cmd[-len(STAGE) :] == STAGE

@@ -18,9 +18,22 @@ ROOT = Path(__file__).resolve().parent.parent
 BOS = 1
 
 # Every component on: 3 looped layers (1-2, twice extra), XSA on the last 3, lanes from layer 3.
-TINY = dict(vocab_size=64, num_layers=5, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0, rope_dims=4,
-            gate_window=4, num_loops=2, loop_start=1, loop_end=2, parallel_start_layer=3, xsa_last_n=3,
-            train_seq_len=32)
+TINY = dict(
+    vocab_size=64,
+    num_layers=5,
+    model_dim=32,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_mult=2.0,
+    rope_dims=4,
+    gate_window=4,
+    num_loops=2,
+    loop_start=1,
+    loop_end=2,
+    parallel_start_layer=3,
+    xsa_last_n=3,
+    train_seq_len=32,
+)
 
 
 def tiny_model(seed=0, **overrides) -> GPT:
@@ -148,10 +161,13 @@ def test_earlier_documents_never_change_a_documents_logits():
     model = tiny_model()
     doc = torch.tensor([BOS, 5, 9, 12, 7, 30, 31, 8])
     alone = model(doc[None])[0]
-    for prefix in (torch.tensor([BOS, 3, 4]), torch.tensor([BOS, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]),
-                   torch.tensor([17, 18])):  # the last: tokens before the first BOS of a window
+    for prefix in (
+        torch.tensor([BOS, 3, 4]),
+        torch.tensor([BOS, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]),
+        torch.tensor([17, 18]),
+    ):  # the last: tokens before the first BOS of a window
         packed = model(torch.cat([prefix, doc])[None])[0]
-        torch.testing.assert_close(packed[len(prefix):], alone, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(packed[len(prefix) :], alone, atol=1e-4, rtol=1e-4)
     # without the BOS the same tokens continue the previous document and the logits do change
     joined = model(torch.cat([torch.tensor([BOS, 3, 4]), doc[1:]])[None])[0]
     assert (joined[3:] - alone[1:]).abs().max() > 1e-3
@@ -188,8 +204,11 @@ def test_capture_names_counts_and_rows():
     assert widths["blocks.0.attn.c_k.weight"] == (n_rows, c.model_dim)
     assert widths["blocks.4.mlp.proj.weight"] == (n_rows, c.mlp_dim)
     assert widths["tok_emb.weight"] == (n_rows, c.model_dim)
-    assert set(expected) - {"tok_emb.weight"} == {k for k in model.unbanked_state_dict() if k.endswith(
-        ("c_q.weight", "c_k.weight", "c_v.weight", "proj.weight", "fc.weight"))}
+    assert set(expected) - {"tok_emb.weight"} == {
+        k
+        for k in model.unbanked_state_dict()
+        if k.endswith(("c_q.weight", "c_k.weight", "c_v.weight", "proj.weight", "fc.weight"))
+    }
 
 
 def test_adapters_change_outputs_only_where_used():

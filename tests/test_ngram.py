@@ -60,10 +60,15 @@ def test_hints_match_reference_on_streams_with_repeats(order, threshold):
 
 @st.composite
 def streams(draw):
-    pieces = draw(st.lists(st.one_of(
-        st.lists(st.integers(0, 4), min_size=1, max_size=20).map(lambda t: ("fresh", t)),
-        st.tuples(st.integers(0, 10**6), st.integers(1, 40)).map(lambda c: ("copy", c)),
-    ), max_size=25))
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                st.lists(st.integers(0, 4), min_size=1, max_size=20).map(lambda t: ("fresh", t)),
+                st.tuples(st.integers(0, 10**6), st.integers(1, 40)).map(lambda c: ("copy", c)),
+            ),
+            max_size=25,
+        )
+    )
     tokens = []
     for kind, value in pieces:
         if kind == "fresh":
@@ -149,13 +154,16 @@ def test_causality_probe_passes_and_catches_lookahead(monkeypatch):
     assert not leaky["identical"] and leaky["mismatched_positions"] == 4
 
 
-@pytest.mark.parametrize("bad, fix", [
-    (dict(tokens=[1, -2, 3]), "65535"),
-    (dict(tokens=[70000]), "65,536"),
-    (dict(tokens=[1.5, 2.0]), "integer array"),
-    (dict(tokens=[1, 2], order=0), "eval.tilt.order"),
-    (dict(tokens=[1, 2], threshold=1.5), "eval.tilt.threshold"),
-])
+@pytest.mark.parametrize(
+    "bad, fix",
+    [
+        (dict(tokens=[1, -2, 3]), "65535"),
+        (dict(tokens=[70000]), "65,536"),
+        (dict(tokens=[1.5, 2.0]), "integer array"),
+        (dict(tokens=[1, 2], order=0), "eval.tilt.order"),
+        (dict(tokens=[1, 2], threshold=1.5), "eval.tilt.threshold"),
+    ],
+)
 def test_bad_input_names_the_fix(bad, fix):
     with pytest.raises(PgolfError, match=fix):
         ngram.hints(**bad)
@@ -192,8 +200,9 @@ def test_tilt_closed_form_in_fp32_from_bf16_inputs():
     logq = torch.log(torch.tensor([0.25, 0.1, 0.9])).to(torch.bfloat16)
     loss = ngram.tilt(nll, logq, torch.tensor([True, False, True]), torch.tensor([True, True, False]), 2.625)
     q = logq.float().exp()
-    want = nll.float() + torch.stack([-2.625 + torch.log1p(q[0] * np.expm1(2.625)),
-                                      torch.log1p(q[1] * np.expm1(2.625)), torch.tensor(0.0)])
+    want = nll.float() + torch.stack(
+        [-2.625 + torch.log1p(q[0] * np.expm1(2.625)), torch.log1p(q[1] * np.expm1(2.625)), torch.tensor(0.0)]
+    )
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, want)
 

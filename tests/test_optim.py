@@ -225,8 +225,16 @@ def run_two_ranks(tmp_path, scope):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent), repo=str(REPO)))
     out = tmp_path / f"rank0_{scope}.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(out),
-           scope]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(script),
+        str(out),
+        scope,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -270,8 +278,11 @@ def test_local_clip_scope_clips_each_rank_before_the_average(tmp_path):
     for name, group in params.items():
         for p, q, r in zip(group, local["params"][name], glob["params"][name]):
             assert torch.allclose(p.detach(), q, atol=1e-5), name
-    differs = [not torch.allclose(q, r, atol=1e-4) for name in params for q, r in zip(local["params"][name],
-                                                                                         glob["params"][name])]
+    differs = [
+        not torch.allclose(q, r, atol=1e-4)
+        for name in params
+        for q, r in zip(local["params"][name], glob["params"][name])
+    ]
     assert any(differs)
 
 

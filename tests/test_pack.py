@@ -235,6 +235,7 @@ def edit(path, value):
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return apply
 
 
@@ -254,7 +255,7 @@ def edit(path, value):
         (edit(["groups"], [[]] * 6), "not a list of 7"),
         (edit(["meta", "x"], 3), "meta is not a mapping"),
         (edit(["config"], [1]), "config is not a mapping"),
-        (lambda h: h.pop("tensors"), 'header lacks'),
+        (lambda h: h.pop("tensors"), "header lacks"),
     ],
 )
 def test_header_edits_are_refused(blob, change, message):

@@ -6,20 +6,23 @@ import sys
 import time
 
 import pytest
+from test_workflow import planned_jobs
 
 from conftest import copy_workflow, snakemake
-from test_workflow import planned_jobs
 
 DATA = "resources/data/caseops-sp8192"
 
 
-@pytest.mark.parametrize("profile,extra", [
-    ("default", []),
-    ("local-8gpu", []),
-    ("local-1gpu", ["--configfile", "recipes/bench-1gpu.yaml"]),
-    ("slurm", []),
-    ("slurm-multinode", []),
-])
+@pytest.mark.parametrize(
+    "profile,extra",
+    [
+        ("default", []),
+        ("local-8gpu", []),
+        ("local-1gpu", ["--configfile", "recipes/bench-1gpu.yaml"]),
+        ("slurm", []),
+        ("slurm-multinode", []),
+    ],
+)
 def test_dry_run_under_each_profile(tmp_path, profile, extra):
     workdir = copy_workflow(tmp_path)
     (workdir / "bench/data").mkdir(parents=True)
@@ -58,9 +61,23 @@ def submitted_train_calls(workdir, profile, timeout=120, extra=()):
     fake_slurm(workdir / "bin")
     log = workdir / "sbatch.log"
     env = {**os.environ, "PATH": f"{workdir / 'bin'}:{os.environ['PATH']}", "SBATCH_LOG": str(log)}
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--nolock", "--workflow-profile", f"profiles/{profile}",
-                             "--until", "train", *extra], cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--nolock",
+            "--workflow-profile",
+            f"profiles/{profile}",
+            "--until",
+            "train",
+            *extra,
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + timeout
         while time.time() < deadline and (not log.exists() or log.read_text().count("rule_train") < 3):

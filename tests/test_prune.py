@@ -113,8 +113,10 @@ def test_size_search_against_a_counting_size():
     total = len(prune_order(state))
 
     def size(s):  # a strictly monotone stand-in: 1,000 bytes per nonzero int6 code
-        return 1000 * sum(int(torch.count_nonzero(s["tensors"][f"{n}.q"]))
-                          for n in ("blocks.0.mlp.fc.weight", "blocks.0.attn.c_q.weight"))
+        return 1000 * sum(
+            int(torch.count_nonzero(s["tensors"][f"{n}.q"]))
+            for n in ("blocks.0.mlp.fc.weight", "blocks.0.attn.c_q.weight")
+        )
 
     for keep in (0, 1, 17, total - 1):
         count, pruned = prune_to_target(state, 1000 * keep, size)
@@ -129,8 +131,19 @@ def test_pack_cli_writes_the_pruned_lzma_artifact(tmp_path):
     state = toy_state(5)
     torch.save(state, tmp_path / "quantized.pt")
     unpruned = len(lzma_pack(state))
-    pack.main(["--compressor", "lzma_pruned", "--prune-target", str(unpruned - 40), "--quantized",
-               str(tmp_path / "quantized.pt"), "--out", str(tmp_path / "model.pgrp"), "--no-baseline"])
+    pack.main(
+        [
+            "--compressor",
+            "lzma_pruned",
+            "--prune-target",
+            str(unpruned - 40),
+            "--quantized",
+            str(tmp_path / "quantized.pt"),
+            "--out",
+            str(tmp_path / "model.pgrp"),
+            "--no-baseline",
+        ]
+    )
     info = json.loads((tmp_path / "pack.json").read_text())
     data = pack.verify(tmp_path / "model.pgrp", tmp_path / "pack.json")
     assert info["compressor"] == "lzma_pruned" and len(data) <= unpruned - 40
@@ -146,12 +159,33 @@ def test_pack_refuses_a_prune_target_without_lzma(tmp_path):
 
     torch.save(toy_state(), tmp_path / "quantized.pt")
     with pytest.raises(PgolfError, match="prune_target_bytes applies to lzma_pruned only"):
-        pack.main(["--compressor", "brotli_shuffle", "--prune-target", "1000", "--quantized",
-                   str(tmp_path / "quantized.pt"), "--out", str(tmp_path / "model.pgrp"), "--no-baseline"])
+        pack.main(
+            [
+                "--compressor",
+                "brotli_shuffle",
+                "--prune-target",
+                "1000",
+                "--quantized",
+                str(tmp_path / "quantized.pt"),
+                "--out",
+                str(tmp_path / "model.pgrp"),
+                "--no-baseline",
+            ]
+        )
     assert not (tmp_path / "model.pgrp").exists()
     with pytest.raises(SystemExit):
-        pack.main(["--compressor", "lzma_pruned", "--prune-target", "-3", "--quantized",
-                   str(tmp_path / "quantized.pt"), "--out", str(tmp_path / "model.pgrp")])
+        pack.main(
+            [
+                "--compressor",
+                "lzma_pruned",
+                "--prune-target",
+                "-3",
+                "--quantized",
+                str(tmp_path / "quantized.pt"),
+                "--out",
+                str(tmp_path / "model.pgrp"),
+            ]
+        )
 
 
 def recipe_pack() -> dict:
@@ -178,8 +212,20 @@ def test_the_runs_settings_fail_the_size_check(tmp_path, pr1512_config):
     (tmp_path / "pack.json").write_text(json.dumps({"sha256": pack.sha256(blob)}))
     (tmp_path / "train_gpt.py").write_bytes(codepack.build_script(pr1512_config, "pr1512"))
     with pytest.raises(PgolfError) as err:
-        sizecheck.main(["--pgrp", str(tmp_path / "model.pgrp"), "--pack-json", str(tmp_path / "pack.json"),
-                        "--code", str(tmp_path / "train_gpt.py"), "--preset", "pr1512", "--out", str(tmp_path / "s.json")])
+        sizecheck.main(
+            [
+                "--pgrp",
+                str(tmp_path / "model.pgrp"),
+                "--pack-json",
+                str(tmp_path / "pack.json"),
+                "--code",
+                str(tmp_path / "train_gpt.py"),
+                "--preset",
+                "pr1512",
+                "--out",
+                str(tmp_path / "s.json"),
+            ]
+        )
     message = str(err.value)
     assert "is over the cap of 16,000,000" in message and "lzma_pruned 15,994,848" in message
     assert "set pack.prune_target_bytes to at most" in message

@@ -14,15 +14,33 @@ from pgolf.hessians import HessianSums
 from pgolf.model import GPT, ModelConfig
 from pgolf.quant import Preset, dequant, dequantize_state, lqer, quantize_state
 
-TINY = {"vocab_size": 128, "num_layers": 3, "model_dim": 64, "num_heads": 8, "num_kv_heads": 4, "mlp_mult": 2.0,
-        "rope_dims": 8, "xsa_last_n": 3, "num_loops": 1, "loop_start": 1, "loop_end": 1, "parallel_start_layer": 2,
-        "train_seq_len": 32}
+TINY = {
+    "vocab_size": 128,
+    "num_layers": 3,
+    "model_dim": 64,
+    "num_heads": 8,
+    "num_kv_heads": 4,
+    "mlp_mult": 2.0,
+    "rope_dims": 8,
+    "xsa_last_n": 3,
+    "num_loops": 1,
+    "loop_start": 1,
+    "loop_end": 1,
+    "parallel_start_layer": 2,
+    "train_seq_len": 32,
+}
 
 
 def test_byte_cost_matches_the_rank_lines_of_1935s_log():
     # "LQER adaptive" lines of #1935's log (group 64): (rows, cols, rank) -> bytes
-    logged = {(2048, 512, 6): 4706, (2048, 512, 4): 3138, (256, 512, 6): 2018, (256, 512, 4): 1346,
-              (512, 512, 6): 2402, (8192, 512, 6): 13922}
+    logged = {
+        (2048, 512, 6): 4706,
+        (2048, 512, 4): 3138,
+        (256, 512, 6): 2018,
+        (256, 512, 4): 1346,
+        (512, 512, 6): 2402,
+        (8192, 512, 6): 13922,
+    }
     for (rows, cols, rank), nbytes in logged.items():
         assert lqer.asym_bytes(rows, cols, rank, 64) == nbytes
 

@@ -22,8 +22,21 @@ from pgolf.quantize import load_hessians
 from pgolf.quantize import main as quantize_main
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = dict(vocab_size=128, num_layers=3, model_dim=64, num_heads=8, num_kv_heads=4, mlp_mult=2.0, rope_dims=8,
-            xsa_last_n=3, num_loops=1, loop_start=1, loop_end=1, parallel_start_layer=2, train_seq_len=32)
+TINY = dict(
+    vocab_size=128,
+    num_layers=3,
+    model_dim=64,
+    num_heads=8,
+    num_kv_heads=4,
+    mlp_mult=2.0,
+    rope_dims=8,
+    xsa_last_n=3,
+    num_loops=1,
+    loop_start=1,
+    loop_end=1,
+    parallel_start_layer=2,
+    train_seq_len=32,
+)
 MATRIX = re.compile(r"^(tok_emb\.weight|blocks\.\d+\.(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight)$")
 
 
@@ -49,7 +62,9 @@ def trained():
 def record(trained):
     """The record preset's quantized state and report."""
     model, hessians = trained
-    return quantize_state(model.unbanked_state_dict(), hessians, Preset(), model_config=dataclasses.asdict(model.config))
+    return quantize_state(
+        model.unbanked_state_dict(), hessians, Preset(), model_config=dataclasses.asdict(model.config)
+    )
 
 
 def preset(**changes):
@@ -115,7 +130,12 @@ def test_lqer_picks_the_largest_errors_and_lowers_them(trained, record):
         assert row["frob_error"] == pytest.approx(float(after), rel=1e-4)
         assert row["frob_error_gptq"] == pytest.approx(float(before), rel=1e-4)
         assert row["h_error"] < row["h_error_gptq"]
-        for suffix, dtype in (("lqA_a", torch.int8), ("lqAs_a", torch.float16), ("lqB_a", torch.int8), ("lqBs_a", torch.float16)):
+        for suffix, dtype in (
+            ("lqA_a", torch.int8),
+            ("lqAs_a", torch.float16),
+            ("lqB_a", torch.int8),
+            ("lqBs_a", torch.float16),
+        ):
             assert quantized["tensors"][f"{name}.{suffix}"].dtype == dtype
     untouched = [n for n in state if MATRIX.match(n) and n not in report["lqer_picks"]]
     for name in untouched:
@@ -133,7 +153,9 @@ def test_lqer_falls_back_to_symmetric_factors(trained):
 def test_awq_group_is_stored_at_int8_and_dequantizes(trained):
     model, hessians = trained
     state = model.unbanked_state_dict()
-    quantized, report = quantize_state(state, hessians, preset(awq={"enabled": True, "top_k": 2, "group": 32}, lqer={"enabled": False}))
+    quantized, report = quantize_state(
+        state, hessians, preset(awq={"enabled": True, "top_k": 2, "group": 32}, lqer={"enabled": False})
+    )
     assert len(report["awq_picks"]) == 2
     scores = [g["score"] for g in report["awq_picks"]]
     assert scores == sorted(scores, reverse=True)
@@ -153,7 +175,7 @@ def test_awq_group_is_stored_at_int8_and_dequantizes(trained):
     for name in (n for n in state if MATRIX.match(n)):
         s = hessians["act_rms"][name] * state[name].abs().mean(0)
         for start in range(0, s.numel(), 32):
-            saliency[(name, start)] = float(s[start:start + 32].sum())
+            saliency[(name, start)] = float(s[start : start + 32].sum())
     best = sorted(saliency, key=lambda k: -saliency[k])[:2]
     assert [(p["name"], p["start"]) for p in report["awq_picks"]] == best
 
@@ -206,13 +228,28 @@ def test_config_yaml_record_preset_is_pr1855():
 
 def test_cli_writes_quantized_pt_and_report(trained, tmp_path):
     model, hessians = trained
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.unbanked_state_dict(), "train": {}},
-               tmp_path / "model.pt")
+    torch.save(
+        {"config": dataclasses.asdict(model.config), "state_dict": model.unbanked_state_dict(), "train": {}},
+        tmp_path / "model.pt",
+    )
     torch.save(hessians, tmp_path / "hessians.pt")
     out = tmp_path / "quant" / "record" / "quantized.pt"
     config = {"preset": {"lqer": {"top_k": 1}}, "hardware": {"gpus": 0}}
-    cmd = [sys.executable, "-m", "pgolf.quantize", "--config", json.dumps(config), "--model", str(tmp_path / "model.pt"),
-           "--hessians", str(tmp_path / "hessians.pt"), "--preset", "record", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgolf.quantize",
+        "--config",
+        json.dumps(config),
+        "--model",
+        str(tmp_path / "model.pt"),
+        "--hessians",
+        str(tmp_path / "hessians.pt"),
+        "--preset",
+        "record",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -224,10 +261,19 @@ def test_cli_writes_quantized_pt_and_report(trained, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["quantized.pt", "report.json"]
 
 
-
 def test_cli_error_is_one_line_naming_the_fix(tmp_path, capsys):
-    argv = ["--config", '{"preset": {}, "hardware": {"gpus": 0}}', "--model", str(tmp_path / "model.pt"),
-            "--hessians", str(tmp_path / "hessians.pt"), "--preset", "record", "--out", str(tmp_path / "q.pt")]
+    argv = [
+        "--config",
+        '{"preset": {}, "hardware": {"gpus": 0}}',
+        "--model",
+        str(tmp_path / "model.pt"),
+        "--hessians",
+        str(tmp_path / "hessians.pt"),
+        "--preset",
+        "record",
+        "--out",
+        str(tmp_path / "q.pt"),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(quantize_main, argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -242,8 +288,18 @@ def test_1512_storage_rules():
     # #1512's preset: tok_emb and the #1019 tables in clipped int8 rows, the matrices through GPTQ's clip search
     from pgolf.quant.state import INT8_CLIP_QUANTILE
 
-    cfg = dict(TINY, num_loops=0, parallel_start_layer=None, smear_gate=False, smear_per_dim=True,
-               sparse_attn_gate=False, skip_gates=False, bigram_buckets=96, bigram_dim=16, value_embed_layers=[2])
+    cfg = dict(
+        TINY,
+        num_loops=0,
+        parallel_start_layer=None,
+        smear_gate=False,
+        smear_per_dim=True,
+        sparse_attn_gate=False,
+        skip_gates=False,
+        bigram_buckets=96,
+        bigram_dim=16,
+        value_embed_layers=[2],
+    )
     torch.manual_seed(1)
     model = GPT(ModelConfig(**cfg))
     with torch.no_grad():
@@ -253,8 +309,7 @@ def test_1512_storage_rules():
     with torch.no_grad():
         model.eval()(torch.randint(2, 128, (2, 32)), capture=sums)
     state = model.unbanked_state_dict()
-    p = Preset.parse({"embed_plain_int8": True, "lqer": {"enabled": False},
-                      "gptq": {"clip_percentiles": [0.999, 1.0]}})
+    p = Preset.parse({"embed_plain_int8": True, "lqer": {"enabled": False}, "gptq": {"clip_percentiles": [0.999, 1.0]}})
     quantized, report = quantize_state(state, sums.result(1), p, model_config=dataclasses.asdict(model.config))
     meta = quantized["meta"]
     for name in ("tok_emb.weight", "bigram.embed.weight", "value_embed.embed.weight"):

@@ -57,11 +57,20 @@ def test_readme_commands_are_found_and_classified():
 def run(workdir, command, plan):
     words = shlex.split(command)
     if words[0] == "snakemake":
-        words = [sys.executable, "-m", "snakemake", "--nolock", *words[1:], *(["-n"] if plan and "-n" not in words else [])]
-        return subprocess.run(words, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=900)
-    return subprocess.run(["bash", "-c", command], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=300)
+        words = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--nolock",
+            *words[1:],
+            *(["-n"] if plan and "-n" not in words else []),
+        ]
+        return subprocess.run(
+            words, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+        )
+    return subprocess.run(
+        ["bash", "-c", command], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
 
 
 def test_readme_commands_run_after_the_smoke_run(smoke_run, tmp_path):

@@ -49,8 +49,11 @@ def test_every_printed_hyperparameter_is_mapped(run):
 @pytest.mark.parametrize("run", RUNS)
 def test_the_recipe_has_every_mapped_value_of_its_run(run):
     findings = rt.check(TABLE, run)
-    wrong = [f"{f.name} -> {f.target}: run {f.expected!r}, recipe {f.actual!r} [{f.source}]"
-             for f in findings if f.status in ("MISMATCH", "unmapped")]
+    wrong = [
+        f"{f.name} -> {f.target}: run {f.expected!r}, recipe {f.actual!r} [{f.source}]"
+        for f in findings
+        if f.status in ("MISMATCH", "unmapped")
+    ]
     assert not wrong, f"{run}:\n" + "\n".join(wrong)
     for f in findings:  # only a key another branch adds may be absent
         if f.status == "pending":
@@ -81,8 +84,11 @@ def test_a_wrong_recipe_value_is_reported():
     config["quant"]["presets"]["pr2123"]["lqer"]["group"] = 64
     config["eval"]["ttt"]["targets"]["v"] = False
     wrong = {(f.name, f.target) for f in rt.check(TABLE, "pr2123", config) if f.status == "MISMATCH"}
-    assert wrong == {("matrix_lr", "train.matrix_lr"), ("lqer_asym_group", "quant.presets.{preset}.lqer.group"),
-                     ("ttt_mask", "eval.ttt.targets")}  # #2123 implies every adapter; it prints no ttt_v_lora
+    assert wrong == {
+        ("matrix_lr", "train.matrix_lr"),
+        ("lqer_asym_group", "quant.presets.{preset}.lqer.group"),
+        ("ttt_mask", "eval.ttt.targets"),
+    }  # #2123 implies every adapter; it prints no ttt_v_lora
 
 
 def test_pr2164_is_2140_plus_its_declared_changes():

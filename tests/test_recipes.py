@@ -55,10 +55,12 @@ def test_every_seed_recipe_is_classified():
 def test_recipe_resolves_and_validates(name):
     proc = subprocess.run(
         [sys.executable, "-m", "pgolf.config", "resolve", "config.yaml", f"recipes/{name}.yaml"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert '"name": "%s"' % name in proc.stdout
+    assert f'"name": "{name}"' in proc.stdout
 
 
 @pytest.mark.parametrize("name", EXPRESSIBLE + PARTIAL)
@@ -145,19 +147,49 @@ DUMP_1572 = {
     "sliding_window_enabled": (True, {"eval.sliding_stride": 64}),
     "skip_gates_enabled": (True, {}),  # pgolf's skips are always gated
     "etlb_enabled": (False, {}),  # the eval-time logit bias never ran (etlb_* are its unused knobs)
-    "datasets_dir": ("/workspace/data/datasets/fineweb10B_sp8192", {"data.hf.shard_dir": "datasets/datasets/fineweb10B_sp8192"}),
-    "tokenizer_path": ("/workspace/data/tokenizers/fineweb_8192_bpe.model",
-                       {"data.hf.tokenizer": "datasets/tokenizers/fineweb_8192_bpe.model", "data.hf.caseops": False}),
+    "datasets_dir": (
+        "/workspace/data/datasets/fineweb10B_sp8192",
+        {"data.hf.shard_dir": "datasets/datasets/fineweb10B_sp8192"},
+    ),
+    "tokenizer_path": (
+        "/workspace/data/tokenizers/fineweb_8192_bpe.model",
+        {"data.hf.tokenizer": "datasets/tokenizers/fineweb_8192_bpe.model", "data.hf.caseops": False},
+    ),
 }
 # Dump entries with nothing to set: unused with tied embeddings or by Muon, derived, paths and bookkeeping.
-UNUSED_1572 = {"embed_lr", "head_lr", "muon_beta2", "etlb_clip", "etlb_lr", "etlb_steps", "grad_accum_steps",
-               "distributed", "is_main_process", "local_rank", "rank", "seed", "run_id", "logfile", "model_path",
-               "quantized_model_path", "data_dir", "train_files", "val_files", "train_log_every", "val_loss_every"}
+UNUSED_1572 = {
+    "embed_lr",
+    "head_lr",
+    "muon_beta2",
+    "etlb_clip",
+    "etlb_lr",
+    "etlb_steps",
+    "grad_accum_steps",
+    "distributed",
+    "is_main_process",
+    "local_rank",
+    "rank",
+    "seed",
+    "run_id",
+    "logfile",
+    "model_path",
+    "quantized_model_path",
+    "data_dir",
+    "train_files",
+    "val_files",
+    "train_log_every",
+    "val_loss_every",
+}
 
 
 def resolved(name: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pgolf.config", "resolve", "config.yaml", f"recipes/{name}.yaml"],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgolf.config", "resolve", "config.yaml", f"recipes/{name}.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return __import__("json").loads(proc.stdout)
 
 

@@ -136,12 +136,19 @@ def test_missing_eval_names_the_file(run_dir, tmp_path):
 def test_capfit_figure_has_every_candidate_the_target_and_the_winner(tmp_path):
     run = tmp_path / "results" / "synthetic"
     candidates = [  # (total bytes, proxy, status)
-        (90_000, 40.0, "fits"), (100_000, 9.0, "winner"), (104_000, 5.0, "check_failed"), (130_000, 1.0, "over_target")
+        (90_000, 40.0, "fits"),
+        (100_000, 9.0, "winner"),
+        (104_000, 5.0, "check_failed"),
+        (130_000, 1.0, "over_target"),
     ]
     fit = {
-        "target_bytes": 105_000, "cap_bytes": 16_000_000, "winner": 1,
-        "candidates": [{"id": i, "total_bytes": b, "proxy": p, "status": s, "settings": {"attn": [6, 13.0]}}
-                       for i, (b, p, s) in enumerate(candidates)],
+        "target_bytes": 105_000,
+        "cap_bytes": 16_000_000,
+        "winner": 1,
+        "candidates": [
+            {"id": i, "total_bytes": b, "proxy": p, "status": s, "settings": {"attn": [6, 13.0]}}
+            for i, (b, p, s) in enumerate(candidates)
+        ],
     }
     (run / "seed1" / "quant" / "capfit").mkdir(parents=True)
     (run / "seed1" / "quant" / "capfit" / "capfit.json").write_text(json.dumps(fit))

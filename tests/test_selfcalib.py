@@ -11,9 +11,24 @@ from pgolf.hessians import HessianConfig, HessianSums, collect_self
 from pgolf.model import GPT, ModelConfig
 from pgolf.selfcalib import generate
 
-TINY = dict(vocab_size=32, num_layers=2, xsa_last_n=2, model_dim=16, num_heads=2, num_kv_heads=1, mlp_mult=2.0, rope_dims=4,
-            num_loops=0, parallel_start_layer=None, sparse_attn_gate=False, smear_gate=False, smear_per_dim=True,
-            skip_gates=False, bigram_buckets=16, bigram_dim=4)
+TINY = dict(
+    vocab_size=32,
+    num_layers=2,
+    xsa_last_n=2,
+    model_dim=16,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_mult=2.0,
+    rope_dims=4,
+    num_loops=0,
+    parallel_start_layer=None,
+    sparse_attn_gate=False,
+    smear_gate=False,
+    smear_per_dim=True,
+    skip_gates=False,
+    bigram_buckets=16,
+    bigram_dim=4,
+)
 
 
 def tiny_model():

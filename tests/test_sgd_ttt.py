@@ -15,14 +15,36 @@ from pgolf.ttt import TTTConfig
 torch.set_num_threads(1)
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 L, STRIDE = 16, 4
-CFG = {"seq_len": L, "global_lr": 0.05, "global_momentum": 0.9, "global_epochs": 2, "global_chunk_tokens": 40,
-       "global_batch_seqs": 1, "global_grad_clip": 1.0, "probe_batches": 2}
+CFG = {
+    "seq_len": L,
+    "global_lr": 0.05,
+    "global_momentum": 0.9,
+    "global_epochs": 2,
+    "global_chunk_tokens": 40,
+    "global_batch_seqs": 1,
+    "global_grad_clip": 1.0,
+    "probe_batches": 2,
+}
 
 
-TINY = {"vocab_size": 64, "num_layers": 3, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "rope_dims": 8,
-        "gate_window": 4, "num_loops": 0, "loop_start": 0, "loop_end": 0, "parallel_start_layer": 2,
-        "parallel_residual": "single", "smear_gate": False, "sparse_attn_gate": False, "cross_document": True,
-        "xsa_last_n": 3}
+TINY = {
+    "vocab_size": 64,
+    "num_layers": 3,
+    "model_dim": 32,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "rope_dims": 8,
+    "gate_window": 4,
+    "num_loops": 0,
+    "loop_start": 0,
+    "loop_end": 0,
+    "parallel_start_layer": 2,
+    "parallel_residual": "single",
+    "smear_gate": False,
+    "sparse_attn_gate": False,
+    "cross_document": True,
+    "xsa_last_n": 3,
+}
 
 
 def tiny_model(seed=0, **overrides) -> GPT:
@@ -87,8 +109,10 @@ def plain_loop(model, val, cfg):
     """The recipe written out: chunk by chunk, score its targets one by one, then SGD over its whole sequences."""
     tokens, total = val.tokens, val.tokens.size - 1
     n_chunks = -(-total // cfg.global_chunk_tokens)
-    owner = {t: min((t - 1 if t <= L else context_start(t) + L - STRIDE) // cfg.global_chunk_tokens, n_chunks - 1)
-             for t in range(1, total + 1)}
+    owner = {
+        t: min((t - 1 if t <= L else context_start(t) + L - STRIDE) // cfg.global_chunk_tokens, n_chunks - 1)
+        for t in range(1, total + 1)
+    }
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg.global_lr, momentum=cfg.global_momentum)
     loss_sum = 0.0
@@ -156,8 +180,9 @@ def test_a_probe_catches_scoring_after_the_update(monkeypatch):
 
 def test_truncated_tail_keeps_whole_sequences():
     val = stream(n=150)
-    result = SGDTTT(tiny_model(), val, TTTConfig(**{**CFG, "global_epochs": 0}), L, STRIDE, truncate_tail=True,
-                    dist=CPU).run()
+    result = SGDTTT(
+        tiny_model(), val, TTTConfig(**{**CFG, "global_epochs": 0}), L, STRIDE, truncate_tail=True, dist=CPU
+    ).run()
     assert result.totals["scored"] == (150 - 1) // L * L
 
 
@@ -176,10 +201,21 @@ pgdist.shutdown()
 
 
 def world_run(d, batch_seqs):
-    result = SGDTTT(tiny_model(), stream(), TTTConfig(**{**CFG, "global_batch_seqs": batch_seqs}), L, STRIDE,
-                    truncate_tail=False, dist=d, batch_seqs=3).run()
-    return {**result.totals, "coverage_ok": check_coverage(result.coverage) == stream().tokens.size - 1,
-            "probe": result.probe["passed"]}
+    result = SGDTTT(
+        tiny_model(),
+        stream(),
+        TTTConfig(**{**CFG, "global_batch_seqs": batch_seqs}),
+        L,
+        STRIDE,
+        truncate_tail=False,
+        dist=d,
+        batch_seqs=3,
+    ).run()
+    return {
+        **result.totals,
+        "coverage_ok": check_coverage(result.coverage) == stream().tokens.size - 1,
+        "probe": result.probe["passed"],
+    }
 
 
 def test_two_ranks_equal_one_rank_with_their_joint_batch(tmp_path):

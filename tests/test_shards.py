@@ -17,8 +17,12 @@ def dataset(folder, vocab_size=64):
     for split in ("val", "train"):
         entry = write_shard(folder / shard_name(split, 0), np.array([1, 5, 6, 7, 1, 9, 10] * 40))
         shards[split] = [{**entry, "path": shard_name(split, 0)}]
-    manifest = {"dataset": "t", "tokenizer": {"path": "tokenizer.model", "sha256": "0" * 64},
-                "vocab_size": vocab_size, "shards": shards}
+    manifest = {
+        "dataset": "t",
+        "tokenizer": {"path": "tokenizer.model", "sha256": "0" * 64},
+        "vocab_size": vocab_size,
+        "shards": shards,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder / "manifest.json"
 
@@ -33,7 +37,10 @@ def edited(path, change):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda m: m["shards"]["train"][0].update(path="../../etc/passwd"), r"shards.train\[0\].path '../../etc/passwd' leaves"),
+        (
+            lambda m: m["shards"]["train"][0].update(path="../../etc/passwd"),
+            r"shards.train\[0\].path '../../etc/passwd' leaves",
+        ),
         (lambda m: m["shards"]["train"][0].update(path="/etc/passwd"), r"shards.train\[0\].path '/etc/passwd' leaves"),
         (lambda m: m["tokenizer"].update(path="sub/../../tok.model"), r"tokenizer.path 'sub/../../tok.model' leaves"),
         (lambda m: m["shards"]["val"][0].update(path=7), r"shards.val\[0\].path 7 is not a file name"),
@@ -70,8 +77,11 @@ def test_ids_outside_the_vocabulary_are_refused_when_a_shard_opens(tmp_path):
     path = manifest.parent / shard_name("val", 0)
     assert read_shard(path).max() == 10  # without a vocabulary: the raw ids
     assert read_shard(path, 11).max() == 10
-    with pytest.raises(PgolfError, match=r"fineweb_val_000000.bin: token id 10 at position 6 is outside the "
-                                         r"vocabulary of 10"):
+    with pytest.raises(
+        PgolfError,
+        match=r"fineweb_val_000000.bin: token id 10 at position 6 is outside the "
+        r"vocabulary of 10",
+    ):
         read_shard(path, 10)
     with pytest.raises(PgolfError, match=r"fineweb_val_000000.bin: token id 10 .* vocabulary of 10"):
         load_split(manifest, "val")  # the manifest's vocabulary

@@ -40,8 +40,18 @@ def inputs(tmp_path_factory):
 
 
 def args(tmp, out="size.json"):
-    return ["--pgrp", str(tmp / "model.pgrp"), "--pack-json", str(tmp / "pack.json"),
-            "--code", str(tmp / "train_gpt.py"), "--preset", "record", "--out", str(tmp / out)]
+    return [
+        "--pgrp",
+        str(tmp / "model.pgrp"),
+        "--pack-json",
+        str(tmp / "pack.json"),
+        "--code",
+        str(tmp / "train_gpt.py"),
+        "--preset",
+        "record",
+        "--out",
+        str(tmp / out),
+    ]
 
 
 def test_size_json(inputs):

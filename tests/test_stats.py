@@ -8,8 +8,14 @@ from pgolf.stats import acceptance, regularized_beta, t_sf
 
 def slow_t_sf(t, df, steps=200_000):
     """P(T > t) by integrating Student's t density (trapezoid rule on a wide finite range)."""
+
     def pdf(x):
-        return math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) * (1 + x * x / df) ** (-(df + 1) / 2)
+        return (
+            math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2))
+            / math.sqrt(df * math.pi)
+            * (1 + x * x / df) ** (-(df + 1) / 2)
+        )
+
     hi = 400.0
     h = (hi - t) / steps
     return h * (0.5 * pdf(t) + sum(pdf(t + i * h) for i in range(1, steps)) + 0.5 * pdf(hi))

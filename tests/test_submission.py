@@ -13,17 +13,27 @@ def seed_outputs(train_s=590.0, hessian_s=4.7, eval_s=400.0, projected_s=450.0, 
         "hessians": {"seconds": hessian_s},
         "size": {"total_bytes": 15_900_000, "cap_bytes": 16_000_000},
         "eval": {
-            "ttt": {"val_loss": 2.4, "val_bpb": 1.06}, "quantized": {"val_loss": 2.5, "val_bpb": 1.1},
-            "seconds": {"eval_timer": eval_s}, "projected_8gpu_seconds": projected_s, "world": 8, "device": "H100",
-            "scored": 100, "targets": 100,
-            "probes": {"score_first": {"passed": True, "max_abs_diff_before_update": 0.0, "tolerance": 1e-4},
-                       "tilt_causal": "off"},
+            "ttt": {"val_loss": 2.4, "val_bpb": 1.06},
+            "quantized": {"val_loss": 2.5, "val_bpb": 1.1},
+            "seconds": {"eval_timer": eval_s},
+            "projected_8gpu_seconds": projected_s,
+            "world": 8,
+            "device": "H100",
+            "scored": 100,
+            "targets": 100,
+            "probes": {
+                "score_first": {"passed": True, "max_abs_diff_before_update": 0.0, "tolerance": 1e-4},
+                "tilt_causal": "off",
+            },
         },
     }
 
 
-DATA_AUDIT = {"overlap": {"val_docs": 0, "fraction": 0.0, "examples": []}, "max_overlap_fraction": 0.001,
-              "passed": True}
+DATA_AUDIT = {
+    "overlap": {"val_docs": 0, "fraction": 0.0, "examples": []},
+    "max_overlap_fraction": 0.001,
+    "passed": True,
+}
 
 
 def test_a_run_within_every_budget_passes():
@@ -37,7 +47,10 @@ def test_a_run_within_every_budget_passes():
 
 def test_the_record_reserve_cannot_hold_its_hessian_pass_and_the_failure_is_named():
     """#1855's 0.5 s reserve after a 599.6 s loop with a ~4.7 s Hessian pass: 604.3 s > 600 s."""
-    seeds = {42: seed_outputs(train_s=599.6), 0: seed_outputs(projected_s=1e5, resumes=[{"step": 300, "from_world_size": 8, "world_size": 8}])}
+    seeds = {
+        42: seed_outputs(train_s=599.6),
+        0: seed_outputs(projected_s=1e5, resumes=[{"step": 300, "from_world_size": 8, "world_size": 8}]),
+    }
     audit = audit_checks({}, DATA_AUDIT, seeds)
     assert not audit["all_passed"]
     assert audit["failed"] == ["seed42.train_seconds_incl_hessians", "seed0.eval_seconds_projected_8gpu"]

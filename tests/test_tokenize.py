@@ -14,7 +14,7 @@ from pgolf import tokenize as tok
 from pgolf.errors import PgolfError
 from pgolf.shards import BOS_ID, file_sha256, load_split, read_shard
 
-from conftest import GOLDEN, CANONICAL
+from conftest import CANONICAL, GOLDEN
 
 # Simple texts (ASCII, single spaces) so that decoding the shards gives the documents back exactly.
 DOCS = [
@@ -65,7 +65,9 @@ def assert_paths_agree(sp, text):
 # Whitespace runs, operators, letters of both cases, NFKC-changing, combining, control and unknown characters.
 awkward = st.text(
     alphabet=st.one_of(
-        st.sampled_from(list("aAbZ  \t\n\r\x0b\x0c\x00\x01.,'") + list(caseops.OPERATORS) + list("éé\u00a0\u2009ﬁＨ²🚀東\u200b▁İß")),
+        st.sampled_from(
+            list("aAbZ  \t\n\r\x0b\x0c\x00\x01.,'") + list(caseops.OPERATORS) + list("éé\u00a0\u2009ﬁＨ²🚀東\u200b▁İß")
+        ),
         st.characters(codec="utf-8"),
     ),
     max_size=60,
@@ -158,7 +160,9 @@ def test_stale_shards_are_removed(tmp_path, small_model):
     assert not any(p.exists() for p in stale)
     assert (folder / "notes.txt").exists()
     assert sorted(p.name for p in folder.glob("fineweb_*")) == [
-        "fineweb_train_000000.bin", "fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin"
+        "fineweb_train_000000.bin",
+        "fineweb_val_000000.bin",
+        "fineweb_val_bytes_000000.bin",
     ]
 
 

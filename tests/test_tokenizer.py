@@ -1,7 +1,6 @@
 """Tokenizer stage: a deterministic CaseOps BPE with the canonical id layout, or a given model validated."""
 
 import json
-import os
 
 import pytest
 import sentencepiece as spm
@@ -43,7 +42,9 @@ def test_cli_trains_on_local_documents(tmp_path):
     tokenizer.main(["--config", config_file(tmp_path, local={"path": str(docs)}), "--out", str(out)])
     assert out.read_bytes() == tokenizer.train(DOCS, 320)
     capped = tmp_path / "capped.model"
-    tokenizer.main(["--config", config_file(tmp_path, tokenizer_train_docs=50), "--docs", str(docs), "--out", str(capped)])
+    tokenizer.main(
+        ["--config", config_file(tmp_path, tokenizer_train_docs=50), "--docs", str(docs), "--out", str(capped)]
+    )
     assert capped.read_bytes() == tokenizer.train(DOCS[:50], 320)
 
 
@@ -57,8 +58,16 @@ def test_given_canonical_model_is_validated_and_copied(tmp_path):
 def test_model_without_operators_is_refused(tmp_path):
     plain = tmp_path / "plain.model"
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(DOCS), model_prefix=str(plain.with_suffix("")), vocab_size=400, model_type="bpe",
-        byte_fallback=True, pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2,
+        sentence_iterator=iter(DOCS),
+        model_prefix=str(plain.with_suffix("")),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        minloglevel=2,
     )
     with pytest.raises(PgolfError, match=r"plain.model: ids 4-7 are .* not the CaseOps operators"):
         tokenizer.main(["--config", config_file(tmp_path, tokenizer=str(plain)), "--out", str(tmp_path / "t.model")])
@@ -68,8 +77,15 @@ def test_model_without_operators_is_refused(tmp_path):
 def test_wrong_bos_is_refused(tmp_path):
     prefix = tmp_path / "bos"
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(DOCS), model_prefix=str(prefix), vocab_size=300, model_type="bpe",
-        unk_id=0, bos_id=2, eos_id=3, pad_id=1, minloglevel=2,
+        sentence_iterator=iter(DOCS),
+        model_prefix=str(prefix),
+        vocab_size=300,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=2,
+        eos_id=3,
+        pad_id=1,
+        minloglevel=2,
     )
     with pytest.raises(PgolfError, match=r"bos.model: BOS id is 2, expected 1"):
         tokenizer.validate(tokenizer.load(f"{prefix}.model"), f"{prefix}.model")

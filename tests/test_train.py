@@ -26,12 +26,34 @@ from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_cha
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
 
-MODEL = {"vocab_size": VOCAB, "num_layers": 3, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
-         "rope_dims": 8, "xsa_last_n": 3, "num_loops": 1, "loop_start": 1, "loop_end": 1, "parallel_start_layer": 2,
-         "train_seq_len": 32, "enable_looping_at": 0.5}
+MODEL = {
+    "vocab_size": VOCAB,
+    "num_layers": 3,
+    "model_dim": 32,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "mlp_mult": 2.0,
+    "rope_dims": 8,
+    "xsa_last_n": 3,
+    "num_loops": 1,
+    "loop_start": 1,
+    "loop_end": 1,
+    "parallel_start_layer": 2,
+    "train_seq_len": 32,
+    "enable_looping_at": 0.5,
+}
 STEPS = 10
-TRAIN = {"schedule": "steps", "steps": STEPS, "batch_tokens": 8 * 2 * 32, "log_every": 1, "checkpoint_minutes": 0,
-         "ema_decay": 0.5, "matrix_lr": 0.05, "embed_lr": 0.05, "scalar_lr": 0.05}
+TRAIN = {
+    "schedule": "steps",
+    "steps": STEPS,
+    "batch_tokens": 8 * 2 * 32,
+    "log_every": 1,
+    "checkpoint_minutes": 0,
+    "ema_decay": 0.5,
+    "matrix_lr": 0.05,
+    "embed_lr": 0.05,
+    "scalar_lr": 0.05,
+}
 
 
 def byte_documents(first=0, last=40):
@@ -52,12 +74,19 @@ def data(tmp_path_factory):
     parts = np.array_split(tokens, 3)
     entries = [write_shard(root / f"fineweb_train_{i:06d}.bin", p) for i, p in enumerate(parts)]
     val = byte_documents(40, 44)
-    val_entries = [write_shard(root / "fineweb_val_000000.bin", val),
-                   write_shard(root / "fineweb_val_bytes_000000.bin", (val != 1).astype(np.int32))]
+    val_entries = [
+        write_shard(root / "fineweb_val_000000.bin", val),
+        write_shard(root / "fineweb_val_bytes_000000.bin", (val != 1).astype(np.int32)),
+    ]
     for e in entries + val_entries:
         e["path"] = Path(e["path"]).name
-    manifest = {"dataset": "bytes", "source": "local", "tokenizer": {"path": "none", "sha256": ""},
-                "vocab_size": VOCAB, "shards": {"train": entries, "val": val_entries[:1], "val_bytes": val_entries[1:]}}
+    manifest = {
+        "dataset": "bytes",
+        "source": "local",
+        "tokenizer": {"path": "none", "sha256": ""},
+        "vocab_size": VOCAB,
+        "shards": {"train": entries, "val": val_entries[:1], "val_bytes": val_entries[1:]},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "data_audit.json").write_text(json.dumps({"passed": True}))
     return root
@@ -76,7 +105,12 @@ WINDOW = {"seq_len": 64, "batch_tokens": 512, "sliding_stride": None, "truncate_
 
 def config(tmp_path, eval_window=None, model=None, **train):
     path = tmp_path / "config.json"
-    sections = {"model": {**MODEL, **(model or {})}, "train": {**TRAIN, **train}, "hardware": {"gpus": 0}, "run": {"name": "t", "seeds": [3]}}
+    sections = {
+        "model": {**MODEL, **(model or {})},
+        "train": {**TRAIN, **train},
+        "hardware": {"gpus": 0},
+        "run": {"name": "t", "seeds": [3]},
+    }
     if eval_window:
         sections["eval"] = eval_window
     path.write_text(json.dumps(sections))
@@ -84,8 +118,19 @@ def config(tmp_path, eval_window=None, model=None, **train):
 
 
 def args(cfg, data, out, *extra):
-    return ["--config", str(cfg), "--manifest", str(data / "manifest.json"), "--audit", str(data / "data_audit.json"),
-            "--seed", "3", "--out-dir", str(out), *extra]
+    return [
+        "--config",
+        str(cfg),
+        "--manifest",
+        str(data / "manifest.json"),
+        "--audit",
+        str(data / "data_audit.json"),
+        "--seed",
+        "3",
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def records(out):
@@ -141,11 +186,23 @@ def test_resumed_run_ends_with_the_same_weights(uninterrupted, data, tmp_path):
 def launch(ranks, cfg, data, out, *extra):
     """The training stage as the rules start it (pgolf.launch: torchrun with `ranks` gloo ranks), in its own
     session so that a test can kill the whole process tree."""
-    cmd = [sys.executable, "-m", "pgolf.launch", "--gpus", "0", "--cpu-procs", str(ranks), "--", "-m", "pgolf.train",
-           *args(cfg, data, out, *extra)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgolf.launch",
+        "--gpus",
+        "0",
+        "--cpu-procs",
+        str(ranks),
+        "--",
+        "-m",
+        "pgolf.train",
+        *args(cfg, data, out, *extra),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(proc):
@@ -215,8 +272,15 @@ def test_the_clock_counts_checkpoint_saves(data, tmp_path, monkeypatch):
 def test_time_schedule_stops_at_the_budget_less_the_reserve(data, tmp_path):
     out = tmp_path / "out"
     # the step cap stays far away, so only the time budget can end the loop
-    main(args(config(tmp_path, schedule="time", steps=10**6, budget_seconds=2.0, hessian_reserve_seconds=0.5,
-                     log_every=10**6), data, out))
+    main(
+        args(
+            config(
+                tmp_path, schedule="time", steps=10**6, budget_seconds=2.0, hessian_reserve_seconds=0.5, log_every=10**6
+            ),
+            data,
+            out,
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_seconds"] >= 1.5 and summary["steps"] < 10**6
     assert len([r for r in records(out) if r["event"] == "step"]) == 1  # only the last step is logged
@@ -229,8 +293,14 @@ def test_schedule_fractions_and_sequence_lengths():
     assert schedule_frac(timed, 7, 299.75) == pytest.approx(0.5)
     assert schedule_frac(timed, 7, 700.0) == 1.0
     progressive = ModelConfig(seq_schedule=[[1024, 0.1], [2048, 0.7], [3072, 1.0]])
-    assert [seq_len_at(progressive, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [1024, 1024, 2048, 2048,
-                                                                                        3072, 3072]
+    assert [seq_len_at(progressive, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [
+        1024,
+        1024,
+        2048,
+        2048,
+        3072,
+        3072,
+    ]
     assert seq_len_at(ModelConfig(), 0.5) == 2048
 
 
@@ -256,8 +326,16 @@ def test_lr_ramps_after_a_sequence_length_change(data, tmp_path):
     assert seq_change_ramp(3, None, 4) == 1.0 and seq_change_ramp(6, 5, 0) == 1.0
     cfg = tmp_path / "config.json"
     model = {**MODEL, "seq_schedule": [[16, 0.5], [32, 1.0]]}
-    cfg.write_text(json.dumps({"model": model, "train": {**TRAIN, "seq_change_warmup_steps": 4},
-                               "hardware": {"gpus": 0}, "run": {"name": "t", "seeds": [3]}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": model,
+                "train": {**TRAIN, "seq_change_warmup_steps": 4},
+                "hardware": {"gpus": 0},
+                "run": {"name": "t", "seeds": [3]},
+            }
+        )
+    )
     out = tmp_path / "out"
     main(args(cfg, data, out))
     log = records(out)
@@ -266,8 +344,9 @@ def test_lr_ramps_after_a_sequence_length_change(data, tmp_path):
     assert [r["seq_len"] for r in steps] == [16] * 5 + [32] * 5
     warmdown = TrainConfig.warmdown_frac, TrainConfig.min_lr
     # the step record of internal step k (logged as k + 1) carries the multiplier its update used
-    expected = [lr_multiplier(k / STEPS, *warmdown) * (min((k - 5 + 1) / 4, 1.0) if k >= 5 else 1.0)
-                for k in range(STEPS)]
+    expected = [
+        lr_multiplier(k / STEPS, *warmdown) * (min((k - 5 + 1) / 4, 1.0) if k >= 5 else 1.0) for k in range(STEPS)
+    ]
     assert [r["lr_mult"] for r in steps] == pytest.approx(expected, abs=1e-5)
     assert steps[5]["lr_mult"] == pytest.approx(lr_multiplier(0.5, *warmdown) / 4, abs=1e-5)
 
@@ -390,7 +469,9 @@ def test_a_diverged_run_stops_at_its_first_logged_nan_and_writes_no_model(data, 
 
     monkeypatch.setattr(Trainer, "train_step", poisoned_from_step_3)
     out = tmp_path / "out"
-    with pytest.raises(PgolfError, match=r"train: the loss is nan at step 3 \(.*log\.jsonl\.partial\); the run diverged"):
+    with pytest.raises(
+        PgolfError, match=r"train: the loss is nan at step 3 \(.*log\.jsonl\.partial\); the run diverged"
+    ):
         main(args(config(tmp_path), data, out))
     assert not (out / "model.pt").exists() and not (out / "log.jsonl").exists()
     logged = [json.loads(line) for line in (out / "log.jsonl.partial").read_text().splitlines()]
@@ -405,10 +486,12 @@ def test_train_config_defaults_equal_config_yaml():
 @pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor's CPU backend needs a C++ compiler")
 def test_compile_cache_holds_inductor_and_autograd_caches(tmp_path):
     """--compile-cache: what torch.compile writes (FX graphs, AOTAutograd entries) lands in the given folder."""
-    script = ("import pathlib, sys, torch\nfrom pgolf import compile_cache\n"
-              "compile_cache.use(pathlib.Path(sys.argv[1]))\n"
-              "x = torch.randn(8, requires_grad=True)\n"
-              "torch.compile(lambda t: (2 * t).sin().sum())(x).backward()\n")
+    script = (
+        "import pathlib, sys, torch\nfrom pgolf import compile_cache\n"
+        "compile_cache.use(pathlib.Path(sys.argv[1]))\n"
+        "x = torch.randn(8, requires_grad=True)\n"
+        "torch.compile(lambda t: (2 * t).sin().sum())(x).backward()\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], check=True, env=env, cwd=ROOT)
     written = {p.relative_to(tmp_path / "cache").parts[0] for p in (tmp_path / "cache").rglob("*") if p.is_file()}
@@ -419,8 +502,16 @@ def test_model_attention_picks_the_training_kernel(data, tmp_path):
     """model.attention reaches the trainer: a kernel this machine lacks stops the stage with the backend's message
     before any step, where "auto" would have trained on sdpa."""
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model": {**MODEL, "attention": "cudnn"}, "train": TRAIN, "hardware": {"gpus": 0},
-                                "run": {"name": "t", "seeds": [3]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "model": {**MODEL, "attention": "cudnn"},
+                "train": TRAIN,
+                "hardware": {"gpus": 0},
+                "run": {"name": "t", "seeds": [3]},
+            }
+        )
+    )
     with pytest.raises(PgolfError, match="attention backend 'cudnn' is not usable on cpu"):
         main(args(path, data, tmp_path / "out"))
     assert not (tmp_path / "out" / "model.pt").exists()
@@ -437,8 +528,19 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
     out = tmp_path / "out"
     cfg = config(tmp_path, steps=100000)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    launch = [sys.executable, "-m", "pgolf.launch", "--gpus", "0", "--cpu-procs", str(ranks), "--",
-              "-m", "pgolf.train", *args(cfg, data, out)]
+    launch = [
+        sys.executable,
+        "-m",
+        "pgolf.launch",
+        "--gpus",
+        "0",
+        "--cpu-procs",
+        str(ranks),
+        "--",
+        "-m",
+        "pgolf.train",
+        *args(cfg, data, out),
+    ]
     proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     partial = out / "log.jsonl.partial"
     deadline = time.time() + 240
@@ -456,8 +558,9 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
     step = int(said[0])
     assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
     assert torch.load(checkpoint.checkpoint_path(out), weights_only=False)["step"] == step >= 3
-    rerun = subprocess.run([*launch, "--stop-after-step", str(step + 1)], capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=300)
+    rerun = subprocess.run(
+        [*launch, "--stop-after-step", str(step + 1)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = [json.loads(line) for line in partial.read_text().splitlines()]
     assert any(r["event"] == "resume" and r["step"] == step for r in resumed)

@@ -29,16 +29,35 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 SMALL = dict(
-    seq_len=48, chunk_size=16, batch_size=4, lora_rank=4, lora_alpha=8.0, lr=1e-2, window_multiple=16,
-    global_chunk_tokens=128, global_batch_seqs=2, prefix_docs=6, phases=2,
+    seq_len=48,
+    chunk_size=16,
+    batch_size=4,
+    lora_rank=4,
+    lora_alpha=8.0,
+    lr=1e-2,
+    window_multiple=16,
+    global_chunk_tokens=128,
+    global_batch_seqs=2,
+    prefix_docs=6,
+    phases=2,
 )
 
 
 def tiny_model(seed=0) -> GPT:
     torch.manual_seed(seed)
     config = ModelConfig(
-        vocab_size=64, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8, gate_window=4,
-        num_loops=1, loop_start=1, loop_end=2, parallel_start_layer=3, xsa_last_n=2,
+        vocab_size=64,
+        num_layers=4,
+        model_dim=32,
+        num_heads=2,
+        num_kv_heads=1,
+        rope_dims=8,
+        gate_window=4,
+        num_loops=1,
+        loop_start=1,
+        loop_end=2,
+        parallel_start_layer=3,
+        xsa_last_n=2,
     )
     model = GPT(config)
     with torch.no_grad():
@@ -293,8 +312,7 @@ def test_windows_hold_one_document_so_their_cuts_are_the_row_starts(monkeypatch)
 def test_chunk_terms_project_only_the_chunk_and_match_the_whole_window():
     """The head on the gathered chunk positions gives the losses of the full-window logits (slow reference)."""
     from pgolf.lora import BatchedLoRA, adapter_shapes
-    from pgolf.ttt import score_terms
-    from pgolf.ttt import chunk_terms
+    from pgolf.ttt import chunk_terms, score_terms
 
     model = tiny_model().eval()
     lora = BatchedLoRA(adapter_shapes(model, TTTConfig().targets), 3, 4, 8.0, "cpu")

@@ -71,8 +71,11 @@ def test_every_shell_field_is_quoted():
     prefixes = re.findall(r'^(?:LAUNCH|OMP_LAUNCH) = \(?\s*((?:"[^"]*"\s*)+)', common, re.M)
     assert len(prefixes) == 2
     assert set(re.findall(FIELD, "".join(prefixes))) <= SAFE_PLACEHOLDERS
-    shells = [s for path in sorted((ROOT / "rules").glob("*.smk"))
-              for s in re.findall(r"^\s*shell:\n\s*(.+)$", path.read_text(), re.M)]
+    shells = [
+        s
+        for path in sorted((ROOT / "rules").glob("*.smk"))
+        for s in re.findall(r"^\s*shell:\n\s*(.+)$", path.read_text(), re.M)
+    ]
     assert len(shells) > 10 and [s for s in shells if not s.startswith("stage_shell(")] == []
 
 
@@ -88,12 +91,13 @@ def test_metacharacter_artifact_path_is_one_argument(tmp_path):
     assert "eval.artifact = " in refused.stdout
     schema = workdir / "workflow/schemas/eval.schema.yaml"
     schema.write_text(re.sub(r"\n\s*pattern: .*# a path.*", "", schema.read_text()))
-    proc = snakemake(workdir, "results/smoke/artifact/model.pgrp", "--configfile", "recipes/smoke.yaml",
-                     "artifact.yaml", check=False)
+    proc = snakemake(
+        workdir, "results/smoke/artifact/model.pgrp", "--configfile", "recipes/smoke.yaml", "artifact.yaml", check=False
+    )
     assert proc.returncode != 0  # the blob is not a .pgrp
     assert not list(workdir.glob("PWNED*")), "the shell ran a command from the path"
     log = (workdir / "logs/artifact_index/smoke.log").read_text()
-    assert f"{name}: not a PGRP container" in log
+    assert f"{name}: no PGRP or PLZM magic" in log
 
 
 def test_capfit_adds_its_preset_branch_and_figure(tmp_path):
@@ -146,9 +150,7 @@ def test_submission_metadata_reaches_only_the_submission_rule(tmp_path):
         "submission:\n  author: Ada Lovelace-Marker\n  name: Name-Marker\n  blurb: Blurb-Marker\n"
         "  github_id: gh-marker\n  date: '2031-01-02'\n"
     )
-    commands = _shell_commands(
-        snakemake(workdir, "-n", "-p", "--configfile", "recipes/smoke.yaml", "meta.yaml").stdout
-    )
+    commands = _shell_commands(snakemake(workdir, "-n", "-p", "--configfile", "recipes/smoke.yaml", "meta.yaml").stdout)
     assert {"code", "size_check", "evaluate", "submission"} <= set(commands)
     for rule, shells in commands.items():
         for marker in ("Lovelace-Marker", "Name-Marker", "Blurb-Marker", "gh-marker", "2031-01-02"):

@@ -50,8 +50,6 @@ class AwqSpec:
     group: int = 64
 
 
-
-
 @dataclass
 class Preset:
     attn: ClassSpec = field(default_factory=lambda: ClassSpec(bits=6, clip_sigmas=13.0))
@@ -66,7 +64,9 @@ class Preset:
     def __post_init__(self):
         percentiles = self.gptq.clip_percentiles
         if percentiles is not None and (not percentiles or any(not 0 < p <= 1 for p in percentiles)):
-            raise PgolfError(f"quant preset: gptq.clip_percentiles {percentiles} needs values in (0, 1]; fix the preset")
+            raise PgolfError(
+                f"quant preset: gptq.clip_percentiles {percentiles} needs values in (0, 1]; fix the preset"
+            )
         for name in ("attn", "mlp", "embed"):
             spec = getattr(self, name)
             if not 2 <= spec.bits <= 8 or spec.clip_sigmas <= 0:
@@ -87,7 +87,9 @@ class Preset:
         default = cls()
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise PgolfError(f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, gates, embed_plain_int8")
+            raise PgolfError(
+                f"{where}: unknown key(s) {unknown}; known keys: attn, mlp, embed, gptq, lqer, awq, gates, embed_plain_int8"
+            )
         parts = {}
         for f in dataclasses.fields(cls):
             base = getattr(default, f.name)

@@ -170,9 +170,14 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
             )
             tensors.update({f"{name}.{suffix}": t.cpu() for suffix, t in factors.items()})
             meta[name] += f"+{mode}"
-            E = matrices[name].to(device, torch.float32) - dequant.dequantize_tensor(tensors, meta[name], name).to(device)
+            E = matrices[name].to(device, torch.float32) - dequant.dequantize_tensor(tensors, meta[name], name).to(
+                device
+            )
             rows[name].update(
-                lqer=mode, lqer_rank=ranks[name], frob_error=float(E.norm()), h_error=h_weighted_error(E, hessians[name].to(device))
+                lqer=mode,
+                lqer_rank=ranks[name],
+                frob_error=float(E.norm()),
+                h_error=h_weighted_error(E, hessians[name].to(device)),
             )
 
     for name in matrices:
