@@ -183,26 +183,21 @@ def test_resumed_run_ends_with_the_same_weights(uninterrupted, data, tmp_path):
     assert any(r["event"] == "resume" and r["step"] == 4 for r in log)
 
 
+LAUNCH_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+def launch_command(ranks, cfg, data, out, *extra) -> list[str]:
+    """The training stage as the rules start it: pgolf.launch, torchrun with `ranks` gloo ranks."""
+    return [sys.executable, "-m", "pgolf.launch", "--gpus", "0", "--cpu-procs", str(ranks), "--", "-m", "pgolf.train",
+            *args(cfg, data, out, *extra)]  # fmt: skip
+
+
 def launch(ranks, cfg, data, out, *extra):
-    """The training stage as the rules start it (pgolf.launch: torchrun with `ranks` gloo ranks), in its own
-    session so that a test can kill the whole process tree."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pgolf.launch",
-        "--gpus",
-        "0",
-        "--cpu-procs",
-        str(ranks),
-        "--",
-        "-m",
-        "pgolf.train",
-        *args(cfg, data, out, *extra),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    """launch_command in its own session, so that a test can kill the whole process tree."""
     return subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+        launch_command(ranks, cfg, data, out, *extra), env=LAUNCH_ENV, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
 
 
 def finish(proc):
@@ -527,20 +522,7 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
 
     out = tmp_path / "out"
     cfg = config(tmp_path, steps=100000)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    launch = [
-        sys.executable,
-        "-m",
-        "pgolf.launch",
-        "--gpus",
-        "0",
-        "--cpu-procs",
-        str(ranks),
-        "--",
-        "-m",
-        "pgolf.train",
-        *args(cfg, data, out),
-    ]
+    env, launch = LAUNCH_ENV, launch_command(ranks, cfg, data, out)
     proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     partial = out / "log.jsonl.partial"
     deadline = time.time() + 240
