@@ -6,6 +6,9 @@
 #   There: OUT=... bash bench/gpu_side_by_side.sh preloop|looped   (carry .whl .deb bench/data bench/upstream .device)
 #   PGOLF_SBS_ATTENTION   pgolf backends to time, space-separated (default: auto)
 #   PGOLF_SBS_KERNELS=1   first check and time every attention backend alone (bench/attention_backends.py)
+#   PGOLF_SBS_FUSED=1     first check and time the fused CE and MLP kernels alone (bench/fused_kernels.py)
+#   PGOLF_SBS_PROFILE=1   each program's CUDA kernels over one step (pgolf: --profile; upstream: bench/profile_script.py)
+#   PGOLF_SBS_MODEL       JSON model overrides for a second pgolf run, e.g. '{"fused_ce": false, "fused_mlp": false}'
 #   PGOLF_SBS_STEPS       pgolf's steady steps (default 10)
 source "$(dirname "$0")/device_common.sh"
 
@@ -27,18 +30,33 @@ if [ "${PGOLF_SBS_KERNELS:-0}" = 1 ]; then
     run_stage attention python bench/attention_backends.py --manifest "$P_MANIFEST" --out "$OUT/attention.json"
     tail -n 12 "$LOGDIR/attention.log"
 fi
+if [ "${PGOLF_SBS_FUSED:-0}" = 1 ]; then
+    run_stage fused python bench/fused_kernels.py --out "$OUT/fused.json"
+    tail -n 5 "$LOGDIR/fused.log"
+fi
+PROFILE=()
+[ "${PGOLF_SBS_PROFILE:-0}" = 1 ] && PROFILE=(--profile)
 files=()
+# pgolf_run NAME ARGS...: one throughput run, its JSON kept for the table
+pgolf_run() {
+    local name=$1
+    shift
+    rm -rf "$P_COMPILE_CACHE"
+    run_stage "pgolf-$name" python bench/train_throughput.py --manifest "$P_MANIFEST" --cache "$P_COMPILE_CACHE" \
+        --states "$PHASE" --steps "${PGOLF_SBS_STEPS:-10}" --out "$OUT/throughput-$name.json" "${PROFILE[@]}" "$@"
+    [ -f "$OUT/throughput-$name.json" ] && files+=("$OUT/throughput-$name.json")
+}
 BACKENDS=${PGOLF_SBS_ATTENTION:-auto}
 for att in $BACKENDS; do
     extra=()
     [ "$att" != "${BACKENDS%% *}" ] && extra=(--no-eager-check --no-restart)  # once is enough
-    rm -rf "$P_COMPILE_CACHE"
-    run_stage "pgolf-$att" python bench/train_throughput.py --manifest "$P_MANIFEST" --cache "$P_COMPILE_CACHE" \
-        --states "$PHASE" --steps "${PGOLF_SBS_STEPS:-10}" --attention "$att" --out "$OUT/throughput-$att.json" \
-        "${extra[@]}"
-    [ -f "$OUT/throughput-$att.json" ] && files+=("$OUT/throughput-$att.json")
+    pgolf_run "$att" --attention "$att" "${extra[@]}"
 done
-run_stage upstream env UP="$STATE" bash bench/upstream/side_by_side.sh
+[ -n "${PGOLF_SBS_MODEL:-}" ] && pgolf_run variant --model "$PGOLF_SBS_MODEL" --no-eager-check --no-restart
+UP_LAUNCH=()
+[ "${PGOLF_SBS_PROFILE:-0}" = 1 ] && UP_LAUNCH=(LAUNCH="../profile_script.py train_gpt.py")
+run_stage upstream env UP="$STATE" "${UP_LAUNCH[@]}" bash bench/upstream/side_by_side.sh
+grep -h PROFILE "$OUT/upstream-$STATE.log" >"$OUT/upstream-profile.txt" 2>/dev/null
 cp "$LOGDIR/stages.tsv" "$OUT/"
 [ ${#files[@]} -gt 0 ] && python bench/side_by_side.py --state "$PHASE" "${files[@]}" "$OUT/upstream-$STATE.log" \
     | tee "$OUT/table.md"

@@ -66,8 +66,9 @@ def main(argv=None):
     for r in runs:
         p = r["phases"][args.state]
         ratio = f"{p['tokens_per_s'] / up_tps:.3f}x" if "error" not in up else ""
+        program = " ".join(["pgolf", *(f"{k}={v}" for k, v in r.get("model_overrides", {}).items())])
         print(
-            f"| pgolf | {r['attention']} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {ratio} | "
+            f"| {program} | {r['attention']} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {ratio} | "
             f"{p['mfu']:.1%} | {p['compile_s']} | {r.get('peak_memory_gib')} |"
         )
     for r in runs:

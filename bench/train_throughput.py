@@ -13,7 +13,7 @@ one GPU), every step the product's `Trainer.train_step`. In one run:
 - median ms/step, tokens/s, model TFLOP/s and MFU before and after looping, peak memory, the loss curve;
 - the first steps' losses of an eager run from the same weights and data, against the compiled run's;
 - restart: a new process on the same --cache, seconds from its start to the end of its first step in each state;
-- with --profile, the CUDA kernels that take most time in one looped step.
+- with --profile, the CUDA kernels that take most time in one step of the last state measured.
 Model FLOPs per token = 6 x (matrix parameters applied per token, looped layers once per application, + LM head)
 + 12 x d_model x (mean attended keys per query) per layer application (docs/contracts.md). Prints a table last.
 """
@@ -156,12 +156,12 @@ def restart_probe(args, dist) -> dict:
     return done
 
 
-def kernel_table(run: Run, top: int = 12) -> list[dict]:
-    """CUDA kernels by total time over one looped step."""
+def kernel_table(run: Run, looping: bool, top: int = 30) -> list[dict]:
+    """CUDA kernels by total time over one step."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run.step(True)
+        run.step(looping)
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events)
     events.sort(key=lambda e: -e.device_time_total)
@@ -204,7 +204,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
-    parser.add_argument("--model", help="ModelConfig overrides as JSON (CPU dry runs); default: the record model")
+    parser.add_argument("--model", help="ModelConfig overrides as JSON (a variant, a CPU dry run); default: the record")
     parser.add_argument("--ceiling-size", type=int, default=8192)
     parser.add_argument("--attention", default="auto", help="attention backend (pgolf.attention.BACKENDS or auto)")
     parser.add_argument("--packing", choices=PACKINGS, default=TrainConfig.packing, help="train.packing")
@@ -244,6 +244,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "ceiling_tflops": round(ceiling, 1),
         "batch_tokens": args.batch_tokens,
+        "model_overrides": json.loads(args.model) if args.model else {},
     }
     tmp = Path(tempfile.mkdtemp(prefix="pgolf-bench-"))
 
@@ -266,7 +267,7 @@ def main(argv=None):
         round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
     )
     if args.profile and device.type == "cuda":
-        result["kernels"] = kernel_table(run)
+        result["kernels"] = kernel_table(run, args.states[-1])
     result["losses"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in run.steps]
     run.close()
     del run, trainer

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend, window_offsets
 from .embeds import BigramHash, ValueEmbedding, smear_per_dim
 from .errors import PgolfError
@@ -92,6 +93,8 @@ class ModelConfig:
     train_seq_len: int = 2048
     seq_schedule: list[list[float]] | None = None  # [[seq_len, until_frac], ...] read by the trainer
     attention: str = "auto"  # the training step's kernel: "auto" or a name of pgolf.attention.BACKENDS
+    fused_ce: bool = True  # training loss through pgolf.kernels.softcapped_ce (#1855's FUSED_CE_ENABLED)
+    fused_mlp: bool = True  # training MLP through pgolf.kernels.mlp (#1855's fused up-projection epilogue)
 
     def __post_init__(self):
         def bad(key, why):
@@ -434,6 +437,8 @@ class GPT(nn.Module):
         return _adapt(p, "o", slot, n_in, F.linear(y, o_w))
 
     def _mlp(self, p: _Pass, i: int, slot: int, m_in: torch.Tensor, w) -> torch.Tensor:
+        if self.config.fused_mlp and self.training and p.capture is None and p.adapters is None:
+            return kernels.mlp(m_in, w[4], w[5], self.config.leaky_relu_slope)
         _capture(p, f"blocks.{i}.mlp.fc.weight", m_in)
         hidden = mlp_hidden(m_in, w[4], self.config.leaky_relu_slope)
         _capture(p, f"blocks.{i}.mlp.proj.weight", hidden)
@@ -607,6 +612,9 @@ class GPT(nn.Module):
             capped = self.logits(h, capture, adapters)
             loss = F.cross_entropy(capped.reshape(-1, capped.size(-1)), targets.reshape(-1), reduction=reduction)
             return loss.reshape(targets.shape) if reduction == "none" else loss
+        if self.config.fused_ce and self.training and capture is None and adapters is None:
+            head = self.tok_emb.weight if self.config.tie_embeddings else self.lm_head.weight
+            return kernels.softcapped_ce(F.linear(h, head.to(h.dtype)), targets, self.config.logit_softcap, reduction)
         logits = self._project(h, capture, adapters)
         return softcapped_cross_entropy(logits, targets, self.config.logit_softcap, reduction)
 
