@@ -20,6 +20,7 @@ from pgolf import kernels
 
 CAP, SLOPE, VOCAB, DIM, HIDDEN = 30.0, 0.5, 8192, 512, 2048
 CHECK_ROWS = 4096
+PER_TILE = "mlp, one program per tile"  # kernels.MLP_PERSISTENT off: the layout the tests interpret
 TOLERANCE = 1e-2  # relative to the largest reference value: bf16 outputs carry 8 mantissa bits
 
 
@@ -81,6 +82,7 @@ def cases(rows: int, device):
     return {
         "softcapped_ce": (fused_ce, unfused_ce, [logits, targets], None),
         "mlp": (fused_mlp, unfused_mlp, [x, up, down], mlp_weight),
+        PER_TILE: (fused_mlp, unfused_mlp, [x, up, down], mlp_weight),
     }
 
 
@@ -92,6 +94,7 @@ def main(argv=None):
     device = torch.device("cuda")
     rows = []
     for name, (fused, unfused, inputs, weight) in cases(args.rows, device).items():
+        kernels.MLP_PERSISTENT = name != PER_TILE
         head = [x[:CHECK_ROWS] if x.size(0) == args.rows else x for x in inputs]
         errors = max_errors(fused, unfused, head, None if weight is None else weight[:CHECK_ROWS])
         compiled = torch.compile(unfused, dynamic=False)

@@ -7,9 +7,9 @@
   both its output and the activation; in the backward, the gradient of the down projection's input is multiplied
   by the activation's derivative in that matmul's epilogue.
 
-On CUDA with Triton these are Triton kernels (the matmul's tiles loaded through TMA descriptors); on
-other devices, and as the tests' reference, the same arithmetic in plain torch. Both are torch.library custom ops,
-so torch.compile leaves them whole. cap * tanh(u / cap) = 2 * cap * sigmoid(2u / cap) - cap: the kernels use the
+On CUDA with Triton these are Triton kernels (the matmul's tiles loaded through TMA descriptors); on other
+devices, and as the tests' reference, the same arithmetic in plain torch. Both are torch.library custom ops, so
+torch.compile leaves them whole. cap * tanh(u / cap) = 2 * cap * sigmoid(2u / cap) - cap: the kernels use the
 sigmoid form (the constant cancels in the cross-entropy).
 
 The tests run the Triton kernels on the CPU with TRITON_INTERPRET=1 (tests/test_kernels.py).
@@ -30,6 +30,7 @@ except ImportError:  # the CPU install: every op takes its torch path
 IGNORE_INDEX = -100  # targets that score nothing, as F.cross_entropy's default
 CE_BLOCK = 1024  # vocabulary columns per iteration of a row's loop
 MLP_TILE = (256, 128, 64)  # rows, columns and reduction depth of one output tile (#1855's choice for the H100)
+MLP_PERSISTENT = True  # on CUDA one program per SM loops over the tiles (#1855's layout); False: one per tile
 
 
 def _triton_on(t: torch.Tensor) -> bool:
@@ -81,8 +82,11 @@ def _softcapped_rows(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits.float() / cap)
 
 
-@torch.library.custom_op("pgolf::softcapped_ce", mutates_args=())
-def _ce_forward(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+# Explicit schemas: the submission's minified code has no annotations to infer them from.
+@torch.library.custom_op(
+    "pgolf::softcapped_ce", mutates_args=(), schema="(Tensor logits, Tensor targets, float cap) -> (Tensor, Tensor)"
+)
+def _ce_forward(logits, targets, cap):
     """Per-row losses (0 where the target is IGNORE_INDEX) and log-sum-exps, fp32, of (N, V) logits."""
     if _triton_on(logits):
         logits = logits.contiguous()
@@ -104,10 +108,12 @@ def _(logits, targets, cap):
     return logits.new_empty(logits.size(0), dtype=torch.float32), logits.new_empty(logits.size(0), dtype=torch.float32)
 
 
-@torch.library.custom_op("pgolf::softcapped_ce_backward", mutates_args=())
-def _ce_backward(
-    logits: torch.Tensor, targets: torch.Tensor, lses: torch.Tensor, grad_losses: torch.Tensor, cap: float
-) -> torch.Tensor:
+@torch.library.custom_op(
+    "pgolf::softcapped_ce_backward",
+    mutates_args=(),
+    schema="(Tensor logits, Tensor targets, Tensor lses, Tensor grad_losses, float cap) -> Tensor",
+)
+def _ce_backward(logits, targets, lses, grad_losses, cap):
     """d(sum of grad_losses * losses)/d(logits), in the logits' dtype."""
     if _triton_on(logits):
         logits = logits.contiguous()
@@ -162,14 +168,25 @@ if triton is not None:
 
     @triton.jit
     def _mlp_matmul_kernel(
-        a_desc, b_desc, out_desc, aux_desc, slope, N: tl.constexpr, K: tl.constexpr,
+        a_desc, b_desc, out_desc, aux_desc, slope, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SMS: tl.constexpr, FORWARD: tl.constexpr,
+    ):  # fmt: skip
+        """Output tiles of A @ B^T, each program looping over every SMS-th tile (SMS = 0: one tile a program,
+        what Triton's interpreter can run). FORWARD: out = the product (pre), aux = leaky_relu(pre)^2. Otherwise:
+        out = the product * act'(aux), aux holding pre."""
+        if SMS > 0:
+            for tile in tl.range(tl.program_id(0), tl.cdiv(M, BM) * tl.cdiv(N, BN), SMS, flatten=True):
+                _mlp_tile(a_desc, b_desc, out_desc, aux_desc, slope, tile, N, K, BM, BN, BK, FORWARD)
+        else:
+            _mlp_tile(a_desc, b_desc, out_desc, aux_desc, slope, tl.program_id(0), N, K, BM, BN, BK, FORWARD)
+
+    @triton.jit
+    def _mlp_tile(
+        a_desc, b_desc, out_desc, aux_desc, slope, tile, N: tl.constexpr, K: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FORWARD: tl.constexpr,
     ):  # fmt: skip
-        """One output tile of A @ B^T. FORWARD: out = the product (pre), aux = leaky_relu(pre)^2. Otherwise:
-        out = the product * act'(aux), aux holding pre. The epilogue works in two column halves to bound the
-        shared memory of its stores."""
+        """One output tile; its epilogue works in two column halves to bound the shared memory of its stores."""
         half: tl.constexpr = BN // 2
-        tile = tl.program_id(0)
         row, col = (tile // tl.cdiv(N, BN)) * BM, (tile % tl.cdiv(N, BN)) * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for k in range(0, K, BK):
@@ -202,33 +219,42 @@ def _mlp_matmul(a: torch.Tensor, b: torch.Tensor, slope: float, pre: torch.Tenso
         TensorDescriptor.from_tensor(out, [BM, BN // 2]),
         TensorDescriptor.from_tensor(aux, [BM, BN // 2]),
     ]
-    _mlp_matmul_kernel[(triton.cdiv(M, BM) * triton.cdiv(N, BN),)](
-        *descs, slope, N=N, K=K, BM=BM, BN=BN, BK=BK, FORWARD=pre is None,
+    tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+    persistent = MLP_PERSISTENT and a.is_cuda
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if persistent else 0
+    _mlp_matmul_kernel[(min(sms, tiles) if sms else tiles,)](
+        *descs, slope, M=M, N=N, K=K, BM=BM, BN=BN, BK=BK, SMS=sms, FORWARD=pre is None,
         num_warps=8, num_stages=4 if pre is None else 3,
     )  # fmt: skip
     return (out, aux) if pre is None else out
 
 
-def _leaky_square(pre: torch.Tensor, slope: float) -> torch.Tensor:
-    return F.leaky_relu(pre.float(), slope).square().to(pre.dtype)
-
-
-@torch.library.custom_op("pgolf::mlp_up", mutates_args=())
-def _mlp_up(x: torch.Tensor, up_w: torch.Tensor, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pre, post) = (x @ up_w^T, leaky_relu(pre, slope)^2) for x (M, K) and up_w (N, K)."""
+@torch.library.custom_op(
+    "pgolf::mlp",
+    mutates_args=(),
+    schema="(Tensor x, Tensor up_w, Tensor down_w, float slope) -> (Tensor, Tensor, Tensor)",
+)
+def _mlp_forward(x, up_w, down_w, slope):
+    """(out, pre, post) for x (M, K), up_w (N, K), down_w (D, N): pre = x @ up_w^T, post = leaky_relu(pre, slope)^2,
+    out = post @ down_w^T. pre and post are outputs so that the backward can keep them."""
     if _triton_on(x):
-        return _mlp_matmul(x.contiguous(), up_w.contiguous(), slope)
-    pre = x @ up_w.T
-    return pre, _leaky_square(pre, slope)
+        pre, post = _mlp_matmul(x.contiguous(), up_w.contiguous(), slope)
+    else:
+        pre = x @ up_w.T
+        post = F.leaky_relu(pre.float(), slope).square().to(pre.dtype)
+    return post @ down_w.T, pre, post
 
 
-@_mlp_up.register_fake
-def _(x, up_w, slope):
-    return x.new_empty(x.size(0), up_w.size(0)), x.new_empty(x.size(0), up_w.size(0))
+@_mlp_forward.register_fake
+def _(x, up_w, down_w, slope):
+    hidden = x.new_empty(x.size(0), up_w.size(0))
+    return x.new_empty(x.size(0), down_w.size(0)), hidden, torch.empty_like(hidden)
 
 
-@torch.library.custom_op("pgolf::mlp_pre_grad", mutates_args=())
-def _mlp_pre_grad(grad_out: torch.Tensor, down_w: torch.Tensor, pre: torch.Tensor, slope: float) -> torch.Tensor:
+@torch.library.custom_op(
+    "pgolf::mlp_pre_grad", mutates_args=(), schema="(Tensor grad_out, Tensor down_w, Tensor pre, float slope) -> Tensor"
+)
+def _mlp_pre_grad(grad_out, down_w, pre, slope):
     """The gradient at pre: (grad_out @ down_w) * act'(pre), for grad_out (M, D) and down_w (D, N)."""
     if _triton_on(grad_out):
         return _mlp_matmul(grad_out.contiguous(), down_w.T.contiguous(), slope, pre=pre.contiguous())
@@ -242,23 +268,24 @@ def _(grad_out, down_w, pre, slope):
     return torch.empty_like(pre)
 
 
-class _FusedMLP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, up_w, down_w, slope):
-        pre, post = _mlp_up(x, up_w, slope)
-        ctx.save_for_backward(x, up_w, down_w, pre, post)
-        ctx.slope = slope
-        return post @ down_w.T
+def _mlp_setup(ctx, inputs, output):
+    x, up_w, down_w, ctx.slope = inputs
+    ctx.save_for_backward(x, up_w, down_w, output[1], output[2])
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, up_w, down_w, pre, post = ctx.saved_tensors
-        grad_pre = _mlp_pre_grad(grad_out, down_w, pre, ctx.slope)
-        return grad_pre @ up_w, grad_pre.T @ x, grad_out.T @ post, None
+
+def _mlp_grad(ctx, grad_out, _grad_pre, _grad_post):
+    x, up_w, down_w, pre, post = ctx.saved_tensors
+    grad_pre = _mlp_pre_grad(grad_out, down_w, pre, ctx.slope)
+    return grad_pre @ up_w, grad_pre.T @ x, grad_out.T @ post, None
+
+
+# A custom op's autograd rather than an autograd.Function: AOTAutograd's cache then keeps the training graph
+# across processes (an autograd.Function in the graph bypasses it, and a restart re-traces).
+_mlp_forward.register_autograd(_mlp_grad, setup_context=_mlp_setup)
 
 
 def mlp(x: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, slope: float) -> torch.Tensor:
     """leaky_relu(x @ up_w^T, slope)^2 @ down_w^T for x (..., K), up_w (N, K), down_w (D, N), weights in x's
     dtype."""
-    flat = x.reshape(-1, x.size(-1))
-    return _FusedMLP.apply(flat, up_w.to(x.dtype), down_w.to(x.dtype), float(slope)).reshape(*x.shape[:-1], -1)
+    out, _, _ = _mlp_forward(x.reshape(-1, x.size(-1)), up_w.to(x.dtype), down_w.to(x.dtype), float(slope))
+    return out.reshape(*x.shape[:-1], -1)

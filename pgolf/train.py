@@ -270,22 +270,20 @@ class Trainer:
         self.dist.barrier()
 
     # ----- steps -----
-    def micro_batches(self, rows: torch.Tensor, seq_len: int) -> list[tuple]:
+    def micro_batches(self, rows: torch.Tensor, seq_len: int):
         """(ids, targets, layout) on the device for each micro-step of the loader's CPU rows, packed as
-        `train.packing` says. The document cuts are made here on the CPU (no device-to-host sync inside the step)
-        and the layout from them outside the compiled graph (built inside it, the flex block mask came with a NaN
-        loss on an H200; see GPT.layout). The varlen backends' cut count is marked dynamic, so the graph never
-        recompiles for it."""
+        `train.packing` says, one at a time: the host builds micro-step k+1's layout while the GPU runs micro-step
+        k. The document cuts are made here on the CPU (no device-to-host sync inside the step) and the layout from
+        them outside the compiled graph (built inside it, the flex block mask came with a NaN loss on an H200; see
+        GPT.layout). The varlen backends' cut count is marked dynamic, so the graph never recompiles for it."""
         on_device = rows.to(self.device, non_blocking=True)
-        batches = []
         for k in range(self.accum):
             ids, cu = pack(rows[k, :-1], seq_len, self.cfg.packing)
             cu = cu.to(self.device, non_blocking=True)
             if self.compiled:
                 torch._dynamo.maybe_mark_dynamic(cu, 0)
             ids, targets = on_device[k, :-1].view(ids.shape), on_device[k, 1:].view(ids.shape)
-            batches.append((ids, targets, self.model.layout(ids, cu, seq_len)))
-        return batches
+            yield ids, targets, self.model.layout(ids, cu, seq_len)
 
     def train_step(self, rows, seq_len, lr_mult, momentum):
         """One global batch (the loader's CPU rows): accumulated micro-steps, then the optimizer; returns this
