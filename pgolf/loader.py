@@ -1,12 +1,21 @@
-"""Document-packing training loader (docs/record-stack.md §4, `DocumentPackingLoader`).
+"""Training loaders (docs/record-stack.md §4). Each runs a background thread that prepares the next batches while the
+GPU works, and hands out its position, which a checkpoint stores, after each batch.
 
-Shards are read sequentially in sorted order (the export is already shuffled). Every step takes one contiguous
-span of CHUNKS x (chunk_tokens + 1) tokens that starts at a BOS token and lies inside one shard; a span that would
-run past the shard's end moves to the next shard (after the last shard: the first again, next epoch). The span
-holds the 8 micro-batches of the record's 8 ranks; with `world` ranks and `accum = 8 // world` micro-steps, rank
-r's micro-step k reads chunk k * world + r, so every world size trains on the same global batch. The stream is a
-pure function of the position (shard, offset, epoch), which is what a checkpoint stores; seeds share it, as in the
-record. A background thread prepares the next batches while the GPU works.
+`documents` (the record's `DocumentPackingLoader`): shards are read sequentially in sorted order (the export is
+already shuffled). Every step takes one contiguous span of CHUNKS x (chunk_tokens + 1) tokens that starts at a BOS
+token and lies inside one shard; a span that would run past the shard's end moves to the next shard (after the last
+shard: the first again, next epoch). The span holds the 8 micro-batches of the record's 8 ranks; with `world` ranks
+and `accum = 8 // world` micro-steps, rank r's micro-step k reads chunk k * world + r, so every world size trains on
+the same global batch. The stream is a pure function of the position (shard, offset, epoch); seeds share it, as in
+the record.
+
+`shuffled` (#1572's `ShuffledSequenceLoader`): rank r owns the sorted train shards [r::world] and a PCG64(r)
+generator (the run seed plays no part, so seeds share the stream). Per shard it draws a phase in
+[0, min(seq_len - 1, tokens - seq_len - 1)] (none when that is 0) and a permutation of the shard's seq_len-aligned
+windows of seq_len + 1 tokens from that phase; each window picks a shard with probability proportional to the
+windows it has left and takes the last of its permuted windows; once every shard is spent, every shard draws anew,
+in order. Windows ignore documents (a BOS is an ordinary token). A micro-step gets batch_tokens / 8 / seq_len
+windows, so the stream depends on the world size; the position counts the steps, and a resume replays the draws.
 """
 
 import queue
@@ -17,9 +26,10 @@ import numpy as np
 import torch
 
 from .errors import PgolfError
-from .shards import BOS_ID, read_shard
+from .shards import BOS_ID, read_header, read_shard
 
 CHUNKS = 8  # the record's 8 ranks: one chunk per (rank, micro-step)
+LOADERS = ("documents", "shuffled")
 
 
 def accum_steps(world: int) -> int:
@@ -28,8 +38,8 @@ def accum_steps(world: int) -> int:
     return CHUNKS // world
 
 
-def start_position() -> dict:
-    return {"shard": 0, "offset": 0, "epoch": 0}
+def start_position(loader: str = "documents") -> dict:
+    return {"batches": 0} if loader == "shuffled" else {"shard": 0, "offset": 0, "epoch": 0}
 
 
 class _Shard:
@@ -47,23 +57,14 @@ class _Shard:
         return None
 
 
-class DocumentLoader:
-    """Yields this rank's (accum, chunk_tokens + 1) int64 token rows for each step; `position` is resumable."""
+class _Prefetcher:
+    """Hands out the batches `_batches(position)` yields ((rows, position after them), made on a background
+    thread), as int64 CPU tensors; `state_dict()` is the position of the next batch not yet handed out (prefetched
+    batches are produced again)."""
 
-    def __init__(
-        self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False, vocab_size=None
-    ):
-        self.paths = sorted(Path(p) for p in paths)
-        self.vocab_size = vocab_size  # ids at or above it are refused as each shard opens
-        if not self.paths:
-            raise PgolfError("the manifest lists no train shards; re-run the data stage (tokenize or download)")
-        if batch_tokens % CHUNKS:
-            raise PgolfError(f"train.batch_tokens {batch_tokens} is not a multiple of {CHUNKS}; fix it in the config")
-        self.world, self.rank, self.accum = world, rank, accum_steps(world)
-        self.chunk = batch_tokens // CHUNKS + 1  # one extra token: the last target
-        self.span = CHUNKS * self.chunk
+    def __init__(self, position: dict, prefetch: int, pin_memory: bool):
         self.pin_memory = pin_memory
-        self.position = dict(position or start_position())
+        self.position = dict(position)
         self._queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(dict(self.position),), daemon=True)
@@ -80,7 +81,6 @@ class DocumentLoader:
         return rows
 
     def state_dict(self) -> dict:
-        """The position of the next batch not yet handed out (prefetched batches are produced again)."""
         return dict(self.position)
 
     def close(self):
@@ -92,19 +92,49 @@ class DocumentLoader:
                 pass
         self._thread.join()
 
+    def _batches(self, position):
+        raise NotImplementedError
+
     def _produce(self, position):
         try:
-            shard, shard_index = None, None
-            while not self._stop.is_set():
-                rows, position, shard, shard_index = self._read(position, shard, shard_index)
+            for rows, position in self._batches(position):
+                rows = torch.from_numpy(rows.astype(np.int64))
+                if self.pin_memory:
+                    rows = rows.pin_memory()
                 while not self._stop.is_set():
                     try:
                         self._queue.put((rows, dict(position)), timeout=0.05)
                         break
                     except queue.Full:
                         pass
+                if self._stop.is_set():
+                    return
         except BaseException as e:  # surfaces in the training loop instead of hanging it
             self._queue.put(e)
+
+
+class DocumentLoader(_Prefetcher):
+    """Yields this rank's (accum, chunk_tokens + 1) int64 token rows for each step; `position` is resumable."""
+
+    def __init__(
+        self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False, vocab_size=None
+    ):
+        self.paths = sorted(Path(p) for p in paths)
+        self.vocab_size = vocab_size  # ids at or above it are refused as each shard opens
+        if not self.paths:
+            raise PgolfError("the manifest lists no train shards; re-run the data stage (tokenize or download)")
+        if batch_tokens % CHUNKS:
+            raise PgolfError(f"train.batch_tokens {batch_tokens} is not a multiple of {CHUNKS}; fix it in the config")
+        self.world, self.rank, self.accum = world, rank, accum_steps(world)
+        self.chunk = batch_tokens // CHUNKS + 1  # one extra token: the last target
+        self.span = CHUNKS * self.chunk
+        super().__init__(position or start_position(), prefetch, pin_memory)
+
+    def _batches(self, position):
+        shard, shard_index = None, None
+        while True:
+            rows, position, shard, shard_index = self._read(position, shard, shard_index)
+            yield rows, position
 
     def _read(self, position, shard, shard_index):
         """This rank's rows of the span at `position`, and the position after it."""
@@ -115,10 +145,7 @@ class DocumentLoader:
             start = shard.span_start(offset, self.span)
             if start is not None:
                 chunks = [start + (k * self.world + self.rank) * self.chunk for k in range(self.accum)]
-                rows = np.stack([shard.tokens[c : c + self.chunk] for c in chunks]).astype(np.int64)
-                rows = torch.from_numpy(rows)
-                if self.pin_memory:
-                    rows = rows.pin_memory()
+                rows = np.stack([shard.tokens[c : c + self.chunk] for c in chunks])
                 return rows, {"shard": index, "offset": start + self.span, "epoch": epoch}, shard, shard_index
             index, offset = index + 1, 0
             if index == len(self.paths):
@@ -127,3 +154,90 @@ class DocumentLoader:
             f"{self.paths[0].parent}: no train shard holds a {self.span:,}-token span starting at a BOS token; "
             "use more training data or a smaller train.batch_tokens"
         )
+
+
+class ShuffledWindows:
+    """One rank's window draws of #1572's ShuffledSequenceLoader (the module docstring gives the rule): `next()`
+    is the (shard, start) of the next window of seq_len + 1 tokens. Only token counts are read here; `tokens(i)`
+    opens shard i on first use."""
+
+    def __init__(self, paths, seq_len: int, rank: int, world: int, vocab_size=None):
+        all_paths = sorted(Path(p) for p in paths)
+        self.paths = all_paths[rank::world]
+        if not self.paths:
+            raise PgolfError(
+                f"train.loader shuffled: rank {rank} of {world} owns no train shard ({len(all_paths)} shard(s) for "
+                f"{world} ranks, split [rank::world]); use at least {world} shards or fewer GPUs"
+            )
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        self.counts = [read_header(p) for p in self.paths]
+        if max(self.counts) <= seq_len:
+            raise PgolfError(
+                f"{self.paths[0].parent}: no train shard of rank {rank} holds a window of {seq_len + 1} tokens; "
+                "use more training data or a shorter model.train_seq_len"
+            )
+        self.rng = np.random.Generator(np.random.PCG64(rank))
+        self._shards = {}
+        self._new_epoch()
+
+    def _new_epoch(self):
+        """Per shard, in order: its phase, then the permutation of its windows (the draws in the script's order)."""
+        self.starts = []
+        for n in self.counts:
+            max_phase = min(self.seq_len - 1, max(0, n - self.seq_len - 1))
+            phase = int(self.rng.integers(max_phase + 1)) if max_phase > 0 else 0
+            self.starts.append(phase + self.seq_len * self.rng.permutation((n - 1 - phase) // self.seq_len))
+        self.left = np.array([len(s) for s in self.starts], dtype=np.float64)  # windows not yet taken, per shard
+
+    def next(self) -> tuple[int, int]:
+        total = self.left.sum()
+        if total <= 0:
+            self._new_epoch()
+            total = self.left.sum()
+        shard = int(self.rng.choice(len(self.paths), p=self.left / total))
+        self.left[shard] -= 1
+        return shard, int(self.starts[shard][int(self.left[shard])])  # the permutation is taken from its end
+
+    def tokens(self, shard: int) -> np.ndarray:
+        if shard not in self._shards:
+            self._shards[shard] = read_shard(self.paths[shard], self.vocab_size)
+        return self._shards[shard]
+
+
+class WindowLoader(_Prefetcher):
+    """The shuffled loader: yields this rank's (accum, batch_tokens / 8 / seq_len, seq_len + 1) int64 windows for
+    each step (micro-step k's windows are the draws after k earlier micro-steps'); `position` = {"batches"}."""
+
+    def __init__(
+        self,
+        paths,
+        batch_tokens: int,
+        seq_len: int,
+        world=1,
+        rank=0,
+        position=None,
+        prefetch=2,
+        pin_memory=False,
+        vocab_size=None,
+    ):
+        if not paths:
+            raise PgolfError("the manifest lists no train shards; re-run the data stage (tokenize or download)")
+        if batch_tokens % (CHUNKS * seq_len):
+            raise PgolfError(
+                f"train.batch_tokens {batch_tokens} is not a multiple of {CHUNKS} x {seq_len} (model.train_seq_len); "
+                "fix it in the config"
+            )
+        self.accum = accum_steps(world)
+        self.rows = batch_tokens // CHUNKS // seq_len
+        self.windows = ShuffledWindows(paths, seq_len, rank, world, vocab_size)
+        super().__init__(position or start_position("shuffled"), prefetch, pin_memory)
+
+    def _batches(self, position):
+        batches, w = position["batches"], self.windows
+        for _ in range(batches * self.accum * self.rows):  # replay the draws up to the resumed position
+            w.next()
+        while True:
+            draws = [w.next() for _ in range(self.accum * self.rows)]
+            rows = np.stack([w.tokens(shard)[start : start + w.seq_len + 1] for shard, start in draws])
+            batches += 1
+            yield rows.reshape(self.accum, self.rows, w.seq_len + 1), {"batches": batches}
