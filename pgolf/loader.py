@@ -230,12 +230,13 @@ class WindowLoader(_Prefetcher):
         self.accum = accum_steps(world)
         self.rows = batch_tokens // CHUNKS // seq_len
         self.windows = ShuffledWindows(paths, seq_len, rank, world, vocab_size)
-        super().__init__(position or start_position("shuffled"), prefetch, pin_memory)
+        position = position or start_position("shuffled")
+        for _ in range(position["batches"] * self.accum * self.rows):  # a resume replays the draws (before the clock)
+            self.windows.next()
+        super().__init__(position, prefetch, pin_memory)
 
     def _batches(self, position):
         batches, w = position["batches"], self.windows
-        for _ in range(batches * self.accum * self.rows):  # replay the draws up to the resumed position
-            w.next()
         while True:
             draws = [w.next() for _ in range(self.accum * self.rows)]
             rows = np.stack([w.tokens(shard)[start : start + w.seq_len + 1] for shard, start in draws])

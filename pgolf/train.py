@@ -282,10 +282,10 @@ class Trainer:
     def micro_batches(self, rows: torch.Tensor, seq_len: int) -> list[tuple]:
         """(ids, targets, layout) on the device for each micro-step of the loader's CPU rows, packed as
         `train.packing` says; the shuffled loader's windows (accum, n, seq_len + 1) are n rows, each with its own
-        last target, cut as `rows` packing cuts. The document cuts are made here on the CPU (no device-to-host sync inside the step)
-        and the layout from them outside the compiled graph (built inside it, the flex block mask came with a NaN
-        loss on an H200; see GPT.layout). The varlen backends' cut count is marked dynamic, so the graph never
-        recompiles for it."""
+        last target, cut as `rows` packing cuts. The document cuts are made here on the CPU (no device-to-host
+        sync inside the step) and the layout from them outside the compiled graph (built inside it, the flex block
+        mask came with a NaN loss on an H200; see GPT.layout). The varlen backends' cut count is marked dynamic, so
+        the graph never recompiles for it."""
         on_device = rows.to(self.device, non_blocking=True)
         batches = []
         windows = rows.dim() == 3
