@@ -1,5 +1,5 @@
 """Training stage (docs/record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents
-(`train.loader: documents`) or on #1572's shuffled windows (`shuffled`; pgolf.loader describes both).
+(`train.loader: documents`, pgolf.loader) or on #1572's shuffled windows (`shuffled`, pgolf.window_loader).
 
     python -m pgolf.train --config CFG --manifest resources/data/<ds>/manifest.json \\
         --audit resources/data/<ds>/data_audit.json --seed S --out-dir results/<name>/seed<S>/train
@@ -39,7 +39,7 @@ from .bpb import batch_seqs, diagnostic_eval, load_val
 from .cli import doc_summary, interrupted_exit
 from .errors import PgolfError
 from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
-from .loader import CHUNKS, LOADERS, DocumentLoader, WindowLoader, accum_steps, start_position
+from .loader import CHUNKS, LOADERS, DocumentLoader, accum_steps, start_position
 from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
@@ -347,6 +347,8 @@ class Trainer:
             "vocab_size": self.model_cfg.vocab_size,
         }
         if self.cfg.loader == "shuffled":
+            from .window_loader import WindowLoader  # shipped only where it runs (pgolf.codepack.OPTIONAL)
+
             return WindowLoader(self.paths, self.cfg.batch_tokens, self.model_cfg.train_seq_len, **common)
         return DocumentLoader(self.paths, self.cfg.batch_tokens, **common)
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.loader import CHUNKS, DocumentLoader, WindowLoader, accum_steps, start_position
+from pgolf.loader import CHUNKS, DocumentLoader, accum_steps, start_position
 from pgolf.shards import BOS_ID, HEADER_BYTES, write_shard
+from pgolf.window_loader import WindowLoader
 
 BATCH = CHUNKS * 16  # 8 chunks of 16 tokens (+1 target each): spans of 136 tokens
 

@@ -18,11 +18,11 @@ import yaml
 
 from pgolf import checkpoint
 from pgolf.errors import PgolfError
-from pgolf.loader import WindowLoader
 from pgolf.model import ModelConfig
 from pgolf.optim import lr_multiplier
 from pgolf.shards import write_shard
 from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
+from pgolf.window_loader import WindowLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
