@@ -9,7 +9,7 @@
 #
 # Prepare here (jsonschema is missing there):
 #   bash bench/prepare.sh && python bench/device_configs.py --out .device/recipe-pr1572 recipes/pr1572.yaml \
-#       recipes/bench-1gpu.yaml
+#       recipes/bench-1gpu.yaml recipes/bench-pr1572.yaml     (that last overlay keeps #1572's chain inside the call)
 # There: OUT=... bash bench/gpu_recipe.sh pr1572   (carry .whl .deb bench/data .device)
 # CPU dry run here: bash bench/gpu_recipe_dryrun.sh pr1572
 RECIPE=${1:?usage: bash bench/gpu_recipe.sh RECIPE (configs from bench/device_configs.py in .device/recipe-RECIPE)}

@@ -116,7 +116,7 @@ class Run:
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
-        self.loader = trainer.make_loader(start_position())
+        self.loader = trainer.make_loader(start_position(trainer.cfg.loader))
         self.steps = []  # {"step", "looping", "loss", "seconds"}
         self.keys = []  # mean attended keys of each batch
 

@@ -93,6 +93,7 @@ OPTIONAL = {
     "pgolf/pack_shuffle.py": ("pack.compressor", ("brotli_shuffle",)),  # #1572's artifact format (pgolf.pack)
     "pgolf/prune.py": ("pack.compressor", ("lzma_pruned",)),  # #1512's pruned lzma format (pgolf.pack)
     "pgolf/quant/awq.py": ("quant.presets.{preset}.awq.enabled", (True,)),  # AWQ-lite picks (pgolf.quant.state)
+    "pgolf/window_loader.py": ("train.loader", ("shuffled",)),  # #1572's shuffled windows (pgolf.train)
 }
 _MISSING = object()
 

@@ -1,12 +1,15 @@
-"""Document-packing training loader (docs/record-stack.md §4, `DocumentPackingLoader`).
+"""Training loaders (docs/record-stack.md §4). Each runs a background thread that prepares the next batches while the
+GPU works, and hands out its position, which a checkpoint stores, after each batch.
 
-Shards are read sequentially in sorted order (the export is already shuffled). Every step takes one contiguous
-span of CHUNKS x (chunk_tokens + 1) tokens that starts at a BOS token and lies inside one shard; a span that would
-run past the shard's end moves to the next shard (after the last shard: the first again, next epoch). The span
-holds the 8 micro-batches of the record's 8 ranks; with `world` ranks and `accum = 8 // world` micro-steps, rank
-r's micro-step k reads chunk k * world + r, so every world size trains on the same global batch. The stream is a
-pure function of the position (shard, offset, epoch), which is what a checkpoint stores; seeds share it, as in the
-record. A background thread prepares the next batches while the GPU works.
+`documents` (the record's `DocumentPackingLoader`): shards are read sequentially in sorted order (the export is
+already shuffled). Every step takes one contiguous span of CHUNKS x (chunk_tokens + 1) tokens that starts at a BOS
+token and lies inside one shard; a span that would run past the shard's end moves to the next shard (after the last
+shard: the first again, next epoch). The span holds the 8 micro-batches of the record's 8 ranks; with `world` ranks
+and `accum = 8 // world` micro-steps, rank r's micro-step k reads chunk k * world + r, so every world size trains on
+the same global batch. The stream is a pure function of the position (shard, offset, epoch); seeds share it, as in
+the record.
+
+`shuffled` (#1572's `ShuffledSequenceLoader`): pgolf.window_loader.
 """
 
 import queue
@@ -20,6 +23,7 @@ from .errors import PgolfError
 from .shards import BOS_ID, read_shard
 
 CHUNKS = 8  # the record's 8 ranks: one chunk per (rank, micro-step)
+LOADERS = ("documents", "shuffled")
 
 
 def accum_steps(world: int) -> int:
@@ -28,8 +32,8 @@ def accum_steps(world: int) -> int:
     return CHUNKS // world
 
 
-def start_position() -> dict:
-    return {"shard": 0, "offset": 0, "epoch": 0}
+def start_position(loader: str = "documents") -> dict:
+    return {"batches": 0} if loader == "shuffled" else {"shard": 0, "offset": 0, "epoch": 0}
 
 
 class _Shard:
@@ -47,23 +51,14 @@ class _Shard:
         return None
 
 
-class DocumentLoader:
-    """Yields this rank's (accum, chunk_tokens + 1) int64 token rows for each step; `position` is resumable."""
+class Prefetcher:
+    """Hands out the batches `_batches(position)` yields ((rows, position after them), made on a background
+    thread), as int64 CPU tensors; `state_dict()` is the position of the next batch not yet handed out (prefetched
+    batches are produced again)."""
 
-    def __init__(
-        self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False, vocab_size=None
-    ):
-        self.paths = sorted(Path(p) for p in paths)
-        self.vocab_size = vocab_size  # ids at or above it are refused as each shard opens
-        if not self.paths:
-            raise PgolfError("the manifest lists no train shards; re-run the data stage (tokenize or download)")
-        if batch_tokens % CHUNKS:
-            raise PgolfError(f"train.batch_tokens {batch_tokens} is not a multiple of {CHUNKS}; fix it in the config")
-        self.world, self.rank, self.accum = world, rank, accum_steps(world)
-        self.chunk = batch_tokens // CHUNKS + 1  # one extra token: the last target
-        self.span = CHUNKS * self.chunk
+    def __init__(self, position: dict, prefetch: int, pin_memory: bool):
         self.pin_memory = pin_memory
-        self.position = dict(position or start_position())
+        self.position = dict(position)
         self._queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(dict(self.position),), daemon=True)
@@ -80,7 +75,6 @@ class DocumentLoader:
         return rows
 
     def state_dict(self) -> dict:
-        """The position of the next batch not yet handed out (prefetched batches are produced again)."""
         return dict(self.position)
 
     def close(self):
@@ -92,19 +86,49 @@ class DocumentLoader:
                 pass
         self._thread.join()
 
+    def _batches(self, position):
+        raise NotImplementedError
+
     def _produce(self, position):
         try:
-            shard, shard_index = None, None
-            while not self._stop.is_set():
-                rows, position, shard, shard_index = self._read(position, shard, shard_index)
+            for rows, position in self._batches(position):
+                rows = torch.from_numpy(rows.astype(np.int64))
+                if self.pin_memory:
+                    rows = rows.pin_memory()
                 while not self._stop.is_set():
                     try:
                         self._queue.put((rows, dict(position)), timeout=0.05)
                         break
                     except queue.Full:
                         pass
+                if self._stop.is_set():
+                    return
         except BaseException as e:  # surfaces in the training loop instead of hanging it
             self._queue.put(e)
+
+
+class DocumentLoader(Prefetcher):
+    """Yields this rank's (accum, chunk_tokens + 1) int64 token rows for each step; `position` is resumable."""
+
+    def __init__(
+        self, paths, batch_tokens: int, world=1, rank=0, position=None, prefetch=2, pin_memory=False, vocab_size=None
+    ):
+        self.paths = sorted(Path(p) for p in paths)
+        self.vocab_size = vocab_size  # ids at or above it are refused as each shard opens
+        if not self.paths:
+            raise PgolfError("the manifest lists no train shards; re-run the data stage (tokenize or download)")
+        if batch_tokens % CHUNKS:
+            raise PgolfError(f"train.batch_tokens {batch_tokens} is not a multiple of {CHUNKS}; fix it in the config")
+        self.world, self.rank, self.accum = world, rank, accum_steps(world)
+        self.chunk = batch_tokens // CHUNKS + 1  # one extra token: the last target
+        self.span = CHUNKS * self.chunk
+        super().__init__(position or start_position(), prefetch, pin_memory)
+
+    def _batches(self, position):
+        shard, shard_index = None, None
+        while True:
+            rows, position, shard, shard_index = self._read(position, shard, shard_index)
+            yield rows, position
 
     def _read(self, position, shard, shard_index):
         """This rank's rows of the span at `position`, and the position after it."""
@@ -115,10 +139,7 @@ class DocumentLoader:
             start = shard.span_start(offset, self.span)
             if start is not None:
                 chunks = [start + (k * self.world + self.rank) * self.chunk for k in range(self.accum)]
-                rows = np.stack([shard.tokens[c : c + self.chunk] for c in chunks]).astype(np.int64)
-                rows = torch.from_numpy(rows)
-                if self.pin_memory:
-                    rows = rows.pin_memory()
+                rows = np.stack([shard.tokens[c : c + self.chunk] for c in chunks])
                 return rows, {"shard": index, "offset": start + self.span, "epoch": epoch}, shard, shard_index
             index, offset = index + 1, 0
             if index == len(self.paths):

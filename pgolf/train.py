@@ -1,4 +1,5 @@
-"""Training stage (docs/record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents.
+"""Training stage (docs/record-stack.md §4): the record model trained by sharded Muon + AdamW on packed documents
+(`train.loader: documents`, pgolf.loader) or on #1572's shuffled windows (`shuffled`, pgolf.window_loader).
 
     python -m pgolf.train --config CFG --manifest resources/data/<ds>/manifest.json \\
         --audit resources/data/<ds>/data_audit.json --seed S --out-dir results/<name>/seed<S>/train
@@ -38,7 +39,7 @@ from .bpb import batch_seqs, diagnostic_eval, load_val
 from .cli import doc_summary, interrupted_exit
 from .errors import PgolfError
 from .io import atomic_path, durable_replace, lock_folder, read_json, sweep_temporaries, unlock_folder, write_json
-from .loader import CHUNKS, DocumentLoader, accum_steps, start_position
+from .loader import CHUNKS, LOADERS, DocumentLoader, accum_steps, start_position
 from .model import GPT, ModelConfig, config_dict
 from .optim import EMA, OptimConfig, Optimizers, lr_multiplier, muon_momentum
 from .runlog import RunLog
@@ -62,6 +63,7 @@ class TrainConfig(OptimConfig):
     budget_seconds: float = 600.0
     hessian_reserve_seconds: float = 0.5  # kept from the budget for the Hessian collection loop
     batch_tokens: int = 786432
+    loader: str = "documents"  # documents: the record's BOS-aligned spans; shuffled: #1572's random windows per rank
     packing: str = "stream"  # stream: the record loader's one row per micro-batch; rows: also cut at row starts
     warmdown_frac: float = 0.85
     warmdown_steps: int = 0  # #1512's warmdown over the last N steps' worth of measured step time; 0 = warmdown_frac
@@ -76,6 +78,8 @@ class TrainConfig(OptimConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.loader not in LOADERS:
+            raise PgolfError(f"config train.loader: {self.loader!r} is not one of {LOADERS}; fix it in your config")
         if self.packing not in PACKINGS:
             raise PgolfError(f"config train.packing: {self.packing!r} is not one of {PACKINGS}; fix it in your config")
         if self.schedule not in ("time", "steps"):
@@ -154,6 +158,11 @@ def check_inputs(model_cfg, cfg, manifest_path, audit_path):
             f"{manifest_path}: vocabulary {manifest['vocab_size']} exceeds model.vocab_size {model_cfg.vocab_size}; "
             "set model.vocab_size to the data's vocabulary"
         )
+    if cfg.loader == "shuffled" and model_cfg.seq_schedule:
+        raise PgolfError(
+            "config: train.loader shuffled draws windows of model.train_seq_len alone; drop model.seq_schedule "
+            "or use train.loader documents"
+        )
     chunk = cfg.batch_tokens // CHUNKS
     bad = [n for n in seq_lens(model_cfg) if cfg.batch_tokens % CHUNKS or chunk % n]
     if bad:
@@ -207,7 +216,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if self.compiled else self.model
         self.opt = Optimizers(self.model.param_groups(), cfg, dist.world, dist.rank, compile_muon=self.compiled)
         self.ema = EMA(self.model.parameters(), cfg.ema_decay)
-        self.step, self.elapsed, self.position = 0, 0.0, start_position()
+        self.step, self.elapsed, self.position = 0, 0.0, start_position(cfg.loader)
         self.phase = {"before": [0.0, 0], "after": [0.0, 0]}  # looping off/on: [seconds, steps]
         self.looping_from = None
         self.qat_from = None  # the step #1512's late QAT switched on at
@@ -273,16 +282,23 @@ class Trainer:
     def micro_batches(self, rows: torch.Tensor, seq_len: int):
         """(ids, targets, layout) on the device for each micro-step of the loader's CPU rows, packed as
         `train.packing` says, one at a time: the host builds micro-step k+1's layout while the GPU runs micro-step
-        k. The document cuts are made here on the CPU (no device-to-host sync inside the step) and the layout from
-        them outside the compiled graph (built inside it, the flex block mask came with a NaN loss on an H200; see
-        GPT.layout). The varlen backends' cut count is marked dynamic, so the graph never recompiles for it."""
+        k. The shuffled loader's windows (accum, n, seq_len + 1) are n rows, each with its own last target, cut as
+        `rows` packing cuts. The document cuts are made here on the CPU (no device-to-host sync inside the step) and
+        the layout from them outside the compiled graph (built inside it, the flex block mask came with a NaN loss
+        on an H200; see GPT.layout). The varlen backends' cut count is marked dynamic, so the graph never
+        recompiles for it."""
         on_device = rows.to(self.device, non_blocking=True)
+        windows = rows.dim() == 3
         for k in range(self.accum):
-            ids, cu = pack(rows[k, :-1], seq_len, self.cfg.packing)
+            if windows:
+                ids, cu = pack(rows[k, :, :-1].reshape(-1), seq_len, "rows")
+                ids, targets = on_device[k, :, :-1].contiguous(), on_device[k, :, 1:].contiguous()
+            else:
+                ids, cu = pack(rows[k, :-1], seq_len, self.cfg.packing)
+                ids, targets = on_device[k, :-1].view(ids.shape), on_device[k, 1:].view(ids.shape)
             cu = cu.to(self.device, non_blocking=True)
             if self.compiled:
                 torch._dynamo.maybe_mark_dynamic(cu, 0)
-            ids, targets = on_device[k, :-1].view(ids.shape), on_device[k, 1:].view(ids.shape)
             yield ids, targets, self.model.layout(ids, cu, seq_len)
 
     def train_step(self, rows, seq_len, lr_mult, momentum):
@@ -302,7 +318,7 @@ class Trainer:
         start = time.perf_counter()
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_opt = copy.deepcopy(self.opt.state_dict())
-        loader = self.make_loader(start_position())
+        loader = self.make_loader(start_position(self.cfg.loader))
         try:
             for looping in sorted({False, self.model_cfg.num_loops > 0}):
                 self.model.looping = looping
@@ -322,15 +338,18 @@ class Trainer:
         self.emit({"event": "compile_warmup_done", "seconds": self.compile_seconds})
 
     def make_loader(self, position):
-        return DocumentLoader(
-            self.paths,
-            self.cfg.batch_tokens,
-            self.dist.world,
-            self.dist.rank,
-            position=position,
-            pin_memory=self.device.type == "cuda",
-            vocab_size=self.model_cfg.vocab_size,
-        )
+        common = {
+            "world": self.dist.world,
+            "rank": self.dist.rank,
+            "position": position,
+            "pin_memory": self.device.type == "cuda",
+            "vocab_size": self.model_cfg.vocab_size,
+        }
+        if self.cfg.loader == "shuffled":
+            from .window_loader import WindowLoader  # shipped only where it runs (pgolf.codepack.OPTIONAL)
+
+            return WindowLoader(self.paths, self.cfg.batch_tokens, self.model_cfg.train_seq_len, **common)
+        return DocumentLoader(self.paths, self.cfg.batch_tokens, **common)
 
     def emit(self, record: dict):
         if self.log:

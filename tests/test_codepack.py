@@ -236,14 +236,21 @@ def test_errors(tmp_path):
 
 
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
-OFF = {"pgolf/sgd_ttt.py", "pgolf/ngram.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/quant/awq.py"}
-RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite
+OFF = {
+    "pgolf/sgd_ttt.py",
+    "pgolf/ngram.py",
+    "pgolf/pack_shuffle.py",
+    "pgolf/prune.py",
+    "pgolf/quant/awq.py",
+    "pgolf/window_loader.py",
+}
+RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader
     "record": OFF,
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"},  # its pruned lzma artifact; its preset names no awq
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py"},  # SGD TTT and the byte-shuffle artifact
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py"},  # SGD TTT, byte shuffle, shuffled windows
     "pr1935": OFF,
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py"},  # the n-gram tilt and AWQ-lite
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py"},
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"},  # tilt, AWQ
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"},
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """

@@ -22,6 +22,7 @@ from pgolf.model import ModelConfig
 from pgolf.optim import lr_multiplier
 from pgolf.shards import write_shard
 from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
+from pgolf.window_loader import WindowLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
@@ -314,6 +315,38 @@ def test_packings_cut_as_documented_and_stream_trains(data, tmp_path):
     steps = [r for r in records(out) if r["event"] == "step"]
     assert len(steps) == STEPS and steps[0]["loss"] > 4.5
     assert steps[-1]["loss"] < steps[0]["loss"] - 1.5
+
+
+def test_shuffled_loader_feeds_its_windows_trains_and_resumes_bitwise(data, tmp_path, monkeypatch):
+    seen = []
+    real = Trainer.micro_batches
+
+    def spy(self, rows, seq_len):
+        batches = real(self, rows, seq_len)
+        seen.append((rows, batches))
+        return batches
+
+    monkeypatch.setattr(Trainer, "micro_batches", spy)
+    cfg, full, out = config(tmp_path, loader="shuffled"), tmp_path / "full", tmp_path / "out"
+    main(args(cfg, data, full))
+    paths = sorted(data.glob("fineweb_train_*.bin"))
+    first = WindowLoader(paths, TRAIN["batch_tokens"], MODEL["train_seq_len"])
+    assert torch.equal(seen[0][0], next(first))  # the trainer's first batch is the loader's first
+    first.close()
+    rows, batches = seen[0]
+    assert rows.shape == (8, 2, 33) and len(batches) == 8
+    for k, (ids, targets, _) in enumerate(batches):  # each window a row, with its own last target
+        assert torch.equal(ids, rows[k, :, :-1]) and torch.equal(targets, rows[k, :, 1:])
+    steps = [r for r in records(full) if r["event"] == "step"]
+    assert len(steps) == STEPS and steps[-1]["loss"] < steps[0]["loss"] - 1.5
+    monkeypatch.setattr(Trainer, "micro_batches", real)
+    main(args(cfg, data, out, "--stop-after-step", "4"))
+    main(args(cfg, data, out))  # the resumed loader replays its draws to step 4
+    assert_bitwise(full, out)
+    with pytest.raises(PgolfError, match="train.loader: 'random' is not one of"):
+        TrainConfig(loader="random")
+    with pytest.raises(PgolfError, match="drop model.seq_schedule"):
+        main(args(config(tmp_path, loader="shuffled", model={"seq_schedule": [[32, 1.0]]}), data, out))
 
 
 def test_lr_ramps_after_a_sequence_length_change(data, tmp_path):
