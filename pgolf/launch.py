@@ -10,10 +10,13 @@ starts torchrun with a c10d rendezvous at the first host of the allocation.
 Stopping: torchrun runs in its own session, so a terminal's Ctrl-C reaches only this launcher, which passes
 SIGINT (or SIGTERM, as Snakemake and SLURM send) on to the ranks themselves: training stops at the end of its
 step on every rank, checkpoints and says which step the next run resumes from; the launcher exits 130. A
-second signal stops torchrun's whole process group at once.
+second signal (a second later or more: one request may arrive twice, from a job's shell and from its process
+group) stops torchrun's whole process group at once. Should the launcher itself die, even by SIGKILL, torchrun
+gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops its ranks in turn.
 """
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
@@ -77,15 +80,48 @@ def children(pid: int) -> list[int]:
     return found
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+REPEAT_SECONDS = 1.0  # a second signal sooner than this is the first one arriving by another path
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def dying_with_this_process(signum=signal.SIGTERM):
+    """A preexec_fn for a child: it gets `signum` once this process dies (Linux PR_SET_PDEATHSIG), even by SIGKILL,
+    so that no torchrun outlives its launcher. Should this process die before prctl took effect, the child
+    signals itself."""
+    parent = os.getpid()
+
+    def preexec():
+        if LIBC.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+
+    return preexec
+
+
+def kill_now(torchrun: int):
+    """SIGKILL torchrun's ranks (each in a session of its own) and torchrun's process group."""
+    for pid in children(torchrun):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(torchrun, signal.SIGKILL)
+
+
 def run_forwarding_signals(cmd: list[str]) -> int:
     """Run torchrun in its own session; SIGINT/SIGTERM here become SIGINT to each rank (once they exist)."""
-    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, LAUNCHED_ENV: "1"})
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, preexec_fn=dying_with_this_process(), env={**os.environ, LAUNCHED_ENV: "1"}
+    )
     signals = []
 
     def note(signum, frame):
-        signals.append(signum)
-        if len(signals) > 1:  # asked twice: stop everything now
-            os.killpg(proc.pid, signal.SIGKILL)
+        now = time.monotonic()
+        if signals and now - signals[0] >= REPEAT_SECONDS:  # asked twice: stop everything now
+            kill_now(proc.pid)
+        signals.append(now)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, note)

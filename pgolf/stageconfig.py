@@ -1,7 +1,7 @@
 """A stage's `--config` and the config dataclasses built from it: what every stage (and train_gpt.py) reads.
 
-The JSON comes from the rules' `params:` or from `python -m pgolf.config resolve`; resolving and validating it
-(YAML, schemas) stays in pgolf.config, which the submission script does not carry.
+The JSON comes from the rules' `params:` (a file each) or from `python -m pgolf.config resolve`; resolving and
+validating it (YAML, schemas) stays in pgolf.config, which the submission script does not carry.
 """
 
 import dataclasses
@@ -12,7 +12,7 @@ from .errors import PgolfError
 
 
 def load_stage_config(arg: str) -> dict:
-    """A stage's `--config`: inline JSON (as the rules pass it) or the path of a resolved JSON file."""
+    """A stage's `--config`: inline JSON or the path of a JSON file (the rules pass one named by its content)."""
     text = arg.strip()
     if not text.startswith("{"):
         path = Path(arg)

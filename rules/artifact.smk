@@ -49,10 +49,10 @@ if config["eval"].get("artifact"):
             "../envs/pgolf.yaml"
         threads: RANKS
         resources:
-            gpu=GPUS,
+            **gpu_request("artifact_evaluate"),
         params:
             **stage_files("artifact_evaluate", "params"),
-            config=stage_config("eval", "hardware"),
+            **config_params("eval", stage_config("eval", "hardware")),
             launch=torchrun(),
         shell:
             stage_shell("artifact_evaluate", prefix=LAUNCH)

@@ -18,6 +18,6 @@ rule capfit:
     resources:
         gpu=min(config["hardware"]["gpus"], 1),
     params:
-        config=capfit_config,
+        **config_params("capfit", capfit_config()),
     shell:
         stage_shell("capfit")

@@ -1,5 +1,7 @@
 # Helpers shared by every rules file: config validation, wildcard constraints, stage inputs and params.
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,13 +40,26 @@ if _unknown_presets:
 DATASET = config["data"]["name"]
 RUN = config["run"]["name"]
 SUBMISSION_FOLDER = config["submission"]["folder"]
-# GPUs a distributed (torchrun) job asks for, one place for every profile: hardware.gpus; single-GPU stages ask
-# GPU_ONE (none on a CPU run). A SLURM profile must not set `gpu` itself (tests/test_profiles.py checks sbatch's flags).
+# GPUs a distributed (torchrun) job asks for, one place for every profile: hardware.gpus (gpu_request); single-GPU
+# stages ask GPU_ONE (none on a CPU run). A SLURM profile sets neither `gpu` nor `gres` itself (tests/test_profiles.py
+# checks sbatch's flags).
 GPUS = config["hardware"]["gpus"]
 GPU_ONE = min(GPUS, 1)
 # ranks of every torchrun stage: one per GPU, or hardware.cpu_procs gloo ranks on the CPU (as pgolf.launch starts them)
 RANKS = GPUS or config["hardware"].get("cpu_procs", 1)
 PLACEHOLDER = "CHANGE_ME"
+
+
+def gpu_request(rule_name):
+    """The GPU resources of a distributed rule: hardware.gpus as `gpu` (sbatch --gpus=N, the whole job's count), or,
+    where the profile spreads the rule over several nodes (set-resources RULE.nodes > 1), hardware.gpus per node as
+    `gres` (--gres=gpu:N), the ranks each node's torchrun starts."""
+    nodes = workflow.resource_settings.overwrite_resources.get(rule_name, {}).get(
+        "nodes"
+    )
+    if GPUS and nodes is not None and int(getattr(nodes, "raw", nodes)) > 1:
+        return {"gres": f"gpu:{GPUS}"}
+    return {"gpu": GPUS}
 
 
 def profile_placeholders():
@@ -84,17 +99,95 @@ if profile_placeholders() and not workflow.remote_exec:
     )
 
 
-# Shell prefixes of the torchrun stages: offline hub, and for train/hessians the rule's threads split over ranks.
-LAUNCH = "HF_HUB_OFFLINE=1 {params.launch}"
+# Environment and launcher of the torchrun stages: offline hub, and for train/hessians the rule's threads split over
+# ranks. stage_shell puts `exec` between the two.
+LAUNCH = ("HF_HUB_OFFLINE=1", "{params.launch}")
 OMP_LAUNCH = (
-    "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} )) "
-    "{params.launch}"
+    "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(( ({threads} + {params.ranks} - 1) / {params.ranks} ))",
+    "{params.launch}",
 )
 
 
 def stage_config(*sections):
-    """The config sections a stage reads, as the JSON text its `--config` takes (sorted, so params compare stably)."""
-    return json.dumps({s: config[s] for s in sections}, sort_keys=True)
+    """The config sections a stage reads."""
+    return {s: config[s] for s in sections}
+
+
+# Each stage's --config is a file named by its content (config_file), and the rule's params are that path plus one
+# `KEY=VALUE` line per setting: a changed value re-runs exactly what it did when the params held the whole JSON, and
+# a dry run's rerun reason names the setting, before and now, instead of printing the stage's config.
+CONFIG_DIR = Path(".snakemake", "pgolf")
+
+
+def config_file(stage, values):
+    """Write `values` as the stage's --config file (once; a temp name, then a rename) and return its path, named by
+    a hash of its content."""
+    text = json.dumps(values, sort_keys=True, indent=1) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = CONFIG_DIR / f"{stage}-{digest}.json"
+    if not path.exists():
+        CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def settings(values, prefix=""):
+    """{dotted key: `KEY=VALUE`} for every leaf of a nested mapping (a list is one leaf, as JSON)."""
+    found = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            found.update(settings(value, f"{dotted}."))
+        else:
+            found[dotted] = f"{dotted}={json.dumps(value, sort_keys=True)}"
+    return found
+
+
+def _param_names(keys):
+    """Params names for settings: `setting_<dotted key>` as an identifier."""
+    return {
+        key: "setting_" + "".join(c if c.isalnum() else "_" for c in key)
+        for key in keys
+    }
+
+
+def config_params(stage, values):
+    """A rule's params for a stage whose config is fixed: `config` (its file) and one param per setting."""
+    lines = settings(values)
+    names = _param_names(lines)
+    return {
+        "config": config_file(stage, values),
+        **{names[k]: line for k, line in lines.items()},
+    }
+
+
+def preset_config_params(stage, values_of):
+    """config_params for a per-preset stage (quantize, code): `values_of(preset)` is a preset's config; the capfit
+    preset's --config is the file the capfit rule writes (capfit_STAGE_config), its settings params empty.
+    """
+    keys = sorted(
+        {k for p in config["quant"]["presets"] for k in settings(values_of(p))}
+    )
+
+    def config_path(wildcards):
+        if wildcards.preset == CAPFIT:
+            return stage_path(
+                f"capfit_{stage}_config", name=wildcards.name, seed=wildcards.seed
+            )
+        return config_file(stage, values_of(wildcards.preset))
+
+    def setting(key):
+        def value(wildcards):
+            if wildcards.preset == CAPFIT:
+                return ""
+            return settings(values_of(wildcards.preset)).get(key, f"{key} unset")
+
+        return value
+
+    names = _param_names(keys)
+    return {"config": config_path, **{names[k]: setting(k) for k in keys}}
 
 
 def _fixed(stage):
@@ -122,26 +215,28 @@ def code_inputs(stage):
     return STAGES.code_inputs(stage, Path(workflow.basedir, "pgolf"))
 
 
-def stage_shell(stage, prefix="python", drop=()):
-    """The rule's shell command: `prefix -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages. A long
-    stage (pgolf.stages' `progress`) shows its log on the console as well, through `tee -i` (which outlives a
-    Ctrl-C, so the stage's last words still reach both); pipefail keeps the stage's exit status.
+def stage_shell(stage, prefix=("", "python"), drop=()):
+    """The rule's shell command: `ENV exec LAUNCHER -m pgolf.<module> ARGS > LOG`, the arguments from pgolf.stages,
+    `prefix` the (environment, launcher) pair. `exec` hands the job's shell over to the stage, so a SIGTERM sent to
+    the job reaches the stage itself (whose launcher stops every rank cleanly). A long stage (pgolf.stages'
+    `progress`) runs under pgolf.tee, which shows its log on the console as well and passes signals on.
     """
-    command = f"{prefix} {STAGES.shell_args(stage, drop)}"
+    env, launcher = prefix
+    command = f"{launcher} {STAGES.shell_args(stage, drop)}"
     if STAGES.STAGES[stage].progress:
-        return f"set -o pipefail; {command} 2>&1 | tee -i {{log:q}}"
-    return f"{command} > {{log:q}} 2>&1"
+        return f"{env} exec python -m pgolf.tee {{log:q}} -- {command}".lstrip()
+    return f"{env} exec {command} > {{log:q}} 2>&1".lstrip()
 
 
 def data_audit_config():
-    """The data audit's `--config`: data and audit less `audit.strict`, which only the submission rule reads (so
+    """The data audit's config: data and audit less `audit.strict`, which only the submission rule reads (so
     toggling it re-runs nothing upstream)."""
     audit = {k: v for k, v in config["audit"].items() if k != "strict"}
-    return json.dumps({"data": config["data"], "audit": audit}, sort_keys=True)
+    return {"data": config["data"], "audit": audit}
 
 
 def train_config():
-    """The train stage's `--config`: its sections plus the eval keys of the raw weights' last-step val
+    """The train stage's config: its sections plus the eval keys of the raw weights' last-step val
     (pgolf.train.RAW_VAL_KEYS), so that other eval settings do not re-run training."""
     window = (
         "seq_len",
@@ -152,7 +247,7 @@ def train_config():
     )
     sections = {s: config[s] for s in ("model", "train", "hardware")}
     sections["eval"] = {k: config["eval"][k] for k in window}
-    return json.dumps(sections, sort_keys=True)
+    return sections
 
 
 def torchrun(gpus=None):
@@ -262,19 +357,12 @@ def report_inputs(wildcards):
     }
 
 
-def quant_config(wildcards):
-    """The quantize job's --config: this preset alone plus the GPU count, so other presets' edits leave it cached
-    (the capfit preset's is the file the capfit rule writes, an input of its quantize job).
-    """
-    if wildcards.preset == CAPFIT:
-        return stage_path(
-            "capfit_quantize_config", name=wildcards.name, seed=wildcards.seed
-        )
-    preset = config["quant"]["presets"][wildcards.preset]
-    return json.dumps(
-        {"preset": preset, "hardware": {"gpus": config["hardware"]["gpus"]}},
-        sort_keys=True,
-    )
+def quant_config(preset):
+    """The quantize job's config: this preset alone plus the GPU count, so other presets' edits leave it cached."""
+    return {
+        "preset": config["quant"]["presets"][preset],
+        "hardware": {"gpus": config["hardware"]["gpus"]},
+    }
 
 
 def capfit_inputs(stage):
@@ -300,22 +388,17 @@ def capfit_reports(wildcards):
     ]
 
 
-def capfit_config(wildcards):
-    """The capfit job's --config (pgolf.capfit.stage_config): what the capfit preset's code job gets, plus
+def capfit_config():
+    """The capfit job's config (pgolf.capfit.stage_config): what the capfit preset's code job gets, plus
     quant.capfit, its base preset and the GPU count; editing another preset leaves it cached.
     """
     from pgolf.capfit import stage_config as capfit_stage_config
 
-    return json.dumps(capfit_stage_config(config), sort_keys=True)
+    return capfit_stage_config(config)
 
 
-def code_config(wildcards):
-    """The code job's --config: the sections run_all reads, with this preset only (pgolf.config.narrow_config);
-    the capfit preset's is the file the capfit rule writes."""
+def code_config(preset):
+    """The code job's config: the sections run_all reads, with this preset only (pgolf.config.narrow_config)."""
     from pgolf.config import narrow_config
 
-    if wildcards.preset == CAPFIT:
-        return stage_path(
-            "capfit_code_config", name=wildcards.name, seed=wildcards.seed
-        )
-    return json.dumps(narrow_config(config, wildcards.preset), sort_keys=True)
+    return narrow_config(config, preset)

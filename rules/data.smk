@@ -17,7 +17,7 @@ if config["data"]["source"] == "hf_shards":
         conda:
             "../envs/pgolf.yaml"
         params:
-            config=stage_config("data"),
+            **config_params("data", stage_config("data")),
         shell:
             stage_shell("download_shards")
 
@@ -36,7 +36,7 @@ else:
             conda:
                 "../envs/pgolf.yaml"
             params:
-                config=stage_config("data"),
+                **config_params("data", stage_config("data")),
             shell:
                 stage_shell("download_docs")
 
@@ -51,7 +51,7 @@ else:
         conda:
             "../envs/pgolf.yaml"
         params:
-            config=stage_config("data"),
+            **config_params("data", stage_config("data")),
         shell:
             stage_shell("tokenizer", drop=docs_drop())
 
@@ -68,7 +68,7 @@ else:
             "../envs/pgolf.yaml"
         threads: 64
         params:
-            config=stage_config("data"),
+            **config_params("data", stage_config("data")),
         shell:
             stage_shell("tokenize", drop=docs_drop())
 
@@ -84,6 +84,6 @@ rule audit_data:
     conda:
         "../envs/pgolf.yaml"
     params:
-        config=data_audit_config(),
+        **config_params("audit_data", data_audit_config()),
     shell:
         stage_shell("audit_data")

@@ -16,9 +16,9 @@ rule eval_prequant:
         "../envs/pgolf.yaml"
     threads: RANKS
     resources:
-        gpu=GPUS,
+        **gpu_request("eval_prequant"),
     params:
-        config=stage_config("eval", "hardware"),
+        **config_params("eval", stage_config("eval", "hardware")),
         launch=torchrun(),
     shell:
         stage_shell("eval_prequant", prefix=LAUNCH)
@@ -36,10 +36,10 @@ rule evaluate:
         "../envs/pgolf.yaml"
     threads: RANKS
     resources:
-        gpu=GPUS,
+        **gpu_request("evaluate"),
     params:
         **stage_files("evaluate", "params"),
-        config=stage_config("eval", "hardware"),
+        **config_params("eval", stage_config("eval", "hardware")),
         launch=torchrun(),
     shell:
         stage_shell("evaluate", prefix=LAUNCH)

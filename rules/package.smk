@@ -36,7 +36,7 @@ rule code:
     conda:
         "../envs/pgolf.yaml"
     params:
-        config=code_config,
+        **preset_config_params("code", code_config),
     shell:
         stage_shell("code")
 

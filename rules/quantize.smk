@@ -15,9 +15,9 @@ rule hessians:
         "../envs/pgolf.yaml"
     threads: 4 * RANKS
     resources:
-        gpu=GPUS,
+        **gpu_request("hessians"),
     params:
-        config=stage_config("hessians", "hardware"),
+        **config_params("hessians", stage_config("hessians", "hardware")),
         launch=torchrun(),
         ranks=RANKS,
     shell:
@@ -38,6 +38,6 @@ rule quantize:
     resources:
         gpu=GPU_ONE,
     params:
-        config=quant_config,
+        **preset_config_params("quantize", quant_config),
     shell:
         stage_shell("quantize")

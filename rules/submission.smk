@@ -18,6 +18,9 @@ rule submission:
         "../envs/pgolf.yaml"
     params:
         **stage_files("submission", "params"),
-        config=stage_config("run", "hardware", "submission", "audit", "data"),
+        **config_params(
+            "submission",
+            stage_config("run", "hardware", "submission", "audit", "data"),
+        ),
     shell:
         stage_shell("submission")

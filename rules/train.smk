@@ -15,10 +15,10 @@ rule train:
         "../envs/pgolf.yaml"
     threads: 4 * RANKS
     resources:
-        gpu=GPUS,
+        **gpu_request("train"),
     params:
         **stage_files("train", "params"),
-        config=train_config(),
+        **config_params("train", train_config()),
         launch=torchrun(),
         ranks=RANKS,
     shell:

@@ -27,6 +27,24 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def live_tree(pid: int) -> list[int]:
+    """`pid` and its descendants that are still running, from /proc (a zombie counts as gone: in a container no
+    init may reap an orphan)."""
+    from pgolf.launch import children
+
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            state = (Path("/proc") / str(p) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # gone
+            continue
+        if state != "Z":
+            found.append(p)
+        todo += children(p)
+    return found
+
+
 def snakemake(workdir: Path, *args, check=True):
     """Run snakemake in `workdir`; return the completed process (stdout and stderr merged)."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--nolock", *args]

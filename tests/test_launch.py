@@ -1,6 +1,11 @@
+import os
+import signal
+import subprocess
 import sys
 
 from pgolf import launch
+
+from conftest import ROOT
 
 STAGE = ["-m", "pgolf.train", "--out-dir", "x"]
 
@@ -32,3 +37,28 @@ def test_multinode_task_meets_at_first_host(monkeypatch):
     cmd = launch.command(8, 1, STAGE, env=env)
     assert "--nnodes=2" in cmd and "--node-rank=1" in cmd and "--rdzv-id=42" in cmd
     assert "--rdzv-endpoint=gpu07:29500" in cmd and cmd[-len(STAGE) :] == STAGE
+
+
+def test_tee_copies_output_to_the_log_and_keeps_the_exit_status(tmp_path):
+    log = tmp_path / "stage.log"
+    script = "import sys; print('step 1', flush=True); print('bad', file=sys.stderr); sys.exit(3)"
+    cmd = [sys.executable, "-m", "pgolf.tee", str(log), "--", sys.executable, "-c", script]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 3 and proc.stdout == "step 1\nbad\n" == log.read_text()
+
+
+def test_tee_passes_sigterm_on_and_reports_the_signal(tmp_path):
+    """SIGTERM to pgolf.tee reaches the command (in a process group of its own, so only through pgolf.tee)."""
+    log = tmp_path / "stage.log"
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(7)))\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    cmd = [sys.executable, "-m", "pgolf.tee", str(log), "--", sys.executable, "-c", script]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.communicate(timeout=30)[0] == "got SIGTERM\n" and proc.returncode == 7
+    assert log.read_text() == "ready\ngot SIGTERM\n"

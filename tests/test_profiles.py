@@ -122,8 +122,14 @@ def test_slurm_refuses_to_submit_with_placeholders(tmp_path):
     assert dry.returncode == 0 and "a real run refuses to submit" in dry.stderr  # plans, with a warning
 
 
-def test_slurm_multinode_train_job_asks_for_nodes_with_8_gpus_each(tmp_path):
-    calls = submitted_train_calls(fill_placeholders(copy_workflow(tmp_path), "slurm-multinode"), "slurm-multinode")
+@pytest.mark.parametrize("gpus", [8, 4])
+def test_slurm_multinode_train_job_asks_for_nodes_with_hardware_gpus_each(tmp_path, gpus):
+    """Per node, the GPUs hardware.gpus names (the ranks each node's torchrun starts), as --gres: --gpus would
+    count the whole job's."""
+    workdir = fill_placeholders(copy_workflow(tmp_path), "slurm-multinode")
+    (workdir / "gpus.yaml").write_text(f"hardware:\n  gpus: {gpus}\n")
+    calls = submitted_train_calls(workdir, "slurm-multinode", extra=["--configfile", "gpus.yaml"])
     flags = calls[0].split(" --wrap")[0].split()
-    assert "--nodes=2" in flags and "--ntasks=2" in flags and "--gres=gpu:8" in flags
+    assert "--nodes=2" in flags and "--ntasks=2" in flags and f"--gres=gpu:{gpus}" in flags
+    assert [f for f in flags if f.startswith("--gres")] == [f"--gres=gpu:{gpus}"]
     assert "--ntasks-per-node=1" in flags and not any(f.startswith("--gpus=") for f in flags)

@@ -24,6 +24,8 @@ from pgolf.shards import write_shard
 from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
 from pgolf.window_loader import WindowLoader
 
+from conftest import live_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 258  # bytes + 2: BOS is 1
 
@@ -194,7 +196,7 @@ def launch_command(ranks, cfg, data, out, *extra) -> list[str]:
 
 
 def launch(ranks, cfg, data, out, *extra):
-    """launch_command in its own session, so that a test can kill the whole process tree."""
+    """launch_command in its own session, apart from the test's."""
     return subprocess.Popen(
         launch_command(ranks, cfg, data, out, *extra), env=LAUNCH_ENV, cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -389,12 +391,13 @@ def sigkill_after_a_checkpoint(ranks, cfg, data, out):
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
-    # the launcher, then torchrun's own session (launch starts it apart, for Ctrl-C): every process naming this out dir
-    os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
+    # every process at once, ranks first: a crash, not the clean stop a killed launcher alone now leads to
+    tree = live_tree(proc.pid)
+    for pid in reversed(tree):
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while subprocess.run(["pgrep", "-f", str(out)], capture_output=True).returncode == 0:
+    while [p for p in tree if live_tree(p)]:
         assert time.monotonic() < deadline, "the ranks outlived the kill"
         time.sleep(0.05)
     assert not (out / "model.pt").exists(), "the run finished before the kill: use more steps"
@@ -579,3 +582,25 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = [json.loads(line) for line in partial.read_text().splitlines()]
     assert any(r["event"] == "resume" and r["step"] == step for r in resumed)
+
+
+def test_a_killed_launcher_takes_every_rank_with_it(data, tmp_path):
+    """SIGKILL to pgolf.launch alone, which can pass nothing on: torchrun (its own session, for Ctrl-C) still gets
+    SIGTERM from the kernel and stops its ranks; within seconds no process of the run is left."""
+    out = tmp_path / "out"
+    cmd = launch_command(2, config(tmp_path, steps=100000), data, out)
+    proc = subprocess.Popen(cmd, env=LAUNCH_ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "log.jsonl.partial"
+    deadline = time.monotonic() + 240
+    while not (partial.exists() and '"step": 1,' in partial.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "training never logged step 1"
+        time.sleep(0.1)
+    tree = live_tree(proc.pid)
+    assert len(tree) >= 4, tree  # the launcher, torchrun, two ranks
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while left := [p for p in tree if live_tree(p)]:
+        assert time.monotonic() < deadline, f"{left} outlived the launcher"
+        time.sleep(0.1)
+    assert not (out / "model.pt").exists()

@@ -1,12 +1,20 @@
 """The workflow itself: lint and format clean, and the dry-run plans of each data source."""
 
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
+import torch
 import yaml
 
-from conftest import ROOT, copy_workflow, snakemake
+from pgolf import checkpoint
+from pgolf.launch import children
+
+from conftest import ROOT, copy_workflow, live_tree, snakemake
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -68,7 +76,7 @@ def test_every_shell_field_is_quoted():
     assert len(fields) > 40  # the stage table's commands were read
     assert [f for f in fields if not f.endswith(":q")] == []
     common = (ROOT / "rules" / "common.smk").read_text()
-    prefixes = re.findall(r'^(?:LAUNCH|OMP_LAUNCH) = \(?\s*((?:"[^"]*"\s*)+)', common, re.M)
+    prefixes = re.findall(r'^(?:LAUNCH|OMP_LAUNCH) = \(\s*((?:"[^"]*"[\s,]*)+)\)', common, re.M)
     assert len(prefixes) == 2
     assert set(re.findall(FIELD, "".join(prefixes))) <= SAFE_PLACEHOLDERS
     shells = [
@@ -142,9 +150,15 @@ def _shell_commands(output: str) -> dict[str, list[str]]:
     return commands
 
 
+def _with_configs(workdir, shells: list[str]) -> str:
+    """The shell commands with the --config files they name (the rules pass each stage's config as a file)."""
+    files = [workdir / m for s in shells for m in re.findall(r"--config (\S+)", s)]
+    return " ".join(shells + [f.read_text() for f in files if f.is_file()])
+
+
 def test_submission_metadata_reaches_only_the_submission_rule(tmp_path):
     """Editing author, name, blurb, date or github_id must not re-run code, size_check or the timed evaluate:
-    only the submission rule's params carry them (the other rules' params are what -p prints)."""
+    only the submission rule's --config carries them (the other rules' params are their commands' config files)."""
     workdir = copy_workflow(tmp_path)
     (workdir / "meta.yaml").write_text(
         "submission:\n  author: Ada Lovelace-Marker\n  name: Name-Marker\n  blurb: Blurb-Marker\n"
@@ -154,7 +168,26 @@ def test_submission_metadata_reaches_only_the_submission_rule(tmp_path):
     assert {"code", "size_check", "evaluate", "submission"} <= set(commands)
     for rule, shells in commands.items():
         for marker in ("Lovelace-Marker", "Name-Marker", "Blurb-Marker", "gh-marker", "2031-01-02"):
-            assert (marker in " ".join(shells)) == (rule == "submission"), (rule, marker)
+            assert (marker in _with_configs(workdir, shells)) == (rule == "submission"), (rule, marker)
+
+
+def test_a_changed_setting_is_named_in_a_short_rerun_reason(tmp_path):
+    """A rule's params are its --config file (named by content) and one KEY=VALUE per setting: after an edit, the
+    dry run's reason names the setting, before and now, in a short line, and the stage reads the new file."""
+    workdir = copy_workflow(tmp_path)
+    snakemake(workdir, "--configfile", "recipes/smoke.yaml", "--until", "tokenizer")
+    (workdir / "fewer.yaml").write_text("data:\n  builtin:\n    max_docs: 1400\n")
+    args = ("--configfile", "recipes/smoke.yaml", "fewer.yaml")
+    out = snakemake(workdir, "-n", "-p", *args, "--until", "tokenizer").stdout
+    assert planned_jobs(out) == {"tokenizer": 1}
+    reasons = [line for line in out.splitlines() if "Params have changed" in line]
+    assert len(reasons) == 1 and len(reasons[0]) < 300, reasons
+    assert "before: " in reasons[0] and "'data.builtin.max_docs=1500'" in reasons[0].split("now: ")[0]
+    assert "'data.builtin.max_docs=1400'" in reasons[0].split("now: ")[1]
+    shell = _shell_commands(out)["tokenizer"][0]
+    assert len(shell) < 300 and "{" not in shell  # no JSON on the command line either
+    config = re.search(r"--config (\S+)", shell)[1]
+    assert json.loads((workdir / config).read_text())["data"]["builtin"]["max_docs"] == 1400
 
 
 def test_long_stages_show_their_log_on_the_console(tmp_path):
@@ -165,7 +198,51 @@ def test_long_stages_show_their_log_on_the_console(tmp_path):
     done = [line for line in log if '"event": "done"' in line]
     assert len(done) == 1 and done[0] in console.splitlines()
     plan = _shell_commands(snakemake(workdir, "-n", "-p", "--configfile", "recipes/smoke.yaml").stdout)
-    for rule in ("train", "hessians", "eval_prequant", "pack", "evaluate"):
-        assert all(s.startswith("set -o pipefail; ") and " 2>&1 | tee -i logs/" in s for s in plan[rule]), rule
+    for rule in ("train", "hessians", "eval_prequant", "pack", "evaluate"):  # the shell becomes pgolf.tee
+        assert all(
+            re.match(r"^(\S+=\S+ |\S+=\$\(\(.*?\)\) )*exec python -m pgolf\.tee logs/", s) for s in plan[rule]
+        ), rule
     for rule in ("quantize", "code", "size_check", "submission"):  # short: their log only
-        assert all(s.endswith(" 2>&1") and "tee" not in s for s in plan[rule]), rule
+        assert all(s.startswith("exec python -m pgolf.") and s.endswith(" 2>&1") for s in plan[rule]), rule
+
+
+def test_sigterm_to_a_jobs_shell_stops_training_cleanly(tmp_path):
+    """The SIGTERM Snakemake (or SLURM, or `kill`) sends to a job's shell reaches the training launcher: every rank
+    stops at the end of a step with a checkpoint, says where the next run resumes, and leaves no model.pt and no
+    temporary file; nothing of the job keeps running."""
+    workdir = copy_workflow(tmp_path)
+    (workdir / "long.yaml").write_text("train:\n  steps: 100000\n  log_every: 1\n")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--nolock", "--configfile", "recipes/smoke.yaml",
+           "long.yaml", "--until", "train"]  # fmt: skip
+    console = workdir / "console.txt"
+    with console.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT)
+    out = workdir / "results/smoke/seed1/train"
+    partial = out / "log.jsonl.partial"
+    try:
+        deadline = time.monotonic() + 400
+        while not (partial.exists() and '"step": 2,' in partial.read_text()):
+            assert proc.poll() is None, console.read_text()[-4000:]
+            assert time.monotonic() < deadline, "training never logged step 2"
+            time.sleep(0.2)
+        job_shell = children(proc.pid)
+        assert len(job_shell) == 1, job_shell  # the one running job: train
+        job = live_tree(job_shell[0])
+        os.kill(job_shell[0], signal.SIGTERM)
+        sent = time.monotonic()
+        proc.wait(timeout=120)
+        assert time.monotonic() - sent < 60, "training kept running after the signal"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0  # the job failed: a stopped training is no finished one
+    log = (workdir / "logs/train/smoke/seed1.log").read_text()
+    said = re.findall(r"^train: interrupted; the next run resumes from step (\d+)$", log, re.M)
+    assert len(said) == 1, log[-3000:]
+    assert said[0] in re.findall(r"resumes from step (\d+)", console.read_text())  # on the console as well
+    assert torch.load(checkpoint.checkpoint_path(out), weights_only=False)["step"] == int(said[0]) >= 2
+    assert not (out / "model.pt").exists() and not [p.name for p in out.iterdir() if p.suffix == ".tmp"]
+    deadline = time.monotonic() + 30
+    while [p for p in job if live_tree(p)]:
+        assert time.monotonic() < deadline, f"processes of the job outlived it: {job}"
+        time.sleep(0.1)
