@@ -1,4 +1,5 @@
 # Helpers shared by every rules file: config validation, wildcard constraints, stage inputs and params.
+import functools
 import hashlib
 import json
 import os
@@ -165,24 +166,30 @@ def config_params(stage, values):
 
 def preset_config_params(stage, values_of):
     """config_params for a per-preset stage (quantize, code): `values_of(preset)` is a preset's config; the capfit
-    preset's --config is the file the capfit rule writes (capfit_STAGE_config), its settings params empty.
+    preset's --config is the file the capfit rule writes (capfit_STAGE_config). The params are named by the union of
+    the presets' settings; one a job's preset lacks (and every one of the capfit preset) repeats its config path,
+    which the compared set of params holds anyway, so that adding or editing another preset changes nothing here.
     """
     keys = sorted(
         {k for p in config["quant"]["presets"] for k in settings(values_of(p))}
     )
+
+    preset_file = functools.cache(lambda preset: config_file(stage, values_of(preset)))
+    preset_settings = functools.cache(lambda preset: settings(values_of(preset)))
 
     def config_path(wildcards):
         if wildcards.preset == CAPFIT:
             return stage_path(
                 f"capfit_{stage}_config", name=wildcards.name, seed=wildcards.seed
             )
-        return config_file(stage, values_of(wildcards.preset))
+        return preset_file(wildcards.preset)
 
     def setting(key):
         def value(wildcards):
             if wildcards.preset == CAPFIT:
-                return ""
-            return settings(values_of(wildcards.preset)).get(key, f"{key} unset")
+                return config_path(wildcards)
+            found = preset_settings(wildcards.preset)
+            return found[key] if key in found else config_path(wildcards)
 
         return value
 

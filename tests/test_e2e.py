@@ -92,6 +92,13 @@ def test_editing_one_preset_reruns_only_its_branch(finished_copy):
     assert "Params have changed since last execution" in out
     assert re.search(r"rule quantize:.*?wildcards: name=smoke, seed=1, preset=awq", out, re.S)
     assert "preset=record" not in out
+    # one short line per rule, naming the setting (quantize's preset, code's quant.presets.awq), before and now
+    reasons = [line for line in out.splitlines() if "Params have changed" in line]
+    assert len(reasons) == 2 and max(len(line) for line in reasons) < 300, reasons
+    for line in reasons:
+        before, now = line.split(" now: ")
+        assert re.search(r"'(quant\.presets\.awq\.|preset\.)attn\.bits=6'", before), line
+        assert re.search(r"'(quant\.presets\.awq\.|preset\.)attn\.bits=5'", now), line
 
 
 def test_editing_the_submission_preset_rebuilds_the_folder(finished_copy):
