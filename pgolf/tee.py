@@ -3,9 +3,9 @@
     python -m pgolf.tee logs/train/smoke/seed1.log -- python -m pgolf.launch --gpus 0 -- -m pgolf.train ...
 
 The rule's shell `exec`s this, so a SIGTERM sent to the job's shell (Snakemake, SLURM, `kill`) lands here and
-goes on to the stage, whose launcher stops every rank cleanly. The stage runs in a process group of its own:
-a terminal's Ctrl-C or a group-wide signal reaches this process alone, which passes it on once. The log holds
-everything the stage wrote when this exits, with the stage's exit status (128 + N after a signal N).
+goes on to the stage, whose launcher stops every rank cleanly. The stage runs in a process group of its own: a
+terminal's Ctrl-C or a group-wide signal reaches this process alone, which passes it on to that group once. The
+log holds everything the stage wrote when this exits, with the stage's exit status (128 + N after a signal N).
 """
 
 import argparse
@@ -32,9 +32,9 @@ def run_teed(log_path: str, cmd: list[str]) -> int:
             preexec_fn=dying_with_this_process(),
         )
 
-        def forward(signum, frame):
+        def forward(signum, frame):  # to the stage's group, as a terminal would (tokenize's workers too)
             try:
-                os.kill(proc.pid, signum)
+                os.killpg(proc.pid, signum)
             except ProcessLookupError:
                 pass
 

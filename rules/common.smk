@@ -147,10 +147,10 @@ def settings(values, prefix=""):
 
 
 def _param_names(keys):
-    """Params names for settings: `setting_<dotted key>` as an identifier."""
+    """Params names for settings, `setting<i>_<dotted key as an identifier>` (the index keeps them distinct)."""
     return {
-        key: "setting_" + "".join(c if c.isalnum() else "_" for c in key)
-        for key in keys
+        key: f"setting{i}_" + "".join(c if c.isalnum() else "_" for c in key)
+        for i, key in enumerate(keys)
     }
 
 
