@@ -83,30 +83,56 @@ def module_name(relpath: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-# Modules of the closure that only one option runs: {path: (config key, the values that run it)}. Each caller imports
-# its module inside the branch the option takes, so a script whose config holds another value leaves the module out
-# (tests/test_codepack.py imports every carried module with the others blocked). A key the config lacks keeps it;
-# {preset} stands for the preset the script submits (quant.submission_preset, which narrow_config sets).
+def one_of(*values):
+    """The option runs where its key holds one of `values`."""
+    return lambda value: value in values
+
+
+def none_of(*values):
+    """The option runs where its key holds anything but `values` (its off values)."""
+    return lambda value: value not in values
+
+
+# Modules of the closure that only some options run: {path: ((config key, runs(value)), ...)}, carried where any of
+# its options runs. Each caller imports its module inside the branch the option takes, so a script whose config
+# turns them all off leaves the module out (tests/test_codepack.py imports every carried module with the others
+# blocked). A key the config lacks keeps it; {preset} stands for the preset the script submits
+# (quant.submission_preset, which narrow_config sets).
 OPTIONAL = {
-    "pgolf/sgd_ttt.py": ("eval.ttt.mode", ("sgd",)),  # #1572's full-weight SGD TTT (pgolf.evaluate)
-    "pgolf/ngram.py": ("eval.tilt.enabled", (True,)),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
-    "pgolf/pack_shuffle.py": ("pack.compressor", ("brotli_shuffle",)),  # #1572's artifact format (pgolf.pack)
-    "pgolf/prune.py": ("pack.compressor", ("lzma_pruned",)),  # #1512's pruned lzma format (pgolf.pack)
-    "pgolf/quant/awq.py": ("quant.presets.{preset}.awq.enabled", (True,)),  # AWQ-lite picks (pgolf.quant.state)
-    "pgolf/window_loader.py": ("train.loader", ("shuffled",)),  # #1572's shuffled windows (pgolf.train)
+    "pgolf/sgd_ttt.py": (("eval.ttt.mode", one_of("sgd")),),  # #1572's full-weight SGD TTT (pgolf.evaluate)
+    "pgolf/ngram.py": (("eval.tilt.enabled", one_of(True)),),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
+    "pgolf/pack_shuffle.py": (("pack.compressor", one_of("brotli_shuffle")),),  # #1572's artifact (pgolf.pack)
+    "pgolf/prune.py": (("pack.compressor", one_of("lzma_pruned")),),  # #1512's pruned lzma format (pgolf.pack)
+    "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
+    "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
+    "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)
+        ("model.bigram_buckets", none_of(0)),
+        ("model.value_embed_layers", none_of(None, [])),
+        ("model.smear_per_dim", one_of(True)),
+    ),
+    "pgolf/pko.py": (("model.partial_key_offset", one_of(True)),),  # #1512's partial key offset (pgolf.model)
+    "pgolf/qat.py": (("train.late_qat_threshold", none_of(0)),),  # #1512's late QAT (pgolf.model, pgolf.embeds)
+    "pgolf/selfcalib.py": (("hessians.source", one_of("self")),),  # #1512's calibration (pgolf.hessians)
 }
 _MISSING = object()
+
+
+def _lookup(config: dict, key: str):
+    value, preset = config, (config.get("quant") or {}).get("submission_preset")
+    for part in key.replace("{preset}", str(preset)).split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+    return value
 
 
 def needed(rel: str, config: dict) -> bool:
     """Whether a script for `config` must carry the module at `rel` (every module outside OPTIONAL must)."""
     if rel not in OPTIONAL:
         return True
-    key, values = OPTIONAL[rel]
-    value, preset = config, (config.get("quant") or {}).get("submission_preset")
-    for part in key.replace("{preset}", str(preset)).split("."):
-        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-    return value is _MISSING or value in values
+    for key, runs in OPTIONAL[rel]:
+        value = _lookup(config, key)
+        if value is _MISSING or runs(value):
+            return True
+    return False
 
 
 def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list[Path]:
@@ -124,14 +150,23 @@ def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list
 
 class _DropUnrun(ast.NodeTransformer):
     """Remove what a judge's run never executes: argparse help texts, descriptions and program names,
-    `if __name__ == "__main__"`, and the top-level definitions named in `unused`."""
+    `if __name__ == "__main__"`, the top-level definitions named in `unused`, then the top-level imports nothing
+    left reads (`outside`: the names other modules may reach, as an attribute or by a pgolf import)."""
 
-    def __init__(self, unused=()):
-        self.unused = set(unused)
+    def __init__(self, unused=(), outside=None):
+        self.unused, self.outside = set(unused), outside
 
     def visit_Module(self, node):
-        node.body = [n for n in node.body if not (isinstance(n, DEFINITIONS) and n.name in self.unused)]
-        return self.generic_visit(node)
+        node.body = [n for n in node.body if _defined_name(n) not in self.unused]
+        self.generic_visit(node)
+        if self.outside is None:
+            return node
+        read = {sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name)} | self.outside
+        for n in node.body:
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                n.names = [a for a in n.names if (a.asname or a.name).split(".")[0] in read or a.name == "*"]
+        node.body = [n for n in node.body if not isinstance(n, (ast.Import, ast.ImportFrom)) or n.names]
+        return node
 
     def visit_Call(self, node):
         self.generic_visit(node)
@@ -156,10 +191,26 @@ class _DropUnrun(ast.NodeTransformer):
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
+def _defined_name(node) -> str | None:
+    """The one name a top-level statement defines when running it does nothing else: a function, a class, or
+    `NAME = value` where the value calls nothing (constants, literals, operations on other names)."""
+    if isinstance(node, DEFINITIONS):
+        return node.name
+    if (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and not any(isinstance(sub, ast.Call) for sub in ast.walk(node.value))
+    ):
+        return node.targets[0].id
+    return None
+
+
 def _referenced_names(node) -> set:
-    """Every name a piece of code could reach a definition by: plain names, attributes, imported names."""
+    """Every name a piece of code could reach a definition by: plain names, attributes, imported names (an
+    assignment's own target aside)."""
     names = set()
-    for sub in ast.walk(node):
+    for sub in ast.walk(node.value if isinstance(node, ast.Assign) and _defined_name(node) else node):
         if isinstance(sub, ast.Name):
             names.add(sub.id)
         elif isinstance(sub, ast.Attribute):
@@ -170,20 +221,17 @@ def _referenced_names(node) -> set:
 
 
 def unused_definitions(sources: dict) -> dict:
-    """{path: top-level functions and classes nothing in the carried sources names}, repeated until none is left
-    (a definition only a removed one used goes too). Nothing in pgolf reaches a module-level name by a string."""
+    """{path: top-level definitions (_defined_name) nothing in the carried sources names}, repeated until none is
+    left (a definition only a removed one used goes too). Nothing in pgolf reaches a module-level name by a string."""
     trees = {rel: ast.parse(source) for rel, source in sources.items()}
     unused = {rel: set() for rel in trees}
     while True:
         names = {"run_all"}
         for rel, tree in trees.items():
             for node in tree.body:
-                if not (isinstance(node, DEFINITIONS) and node.name in unused[rel]):
+                if _defined_name(node) not in unused[rel]:
                     names |= _referenced_names(node)
-        found = {
-            rel: {n.name for n in tree.body if isinstance(n, DEFINITIONS) and n.name not in names}
-            for rel, tree in trees.items()
-        }
+        found = {rel: {_defined_name(n) for n in tree.body} - names - {None} for rel, tree in trees.items()}
         if all(found[rel] <= unused[rel] for rel in trees):
             return unused
         for rel in trees:
@@ -204,9 +252,25 @@ def preserved_globals(sources: dict) -> list[str]:
     return sorted(names)
 
 
-def minify(source: str, filename: str = "<source>", preserve=(), unused=(), options=MINIFY_OPTIONS) -> str:
+def reached_from_outside(sources: dict) -> set:
+    """The names one module can take from another: read as an attribute, or imported from a pgolf module."""
+    names = set()
+    for source in sources.values():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "pgolf"):
+                names.update(alias.name for alias in node.names)
+    return names
+
+
+def minify(
+    source: str, filename: str = "<source>", preserve=(), unused=(), options=MINIFY_OPTIONS, outside=None
+) -> str:
+    """`source` minified; `outside` (reached_from_outside) lets unread imports go, None keeps every import."""
     try:
-        tree = ast.fix_missing_locations(_DropUnrun(unused).visit(ast.parse(source, filename)))
+        tree = _DropUnrun(unused, outside).visit(ast.parse(source, filename))
+        tree = ast.fix_missing_locations(tree)
         return python_minifier.minify(ast.unparse(tree), filename=filename, preserve_globals=list(preserve), **options)
     except SyntaxError as e:
         raise PgolfError(f"{filename}: cannot be minified ({e}); fix the syntax error") from None
@@ -232,10 +296,10 @@ _MINIFIED = {}  # (package folder, options, sources) -> package_modules' result:
 
 
 def _minify_all(sources: dict, options: dict) -> dict:
-    preserve, unused = preserved_globals(sources), unused_definitions(sources)
+    preserve, unused, outside = preserved_globals(sources), unused_definitions(sources), reached_from_outside(sources)
     modules = {}
     for rel, source in sources.items():
-        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options))
+        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options, outside))
         for parent in Path(rel).parents:
             if parent.as_posix() != ".":
                 init = f"{parent.as_posix()}/__init__.py"

@@ -244,13 +244,14 @@ OFF = {
     "pgolf/quant/awq.py",
     "pgolf/window_loader.py",
 }
-RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader
-    "record": OFF,
+PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
+RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
+    "record": OFF | PR1512,
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"},  # its pruned lzma artifact; its preset names no awq
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py"},  # SGD TTT, byte shuffle, shuffled windows
-    "pr1935": OFF,
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"},  # tilt, AWQ
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"},
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py"} | PR1512,  # SGD TTT, byte shuffle, windows
+    "pr1935": OFF | PR1512,
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"} | PR1512,
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"} | PR1512,
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """
@@ -311,3 +312,9 @@ def test_a_config_without_the_key_keeps_the_module():
     quant = {"presets": {"a": {"awq": {"enabled": True}}, "b": {"awq": {"enabled": False}}}}
     assert C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "a"}})
     assert not C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "b"}})
+    # a module that several options run ships where any of them is on; an off value of another type is off too
+    assert not C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [], "smear_per_dim": 0}})
+    assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [3], "smear_per_dim": 0}})
+    assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
+    assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
+    assert C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.15}})
