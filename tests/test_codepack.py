@@ -318,3 +318,36 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
     assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
     assert C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.15}})
+
+
+def test_raised_messages_keep_what_went_wrong_without_the_dag_advice():
+    source = (
+        "def f(p):\n    raise ValueError(f'{p}: truncated ({len(p)} bytes); re-run the pack rule ({p})')\n"
+        "def g():\n    raise ValueError('lrzip: not found; install it (apt-get install lrzip)')\n"
+        "def h():\n    raise ValueError('no advice here')\n"
+    )
+    ns = {}
+    exec(C.minify(source, "m.py", preserve=["f", "g", "h"]), ns)
+    for call, message in ((lambda: ns["f"]("x.pgrp"), "x.pgrp: truncated (6 bytes)"),
+                          (ns["g"], "lrzip: not found; install it (apt-get install lrzip)"),
+                          (ns["h"], "no advice here")):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == message
+
+
+def test_unread_assignments_and_imports_are_left_out():
+    sources = {
+        "pgolf/a.py": "import os, re\nfrom pathlib import Path\nUSED = 1\nUNUSED = USED + 1\nCALLS = Path('.')\n"
+        "def run_all():\n    return USED + len(re.escape('x'))\n",
+        "pgolf/b.py": "from .a import CALLS\n",
+    }
+    unused = C.unused_definitions(sources)
+    assert unused == {"pgolf/a.py": {"UNUSED"}, "pgolf/b.py": set()}  # CALLS runs a call: never dropped
+    out = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"], outside=set())
+    assert "os" not in out and "UNUSED" not in out and "Path" in out
+    ns = {}
+    exec(out, ns)
+    assert ns["run_all"]() == 2
+    kept = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"])  # outside=None keeps imports
+    assert "import os" in kept
