@@ -22,6 +22,7 @@ import json
 import platform
 import shutil
 import subprocess
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -103,6 +104,7 @@ OPTIONAL = {
     "pgolf/ngram.py": (("eval.tilt.enabled", one_of(True)),),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
     "pgolf/pack_shuffle.py": (("pack.compressor", one_of("brotli_shuffle")),),  # #1572's artifact (pgolf.pack)
     "pgolf/prune.py": (("pack.compressor", one_of("lzma_pruned")),),  # #1512's pruned lzma format (pgolf.pack)
+    "pgolf/lrzip_parts.py": (("pack.compressor", one_of("lrzip_parts")),),  # groups in parallel streams (pgolf.pack)
     "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
     "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
     "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)
@@ -154,11 +156,16 @@ class _DropUnrun(ast.NodeTransformer):
     the top-level imports nothing left reads (`outside`: the names other modules may reach, as an attribute or by a
     pgolf import)."""
 
-    def __init__(self, unused=(), outside=None):
-        self.unused, self.outside = set(unused), outside
+    def __init__(self, unused=(), outside=None, entries=None):
+        self.unused, self.outside, self.entries = set(unused), outside, entries or {}
 
     def visit_Module(self, node):
         node.body = [n for n in node.body if _defined_name(n) not in self.unused]
+        for n in node.body:
+            keys = self.entries.get(_assigned_name(n), ())
+            if keys:
+                kept = [(k, v) for k, v in zip(n.value.keys, n.value.values) if k.value not in keys]
+                n.value.keys, n.value.values = [k for k, _ in kept], [v for _, v in kept]
         self.generic_visit(node)
         if self.outside is None:
             return node
@@ -194,19 +201,28 @@ class _DropUnrun(ast.NodeTransformer):
         return node
 
     def visit_If(self, node):
-        test = node.test
-        if (
-            isinstance(test, ast.Compare)
-            and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__"
-            and isinstance(test.comparators[0], ast.Constant)
-            and test.comparators[0].value == "__main__"
-        ):
-            return None
-        return self.generic_visit(node)
+        return None if _is_main_block(node) else self.generic_visit(node)
+
+
+def _is_main_block(node) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
 
 
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _assigned_name(node) -> str | None:
+    """NAME of a top-level `NAME = value`."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    return None
 
 
 def _defined_name(node) -> str | None:
@@ -214,13 +230,8 @@ def _defined_name(node) -> str | None:
     `NAME = value` where the value calls nothing (constants, literals, operations on other names)."""
     if isinstance(node, DEFINITIONS):
         return node.name
-    if (
-        isinstance(node, ast.Assign)
-        and len(node.targets) == 1
-        and isinstance(node.targets[0], ast.Name)
-        and not any(isinstance(sub, ast.Call) for sub in ast.walk(node.value))
-    ):
-        return node.targets[0].id
+    if _assigned_name(node) and not any(isinstance(sub, ast.Call) for sub in ast.walk(node.value)):
+        return _assigned_name(node)
     return None
 
 
@@ -239,9 +250,12 @@ def _referenced_names(node) -> set:
 
 
 def unused_definitions(sources: dict) -> dict:
-    """{path: top-level definitions (_defined_name) nothing in the carried sources names}, repeated until none is
-    left (a definition only a removed one used goes too). Nothing in pgolf reaches a module-level name by a string."""
+    """{path: top-level definitions (_defined_name) nothing in the carried sources names outside their `__main__`
+    blocks}, repeated until none is left (a definition only a removed one used goes too). Nothing in pgolf reaches a
+    module-level name by a string."""
     trees = {rel: ast.parse(source) for rel, source in sources.items()}
+    for tree in trees.values():  # a `__main__` block does not ship, so what only it names is unused
+        tree.body = [node for node in tree.body if not _is_main_block(node)]
     unused = {rel: set() for rel in trees}
     while True:
         names = {"run_all"}
@@ -270,6 +284,59 @@ def preserved_globals(sources: dict) -> list[str]:
     return sorted(names)
 
 
+def unread_entries(sources: dict, unused: dict) -> dict:
+    """{path: {NAME: keys}}: for each top-level `NAME = {"key": value, ...}` (string keys) that the code left in the
+    script reads only as NAME[...] in its own module, the entries whose key no other string of that code spells (a
+    key the judge's run looks up is written out: the stages run_all runs, the paths they name). Repeated until none is
+    left (a key only a dropped entry, or its own entry, spelled goes too). Nothing in pgolf builds such a key from pieces, and such a
+    table's values only build values (STAGES' Stage(...) entries)."""
+    trees = {}
+    for rel, source in sources.items():
+        tree = ast.parse(source)
+        tree.body = [n for n in tree.body if not _is_main_block(n) and _defined_name(n) not in unused[rel]]
+        trees[rel] = tree
+    outside = reached_from_outside({rel: ast.unparse(tree) for rel, tree in trees.items()})
+    tables = {}  # (path, NAME) -> its ast.Dict
+    for rel, tree in trees.items():
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in tree.body:
+            name = _assigned_name(node)
+            if name is None or name in outside or not isinstance(node.value, ast.Dict):
+                continue
+            if not all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in node.value.keys):
+                continue
+            reads = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name and n is not node.targets[0]]
+            if all(isinstance(parents[n], ast.Subscript) and parents[n].value is n for n in reads):
+                tables[rel, name] = node.value
+    dropped = {key: set() for key in tables}
+    while True:
+        skip = {id(k) for table in tables.values() for k in table.keys}
+        for key, table in tables.items():  # the dropped entries' strings do not count
+            skip |= {id(n) for k, v in zip(table.keys, table.values) if k.value in dropped[key] for n in ast.walk(v)}
+        spelled = Counter(n.value for tree in trees.values() for n in _strings(tree) if id(n) not in skip)
+        more = {
+            key: {
+                k.value
+                for k, v in zip(table.keys, table.values)
+                if k.value not in dropped[key] and spelled[k.value] <= sum(n.value == k.value for n in _strings(v))
+            }
+            for key, table in tables.items()
+        }
+        if not any(more.values()):
+            break
+        for key in tables:
+            dropped[key] |= more[key]
+    out = {rel: {} for rel in trees}
+    for (rel, name), keys in dropped.items():
+        if keys:
+            out[rel][name] = keys
+    return out
+
+
+def _strings(node):
+    return (n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+
+
 def reached_from_outside(sources: dict) -> set:
     """The names one module can take from another: read as an attribute, or imported from a pgolf module."""
     names = set()
@@ -283,11 +350,18 @@ def reached_from_outside(sources: dict) -> set:
 
 
 def minify(
-    source: str, filename: str = "<source>", preserve=(), unused=(), options=MINIFY_OPTIONS, outside=None
+    source: str,
+    filename: str = "<source>",
+    preserve=(),
+    unused=(),
+    options=MINIFY_OPTIONS,
+    outside=None,
+    entries=None,
 ) -> str:
-    """`source` minified; `outside` (reached_from_outside) lets unread imports go, None keeps every import."""
+    """`source` minified; `outside` (reached_from_outside) lets unread imports go, None keeps every import; `entries`
+    ({NAME: keys}, unread_entries) drops those entries of top-level dicts."""
     try:
-        tree = _DropUnrun(unused, outside).visit(ast.parse(source, filename))
+        tree = _DropUnrun(unused, outside, entries).visit(ast.parse(source, filename))
         tree = ast.fix_missing_locations(tree)
         return python_minifier.minify(ast.unparse(tree), filename=filename, preserve_globals=list(preserve), **options)
     except SyntaxError as e:
@@ -315,9 +389,10 @@ _MINIFIED = {}  # (package folder, options, sources) -> package_modules' result:
 
 def _minify_all(sources: dict, options: dict) -> dict:
     preserve, unused, outside = preserved_globals(sources), unused_definitions(sources), reached_from_outside(sources)
+    entries = unread_entries(sources, unused)
     modules = {}
     for rel, source in sources.items():
-        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options, outside))
+        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options, outside, entries[rel]))
         for parent in Path(rel).parents:
             if parent.as_posix() != ".":
                 init = f"{parent.as_posix()}/__init__.py"

@@ -244,14 +244,15 @@ OFF = {
     "pgolf/quant/awq.py",
     "pgolf/window_loader.py",
 }
+PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
-    "record": OFF | PR1512,
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"},  # its pruned lzma artifact; its preset names no awq
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py"} | PR1512,  # SGD TTT, byte shuffle, windows
-    "pr1935": OFF | PR1512,
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"} | PR1512,
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"} | PR1512,
+    "record": OFF | PR1512 | {PARTS},
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS},  # pruned lzma artifact; no awq in preset
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS} | PR1512,  # SGD TTT, shuffle, windows
+    "pr1935": OFF | PR1512 | {PARTS},
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """
@@ -351,3 +352,21 @@ def test_unread_assignments_and_imports_are_left_out():
     assert ns["run_all"]() == 2
     kept = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"])  # outside=None keeps imports
     assert "import os" in kept
+
+
+def test_tables_keep_only_the_entries_whose_keys_the_carried_code_spells():
+    sources = {
+        "pgolf/t.py": "PATHS = {'a': 'x/a', 'b': 'x/b', 'c': 'x/c'}\nSTAGES = {'one': ('a',), 'two': ('b',)}\n"
+        "ITERATED = {'p': 1, 'q': 2}\n"
+        "def path(k):\n    return PATHS[k]\n"
+        "def stage(s):\n    return [path(k) for k in STAGES[s]]\n"
+        "def count():\n    return len(ITERATED)\n",
+        "pgolf/r.py": "from .t import stage, count\ndef run_all():\n    return stage('one'), count()\n",
+    }
+    unused = C.unused_definitions(sources)
+    entries = C.unread_entries(sources, unused)  # 'b' only in the dropped 'two'; ITERATED is read whole
+    assert entries == {"pgolf/t.py": {"STAGES": {"two"}, "PATHS": {"b", "c"}}, "pgolf/r.py": {}}
+    out = C.minify(sources["pgolf/t.py"], "t.py", ["stage", "count"], outside=set(), entries=entries["pgolf/t.py"])
+    ns = {}
+    exec(out, ns)
+    assert ns["stage"]("one") == ["x/a"] and ns["count"]() == 2 and "x/b" not in out and "x/c" not in out
