@@ -152,9 +152,9 @@ def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list
 
 class _DropUnrun(ast.NodeTransformer):
     """Remove what a judge's run never executes or cannot use: argparse help texts, descriptions and program names,
-    `if __name__ == "__main__"`, the DAG advice in raised messages, the top-level definitions named in `unused`, then
-    the top-level imports nothing left reads (`outside`: the names other modules may reach, as an attribute or by a
-    pgolf import)."""
+    `if __name__ == "__main__"`, the DAG advice in error messages (_cut_advice), the top-level definitions named in
+    `unused` and the table entries in `entries`, then the top-level imports nothing left reads (`outside`: the names
+    other modules may reach, as an attribute or by a pgolf import)."""
 
     def __init__(self, unused=(), outside=None, entries=None):
         self.unused, self.outside, self.entries = set(unused), outside, entries or {}
@@ -181,27 +181,27 @@ class _DropUnrun(ast.NodeTransformer):
         func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
         if func in ("ArgumentParser", "add_argument", "add_parser", "add_argument_group"):  # usage names the script
             node.keywords = [k for k in node.keywords if k.arg not in ("help", "description", "prog")]
-        return node
-
-    def visit_Raise(self, node):
-        """A raised message keeps what went wrong, up to its first "; ": the advice after it names a DAG step (a rule
-        to re-run, the config to fix, a snakemake target), which a judge's run of train_gpt.py cannot take. Advice to
-        install something stays (the judge's machine can)."""
-        self.generic_visit(node)
-        message = node.exc.args[0] if isinstance(node.exc, ast.Call) and node.exc.args else None
-        parts = message.values if isinstance(message, ast.JoinedStr) else [message]
-        if "install" in ast.unparse(message or ast.Constant("")):
-            return node
-        for i, part in enumerate(parts):
-            if isinstance(part, ast.Constant) and isinstance(part.value, str) and "; " in part.value:
-                part.value = part.value.split("; ")[0]
-                if isinstance(message, ast.JoinedStr):
-                    message.values = parts[: i + 1]
-                break
+        if func and func.endswith("Error") and node.args:
+            _cut_advice(node.args[0])
         return node
 
     def visit_If(self, node):
         return None if _is_main_block(node) else self.generic_visit(node)
+
+
+def _cut_advice(message):
+    """An error's message keeps what went wrong, up to its first "; ": the advice after it names a DAG step (a rule to
+    re-run, the config to fix, a snakemake target), which a judge's run of train_gpt.py cannot take. Advice to
+    install something stays (the judge's machine can)."""
+    parts = message.values if isinstance(message, ast.JoinedStr) else [message]
+    if "install" in ast.unparse(message):
+        return
+    for i, part in enumerate(parts):
+        if isinstance(part, ast.Constant) and isinstance(part.value, str) and "; " in part.value:
+            part.value = part.value.split("; ")[0]
+            if isinstance(message, ast.JoinedStr):
+                message.values = parts[: i + 1]
+            return
 
 
 def _is_main_block(node) -> bool:

@@ -249,7 +249,23 @@ PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
     "record": OFF | PR1512 | {PARTS},
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS},  # pruned lzma artifact; no awq in preset
+OFF = {
+    "pgolf/sgd_ttt.py",
+    "pgolf/ngram.py",
+    "pgolf/pack_shuffle.py",
+    "pgolf/prune.py",
+    "pgolf/quant/awq.py",
+    "pgolf/window_loader.py",
+}
+PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
+PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
+RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
+    "record": OFF | PR1512 | {PARTS},
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS},  # pruned lzma artifact; no awq in preset
     "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS} | PR1512,  # SGD TTT, shuffle, windows
+    "pr1935": OFF | PR1512 | {PARTS},
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
     "pr1935": OFF | PR1512 | {PARTS},
     "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
     "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
@@ -314,7 +330,9 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "a"}})
     assert not C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "b"}})
     # a module that several options run ships where any of them is on; an off value of another type is off too
-    assert not C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [], "smear_per_dim": 0}})
+    assert not C.needed(
+        "pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [], "smear_per_dim": 0}}
+    )
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [3], "smear_per_dim": 0}})
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
     assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
@@ -329,9 +347,11 @@ def test_raised_messages_keep_what_went_wrong_without_the_dag_advice():
     )
     ns = {}
     exec(C.minify(source, "m.py", preserve=["f", "g", "h"]), ns)
-    for call, message in ((lambda: ns["f"]("x.pgrp"), "x.pgrp: truncated (6 bytes)"),
-                          (ns["g"], "lrzip: not found; install it (apt-get install lrzip)"),
-                          (ns["h"], "no advice here")):
+    for call, message in (
+        (lambda: ns["f"]("x.pgrp"), "x.pgrp: truncated (6 bytes)"),
+        (ns["g"], "lrzip: not found; install it (apt-get install lrzip)"),
+        (ns["h"], "no advice here"),
+    ):
         with pytest.raises(ValueError) as error:
             call()
         assert str(error.value) == message
