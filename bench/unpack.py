@@ -1,7 +1,7 @@
 """Pack and unpack of a record-size .pgrp against the floor, `lrzip -d` of the same lrzip streams, per compressor.
 
     python bench/unpack.py [--pgrp model.pgrp] [--keep synthetic.pgrp] [--compressor lrzip_groups lrzip_parts]
-                           [--layers 11] [--vocab 8192] [--seed 0]
+                           [--layers 11] [--vocab 8192] [--seed 0] [--part-bytes N] [--lrzip-seconds S]
 
 Without --pgrp it packs bench/pack.py's synthetic record-shaped state with each compressor (and times that; --keep
 saves the lrzip_groups blob for the next call). Then, for each blob:
@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pgolf import lrzip_parts as L  # noqa: E402
 from pgolf import pack as P  # noqa: E402
 
 LRZIP = ("lrzip_groups", "lrzip_parts")  # the compressors whose container holds lrzip streams
@@ -108,8 +109,10 @@ def main():
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lrzip-seconds", type=float, default=P.LRZIP_SECONDS, help="unpack's lrzip time bound")
+    parser.add_argument("--part-bytes", type=int, default=L.PART_BYTES, help="lrzip_parts' cut (for small states)")
     args = parser.parse_args()
     P.LRZIP_SECONDS = args.lrzip_seconds  # a loaded machine can run lrzip slower than the bound allows
+    L.PART_BYTES = args.part_bytes
     print(f"cores {P.cores()}  load {os.getloadavg()[0]:.1f}  lrzip {P.lrzip_binary()}")
     rows, blobs = [], {}
     if args.pgrp:
