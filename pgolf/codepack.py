@@ -6,10 +6,12 @@
 The challenge counts the bytes of train_gpt.py and runs it with `torchrun --standalone --nproc_per_node=8
 train_gpt.py`. The script carries the import closure of pgolf.runall (pgolf.stages.closure, from the import
 statements, without importing), so the DAG-only stages (data, tokenizer, launch, report, config resolution, the
-submission folder) stay out, less the modules of OPTIONAL whose option the config turns off (their callers import
-them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block and the top-level definitions
-nothing carried names; python-minifier then renames locals and the module-level names no other module reads
-(bench/code_size.py measures these choices). The bootstrap, the config and the modules, NUL-separated, are
+submission folder) stay out, less the modules of OPTIONAL whose options the config turns off (their callers import
+them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block, the DAG
+advice of its error messages, the top-level definitions (and call-free assignments) nothing carried names, the
+entries of its subscript-only tables whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left
+reads; python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
+bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
 compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a latin-1 string literal, one
 byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that serves the pgolf.*
 modules from memory (and nothing else), then, run as a script, calls pgolf.runall.run_all(CONFIG).
@@ -22,6 +24,7 @@ import json
 import platform
 import shutil
 import subprocess
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -83,30 +86,57 @@ def module_name(relpath: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-# Modules of the closure that only one option runs: {path: (config key, the values that run it)}. Each caller imports
-# its module inside the branch the option takes, so a script whose config holds another value leaves the module out
-# (tests/test_codepack.py imports every carried module with the others blocked). A key the config lacks keeps it;
-# {preset} stands for the preset the script submits (quant.submission_preset, which narrow_config sets).
+def one_of(*values):
+    """The option runs where its key holds one of `values`."""
+    return lambda value: value in values
+
+
+def none_of(*values):
+    """The option runs where its key holds anything but `values` (its off values)."""
+    return lambda value: value not in values
+
+
+# Modules of the closure that only some options run: {path: ((config key, runs(value)), ...)}, carried where any of
+# its options runs. Each caller imports its module inside the branch the option takes, so a script whose config
+# turns them all off leaves the module out (tests/test_codepack.py imports every carried module with the others
+# blocked). A key the config lacks keeps it; {preset} stands for the preset the script submits
+# (quant.submission_preset, which narrow_config sets).
 OPTIONAL = {
-    "pgolf/sgd_ttt.py": ("eval.ttt.mode", ("sgd",)),  # #1572's full-weight SGD TTT (pgolf.evaluate)
-    "pgolf/ngram.py": ("eval.tilt.enabled", (True,)),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
-    "pgolf/pack_shuffle.py": ("pack.compressor", ("brotli_shuffle",)),  # #1572's artifact format (pgolf.pack)
-    "pgolf/prune.py": ("pack.compressor", ("lzma_pruned",)),  # #1512's pruned lzma format (pgolf.pack)
-    "pgolf/quant/awq.py": ("quant.presets.{preset}.awq.enabled", (True,)),  # AWQ-lite picks (pgolf.quant.state)
-    "pgolf/window_loader.py": ("train.loader", ("shuffled",)),  # #1572's shuffled windows (pgolf.train)
+    "pgolf/sgd_ttt.py": (("eval.ttt.mode", one_of("sgd")),),  # #1572's full-weight SGD TTT (pgolf.evaluate)
+    "pgolf/ngram.py": (("eval.tilt.enabled", one_of(True)),),  # the n-gram tilt (pgolf.evaluate, pgolf.ttt)
+    "pgolf/pack_shuffle.py": (("pack.compressor", one_of("brotli_shuffle")),),  # #1572's artifact (pgolf.pack)
+    "pgolf/prune.py": (("pack.compressor", one_of("lzma_pruned")),),  # #1512's pruned lzma format (pgolf.pack)
+    "pgolf/lrzip_parts.py": (("pack.compressor", one_of("lrzip_parts")),),  # groups in parallel streams (pgolf.pack)
+    "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
+    "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
+    "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)
+        ("model.bigram_buckets", none_of(0)),
+        ("model.value_embed_layers", none_of(None, [])),
+        ("model.smear_per_dim", one_of(True)),
+    ),
+    "pgolf/pko.py": (("model.partial_key_offset", one_of(True)),),  # #1512's partial key offset (pgolf.model)
+    "pgolf/qat.py": (("train.late_qat_threshold", none_of(0)),),  # #1512's late QAT (pgolf.model, pgolf.embeds)
+    "pgolf/selfcalib.py": (("hessians.source", one_of("self")),),  # #1512's calibration (pgolf.hessians)
 }
 _MISSING = object()
+
+
+def _lookup(config: dict, key: str):
+    value, preset = config, (config.get("quant") or {}).get("submission_preset")
+    for part in key.replace("{preset}", str(preset)).split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+    return value
 
 
 def needed(rel: str, config: dict) -> bool:
     """Whether a script for `config` must carry the module at `rel` (every module outside OPTIONAL must)."""
     if rel not in OPTIONAL:
         return True
-    key, values = OPTIONAL[rel]
-    value, preset = config, (config.get("quant") or {}).get("submission_preset")
-    for part in key.replace("{preset}", str(preset)).split("."):
-        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-    return value is _MISSING or value in values
+    for key, runs in OPTIONAL[rel]:
+        value = _lookup(config, key)
+        if value is _MISSING or runs(value):
+            return True
+    return False
 
 
 def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list[Path]:
@@ -123,43 +153,95 @@ def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list
 
 
 class _DropUnrun(ast.NodeTransformer):
-    """Remove what a judge's run never executes: argparse help texts, descriptions and program names,
-    `if __name__ == "__main__"`, and the top-level definitions named in `unused`."""
+    """Remove what a judge's run never executes or cannot use: argparse help texts, descriptions and program names,
+    `if __name__ == "__main__"`, the DAG advice in error messages (_cut_advice), the top-level definitions named in
+    `unused` and the table entries in `entries`, then the top-level imports nothing left reads (`outside`: the names
+    other modules may reach, as an attribute or by a pgolf import)."""
 
-    def __init__(self, unused=()):
-        self.unused = set(unused)
+    def __init__(self, unused=(), outside=None, entries=None):
+        self.unused, self.outside, self.entries = set(unused), outside, entries or {}
 
     def visit_Module(self, node):
-        node.body = [n for n in node.body if not (isinstance(n, DEFINITIONS) and n.name in self.unused)]
-        return self.generic_visit(node)
+        node.body = [n for n in node.body if _defined_name(n) not in self.unused]
+        for n in node.body:
+            keys = self.entries.get(_assigned_name(n), ())
+            if keys:
+                kept = [(k, v) for k, v in zip(n.value.keys, n.value.values) if k.value not in keys]
+                n.value.keys, n.value.values = [k for k, _ in kept], [v for _, v in kept]
+        self.generic_visit(node)
+        if self.outside is None:
+            return node
+        read = {sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name)} | self.outside
+        for n in node.body:
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                n.names = [a for a in n.names if (a.asname or a.name).split(".")[0] in read or a.name == "*"]
+        node.body = [n for n in node.body if not isinstance(n, (ast.Import, ast.ImportFrom)) or n.names]
+        return node
 
     def visit_Call(self, node):
         self.generic_visit(node)
         func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
         if func in ("ArgumentParser", "add_argument", "add_parser", "add_argument_group"):  # usage names the script
             node.keywords = [k for k in node.keywords if k.arg not in ("help", "description", "prog")]
+        if func and func.endswith("Error") and node.args:
+            _cut_advice(node.args[0])
         return node
 
     def visit_If(self, node):
-        test = node.test
-        if (
-            isinstance(test, ast.Compare)
-            and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__"
-            and isinstance(test.comparators[0], ast.Constant)
-            and test.comparators[0].value == "__main__"
-        ):
-            return None
-        return self.generic_visit(node)
+        return None if _is_main_block(node) else self.generic_visit(node)
+
+
+def _cut_advice(message):
+    """An error's message keeps what went wrong, up to its first "; ": the advice after it names a DAG step (a rule to
+    re-run, the config to fix, a snakemake target), which a judge's run of train_gpt.py cannot take. Advice to
+    install something stays (the judge's machine can)."""
+    parts = message.values if isinstance(message, ast.JoinedStr) else [message]
+    if "install" in ast.unparse(message):
+        return
+    for i, part in enumerate(parts):
+        if isinstance(part, ast.Constant) and isinstance(part.value, str) and "; " in part.value:
+            part.value = part.value.split("; ")[0]
+            if isinstance(message, ast.JoinedStr):
+                message.values = parts[: i + 1]
+            return
+
+
+def _is_main_block(node) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
 
 
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
+def _assigned_name(node) -> str | None:
+    """NAME of a top-level `NAME = value`."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    return None
+
+
+def _defined_name(node) -> str | None:
+    """The one name a top-level statement defines when running it does nothing else: a function, a class, or
+    `NAME = value` where the value calls nothing (constants, literals, operations on other names)."""
+    if isinstance(node, DEFINITIONS):
+        return node.name
+    if _assigned_name(node) and not any(isinstance(sub, ast.Call) for sub in ast.walk(node.value)):
+        return _assigned_name(node)
+    return None
+
+
 def _referenced_names(node) -> set:
-    """Every name a piece of code could reach a definition by: plain names, attributes, imported names."""
+    """Every name a piece of code could reach a definition by: plain names, attributes, imported names (an
+    assignment's own target aside)."""
     names = set()
-    for sub in ast.walk(node):
+    for sub in ast.walk(node.value if isinstance(node, ast.Assign) and _defined_name(node) else node):
         if isinstance(sub, ast.Name):
             names.add(sub.id)
         elif isinstance(sub, ast.Attribute):
@@ -170,20 +252,20 @@ def _referenced_names(node) -> set:
 
 
 def unused_definitions(sources: dict) -> dict:
-    """{path: top-level functions and classes nothing in the carried sources names}, repeated until none is left
-    (a definition only a removed one used goes too). Nothing in pgolf reaches a module-level name by a string."""
+    """{path: top-level definitions (_defined_name) nothing in the carried sources names outside their `__main__`
+    blocks}, repeated until none is left (a definition only a removed one used goes too). Nothing in pgolf reaches a
+    module-level name by a string."""
     trees = {rel: ast.parse(source) for rel, source in sources.items()}
+    for tree in trees.values():  # a `__main__` block does not ship, so what only it names is unused
+        tree.body = [node for node in tree.body if not _is_main_block(node)]
     unused = {rel: set() for rel in trees}
     while True:
         names = {"run_all"}
         for rel, tree in trees.items():
             for node in tree.body:
-                if not (isinstance(node, DEFINITIONS) and node.name in unused[rel]):
+                if _defined_name(node) not in unused[rel]:
                     names |= _referenced_names(node)
-        found = {
-            rel: {n.name for n in tree.body if isinstance(n, DEFINITIONS) and n.name not in names}
-            for rel, tree in trees.items()
-        }
+        found = {rel: {_defined_name(n) for n in tree.body} - names - {None} for rel, tree in trees.items()}
         if all(found[rel] <= unused[rel] for rel in trees):
             return unused
         for rel in trees:
@@ -204,9 +286,85 @@ def preserved_globals(sources: dict) -> list[str]:
     return sorted(names)
 
 
-def minify(source: str, filename: str = "<source>", preserve=(), unused=(), options=MINIFY_OPTIONS) -> str:
+def unread_entries(sources: dict, unused: dict) -> dict:
+    """{path: {NAME: keys}}: for each top-level `NAME = {"key": value, ...}` (string keys) that the code left in the
+    script reads only as NAME[...] in its own module, the entries whose key no other string of that code spells (a
+    key the judge's run looks up is written out: the stages run_all runs, the paths they name). Repeated until none is
+    left (a key only a dropped entry, or its own entry, spelled goes too). Nothing in pgolf builds such a key from pieces, and such a
+    table's values only build values (STAGES' Stage(...) entries)."""
+    trees = {}
+    for rel, source in sources.items():
+        tree = ast.parse(source)
+        tree.body = [n for n in tree.body if not _is_main_block(n) and _defined_name(n) not in unused[rel]]
+        trees[rel] = tree
+    outside = reached_from_outside({rel: ast.unparse(tree) for rel, tree in trees.items()})
+    tables = {}  # (path, NAME) -> its ast.Dict
+    for rel, tree in trees.items():
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in tree.body:
+            name = _assigned_name(node)
+            if name is None or name in outside or not isinstance(node.value, ast.Dict):
+                continue
+            if not all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in node.value.keys):
+                continue
+            reads = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name and n is not node.targets[0]]
+            if all(isinstance(parents[n], ast.Subscript) and parents[n].value is n for n in reads):
+                tables[rel, name] = node.value
+    dropped = {key: set() for key in tables}
+    while True:
+        skip = {id(k) for table in tables.values() for k in table.keys}
+        for key, table in tables.items():  # the dropped entries' strings do not count
+            skip |= {id(n) for k, v in zip(table.keys, table.values) if k.value in dropped[key] for n in ast.walk(v)}
+        spelled = Counter(n.value for tree in trees.values() for n in _strings(tree) if id(n) not in skip)
+        more = {
+            key: {
+                k.value
+                for k, v in zip(table.keys, table.values)
+                if k.value not in dropped[key] and spelled[k.value] <= sum(n.value == k.value for n in _strings(v))
+            }
+            for key, table in tables.items()
+        }
+        if not any(more.values()):
+            break
+        for key in tables:
+            dropped[key] |= more[key]
+    out = {rel: {} for rel in trees}
+    for (rel, name), keys in dropped.items():
+        if keys:
+            out[rel][name] = keys
+    return out
+
+
+def _strings(node):
+    return (n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+
+
+def reached_from_outside(sources: dict) -> set:
+    """The names one module can take from another: read as an attribute, or imported from a pgolf module."""
+    names = set()
+    for source in sources.values():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "pgolf"):
+                names.update(alias.name for alias in node.names)
+    return names
+
+
+def minify(
+    source: str,
+    filename: str = "<source>",
+    preserve=(),
+    unused=(),
+    options=MINIFY_OPTIONS,
+    outside=None,
+    entries=None,
+) -> str:
+    """`source` minified; `outside` (reached_from_outside) lets unread imports go, None keeps every import; `entries`
+    ({NAME: keys}, unread_entries) drops those entries of top-level dicts."""
     try:
-        tree = ast.fix_missing_locations(_DropUnrun(unused).visit(ast.parse(source, filename)))
+        tree = _DropUnrun(unused, outside, entries).visit(ast.parse(source, filename))
+        tree = ast.fix_missing_locations(tree)
         return python_minifier.minify(ast.unparse(tree), filename=filename, preserve_globals=list(preserve), **options)
     except SyntaxError as e:
         raise PgolfError(f"{filename}: cannot be minified ({e}); fix the syntax error") from None
@@ -232,10 +390,11 @@ _MINIFIED = {}  # (package folder, options, sources) -> package_modules' result:
 
 
 def _minify_all(sources: dict, options: dict) -> dict:
-    preserve, unused = preserved_globals(sources), unused_definitions(sources)
+    preserve, unused, outside = preserved_globals(sources), unused_definitions(sources), reached_from_outside(sources)
+    entries = unread_entries(sources, unused)
     modules = {}
     for rel, source in sources.items():
-        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options))
+        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options, outside, entries[rel]))
         for parent in Path(rel).parents:
             if parent.as_posix() != ".":
                 init = f"{parent.as_posix()}/__init__.py"

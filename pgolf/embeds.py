@@ -14,8 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .qat import LINEAR_LOW, fake_quant_int6
-
 BIGRAM_MULT = (36313, 27191)  # (current, previous) token multipliers of #1019's hash
 
 
@@ -29,7 +27,11 @@ def bigram_hash(ids: torch.Tensor, buckets: int) -> torch.Tensor:
 
 def _project(h: torch.Tensor, proj: nn.Linear, qat: bool) -> torch.Tensor:
     """#1512's CastedLinear: weights cast to the input dtype, fake int6 (levels -32..31) under QAT."""
-    w = fake_quant_int6(proj.weight, LINEAR_LOW) if qat else proj.weight
+    w = proj.weight
+    if qat:  # pgolf.qat ships only where late QAT runs (pgolf.codepack.OPTIONAL)
+        from .qat import LINEAR_LOW, fake_quant_int6
+
+        w = fake_quant_int6(w, LINEAR_LOW)
     return F.linear(h, w.to(h.dtype))
 
 

@@ -26,7 +26,6 @@ import torch
 import torch.distributed as torch_dist
 
 from . import dist as pgdist
-from . import selfcalib
 from .cli import doc_summary, run_cli
 from .errors import PgolfError
 from .io import atomic_path, write_json
@@ -153,6 +152,8 @@ def collect_self(model: GPT, config: HessianConfig, seed: int, dist: pgdist.Dist
     model.looping = True  # the trained model's final state writes the sequences
     pgdist.sync(dist.device)
     start = time.perf_counter()
+    from . import selfcalib  # shipped only where hessians.source is self (pgolf.codepack.OPTIONAL)
+
     seqs = selfcalib.generate(
         model, config.self_seqs, config.seq_len, config.self_temperature, config.self_batch, seed, dist.device
     )

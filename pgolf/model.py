@@ -32,11 +32,8 @@ import torch.nn.functional as F
 
 from . import kernels
 from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend, window_offsets
-from .embeds import BigramHash, ValueEmbedding, smear_per_dim
 from .errors import PgolfError
 from .io import load_torch
-from .pko import partial_key_offset
-from .qat import fake_quant_int6
 from .shards import BOS_ID
 from .stageconfig import from_dict
 
@@ -313,9 +310,15 @@ class GPT(nn.Module):
             self.smear_lambda = nn.Parameter(torch.zeros(1))
         if c.smear_per_dim:
             self.smear_dim_gate = nn.Parameter(torch.zeros(d))
+        # #1019/#1512's modules are imported where their option runs: a script whose config turns them off leaves them
+        # out (pgolf.codepack.OPTIONAL)
         if c.bigram_buckets:
+            from .embeds import BigramHash
+
             self.bigram = BigramHash(c.bigram_buckets, c.bigram_dim, d)
         if c.value_embed_layers:
+            from .embeds import ValueEmbedding
+
             self.value_embed = ValueEmbedding(c.vocab_size, c.value_embed_dim, c.kv_dim)
             self.value_embed_scales = nn.Parameter(torch.ones(len(c.value_embed_layers)))
         if c.asym_logit_rescale:
@@ -424,6 +427,8 @@ class GPT(nn.Module):
         q = apply_partial_rope(rms_norm(q), p.cos, p.sin)
         k = apply_partial_rope(rms_norm(k), p.cos, p.sin)
         if attn.key_offset:
+            from .pko import partial_key_offset
+
             k = partial_key_offset(k, c.rope_dims, p.starts)
         q = q * attn.q_gain.to(q.dtype)[:, None]
         y = attend(p.backend, q, k, v, p.layout, attn.window)
@@ -495,6 +500,8 @@ class GPT(nn.Module):
         if self.config.bigram_buckets:
             x = x + self.bigram(ids, dtype, self.qat and self.training)
         if self.config.smear_per_dim:  # #1019: the norm first, then the smear
+            from .embeds import smear_per_dim
+
             return smear_per_dim(rms_norm(x), self.smear_dim_gate, starts)
         if self.config.smear_gate:
             # x_t += lambda * sigmoid(W x_t[:window]) * x_{t-1}, never carried into a document's BOS
@@ -533,6 +540,8 @@ class GPT(nn.Module):
             raise ValueError("pass the document cuts (cu_seqlens, max_seqlen) or a layout built from them, not both")
         cos, sin = self.rotary(ids.size(1), ids.device, dtype)
         qat = self.qat and self.training
+        if qat:
+            from .qat import fake_quant_int6
         banks = tuple((fake_quant_int6(getattr(self, b)) if qat else getattr(self, b)).to(dtype) for b in BANKS)
         starts = self._carry_stops(ids, layout) if c.partial_key_offset or c.smear_per_dim else None
         ve = self.value_embed(ids, dtype, qat) if c.value_embed_layers else None

@@ -15,7 +15,9 @@ the payload, then a sha256 over the length, the payload and every other stream (
 length). `unpack` checks the seal before it reads anything else, then validates the header (types, bounds, row
 orders that are permutations) and decodes every stream only up to the size the header declares for it.
 
-`--compressor brotli_shuffle` writes #1572's format instead (pgolf.pack_shuffle); `--compressor lzma_pruned`
+`--compressor lrzip_parts` writes the same container with each group longer than a few MB cut into several lrzip
+streams that decode at once (pgolf.lrzip_parts; an option, not #1855's format). `--compressor brotli_shuffle` writes
+#1572's format instead (pgolf.pack_shuffle); `--compressor lzma_pruned`
 writes #1512's: lzma of the torch-saved state, its least costly int6 codes zeroed until the blob fits
 `--prune-target` bytes (pgolf.prune, b"PLZM" + the decoded size first). `unpack_artifact` and
 `artifact_streams` read any of the three (by the blob's magic).
@@ -169,6 +171,10 @@ def lrzip_decompress(data: bytes, source: str, expected: int | None = None) -> b
     after decoding, and bound lrzip's output and time by it."""
     if expected is None:
         return _lrzip(["-d"], data, source) if data else b""
+    if data[:4] == PARTS_MAGIC:
+        from .lrzip_parts import decode_parts  # shipped only where pack.compressor picks lrzip_parts
+
+        return decode_parts(data, source, expected, lrzip_decompress)
     if not data or not expected:
         if data or expected:
             raise PgolfError(f"{source}: {len(data)} bytes of lrzip stream for {expected} bytes of matrices; {REPACK}")
@@ -426,16 +432,21 @@ def _brotli(data: bytes) -> bytes:
     return brotli.compress(data, quality=11, lgwin=24)
 
 
-def _submit_group(pool, members: list, group: str):
+def _submit_group(pool, members: list, group: str, part_bytes: int | None):
     blob, perm = _group_blob(members, group in HOT)
+    if part_bytes:
+        from .lrzip_parts import submit_parts
+
+        return submit_parts(pool, blob, part_bytes, lrzip_compress), perm
     return pool.submit(lrzip_compress, blob), perm
 
 
-def pack(quantized_state: dict, memo=None) -> bytes:
+def pack(quantized_state: dict, memo=None, part_bytes: int | None = None) -> bytes:
     """The PGRP blob of a quantized state {"tensors", "meta", "config"}.
 
     memo((group, members), compute) returns compute(), a group's (lrzip stream future, row orders), or an earlier
     result for a group of equal members (pgolf.capfit keeps one across many states); the blob is the same either way.
+    part_bytes (lrzip_parts): cut each group longer than this into several lrzip streams.
     """
     memo = memo or (lambda key, compute: compute())
     tensors, meta, config = _check_state(quantized_state)
@@ -452,12 +463,14 @@ def pack(quantized_state: dict, memo=None) -> bytes:
         group.sort(key=lambda m: m[0])
     shapes = [[[name, *t.shape] for _, name, t in group] for group in members]
     perms = [b""] * len(GROUPS)
-    with ThreadPoolExecutor(len(GROUPS) + 1) as pool:
+    with ThreadPoolExecutor(4 * len(GROUPS) + 1) as pool:  # the threads wait on lrzip processes
         payload = pool.submit(_encode_remainder, remainder, meta, config, shapes)
         futures = [None] * len(GROUPS)
         # Cold groups first: their lrzip processes run while the chains of the hot groups are computed.
         for g in sorted(range(len(GROUPS)), key=lambda g: GROUPS[g] in HOT):
-            futures[g], perms[g] = memo((GROUPS[g], members[g]), lambda g=g: _submit_group(pool, members[g], GROUPS[g]))
+            futures[g], perms[g] = memo(
+                (GROUPS[g], members[g]), lambda g=g: _submit_group(pool, members[g], GROUPS[g], part_bytes)
+            )
         perm_bytes = b"".join(perms)
         streams = dict(zip(GROUPS, (f.result() for f in futures)))
         streams["perms"] = _brotli(perm_bytes) if perm_bytes else b""
@@ -540,8 +553,9 @@ def unpack(data: bytes, source: str = "PGRP blob") -> dict:
 
 # --- either format ---------------------------------------------------------------------------------------
 
-COMPRESSORS = ("lrzip_groups", "brotli_shuffle", "lzma_pruned")
+COMPRESSORS = ("lrzip_groups", "lrzip_parts", "brotli_shuffle", "lzma_pruned")
 LZMA_MAGIC = b"PLZM"  # pgolf.prune's blobs; the module itself ships only where lzma_pruned is chosen
+PARTS_MAGIC = b"LRZS"  # a group cut into lrzip streams (pgolf.lrzip_parts, shipped only where lrzip_parts is chosen)
 
 
 def pack_as(quantized_state: dict, compressor: str, prune_target_bytes: int | None = None) -> bytes:
@@ -558,6 +572,10 @@ def pack_counted(quantized_state: dict, compressor: str, prune_target_bytes: int
         return pack_lzma(quantized_state, prune_target_bytes)
     if compressor == "lrzip_groups":
         return pack(quantized_state), None
+    if compressor == "lrzip_parts":
+        from .lrzip_parts import PART_BYTES
+
+        return pack(quantized_state, part_bytes=PART_BYTES), None
     from .pack_shuffle import pack_brotli_shuffle  # shipped only where pack.compressor picks it (codepack.OPTIONAL)
 
     return pack_brotli_shuffle(quantized_state), None
@@ -681,7 +699,8 @@ def main(argv=None):
         "--compressor",
         default="lrzip_groups",
         choices=COMPRESSORS,
-        help="lrzip_groups: the PGRP container (#1855); brotli_shuffle: #1572's single stream; "
+        help="lrzip_groups: the PGRP container (#1855); lrzip_parts: the same, large groups cut into several lrzip "
+        "streams; brotli_shuffle: #1572's single stream; "
         "lzma_pruned: #1512's lzma blob",
     )
     parser.add_argument(

@@ -391,7 +391,9 @@ def _table() -> str:
     return "\n".join(lines)
 
 
-def main(argv_=None):
+def command_line(argv_=None):
+    """`python -m pgolf.stages`: not `main`, which run_all calls on the stages' own modules, so train_gpt.py
+    (pgolf.codepack, which drops what no carried code names) leaves it out."""
     parser = argparse.ArgumentParser(prog="python -m pgolf.stages", description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("table", help="every stage: command, inputs, outputs")
@@ -433,4 +435,4 @@ def main(argv_=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line())

@@ -244,13 +244,15 @@ OFF = {
     "pgolf/quant/awq.py",
     "pgolf/window_loader.py",
 }
-RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader
-    "record": OFF,
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"},  # its pruned lzma artifact; its preset names no awq
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py"},  # SGD TTT, byte shuffle, shuffled windows
-    "pr1935": OFF,
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"},  # tilt, AWQ
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py"},
+PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
+PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
+RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
+    "record": OFF | PR1512 | {PARTS},
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS},  # pruned lzma artifact; no awq in preset
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS} | PR1512,  # SGD TTT, shuffle, windows
+    "pr1935": OFF | PR1512 | {PARTS},
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """
@@ -311,3 +313,64 @@ def test_a_config_without_the_key_keeps_the_module():
     quant = {"presets": {"a": {"awq": {"enabled": True}}, "b": {"awq": {"enabled": False}}}}
     assert C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "a"}})
     assert not C.needed("pgolf/quant/awq.py", {"quant": {**quant, "submission_preset": "b"}})
+    # a module that several options run ships where any of them is on; an off value of another type is off too
+    assert not C.needed(
+        "pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [], "smear_per_dim": 0}}
+    )
+    assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [3], "smear_per_dim": 0}})
+    assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
+    assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
+    assert C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.15}})
+
+
+def test_raised_messages_keep_what_went_wrong_without_the_dag_advice():
+    source = (
+        "def f(p):\n    raise ValueError(f'{p}: truncated ({len(p)} bytes); re-run the pack rule ({p})')\n"
+        "def g():\n    raise ValueError('lrzip: not found; install it (apt-get install lrzip)')\n"
+        "def h():\n    raise ValueError('no advice here')\n"
+    )
+    ns = {}
+    exec(C.minify(source, "m.py", preserve=["f", "g", "h"]), ns)
+    for call, message in (
+        (lambda: ns["f"]("x.pgrp"), "x.pgrp: truncated (6 bytes)"),
+        (ns["g"], "lrzip: not found; install it (apt-get install lrzip)"),
+        (ns["h"], "no advice here"),
+    ):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == message
+
+
+def test_unread_assignments_and_imports_are_left_out():
+    sources = {
+        "pgolf/a.py": "import os, re\nfrom pathlib import Path\nUSED = 1\nUNUSED = USED + 1\nCALLS = Path('.')\n"
+        "def run_all():\n    return USED + len(re.escape('x'))\n",
+        "pgolf/b.py": "from .a import CALLS\n",
+    }
+    unused = C.unused_definitions(sources)
+    assert unused == {"pgolf/a.py": {"UNUSED"}, "pgolf/b.py": set()}  # CALLS runs a call: never dropped
+    out = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"], outside=set())
+    assert "os" not in out and "UNUSED" not in out and "Path" in out
+    ns = {}
+    exec(out, ns)
+    assert ns["run_all"]() == 2
+    kept = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"])  # outside=None keeps imports
+    assert "import os" in kept
+
+
+def test_tables_keep_only_the_entries_whose_keys_the_carried_code_spells():
+    sources = {
+        "pgolf/t.py": "PATHS = {'a': 'x/a', 'b': 'x/b', 'c': 'x/c'}\nSTAGES = {'one': ('a',), 'two': ('b',)}\n"
+        "ITERATED = {'p': 1, 'q': 2}\n"
+        "def path(k):\n    return PATHS[k]\n"
+        "def stage(s):\n    return [path(k) for k in STAGES[s]]\n"
+        "def count():\n    return len(ITERATED)\n",
+        "pgolf/r.py": "from .t import stage, count\ndef run_all():\n    return stage('one'), count()\n",
+    }
+    unused = C.unused_definitions(sources)
+    entries = C.unread_entries(sources, unused)  # 'b' only in the dropped 'two'; ITERATED is read whole
+    assert entries == {"pgolf/t.py": {"STAGES": {"two"}, "PATHS": {"b", "c"}}, "pgolf/r.py": {}}
+    out = C.minify(sources["pgolf/t.py"], "t.py", ["stage", "count"], outside=set(), entries=entries["pgolf/t.py"])
+    ns = {}
+    exec(out, ns)
+    assert ns["stage"]("one") == ["x/a"] and ns["count"]() == 2 and "x/b" not in out and "x/c" not in out

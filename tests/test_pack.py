@@ -429,3 +429,65 @@ def test_brotli_shuffle_round_trip_and_format():
         P.unpack_artifact(brotli.compress(S.byte_shuffle(b"not a torch.save archive")), "x.pgrp")
     with pytest.raises(PgolfError, match="not one of"):
         P.pack_as(state, "zstd")
+
+
+def test_lrzip_parts_cut_long_groups_and_round_trip():
+    """A group longer than part_bytes becomes b"LRZS" + count + lengths + lrzip streams of its bytes in order,
+    near-equal; shorter groups stay one plain lrzip stream; unpack gives the same state as lrzip_groups."""
+    from pgolf.lrzip_parts import PART_BYTES
+
+    state = record_like_state(2)
+    plain = P.split_streams(P.pack(state))
+    part_bytes = 1000  # mlp.fc: 3 x 48 x 24 = 3,456 bytes -> 4 parts; attn.c_k: 1,152 -> 2; tok_emb: 960, whole
+    data = P.pack(state, part_bytes=part_bytes)
+    assert_same_state(P.unpack(data), state)
+    streams = P.split_streams(data)
+    for group in P.GROUPS:
+        whole = P.lrzip_decompress(plain[group], "test")
+        stream = streams[group]
+        if len(whole) <= part_bytes:
+            assert stream[:4] == b"LRZI"
+            continue
+        assert stream[:4] == b"LRZS"
+        (count,) = struct.unpack_from("<I", stream, 4)
+        lengths = struct.unpack_from(f"<{count}I", stream, 8)
+        assert count == -(-len(whole) // part_bytes) and 8 + 4 * count + sum(lengths) == len(stream)
+        at, parts = 8 + 4 * count, []
+        for length in lengths:
+            parts.append(P.lrzip_decompress(stream[at : at + length], "test"))
+            at += length
+        assert b"".join(parts) == whole and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert PART_BYTES == 3 << 20  # mlp groups of the record (11.5 MB) in 4 parts, tok_emb (4 MiB) in 2
+
+
+def test_lrzip_parts_compressor_is_the_record_container_at_record_size(monkeypatch):
+    import pgolf.lrzip_parts as L
+
+    monkeypatch.setattr(L, "PART_BYTES", 2000)
+    state = record_like_state(3)
+    data = P.pack_as(state, "lrzip_parts")
+    assert data[:4] == b"PGRP" and P.split_streams(data)["mlp.fc"][:4] == b"LRZS"
+    assert_same_state(P.unpack_artifact(data), state)
+
+
+def test_bad_lrzip_parts_are_refused():
+    state = record_like_state(4)
+    streams, header, raw = sealed_parts(P.pack(state, part_bytes=1000))
+    good = streams["mlp.fc"]
+    (count,) = struct.unpack_from("<I", good, 4)
+    first = struct.unpack_from("<I", good, 8)[0]
+    cases = {
+        "truncated lrzip part table": good[:6],
+        "1 lrzip parts in": good[:4] + struct.pack("<I", 1) + good[8:],
+        "lrzip parts add up to": good[:-1],
+        "lrzip part 0 is not an lrzip stream": good[: 8 + 4 * count] + b"NOPE" + good[8 + 4 * count + 4 :],
+        "lrzip parts decode to": good[: 8 + 4 * count]
+        + good[8 + 4 * count : 8 + 4 * count + 6]
+        + struct.pack("<Q", 1)
+        + good[8 + 4 * count + 14 :],
+    }
+    assert first > 14
+    for message, stream in cases.items():
+        streams["mlp.fc"] = stream
+        with pytest.raises(PgolfError, match=rf"model.pgrp \(mlp.fc\): {message}"):
+            P.unpack(reseal(streams, header, raw), "model.pgrp")
