@@ -56,7 +56,7 @@ if triton is not None:
         lse = run_max + tl.log(run_sum)
         tl.store(lses + row, lse)
         target = tl.load(targets + row)
-        hit = target != -100
+        hit = target != -100  # IGNORE_INDEX
         x_t = tl.load(base + tl.where(hit, target, 0)).to(tl.float32)
         tl.store(losses + row, tl.where(hit, lse - scale * tl.sigmoid(x_t * inv), 0.0))
 
@@ -68,7 +68,7 @@ if triton is not None:
         base, out = logits + row * stride, grads + row * stride
         scale, inv = 2.0 * cap, 2.0 / cap
         target = tl.load(targets + row)
-        g = tl.where(target != -100, tl.load(grad_losses + row), 0.0)
+        g = tl.where(target != -100, tl.load(grad_losses + row), 0.0)  # IGNORE_INDEX scores nothing
         lse = tl.load(lses + row)
         for start in range(0, n_cols, BLOCK):
             cols = start + tl.arange(0, BLOCK)
