@@ -399,6 +399,9 @@ def capfit_config():
     """The capfit job's config (pgolf.capfit.stage_config): what the capfit preset's code job gets, plus
     quant.capfit, its base preset and the GPU count; editing another preset leaves it cached.
     """
+    # no capfit job: leave pgolf.capfit (it imports torch, which parsing the workflow must not need) unread
+    if not config["quant"].get("capfit", {}).get("enabled"):
+        return {}
     from pgolf.capfit import stage_config as capfit_stage_config
 
     return capfit_stage_config(config)
