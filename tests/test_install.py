@@ -26,7 +26,8 @@ def install_calls(tmp_path, *args):
 def test_default_route_is_the_pinned_pypi_torch(tmp_path):
     proc, calls = install_calls(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert calls == ["-m pip install -q torch==2.13.0", "-m pip install -q -e .[dev]"]
+    # then the probe for Triton (the stub has it, so nothing more is installed)
+    assert calls == ["-m pip install -q torch==2.13.0", "-m pip install -q -e .[dev]", "-c import triton"]
 
 
 def test_cpu_route_uses_pytorchs_cpu_index(tmp_path):

@@ -324,7 +324,7 @@ def test_shuffled_loader_feeds_its_windows_trains_and_resumes_bitwise(data, tmp_
     real = Trainer.micro_batches
 
     def spy(self, rows, seq_len):
-        batches = real(self, rows, seq_len)
+        batches = list(real(self, rows, seq_len))  # micro_batches yields them one at a time
         seen.append((rows, batches))
         return batches
 
