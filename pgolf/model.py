@@ -575,13 +575,17 @@ class GPT(nn.Module):
             x = 0.5 * (lane0 + lane1)
         return rms_norm(x)
 
-    def _project(self, h: torch.Tensor, capture, adapters) -> torch.Tensor:
-        """Pre-softcap logits in fp32 (tied head: h @ tok_emb^T)."""
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """Pre-softcap logits in h's dtype (tied head: h @ tok_emb^T)."""
         head = self.tok_emb.weight if self.config.tie_embeddings else self.lm_head.weight
-        name = "tok_emb.weight" if self.config.tie_embeddings else "lm_head.weight"
+        return F.linear(h, head.to(h.dtype))
+
+    def _project(self, h: torch.Tensor, capture, adapters) -> torch.Tensor:
+        """Pre-softcap logits in fp32, the head's input captured and its adapter added."""
         if capture is not None:
+            name = "tok_emb.weight" if self.config.tie_embeddings else "lm_head.weight"
             capture(name, h.detach().reshape(-1, h.size(-1)))
-        logits = F.linear(h, head.to(h.dtype)).float()
+        logits = self._head(h).float()
         if adapters is not None:
             delta = adapters("head", 0, h)
             if delta is not None:
@@ -622,8 +626,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(capped.reshape(-1, capped.size(-1)), targets.reshape(-1), reduction=reduction)
             return loss.reshape(targets.shape) if reduction == "none" else loss
         if self.config.fused_ce and self.training and capture is None and adapters is None:
-            head = self.tok_emb.weight if self.config.tie_embeddings else self.lm_head.weight
-            return kernels.softcapped_ce(F.linear(h, head.to(h.dtype)), targets, self.config.logit_softcap, reduction)
+            return kernels.softcapped_ce(self._head(h), targets, self.config.logit_softcap, reduction)
         logits = self._project(h, capture, adapters)
         return softcapped_cross_entropy(logits, targets, self.config.logit_softcap, reduction)
 
