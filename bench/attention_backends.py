@@ -15,12 +15,12 @@ Prints a table last.
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from cuda_timing import median_ms  # bench/, on the path of a script run from it
 
 from pgolf import attention
 from pgolf.shards import read_shard, shard_paths
@@ -87,16 +87,8 @@ def timing(name: str, manifest: Path) -> dict:
     ids, cu = ids.to(device), cu.to(device)
     q, k, v = qkv(TIME_TOKENS, device)
     grad = torch.randn_like(q)
-    times = []
-    for i in range(25):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run_backend(name, ids, cu, q, k, v, grad)
-        end.record()
-        end.synchronize()
-        if i >= 5:
-            times.append(start.elapsed_time(end))
-    return {"fwd_bwd_ms": round(statistics.median(times), 3), "segments": len(cu) - 1}
+    ms = median_ms(lambda: run_backend(name, ids, cu, q, k, v, grad), 20, warmup=5)
+    return {"fwd_bwd_ms": round(ms, 3), "segments": len(cu) - 1}
 
 
 def one(name: str, manifest: Path) -> dict:

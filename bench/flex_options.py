@@ -10,10 +10,10 @@ FLEX_KERNEL_OPTIONS among them), and each one's largest output difference from t
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
+from cuda_timing import median_ms  # bench/, on the path of a script run from it
 from torch.nn.attention.flex_attention import flex_attention
 
 from pgolf.attention import FLEX_KERNEL_OPTIONS, _flex_block_mask, document_ids
@@ -68,16 +68,8 @@ def main(argv=None):
             rows.append({"options": options, "failed": f"{type(e).__name__}: {str(e)[:120]}"})
             continue
         reference = y if reference is None else reference
-        times = []
-        for _ in range(args.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
         rows.append(
-            {"options": options, "ms": statistics.median(times), "max_diff": float((y - reference).abs().max())}
+            {"options": options, "ms": median_ms(step, args.repeats), "max_diff": float((y - reference).abs().max())}
         )
     if args.out:
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(device), "rows": rows}, indent=1) + "\n")

@@ -10,11 +10,11 @@ reference value, within 1e-2), ms of the fused and of the compiled unfused forwa
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cuda_timing import median_ms  # bench/, on the path of a script run from it
 
 from pgolf import kernels
 
@@ -56,20 +56,6 @@ def max_errors(fn, reference, inputs, grad_weight) -> list[float]:
     return [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in pairs]
 
 
-def median_ms(fn, inputs, grad_weight, repeats=20) -> float:
-    for _ in range(3):
-        forward_backward(fn, inputs, grad_weight)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        forward_backward(fn, inputs, grad_weight)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def cases(rows: int, device):
     g = torch.Generator(device=device).manual_seed(0)
 
@@ -103,8 +89,10 @@ def main(argv=None):
                 "kernel": name,
                 "max_error": [float(f"{e:.3g}") for e in errors],
                 "passed": max(errors) <= TOLERANCE,
-                "fused_ms": round(median_ms(fused, inputs, weight), 3),
-                "compiled_unfused_ms": round(median_ms(compiled, inputs, weight), 3),
+                "fused_ms": round(median_ms(lambda: forward_backward(fused, inputs, weight), 20, warmup=3), 3),
+                "compiled_unfused_ms": round(
+                    median_ms(lambda: forward_backward(compiled, inputs, weight), 20, warmup=3), 3
+                ),
             }
         )
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.rows:,} rows")
