@@ -1,5 +1,6 @@
 # Shared set-up of bench/gpu_experiment.sh and bench/gpu_evaluate.sh (sourced, never run): the carried wheels
-# and lrzip, the stage configs written here by bench/device_configs.py, and run_stage (one timed, logged stage).
+# (flash-attn-4's too, bench/fa4_site.sh) and lrzip, the stage configs written here by bench/device_configs.py, and
+# run_stage (one timed, logged stage).
 #   PGOLF_DEVICE_CONFIGS  folder of the stage configs (default .device/configs)
 #   PGOLF_ALLOW_CPU=1     run configs with hardware.gpus 0 on a machine that has a GPU (CPU dry run)
 #   PGOLF_DEADLINE_S      seconds after the script's start at which a running stage is killed (default 560), so the
@@ -48,6 +49,11 @@ if ! "$PY" -c 'import brotli, python_minifier' 2>/dev/null; then
     "$PY" -c 'import brotli, python_minifier' || { echo "the carried wheels in .whl/ do not import" >&2; exit 2; }
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# flash-attn-4 where bench/fa4_carry.sh's parts came (this call or the one before on the same machine)
+if [ -d .fa4a ] || [ -d .fa4b ] || [ -d .fa4site ]; then
+    # shellcheck source=bench/fa4_site.sh
+    source bench/fa4_site.sh
+fi
 if ! command -v lrzip >/dev/null 2>&1; then
     if ! compgen -G ".deb/*.deb" >/dev/null; then
         echo "lrzip missing and no .deb/*.deb carried" >&2

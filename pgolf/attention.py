@@ -8,6 +8,8 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
   FlashAttention's hopper/ sources; PyPI has no wheel that installs on a plain machine, so pgolf has no extra for it);
 - `flex`: FlexAttention with a document-causal block mask (compiled on CUDA with FLEX_KERNEL_OPTIONS, unfused on
   CPU); one kernel is compiled per input shape;
+- `fa4`: FlashAttention-4 (flash-attn-4's CuTe-DSL kernels, pgolf.fa4), CUDA, where it is installed; never chosen
+  by "auto" (`model.attention: fa4` asks for it);
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
 - `cudnn`: cuDNN's fused attention over the packed stream (`aten._cudnn_attention_forward` with cumulative
@@ -22,7 +24,7 @@ forwards: Hessians, diagnostic eval, TTT's global phases; TTT's dynamic-shape ch
 first: they take every shape as it comes, where eager flex first compiled for each new shape and
 then ran no faster (figures in bench/RESULTS.md).
 
-The three varlen backends flatten the batch into one packed stream cut at every BOS and row start
+The varlen backends flatten the batch into one packed stream cut at every BOS and row start
 (`segment_offsets`). Built inside the model, the cuts come from a `nonzero`, so choosing one of them lets
 torch.compile capture data-dependent shapes; the trainer passes them in, built on the CPU.
 """
@@ -38,12 +40,12 @@ import torch.nn.functional as F
 from .errors import PgolfError
 from .shards import BOS_ID
 
-BACKENDS = ("fa3", "flash_attn", "varlen", "cudnn", "flex", "sdpa")
+BACKENDS = ("fa3", "fa4", "flash_attn", "varlen", "cudnn", "flex", "sdpa")
 AUTO_ORDER = {  # on CUDA, by whether the caller runs the model inside the compiled training step; the CPU takes sdpa
     "compiled": ("fa3", "flex", "flash_attn", "varlen", "sdpa"),
     "eager": ("fa3", "flash_attn", "varlen", "flex", "sdpa"),
 }
-VARLEN_BACKENDS = ("fa3", "flash_attn", "varlen", "cudnn")
+VARLEN_BACKENDS = ("fa3", "fa4", "flash_attn", "varlen", "cudnn")
 _FLASH_MODULES = {"fa3": "flash_attn_interface", "flash_attn": "flash_attn"}
 
 
@@ -92,6 +94,10 @@ def _try_backend(name: str, cuda: bool, windowed: bool) -> Backend | None:
         if windowed and "window_size" not in params:  # torch 2.9-2.10 take is_causal only
             return None
         return Backend(name, fn, "window_size" in params, "enable_gqa" in params)
+    if name == "fa4":
+        from . import fa4
+
+        return Backend(name, fa4.varlen_attention) if cuda and fa4.kernels() is not None else None
     if name == "flex":
         return Backend(name) if _flex_available() else None
     if name == "cudnn":
@@ -118,7 +124,7 @@ def resolve_backend(requested: str, device, windowed: bool = False, compiled: bo
     why = f" (cuDNN probe: {cudnn_probe()})" if requested == "cudnn" and cuda and not windowed else ""
     raise PgolfError(
         f"attention backend {requested!r} is not usable on {torch.device(device).type} with torch "
-        f"{torch.__version__}{why}; install that kernel (FlashAttention-3 or flash-attn 2), use a CUDA device, or set it to 'auto'"
+        f"{torch.__version__}{why}; install that kernel (FlashAttention-3, flash-attn-4 or flash-attn 2), use a CUDA device, or set it to 'auto'"
     )
 
 
@@ -295,6 +301,8 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
             if kf.size(1) != H:  # the packed cuDNN path wants as many K/V heads as Q heads
                 kf, vf = (t.repeat_interleave(H // t.size(1), dim=1) for t in (kf, vf))
             y = backend.varlen_fn(qf, kf, vf, cu, n)
+        elif backend.name == "fa4":
+            y = backend.varlen_fn(qf, kf, vf, cu, n, window)
         else:
             y = backend.varlen_fn(
                 qf,

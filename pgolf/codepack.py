@@ -117,6 +117,7 @@ OPTIONAL = {
     "pgolf/pko.py": (("model.partial_key_offset", one_of(True)),),  # #1512's partial key offset (pgolf.model)
     "pgolf/qat.py": (("train.late_qat_threshold", none_of(0)),),  # #1512's late QAT (pgolf.model, pgolf.embeds)
     "pgolf/selfcalib.py": (("hessians.source", one_of("self")),),  # #1512's calibration (pgolf.hessians)
+    "pgolf/fa4.py": (("model.attention", one_of("fa4")),),  # FlashAttention-4's kernels (pgolf.attention)
 }
 _MISSING = object()
 

@@ -245,14 +245,15 @@ OFF = {
     "pgolf/window_loader.py",
 }
 PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
+FA4 = "pgolf/fa4.py"  # no recipe asks for FlashAttention-4 (upstream ran FlashAttention-3)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
-    "record": OFF | PR1512 | {PARTS},
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS},  # pruned lzma artifact; no awq in preset
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS} | PR1512,  # SGD TTT, shuffle, windows
-    "pr1935": OFF | PR1512 | {PARTS},
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS} | PR1512,
+    "record": OFF | PR1512 | {PARTS, FA4},
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, FA4},  # pruned lzma artifact; no awq in preset
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, FA4} | PR1512,  # SGD TTT, shuffle, windows
+    "pr1935": OFF | PR1512 | {PARTS, FA4},
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4} | PR1512,
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4} | PR1512,
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """

@@ -1,0 +1,86 @@
+"""FlashAttention-4 over the packed stream: FlashAttention's CuTe-DSL kernels (PyPI `flash-attn-4`, the `fa4` extra),
+which have Hopper forward and backward kernels with cumulative sequence lengths.
+
+Its own entry point is an autograd.Function whose host code JIT-compiles kernels, which torch.compile cannot trace;
+here the forward and the backward are each one custom op with a fake implementation, so the compiled training step
+keeps them whole and its graph (and AOTAutograd's cache) stays intact. `model.attention: fa4` asks for it
+(pgolf.attention); bench/attention_backends.py checks it against the float64 math reference on the card.
+"""
+
+import torch
+
+_KERNELS: list = []  # [(forward, backward)] once imported, [None] where flash-attn-4 is missing
+
+
+def kernels():
+    """flash-attn-4's forward and backward host functions, or None where it is not installed."""
+    if not _KERNELS:
+        try:
+            from flash_attn.cute import interface
+        except ImportError:
+            _KERNELS.append(None)
+        else:
+            _KERNELS.append((interface._flash_attn_fwd, interface._flash_attn_bwd))
+    return _KERNELS[0]
+
+
+def _window(window: int) -> int | None:
+    return None if window < 0 else window
+
+
+# Explicit schemas: the submission's minified code has no annotations to infer them from.
+@torch.library.custom_op(
+    "pgolf::fa4_forward",
+    mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, int window) -> (Tensor, Tensor)",
+)
+def _forward(q, k, v, cu_seqlens, max_seqlen, window):
+    out, lse, *_ = kernels()[0](
+        q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen, causal=True, window_size_left=_window(window), return_lse=True,
+    )  # fmt: skip
+    return out, lse
+
+
+@_forward.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, window):
+    return torch.empty_like(q), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
+
+
+@torch.library.custom_op(
+    "pgolf::fa4_backward",
+    mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor out, Tensor grad_out, Tensor lse, Tensor cu_seqlens, int max_seqlen, "
+    "int window) -> (Tensor, Tensor, Tensor)",
+)
+def _backward(q, k, v, out, grad_out, lse, cu_seqlens, max_seqlen, window):
+    dq, dk, dv = kernels()[1](
+        q, k, v, out, grad_out.contiguous(), lse, causal=True, window_size_left=_window(window),
+        cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+@_backward.register_fake
+def _(q, k, v, out, grad_out, lse, cu_seqlens, max_seqlen, window):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _save(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, window = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+    ctx.max_seqlen, ctx.window = max_seqlen, window
+
+
+def _grads(ctx, grad_out, _grad_lse):  # the log-sum-exp is an internal output: nothing downstream reads it
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    return *_backward(q, k, v, out, grad_out, lse, cu_seqlens, ctx.max_seqlen, ctx.window), None, None, None
+
+
+_forward.register_autograd(_grads, setup_context=_save)
+
+
+def varlen_attention(q, k, v, cu_seqlens, max_seqlen: int, window: int | None = None) -> torch.Tensor:
+    """Causal attention within each segment of a packed stream: q (total, H, D), k/v (total, Hkv, D), segments cut at
+    `cu_seqlens` (int32), at most `window` keys back (None: the whole segment); scale 1/sqrt(D)."""
+    return _forward(q, k, v, cu_seqlens, max_seqlen, -1 if window is None else window)[0]
