@@ -12,9 +12,9 @@ FlashAttention's `window_size=(window, 0)`). Backends, all computing the same fu
   by "auto" (`model.attention: fa4` asks for it);
 - `flash_attn`: flash-attn 2 (`flash_attn.flash_attn_varlen_func`), CUDA;
 - `varlen`: PyTorch's FA2-based `torch.nn.attention.varlen.varlen_attn` (torch >= 2.9), CUDA;
-- `cudnn`: cuDNN's fused attention over the packed stream (`aten._cudnn_attention_forward` with cumulative
-  sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by "auto":
-  bench/attention_backends.py checks it on the card, and torch 2.11's packed backward fails that check
+- `cudnn`: cuDNN's fused attention over the packed stream (pgolf.cudnn_attention: `aten._cudnn_attention_forward`
+  with cumulative sequence lengths, the kernel behind nested-tensor SDPA), CUDA, no sliding window; never chosen by
+  "auto": bench/attention_backends.py checks it on the card, and torch 2.11's packed backward fails that check
   (bench/RESULTS.md); `model.attention: cudnn` asks for it;
 - `sdpa`: `scaled_dot_product_attention` with an explicit boolean mask (the CPU default and the reference).
 
@@ -100,8 +100,10 @@ def _try_backend(name: str, cuda: bool, windowed: bool) -> Backend | None:
         return Backend(name, fa4.varlen_attention) if cuda and fa4.kernels() is not None else None
     if name == "flex":
         return Backend(name) if _flex_available() else None
-    if name == "cudnn":
-        return Backend(name, cudnn_varlen) if cuda and not windowed and cudnn_probe() is None else None
+    if name == "cudnn":  # pgolf.cudnn_attention ships only in a script whose model.attention names it
+        from .cudnn_attention import cudnn_backend
+
+        return cudnn_backend(cuda, windowed)
     return Backend(name)
 
 
@@ -121,7 +123,11 @@ def resolve_backend(requested: str, device, windowed: bool = False, compiled: bo
             if name in VARLEN_BACKENDS:
                 torch._dynamo.config.capture_dynamic_output_shape_ops = True
             return backend
-    why = f" (cuDNN probe: {cudnn_probe()})" if requested == "cudnn" and cuda and not windowed else ""
+    why = ""
+    if requested == "cudnn" and cuda and not windowed:
+        from .cudnn_attention import cudnn_probe
+
+        why = f" (cuDNN probe: {cudnn_probe()})"
     raise PgolfError(
         f"attention backend {requested!r} is not usable on {torch.device(device).type} with torch "
         f"{torch.__version__}{why}; install that kernel (FlashAttention-3, flash-attn-4 or flash-attn 2), use a CUDA device, or set it to 'auto'"
@@ -327,33 +333,3 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
         )
     return y.transpose(1, 2)
 
-
-# ----- cuDNN over the packed stream -----
-# aten's cuDNN kernel takes (total, H, D) tensors cut at cumulative sequence lengths (the nested-tensor SDPA path)
-# and carries its own derivative, so autograd reaches cuDNN's backward kernel through it.
-_CUDNN_PROBE: list = []  # [None] when the kernels ran here, [why not] otherwise; filled once per process
-
-
-def cudnn_probe() -> str | None:
-    """Run the cuDNN packed kernels once on a tiny input, forward and backward: None when they work, else why not."""
-    if not _CUDNN_PROBE:
-        try:
-            q, k, v = (
-                torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
-            )
-            cu = torch.tensor([0, 8, 24], device="cuda", dtype=torch.int32)
-            cudnn_varlen(q, k, v, cu, 16).sum().backward()
-            torch.cuda.synchronize()
-            _CUDNN_PROBE.append(None)
-        except (RuntimeError, AttributeError) as e:
-            _CUDNN_PROBE.append(f"{type(e).__name__}: {e}".splitlines()[0])
-    return _CUDNN_PROBE[0]
-
-
-def cudnn_varlen(q, k, v, cu_seqlens, max_seqlen: int) -> torch.Tensor:
-    """Causal attention within each segment of a packed (total, H, D) stream through cuDNN (as many K/V heads as
-    Q heads); 1/sqrt(D) scale."""
-    out = torch.ops.aten._cudnn_attention_forward(
-        q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, True, 0.0, True, False
-    )
-    return out[0]

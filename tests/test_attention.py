@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from pgolf import attention
+from pgolf import attention, cudnn_attention
 from pgolf.attention import attend, build_layout, document_ids, document_mask, resolve_backend
 from pgolf.errors import PgolfError
 
@@ -379,11 +379,11 @@ def test_cudnn_backend_feeds_the_packed_kernel_equal_heads(monkeypatch):
 def test_cudnn_backend_is_refused_on_the_cpu_and_with_a_window(monkeypatch):
     with pytest.raises(PgolfError, match="'cudnn' is not usable on cpu"):
         resolve_backend("cudnn", "cpu")
-    monkeypatch.setattr(attention, "cudnn_probe", lambda: None)
+    monkeypatch.setattr(cudnn_attention, "cudnn_probe", lambda: None)
     assert resolve_backend("cudnn", "cuda").name == "cudnn"
     with pytest.raises(PgolfError, match="not usable on cuda"):
         resolve_backend("cudnn", "cuda", windowed=True)  # cuDNN's packed path has no sliding window
-    monkeypatch.setattr(attention, "cudnn_probe", lambda: "RuntimeError: no kernel")
+    monkeypatch.setattr(cudnn_attention, "cudnn_probe", lambda: "RuntimeError: no kernel")
     with pytest.raises(PgolfError, match="cuDNN probe: RuntimeError: no kernel"):
         resolve_backend("cudnn", "cuda")
 
