@@ -118,6 +118,7 @@ OPTIONAL = {
     "pgolf/qat.py": (("train.late_qat_threshold", none_of(0)),),  # #1512's late QAT (pgolf.model, pgolf.embeds)
     "pgolf/selfcalib.py": (("hessians.source", one_of("self")),),  # #1512's calibration (pgolf.hessians)
     "pgolf/fa4.py": (("model.attention", one_of("fa4")),),  # FlashAttention-4's kernels (pgolf.attention)
+    "pgolf/asym_softcap.py": (("model.asym_logit_rescale", one_of(True)),),  # #1923's learned caps (pgolf.model)
     "pgolf/cudnn_attention.py": (("model.attention", one_of("cudnn")),),  # never "auto"'s pick (pgolf.attention)
 }
 _MISSING = object()

@@ -198,13 +198,8 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap)
 
 
-def asym_softcap(logits: torch.Tensor, cap_pos: torch.Tensor, cap_neg: torch.Tensor) -> torch.Tensor:
-    return torch.where(logits > 0, cap_pos * torch.tanh(logits / cap_pos), cap_neg * torch.tanh(logits / cap_neg))
-
-
-def softcapped_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float, reduction: str):
-    """CE of cap*tanh(logits/cap) in fp32 (the training path; targets of -100 are ignored)."""
-    capped = softcap(logits.float(), cap)
+def cross_entropy(capped: torch.Tensor, targets: torch.Tensor, reduction: str):
+    """CE of softcapped fp32 logits (..., V) against targets (...) (targets of -100 are ignored)."""
     loss = F.cross_entropy(capped.reshape(-1, capped.size(-1)), targets.reshape(-1), reduction=reduction)
     return loss.reshape(targets.shape) if reduction == "none" else loss
 
@@ -322,8 +317,9 @@ class GPT(nn.Module):
             self.value_embed = ValueEmbedding(c.vocab_size, c.value_embed_dim, c.kv_dim)
             self.value_embed_scales = nn.Parameter(torch.ones(len(c.value_embed_layers)))
         if c.asym_logit_rescale:
-            self.softcap_pos = nn.Parameter(torch.tensor(float(c.logit_softcap)))
-            self.softcap_neg = nn.Parameter(torch.tensor(float(c.logit_softcap)))
+            from .asym_softcap import add_logit_caps
+
+            add_logit_caps(self)
         self.rotary = Rotary(c.rope_dims, c.rope_base, c.rope_train_len)
         self.looping = False
         self.qat = False
@@ -621,20 +617,17 @@ class GPT(nn.Module):
         )
         if targets is None:
             return self.logits(h, capture, adapters)
-        if self.config.asym_logit_rescale and not self.training:
-            capped = self.logits(h, capture, adapters)
-            loss = F.cross_entropy(capped.reshape(-1, capped.size(-1)), targets.reshape(-1), reduction=reduction)
-            return loss.reshape(targets.shape) if reduction == "none" else loss
         if self.config.fused_ce and self.training and capture is None and adapters is None:
             return kernels.softcapped_ce(self._head(h), targets, self.config.logit_softcap, reduction)
-        logits = self._project(h, capture, adapters)
-        return softcapped_cross_entropy(logits, targets, self.config.logit_softcap, reduction)
+        return cross_entropy(self.logits(h, capture, adapters), targets, reduction)
 
     def logits(self, h: torch.Tensor, capture=None, adapters=None) -> torch.Tensor:
         """Softcapped logits (..., V) fp32 of final hidden states h (..., d): the head alone, so a caller that
         needs a few positions of a window (TTT chunks) projects only those."""
         logits = self._project(h, capture, adapters)
-        if self.config.asym_logit_rescale and not self.training:
+        if self.config.asym_logit_rescale and not self.training:  # pgolf.asym_softcap ships where the option is on
+            from .asym_softcap import asym_softcap
+
             return asym_softcap(logits, self.softcap_pos.float(), self.softcap_neg.float())
         return softcap(logits, self.config.logit_softcap)
 
