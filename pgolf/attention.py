@@ -222,15 +222,6 @@ def segment_offsets(ids: torch.Tensor, max_len: int | None = None) -> torch.Tens
     return torch.cat([offsets, total])
 
 
-def window_offsets(shape, max_len: int | None, device) -> torch.Tensor:
-    """cu_seqlens of a (B, T) batch cut only at row starts and every `max_len` tokens of a row (attention across
-    documents, #1572: a BOS is no boundary)."""
-    B, T = shape
-    step = min(max_len or T, T)
-    starts = (torch.arange(B)[:, None] * T + torch.arange(0, T, step)[None, :]).flatten()
-    return torch.cat([starts, torch.tensor([B * T])]).to(device=device, dtype=torch.int32)
-
-
 def segment_ids(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
     """(B, T) int32 segment index of every token of a (B, T) batch cut at `cu_seqlens` (over the flattened batch).
     A scatter and a cumsum: Inductor's CPU flex template refused the same ids made by bucketize inside a mask."""

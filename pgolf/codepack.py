@@ -119,6 +119,7 @@ OPTIONAL = {
     "pgolf/selfcalib.py": (("hessians.source", one_of("self")),),  # #1512's calibration (pgolf.hessians)
     "pgolf/fa4.py": (("model.attention", one_of("fa4")),),  # FlashAttention-4's kernels (pgolf.attention)
     "pgolf/asym_softcap.py": (("model.asym_logit_rescale", one_of(True)),),  # #1923's learned caps (pgolf.model)
+    "pgolf/cross_document.py": (("model.cross_document", one_of(True)),),  # #1493/#1572's attention (pgolf.model)
     "pgolf/cudnn_attention.py": (("model.attention", one_of("cudnn")),),  # never "auto"'s pick (pgolf.attention)
 }
 _MISSING = object()

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
-from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend, window_offsets
+from .attention import BACKENDS, Backend, DocLayout, attend, build_layout, resolve_backend
 from .errors import PgolfError
 from .io import load_torch
 from .shards import BOS_ID
@@ -488,8 +488,9 @@ class GPT(nn.Module):
         and windows run across documents and start from zeros / their own key)."""
         if not self.config.cross_document:
             return ids == BOS_ID
-        d = layout.doc_ids
-        return torch.cat([torch.ones_like(d[:, :1], dtype=torch.bool), d[:, 1:] != d[:, :-1]], dim=1)
+        from .cross_document import segment_starts
+
+        return segment_starts(layout.doc_ids)
 
     def _embed(self, ids: torch.Tensor, dtype, starts: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tok_emb(ids).to(dtype)
@@ -515,6 +516,8 @@ class GPT(nn.Module):
         (the same builder compiled alone gives eager's masks; bench/RESULTS.md)."""
         windows = {b.attn.window for b in self.blocks}
         if self.config.cross_document:  # BOS is no boundary: causal within each row, or each max_seqlen piece
+            from .cross_document import window_offsets
+
             cu_seqlens = window_offsets(ids.shape, max_seqlen, ids.device)
         return build_layout(ids, self.backend(ids.device), windows, cu_seqlens, max_seqlen)
 
