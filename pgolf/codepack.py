@@ -120,6 +120,8 @@ OPTIONAL = {
     "pgolf/fa4.py": (("model.attention", one_of("fa4")),),  # FlashAttention-4's kernels (pgolf.attention)
     "pgolf/asym_softcap.py": (("model.asym_logit_rescale", one_of(True)),),  # #1923's learned caps (pgolf.model)
     "pgolf/cross_document.py": (("model.cross_document", one_of(True)),),  # #1493/#1572's attention (pgolf.model)
+    "pgolf/sliding_window.py": (("model.attn_window", none_of(None)),),  # #1512's window keys' check (pgolf.model)
+    "pgolf/rope_scaling.py": (("model.rope_train_len", none_of(None)),),  # #1019's longer-sequence RoPE (pgolf.model)
     "pgolf/cudnn_attention.py": (("model.attention", one_of("cudnn")),),  # never "auto"'s pick (pgolf.attention)
 }
 _MISSING = object()

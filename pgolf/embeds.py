@@ -17,6 +17,18 @@ import torch.nn.functional as F
 BIGRAM_MULT = (36313, 27191)  # (current, previous) token multipliers of #1019's hash
 
 
+def check_config(config, bad):
+    """The model config's #1019 options (where one is on; `bad(key, why)` raises): layer indices made ints."""
+    if config.smear_gate and config.smear_per_dim:
+        bad("smear_per_dim", "choose one SmearGate: turn smear_gate off to use the per-dimension one")
+    if config.bigram_buckets < 0 or config.bigram_buckets == 1 or config.bigram_dim < 1:
+        bad("bigram_buckets", "0 (off) or at least 2 rows, with bigram_dim at least 1")
+    if config.value_embed_layers is not None:
+        config.value_embed_layers = [int(i) for i in config.value_embed_layers]
+        if any(not 0 <= i < config.num_layers for i in config.value_embed_layers) or config.value_embed_dim < 1:
+            bad("value_embed_layers", f"layer indices in 0..{config.num_layers - 1}, value_embed_dim at least 1")
+
+
 def bigram_hash(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     """(B, T) token ids -> (B, T) int64 rows of the BigramHash table."""
     t = ids.to(torch.int32)

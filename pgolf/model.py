@@ -112,24 +112,21 @@ class ModelConfig:
             bad("xsa_last_n", f"must be in 0..{self.num_layers}")
         if self.attention not in ("auto",) + BACKENDS:
             bad("attention", f"unknown backend {self.attention!r}; use one of {('auto',) + BACKENDS}")
-        if self.smear_gate and self.smear_per_dim:
-            bad("smear_per_dim", "choose one SmearGate: turn smear_gate off to use the per-dimension one")
-        if self.bigram_buckets < 0 or self.bigram_buckets == 1 or self.bigram_dim < 1:
-            bad("bigram_buckets", "0 (off) or at least 2 rows, with bigram_dim at least 1")
-        if self.value_embed_layers is not None:
-            self.value_embed_layers = [int(i) for i in self.value_embed_layers]
-            if any(not 0 <= i < self.num_layers for i in self.value_embed_layers) or self.value_embed_dim < 1:
-                bad("value_embed_layers", f"layer indices in 0..{self.num_layers - 1}, value_embed_dim at least 1")
-        if self.rope_train_len is not None and (self.rope_train_len < 1 or self.rope_dims < 4):
-            bad("rope_train_len", "a positive length (and rope_dims of at least 4) or null")
+        # an option's own checks sit in its module, run where the option is on (pgolf.codepack.OPTIONAL)
+        if self.bigram_buckets or self.value_embed_layers or self.smear_per_dim:
+            from .embeds import check_config
+
+            check_config(self, bad)
+        if self.rope_train_len is not None:
+            from .rope_scaling import check_config
+
+            check_config(self, bad)
         if self.parallel_residual not in PARALLEL_RESIDUALS:
             bad("parallel_residual", f"{self.parallel_residual!r} is not one of {PARALLEL_RESIDUALS}")
-        if self.attn_window is not None and self.attn_window < 1:
-            bad("attn_window", "must be a positive number of positions or null")
-        if self.attn_window_layers is not None:
-            self.attn_window_layers = [int(i) for i in self.attn_window_layers]
-            if any(not 0 <= i < self.num_layers for i in self.attn_window_layers):
-                bad("attn_window_layers", f"layer indices must be in 0..{self.num_layers - 1}")
+        if self.attn_window is not None:
+            from .sliding_window import check_config
+
+            check_config(self, bad)
         if self.seq_schedule is not None:
             self.seq_schedule = [[int(n), float(f)] for n, f in self.seq_schedule]
             fracs = [f for _, f in self.seq_schedule]
@@ -206,7 +203,7 @@ def cross_entropy(capped: torch.Tensor, targets: torch.Tensor, reduction: str):
 
 class Rotary(nn.Module):
     """cos/sin tables of partial RoPE: frequencies base^(-2j/rope_dims) over the rotated dims only. With
-    `train_len` (#1019's rule) a sequence of T > train_len tokens uses base * (T/train_len)^(d/(d-2))."""
+    `train_len` a longer sequence raises the base (pgolf.rope_scaling)."""
 
     def __init__(self, rope_dims: int, base: float, train_len: int | None = None):
         super().__init__()
@@ -217,9 +214,9 @@ class Rotary(nn.Module):
     def forward(self, T: int, device, dtype):
         inv_freq = self.inv_freq.to(device)
         if self.train_len is not None and T > self.train_len:
-            rd = self.rope_dims
-            base = self.base * (T / self.train_len) ** (rd / (rd - 2))
-            inv_freq = 1.0 / base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd)
+            from .rope_scaling import scaled_inv_freq
+
+            inv_freq = scaled_inv_freq(self, T, device)
         freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
         return freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype)
 
