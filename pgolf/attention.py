@@ -323,4 +323,3 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
             qt, kt, vt, attn_mask=layout.masks[window], enable_gqa=kt.size(1) != qt.size(1)
         )
     return y.transpose(1, 2)
-
