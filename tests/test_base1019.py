@@ -223,6 +223,19 @@ def test_bad_1019_keys_are_named():
         ModelConfig(smear_per_dim=True)  # the record's smear_gate is on
     with pytest.raises(PgolfError, match="value_embed_layers"):
         ModelConfig(value_embed_layers=[11])
+    with pytest.raises(PgolfError, match="bigram_buckets"):
+        ModelConfig(bigram_buckets=3072, bigram_dim=0)
+    # the window's and the RoPE length's checks (pgolf.sliding_window, pgolf.rope_scaling)
+    with pytest.raises(PgolfError, match="model.attn_window: must be a positive"):
+        ModelConfig(attn_window=0)
+    with pytest.raises(PgolfError, match="model.attn_window_layers: layer indices must be in 0..10"):
+        ModelConfig(attn_window=256, attn_window_layers=[11])
+    layers = ModelConfig(attn_window=256, attn_window_layers=[1.0, 5]).attn_window_layers
+    assert layers == [1, 5] and all(type(i) is int for i in layers)
+    with pytest.raises(PgolfError, match="model.rope_train_len"):
+        ModelConfig(rope_train_len=0)
+    with pytest.raises(PgolfError, match="model.rope_train_len"):
+        ModelConfig(rope_train_len=1024, rope_dims=2)
 
 
 def test_ema_matches_the_recurrence():
