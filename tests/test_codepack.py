@@ -245,24 +245,18 @@ OFF = {
     "pgolf/window_loader.py",
 }
 PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
-FA4 = "pgolf/fa4.py"  # no recipe asks for FlashAttention-4 (upstream ran FlashAttention-3)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
 ASYM = "pgolf/asym_softcap.py"  # #1923's learned logit caps (#2123, #2164)
 CROSS = "pgolf/cross_document.py"  # attention across documents (#1512, #1572)
-CUDNN = "pgolf/cudnn_attention.py"  # only where model.attention names cudnn: no recipe does
+# backends only model.attention names ("auto" never picks them): no recipe does (upstream ran FlashAttention-3)
+FA4, CUDNN = "pgolf/fa4.py", "pgolf/cudnn_attention.py"
 WINDOW = {"pgolf/sliding_window.py", "pgolf/rope_scaling.py"}  # #1512's sliding window and longer-sequence RoPE
-MODEL_OPTIONS = {ASYM, CROSS, CUDNN} | WINDOW
+MODEL_OPTIONS = {ASYM, CROSS, FA4, CUDNN} | WINDOW
 # #2123/#2164: LoRA TTT with the tilt, AWQ-lite, the lrzip groups and the documents loader
 LORA_TILT = {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS}
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
-    "record": OFF | PR1512 | {PARTS, FA4},
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, FA4},  # pruned lzma artifact; no awq in preset
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, FA4} | PR1512,  # SGD TTT, shuffle, windows
-    "pr1935": OFF | PR1512 | {PARTS, FA4},
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4} | PR1512,
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4} | PR1512,
     "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, ASYM, CUDNN},  # pruned lzma; no awq in preset
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma; no awq
     "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS} | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr2123": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM},
@@ -335,9 +329,10 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
     assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
     assert C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.15}})
-    # cudnn ships only where model.attention names it: "auto" never picks it
-    assert C.needed(CUDNN, {"model": {"attention": "cudnn"}})
-    assert not any(C.needed(CUDNN, {"model": {"attention": name}}) for name in ("auto", "fa3", "flex", "sdpa"))
+    # cudnn and fa4 ship only where model.attention names them: "auto" never picks them
+    for rel, name in ((CUDNN, "cudnn"), (FA4, "fa4")):
+        assert C.needed(rel, {"model": {"attention": name}})
+        assert not any(C.needed(rel, {"model": {"attention": other}}) for other in ("auto", "fa3", "flex", "sdpa"))
     for rel, key, on in (
         ("pgolf/sliding_window.py", "attn_window", 256),
         ("pgolf/rope_scaling.py", "rope_train_len", 1024),
