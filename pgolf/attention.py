@@ -294,11 +294,7 @@ def attend(backend: Backend, q, k, v, layout: DocLayout, window: int | None = No
             else:
                 extra["is_causal"] = True
             y = backend.varlen_fn(qf, kf, vf, cu, cu, n, n, **extra)
-        elif backend.name == "cudnn":
-            if kf.size(1) != H:  # the packed cuDNN path wants as many K/V heads as Q heads
-                kf, vf = (t.repeat_interleave(H // t.size(1), dim=1) for t in (kf, vf))
-            y = backend.varlen_fn(qf, kf, vf, cu, n)
-        elif backend.name == "fa4":
+        elif backend.name in ("cudnn", "fa4"):  # wrapped in their modules (pgolf.cudnn_attention, pgolf.fa4)
             y = backend.varlen_fn(qf, kf, vf, cu, n, window)
         else:
             y = backend.varlen_fn(

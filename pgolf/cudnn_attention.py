@@ -3,7 +3,7 @@
 
 aten's cuDNN kernel takes (total, H, D) tensors cut at cumulative sequence lengths (the nested-tensor SDPA path)
 and carries its own derivative, so autograd reaches cuDNN's backward kernel through it. It has no sliding window
-and wants as many K/V heads as Q heads.
+and wants as many K/V heads as Q heads (cudnn_varlen repeats them).
 """
 
 import torch
@@ -34,9 +34,12 @@ def cudnn_backend(cuda: bool, windowed: bool) -> Backend | None:
     return Backend("cudnn", cudnn_varlen) if cuda and not windowed and cudnn_probe() is None else None
 
 
-def cudnn_varlen(q, k, v, cu_seqlens, max_seqlen: int) -> torch.Tensor:
-    """Causal attention within each segment of a packed (total, H, D) stream through cuDNN (as many K/V heads as
-    Q heads); 1/sqrt(D) scale."""
+def cudnn_varlen(q, k, v, cu_seqlens, max_seqlen: int, window: int | None = None) -> torch.Tensor:
+    """Causal attention within each segment of a packed (total, H, D) stream through cuDNN, K/V heads repeated up to
+    Q's; 1/sqrt(D) scale. `window` is pgolf.attention's argument and always None here (cudnn_backend refuses a
+    sliding window)."""
+    if k.size(1) != q.size(1):
+        k, v = (t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v))
     out = torch.ops.aten._cudnn_attention_forward(
         q, k, v, None, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, True, 0.0, True, False
     )

@@ -362,17 +362,19 @@ def test_packed_stream_through_varlen_matches_sdpa_with_the_split_length_as_max_
 
 def test_cudnn_backend_feeds_the_packed_kernel_equal_heads(monkeypatch):
     """The cudnn path flattens the batch, repeats K/V heads up to Q's, and cuts at the layout's segments: with the
-    packed reference standing in for the kernel it matches the slow reference."""
+    packed reference standing in for aten's cuDNN kernel it matches the slow reference."""
     seen = {}
 
-    def kernel(q, k, v, cu, max_len):
+    def kernel(q, k, v, attn_bias, cu_q, cu_k, max_q, max_k, compute_log_sumexp, dropout_p, is_causal, debug_mask):
         seen["heads"] = (q.size(1), k.size(1))
-        return fake_flash_varlen(q, k, v, cu, cu, max_len, max_len, causal=True)[0]
+        assert attn_bias is None and dropout_p == 0.0 and is_causal and not debug_mask
+        return (fake_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=True)[0],)
 
-    backend = attention.Backend("cudnn", kernel)
+    monkeypatch.setattr(torch.ops.aten, "_cudnn_attention_forward", kernel)
+    backend = attention.Backend("cudnn", cudnn_attention.cudnn_varlen)
     ids, q, k, v = random_batch()
     y = attend(backend, q, k, v, build_layout(ids, backend, {None}))
-    assert seen["heads"] == (4, 4)
+    assert seen["heads"] == (4, 4) and k.size(2) == 2
     torch.testing.assert_close(y, reference_attention(q, k, v, document_ids(ids), None), atol=1e-5, rtol=1e-5)
 
 
