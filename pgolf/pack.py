@@ -662,33 +662,11 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def index(blob_path, out):
-    """Adopt an existing blob: it must unpack cleanly; pack.json then records its streams and sha256."""
-    path = Path(blob_path)
-    if not path.exists():
-        raise PgolfError(f"{path}: artifact not found; set eval.artifact to the path of a pgolf model.pgrp")
-    data = path.read_bytes()
-    unpack_artifact(data, str(path))
-    out = Path(out)
-    write_bytes(out, data)
-    write_json(
-        out.with_name("pack.json"),
-        {
-            "streams": artifact_streams(data, str(path)),
-            "total_bytes": len(data),
-            "sha256": sha256(data),
-            "source": str(path),
-        },
-    )
-
-
 def main(argv=None):
     from .runlog import RunLog
 
     parser = argparse.ArgumentParser(prog="python -m pgolf.pack", description="Pack quantized.pt into model.pgrp.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--quantized", help="quantized.pt from the quantize stage")
-    source.add_argument("--index", help="a model.pgrp made elsewhere (eval.artifact): check it, copy it, describe it")
+    parser.add_argument("--quantized", required=True, help="quantized.pt from the quantize stage")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
     parser.add_argument(
         "--no-baseline",
@@ -710,8 +688,6 @@ def main(argv=None):
         help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning",
     )
     args = parser.parse_args(argv)
-    if args.index:
-        return index(args.index, args.out)
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
     start = time.perf_counter()

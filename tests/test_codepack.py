@@ -42,6 +42,7 @@ DAG_ONLY = [
     "codepack",
     "stats",
     "capfit",
+    "artifact_index",
 ]
 
 # Run in a fresh interpreter: drop every way to import the real pgolf (and python-minifier), prove they are gone, then
