@@ -569,7 +569,9 @@ def pack_counted(quantized_state: dict, compressor: str, prune_target_bytes: int
     if prune_target_bytes is not None and compressor != "lzma_pruned":
         raise PgolfError(f"pack.prune_target_bytes applies to lzma_pruned only, not {compressor}; set it to null")
     if compressor == "lzma_pruned":
-        return pack_lzma(quantized_state, prune_target_bytes)
+        from .prune import pack_pruned  # shipped only where pack.compressor picks it (codepack.OPTIONAL)
+
+        return pack_pruned(quantized_state, prune_target_bytes)
     if compressor == "lrzip_groups":
         return pack(quantized_state), None
     if compressor == "lrzip_parts":
@@ -601,16 +603,6 @@ def artifact_streams(data: bytes, source: str = "artifact") -> dict:
 
 
 # --- files ----------------------------------------------------------------------------------------------------
-
-
-def pack_lzma(state: dict, prune_target_bytes: int | None) -> tuple[bytes, int]:
-    """#1512's artifact: (lzma blob, int6 codes zeroed to fit prune_target_bytes; 0 without a target)."""
-    from . import prune
-
-    if prune_target_bytes is None:
-        return prune.lzma_pack(state), 0
-    pruned, state = prune.prune_to_target(state, prune_target_bytes, lambda s: len(prune.lzma_pack(s)))
-    return prune.lzma_pack(state), pruned
 
 
 def prune_target(text: str) -> int | None:
