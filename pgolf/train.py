@@ -114,16 +114,6 @@ def lr_schedule(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return max(mult, cfg.min_lr)
 
 
-def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
-    """Progressive context: the first [seq_len, until_frac] of `seq_schedule` with frac < until_frac."""
-    if not model_cfg.seq_schedule:
-        return model_cfg.train_seq_len
-    for seq_len, until in model_cfg.seq_schedule:
-        if frac < until:
-            return int(seq_len)
-    return int(model_cfg.seq_schedule[-1][0])
-
-
 def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A micro-batch's tokens (n * seq_len,) as the model's rows, and their attention cuts (cu_seqlens). rows:
     (n, seq_len) cut at every BOS and row start; stream: one (1, n * seq_len) row cut at every BOS and every seq_len
@@ -135,16 +125,13 @@ def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor
     return ids, segment_offsets(ids)
 
 
-def seq_change_ramp(step: int, changed_at: int | None, warmup_steps: int) -> float:
-    """LR factor after a sequence-length change at step `changed_at`: 1/N, 2/N, ... 1 over the N = warmup_steps
-    steps from it (SEQ_CHANGE_WARMUP_STEPS as the #2014 lineage applies it, on top of the schedule's multiplier)."""
-    if warmup_steps <= 0 or changed_at is None:
-        return 1.0
-    return min((step - changed_at + 1) / warmup_steps, 1.0)
-
-
 def seq_lens(model_cfg: ModelConfig) -> list[int]:
-    return sorted({int(n) for n, _ in model_cfg.seq_schedule}) if model_cfg.seq_schedule else [model_cfg.train_seq_len]
+    """Every sequence length training runs: model.seq_schedule's (pgolf.seq_schedule), else train_seq_len."""
+    if not model_cfg.seq_schedule:
+        return [model_cfg.train_seq_len]
+    from .seq_schedule import scheduled_lens  # shipped only where model.seq_schedule is set (codepack.OPTIONAL)
+
+    return scheduled_lens(model_cfg.seq_schedule)
 
 
 def check_inputs(model_cfg, cfg, manifest_path, audit_path):
@@ -434,16 +421,17 @@ class Trainer:
                 self.looping_from = self.step
                 self.emit({"event": "looping_enabled", "step": self.step, "frac": round(frac, 4)})
             self.model.looping = looping
-            seq_len = seq_len_at(self.model_cfg, frac)
-            if self.seq_len is not None and seq_len != self.seq_len:
-                self.seq_changed_at = self.step
-                self.emit({"event": "seq_len_changed", "step": self.step, "seq_len": seq_len})
+            seq_len, ramp = self.model_cfg.train_seq_len, 1.0
+            if self.model_cfg.seq_schedule:
+                from .seq_schedule import advance
+
+                seq_len, ramp = advance(self, frac)
             self.seq_len = seq_len
             lr_mult = lr_schedule(self.cfg, self.step, self.elapsed)
             if self.qat_from is None and lr_mult < self.cfg.late_qat_threshold:
                 self.qat_from, self.model.qat = self.step, True
                 self.emit({"event": "late_qat_enabled", "step": self.step, "lr_mult": round(lr_mult, 5)})
-            lr_mult *= seq_change_ramp(self.step, self.seq_changed_at, self.cfg.seq_change_warmup_steps)
+            lr_mult *= ramp
             start = time.perf_counter()
             loss, grad_norm = self.train_step(next(loader), seq_len, lr_mult, muon_momentum(self.step, self.cfg))
             self.ema.update()

@@ -237,6 +237,7 @@ def test_errors(tmp_path):
 
 
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
+SEQ = "pgolf/seq_schedule.py"  # only #2164's recipe trains with progressive context
 OFF = {
     "pgolf/sgd_ttt.py",
     "pgolf/ngram.py",
@@ -244,17 +245,22 @@ OFF = {
     "pgolf/prune.py",
     "pgolf/quant/awq.py",
     "pgolf/window_loader.py",
+    SEQ,
 }
 PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
 FA4 = "pgolf/fa4.py"  # no recipe asks for FlashAttention-4 (upstream ran FlashAttention-3)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
-RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
+RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
+    # none of #1512's options
     "record": OFF | PR1512 | {PARTS, FA4},
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, FA4},  # pruned lzma artifact; no awq in preset
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, FA4} | PR1512,  # SGD TTT, shuffle, windows
+    # SGD TTT, the shuffled format, windows:
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", SEQ, PARTS, FA4} | PR1512,
     "pr1935": OFF | PR1512 | {PARTS, FA4},
-    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4} | PR1512,
-    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4} | PR1512,
+    "pr2123": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", SEQ, PARTS, FA4}
+    | PR1512,
+    "pr2164": {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, FA4}
+    | PR1512,
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """
@@ -322,6 +328,8 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [3], "smear_per_dim": 0}})
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
     assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
+    assert not C.needed(SEQ, {"model": {"seq_schedule": None}}) and not C.needed(SEQ, {"model": {"seq_schedule": []}})
+    assert C.needed(SEQ, {"model": {"seq_schedule": [[1024, 0.5], [2048, 1.0]]}})
     assert C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.15}})
 
 
