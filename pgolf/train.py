@@ -52,6 +52,8 @@ OUTPUTS = (checkpoint.NAME, "model.pt", "summary.json")  # what the trainer writ
 # The `eval` keys the raw weights' last-step val reads (the rule passes these alone, so an eval-only change does not
 # re-run training); pgolf.evaluate.EvalConfig holds their defaults.
 RAW_VAL_KEYS = ("seq_len", "batch_tokens", "sliding_stride", "truncate_tail", "val_docs_limit")
+# The Trainer's loop state that a checkpoint holds as it is (beside the model, EMA, optimizer and RNG states)
+CHECKPOINTED = ("step", "elapsed", "position", "phase", "looping_from", "qat_from", "seq_len", "seq_changed_at", "records")
 
 
 @dataclasses.dataclass
@@ -232,30 +234,19 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": [s.cpu() for s in self.ema.state_dict()],
             "optimizer": _to_cpu(self.opt.state_dict()),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "position": self.position,
-            "phase": self.phase,
-            "looping_from": self.looping_from,
-            "qat_from": self.qat_from,
-            "seq_len": self.seq_len,
-            "seq_changed_at": self.seq_changed_at,
             "rng": checkpoint.rng_state(),
-            "records": self.records,
             "world_size": self.dist.world,
             "resumes": self.resumes,
+            **{name: getattr(self, name) for name in CHECKPOINTED},
         }
 
     def load_state_dict(self, state: dict):
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
-        self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
-        self.phase, self.looping_from = state["phase"], state["looping_from"]
-        self.qat_from = state["qat_from"]
+        for name in CHECKPOINTED:
+            setattr(self, name, state[name])
         self.model.qat = self.qat_from is not None
-        self.seq_len, self.seq_changed_at = state["seq_len"], state["seq_changed_at"]
-        self.records = state["records"]
         self.resumes = state.get("resumes", [])
         checkpoint.set_rng_state(state["rng"])
 
