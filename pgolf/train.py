@@ -53,7 +53,7 @@ OUTPUTS = (checkpoint.NAME, "model.pt", "summary.json")  # what the trainer writ
 # re-run training); pgolf.evaluate.EvalConfig holds their defaults.
 RAW_VAL_KEYS = ("seq_len", "batch_tokens", "sliding_stride", "truncate_tail", "val_docs_limit")
 # The Trainer's loop state that a checkpoint holds as it is (beside the model, EMA, optimizer and RNG states)
-CHECKPOINTED = ("step", "elapsed", "position", "phase", "looping_from", "qat_from", "seq_len", "seq_changed_at", "records")
+CHECKPOINTED = "step elapsed position phase looping_from qat_from seq_len seq_changed_at records".split()
 
 
 @dataclasses.dataclass
