@@ -109,6 +109,7 @@ OPTIONAL = {
     "pgolf/lrzip_parts.py": (("pack.compressor", one_of("lrzip_parts")),),  # groups in parallel streams (pgolf.pack)
     "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
     "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
+    "pgolf/seq_schedule.py": (("model.seq_schedule", none_of(None, [])),),  # progressive context (pgolf.train)
     "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)
         ("model.bigram_buckets", none_of(0)),
         ("model.value_embed_layers", none_of(None, [])),

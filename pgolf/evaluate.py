@@ -36,7 +36,6 @@ from .ttt import PhasedTTT, TTTConfig
 # scale; #2140's untruncated stream has 47,853,343, a difference the projection need not tell apart.
 FINEWEB_VAL_TARGETS = 47_851_520
 TTT_MODES = ("lora", "sgd")
-PROBE_SEED = 0  # cut positions of the tilt-causality probe (fixed, so the DAG's outputs are reproducible)
 
 
 @dataclasses.dataclass
@@ -224,26 +223,11 @@ def run_artifact(args, config, dist, log):
         ttt_phases=result.phases,
     )
     out["probes"]["score_first"] = result.probe
-    if cfg.tilt.enabled:
-        out["ttt_no_tilt"] = {k: result.untilted[k] for k in ("val_loss", "val_bpb")}
-        out["tilt"].update(
-            gated_share=result.gated / max(scored, 1),
-            order=cfg.tilt.order,
-            threshold=cfg.tilt.threshold,
-            boost=cfg.tilt.boost,
-        )
     log.write({"event": "ttt", **{k: out[k] for k in ("ttt", "final_bpb", "scored", "seconds")}})
-    if cfg.tilt.enabled and dist.is_main:  # outside the timer, on one rank
+    if cfg.tilt.enabled:
         from . import ngram
 
-        out["probes"]["tilt_causal"] = ngram.causality_probe(
-            val.tokens,
-            cfg.tilt.order,
-            cfg.tilt.threshold,
-            cfg.tilt.probe_cuts,
-            np.random.default_rng(PROBE_SEED),
-            full=hints,
-        )
+        ngram.tilt_outputs(out, result, cfg.tilt, scored, val.tokens, hints, dist.is_main)
     return out
 
 

@@ -146,24 +146,6 @@ def collect(model: GPT, windows: CalibrationWindows, config: HessianConfig, devi
     return sums, time.perf_counter() - start
 
 
-@torch.no_grad()
-def collect_self(model: GPT, config: HessianConfig, seed: int, dist: pgdist.Dist) -> tuple[HessianSums, float]:
-    """#1512's calibration: every rank generates all sequences (one RNG stream), then hooks its share."""
-    model.looping = True  # the trained model's final state writes the sequences
-    pgdist.sync(dist.device)
-    start = time.perf_counter()
-    from . import selfcalib  # shipped only where hessians.source is self (pgolf.codepack.OPTIONAL)
-
-    seqs = selfcalib.generate(
-        model, config.self_seqs, config.seq_len, config.self_temperature, config.self_batch, seed, dist.device
-    )
-    sums = HessianSums()
-    for seq in seqs[dist.rank :: dist.world]:
-        model(seq[:, :-1].to(dist.device), capture=sums)
-    pgdist.sync(dist.device)
-    return sums, time.perf_counter() - start
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pgolf.hessians", description=doc_summary(__doc__))
     parser.add_argument("--config", required=True, help="JSON text or path with the hessians and hardware sections")
@@ -190,7 +172,9 @@ def main(argv=None):
             raise PgolfError(f"{args.manifest}: lists no train shards; re-run the data stage")
         files = rank_files(paths, dist.rank, dist.world)
         if calib.source == "self":
-            sums, seconds = collect_self(model, calib, args.seed, dist)
+            from . import selfcalib  # shipped only where hessians.source is self (pgolf.codepack.OPTIONAL)
+
+            sums, seconds = selfcalib.collect(model, calib, args.seed, dist)
             total_batches, batch_seqs, seq_tokens = calib.self_seqs, 1, calib.seq_len - 1
         else:
             windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank), vocab)

@@ -31,6 +31,7 @@ from .errors import PgolfError
 TOKEN_BITS = 16  # shards hold uint16 tokens (vocabularies < 65,536)
 WORD_TOKENS = 4  # tokens packed into one little-endian uint64 word when hashing windows
 _HASH_MULTIPLIERS = np.random.default_rng(0x6E6772616D).integers(1, 2**63, size=64, dtype=np.uint64) * 2 + 1
+PROBE_SEED = 0  # cut positions of the evaluate stage's causality probe (fixed, so the DAG's outputs are reproducible)
 
 
 def _check(tokens, order, threshold) -> np.ndarray:
@@ -194,6 +195,18 @@ def causality_probe(tokens, order: int, threshold: float, cuts: int, rng: np.ran
         "stream_tokens": int(tokens.size),
         "gated_share": float(gated.mean()) if gated.size else 0.0,
     }
+
+
+def tilt_outputs(out: dict, result, cfg, scored: int, tokens, full, is_main: bool):
+    """eval.json's tilt entries after a tilted TTT eval (pgolf.evaluate; `result` a pgolf.ttt.TTTResult, `cfg`
+    eval.tilt): the untilted score, the gated share and the settings, then on the main rank, outside the eval
+    timer, the causality probe over the hints `full`."""
+    out["ttt_no_tilt"] = {k: result.untilted[k] for k in ("val_loss", "val_bpb")}
+    gated_share = result.gated / max(scored, 1)
+    out["tilt"].update(gated_share=gated_share, order=cfg.order, threshold=cfg.threshold, boost=cfg.boost)
+    if is_main:
+        rng = np.random.default_rng(PROBE_SEED)
+        out["probes"]["tilt_causal"] = causality_probe(tokens, cfg.order, cfg.threshold, cfg.probe_cuts, rng, full=full)
 
 
 def tilt(nll, logq_hint, target_is_hint, gated, beta: float):

@@ -569,7 +569,9 @@ def pack_counted(quantized_state: dict, compressor: str, prune_target_bytes: int
     if prune_target_bytes is not None and compressor != "lzma_pruned":
         raise PgolfError(f"pack.prune_target_bytes applies to lzma_pruned only, not {compressor}; set it to null")
     if compressor == "lzma_pruned":
-        return pack_lzma(quantized_state, prune_target_bytes)
+        from .prune import pack_pruned  # shipped only where pack.compressor picks it (codepack.OPTIONAL)
+
+        return pack_pruned(quantized_state, prune_target_bytes)
     if compressor == "lrzip_groups":
         return pack(quantized_state), None
     if compressor == "lrzip_parts":
@@ -601,16 +603,6 @@ def artifact_streams(data: bytes, source: str = "artifact") -> dict:
 
 
 # --- files ----------------------------------------------------------------------------------------------------
-
-
-def pack_lzma(state: dict, prune_target_bytes: int | None) -> tuple[bytes, int]:
-    """#1512's artifact: (lzma blob, int6 codes zeroed to fit prune_target_bytes; 0 without a target)."""
-    from . import prune
-
-    if prune_target_bytes is None:
-        return prune.lzma_pack(state), 0
-    pruned, state = prune.prune_to_target(state, prune_target_bytes, lambda s: len(prune.lzma_pack(s)))
-    return prune.lzma_pack(state), pruned
 
 
 def prune_target(text: str) -> int | None:
@@ -662,33 +654,11 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def index(blob_path, out):
-    """Adopt an existing blob: it must unpack cleanly; pack.json then records its streams and sha256."""
-    path = Path(blob_path)
-    if not path.exists():
-        raise PgolfError(f"{path}: artifact not found; set eval.artifact to the path of a pgolf model.pgrp")
-    data = path.read_bytes()
-    unpack_artifact(data, str(path))
-    out = Path(out)
-    write_bytes(out, data)
-    write_json(
-        out.with_name("pack.json"),
-        {
-            "streams": artifact_streams(data, str(path)),
-            "total_bytes": len(data),
-            "sha256": sha256(data),
-            "source": str(path),
-        },
-    )
-
-
 def main(argv=None):
     from .runlog import RunLog
 
     parser = argparse.ArgumentParser(prog="python -m pgolf.pack", description="Pack quantized.pt into model.pgrp.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--quantized", help="quantized.pt from the quantize stage")
-    source.add_argument("--index", help="a model.pgrp made elsewhere (eval.artifact): check it, copy it, describe it")
+    parser.add_argument("--quantized", required=True, help="quantized.pt from the quantize stage")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
     parser.add_argument(
         "--no-baseline",
@@ -710,8 +680,6 @@ def main(argv=None):
         help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning",
     )
     args = parser.parse_args(argv)
-    if args.index:
-        return index(args.index, args.out)
     log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
     state = load_quantized(args.quantized)
     start = time.perf_counter()

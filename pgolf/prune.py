@@ -4,6 +4,7 @@
     state = lzma_unpack(blob, source)                         # the inverse (exact)
     order = prune_order(state)                                # (name, flat index) of every nonzero int6 code
     n, pruned = prune_to_target(state, target_bytes, size)   # fewest zeroed codes with size(pruned) <= target
+    blob, n = pack_pruned(state, target_bytes)              # what pgolf.pack writes for lzma_pruned
 
 A code's cost is |q| x its row's scale, the magnitude its weight loses when zeroed; codes go in increasing cost,
 ties in tensor order, then row-major. The search is #1512's: size(0) first, then a binary search over the count
@@ -136,3 +137,11 @@ def prune_to_target(state: dict, target_bytes: int, size: Callable[[dict], int])
             f"target of {target_bytes:,}; raise pack.prune_target_bytes or quantize to fewer bits"
         )
     return lo, pruned
+
+
+def pack_pruned(state: dict, target_bytes: int | None) -> tuple[bytes, int]:
+    """#1512's artifact: (lzma blob, int6 codes zeroed to fit target_bytes; 0 without a target)."""
+    if target_bytes is None:
+        return lzma_pack(state), 0
+    pruned, state = prune_to_target(state, target_bytes, lambda s: len(lzma_pack(s)))
+    return lzma_pack(state), pruned

@@ -243,8 +243,8 @@ STAGES = {
         params={"run_dir": "run_dir", "out_dir": "report_dir"},
     ),
     "artifact_index": Stage(
-        "pack",
-        _args("--index {input.pgrp} --out {output.pgrp}"),
+        "artifact_index",
+        _args("--pgrp {input.pgrp} --out {output.pgrp}"),
         outputs={"pgrp": "artifact_pgrp", "info": "artifact_info"},
     ),
     "artifact_size": Stage(

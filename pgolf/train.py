@@ -52,6 +52,8 @@ OUTPUTS = (checkpoint.NAME, "model.pt", "summary.json")  # what the trainer writ
 # The `eval` keys the raw weights' last-step val reads (the rule passes these alone, so an eval-only change does not
 # re-run training); pgolf.evaluate.EvalConfig holds their defaults.
 RAW_VAL_KEYS = ("seq_len", "batch_tokens", "sliding_stride", "truncate_tail", "val_docs_limit")
+# The Trainer's loop state that a checkpoint holds as it is (beside the model, EMA, optimizer and RNG states)
+CHECKPOINTED = "step elapsed position phase looping_from qat_from seq_len seq_changed_at records".split()
 
 
 @dataclasses.dataclass
@@ -114,16 +116,6 @@ def lr_schedule(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return max(mult, cfg.min_lr)
 
 
-def seq_len_at(model_cfg: ModelConfig, frac: float) -> int:
-    """Progressive context: the first [seq_len, until_frac] of `seq_schedule` with frac < until_frac."""
-    if not model_cfg.seq_schedule:
-        return model_cfg.train_seq_len
-    for seq_len, until in model_cfg.seq_schedule:
-        if frac < until:
-            return int(seq_len)
-    return int(model_cfg.seq_schedule[-1][0])
-
-
 def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A micro-batch's tokens (n * seq_len,) as the model's rows, and their attention cuts (cu_seqlens). rows:
     (n, seq_len) cut at every BOS and row start; stream: one (1, n * seq_len) row cut at every BOS and every seq_len
@@ -135,16 +127,13 @@ def pack(tokens: torch.Tensor, seq_len: int, packing: str) -> tuple[torch.Tensor
     return ids, segment_offsets(ids)
 
 
-def seq_change_ramp(step: int, changed_at: int | None, warmup_steps: int) -> float:
-    """LR factor after a sequence-length change at step `changed_at`: 1/N, 2/N, ... 1 over the N = warmup_steps
-    steps from it (SEQ_CHANGE_WARMUP_STEPS as the #2014 lineage applies it, on top of the schedule's multiplier)."""
-    if warmup_steps <= 0 or changed_at is None:
-        return 1.0
-    return min((step - changed_at + 1) / warmup_steps, 1.0)
-
-
 def seq_lens(model_cfg: ModelConfig) -> list[int]:
-    return sorted({int(n) for n, _ in model_cfg.seq_schedule}) if model_cfg.seq_schedule else [model_cfg.train_seq_len]
+    """Every sequence length training runs: model.seq_schedule's (pgolf.seq_schedule), else train_seq_len."""
+    if not model_cfg.seq_schedule:
+        return [model_cfg.train_seq_len]
+    from .seq_schedule import scheduled_lens  # shipped only where model.seq_schedule is set (codepack.OPTIONAL)
+
+    return scheduled_lens(model_cfg.seq_schedule)
 
 
 def check_inputs(model_cfg, cfg, manifest_path, audit_path):
@@ -245,30 +234,19 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": [s.cpu() for s in self.ema.state_dict()],
             "optimizer": _to_cpu(self.opt.state_dict()),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "position": self.position,
-            "phase": self.phase,
-            "looping_from": self.looping_from,
-            "qat_from": self.qat_from,
-            "seq_len": self.seq_len,
-            "seq_changed_at": self.seq_changed_at,
             "rng": checkpoint.rng_state(),
-            "records": self.records,
             "world_size": self.dist.world,
             "resumes": self.resumes,
+            **{name: getattr(self, name) for name in CHECKPOINTED},
         }
 
     def load_state_dict(self, state: dict):
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
-        self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
-        self.phase, self.looping_from = state["phase"], state["looping_from"]
-        self.qat_from = state["qat_from"]
+        for name in CHECKPOINTED:
+            setattr(self, name, state[name])
         self.model.qat = self.qat_from is not None
-        self.seq_len, self.seq_changed_at = state["seq_len"], state["seq_changed_at"]
-        self.records = state["records"]
         self.resumes = state.get("resumes", [])
         checkpoint.set_rng_state(state["rng"])
 
@@ -434,16 +412,17 @@ class Trainer:
                 self.looping_from = self.step
                 self.emit({"event": "looping_enabled", "step": self.step, "frac": round(frac, 4)})
             self.model.looping = looping
-            seq_len = seq_len_at(self.model_cfg, frac)
-            if self.seq_len is not None and seq_len != self.seq_len:
-                self.seq_changed_at = self.step
-                self.emit({"event": "seq_len_changed", "step": self.step, "seq_len": seq_len})
+            seq_len, ramp = self.model_cfg.train_seq_len, 1.0
+            if self.model_cfg.seq_schedule:
+                from .seq_schedule import advance
+
+                seq_len, ramp = advance(self, frac)
             self.seq_len = seq_len
             lr_mult = lr_schedule(self.cfg, self.step, self.elapsed)
             if self.qat_from is None and lr_mult < self.cfg.late_qat_threshold:
                 self.qat_from, self.model.qat = self.step, True
                 self.emit({"event": "late_qat_enabled", "step": self.step, "lr_mult": round(lr_mult, 5)})
-            lr_mult *= seq_change_ramp(self.step, self.seq_changed_at, self.cfg.seq_change_warmup_steps)
+            lr_mult *= ramp
             start = time.perf_counter()
             loss, grad_norm = self.train_step(next(loader), seq_len, lr_mult, muon_momentum(self.step, self.cfg))
             self.ema.update()

@@ -42,6 +42,7 @@ DAG_ONLY = [
     "codepack",
     "stats",
     "capfit",
+    "artifact_index",
 ]
 
 # Run in a fresh interpreter: drop every way to import the real pgolf (and python-minifier), prove they are gone, then
@@ -236,6 +237,7 @@ def test_errors(tmp_path):
 
 
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
+SEQ = "pgolf/seq_schedule.py"  # only #2164's recipe trains with progressive context
 OFF = {
     "pgolf/sgd_ttt.py",
     "pgolf/ngram.py",
@@ -243,6 +245,7 @@ OFF = {
     "pgolf/prune.py",
     "pgolf/quant/awq.py",
     "pgolf/window_loader.py",
+    SEQ,
 }
 PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
@@ -254,12 +257,13 @@ WINDOW = {"pgolf/sliding_window.py", "pgolf/rope_scaling.py"}  # #1512's sliding
 MODEL_OPTIONS = {ASYM, CROSS, FA4, CUDNN} | WINDOW
 # #2123/#2164: LoRA TTT with the tilt, AWQ-lite, the lrzip groups and the documents loader
 LORA_TILT = {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS}
-RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader; none of #1512's options
+RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
+    # none of #1512's options
     "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma; no awq
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS} | PR1512 | MODEL_OPTIONS - {CROSS},
+    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ} | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
-    "pr2123": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM},
+    "pr2123": LORA_TILT | {SEQ} | PR1512 | MODEL_OPTIONS - {ASYM},
     "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM},
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
@@ -328,6 +332,8 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 0, "value_embed_layers": [3], "smear_per_dim": 0}})
     assert C.needed("pgolf/embeds.py", {"model": {"bigram_buckets": 3072, "value_embed_layers": None}})
     assert not C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.0}})
+    assert not C.needed(SEQ, {"model": {"seq_schedule": None}}) and not C.needed(SEQ, {"model": {"seq_schedule": []}})
+    assert C.needed(SEQ, {"model": {"seq_schedule": [[1024, 0.5], [2048, 1.0]]}})
     assert C.needed("pgolf/qat.py", {"train": {"late_qat_threshold": 0.15}})
     # cudnn and fa4 ship only where model.attention names them: "auto" never picks them
     for rel, name in ((CUDNN, "cudnn"), (FA4, "fa4")):

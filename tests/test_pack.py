@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pgolf import artifact_index
 from pgolf import pack as P
 from pgolf import pack_shuffle as S
 from pgolf.errors import PgolfError
@@ -394,6 +395,26 @@ def test_cli_and_verify(tmp_path):
     with pytest.raises(PgolfError, match="missing.pt: file not found"):
         P.main(["--quantized", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pgrp")])
     assert not (tmp_path / "x.pgrp").exists()
+
+
+def test_artifact_index_adopts_a_clean_blob_and_refuses_others(blob, tmp_path):
+    (tmp_path / "outside.pgrp").write_bytes(blob)
+    artifact_index.main(["--pgrp", str(tmp_path / "outside.pgrp"), "--out", str(tmp_path / "adopted/model.pgrp")])
+    info = json.loads((tmp_path / "adopted/pack.json").read_text())
+    assert (tmp_path / "adopted/model.pgrp").read_bytes() == blob
+    assert info == {
+        "streams": P.stream_sizes(blob),
+        "total_bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "source": str(tmp_path / "outside.pgrp"),
+    }
+    assert P.verify(tmp_path / "adopted/model.pgrp", tmp_path / "adopted/pack.json") == blob
+    (tmp_path / "bad.pgrp").write_bytes(blob[:-1])
+    with pytest.raises(PgolfError, match="bad.pgrp: truncated"):
+        artifact_index.index(tmp_path / "bad.pgrp", tmp_path / "refused/model.pgrp")
+    with pytest.raises(PgolfError, match="absent.pgrp: artifact not found"):
+        artifact_index.index(tmp_path / "absent.pgrp", tmp_path / "refused/model.pgrp")
+    assert not (tmp_path / "refused").exists()
 
 
 def slow_shuffle(data: bytes, stride: int) -> bytes:

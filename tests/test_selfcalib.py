@@ -7,9 +7,9 @@ sampled as a slow reference samples, and the Hessians are the sums over those se
 import torch
 
 from pgolf import dist as pgdist
-from pgolf.hessians import HessianConfig, HessianSums, collect_self
+from pgolf.hessians import HessianConfig, HessianSums
 from pgolf.model import GPT, ModelConfig
-from pgolf.selfcalib import generate
+from pgolf.selfcalib import collect, generate
 
 TINY = dict(
     vocab_size=32,
@@ -70,7 +70,7 @@ def test_self_hessians_sum_over_the_generated_sequences():
     cfg = HessianConfig(source="self", seq_len=7, self_seqs=3, self_batch=2)
     dist = pgdist.init(0)
     try:
-        sums, seconds = collect_self(model, cfg, seed=5, dist=dist)
+        sums, seconds = collect(model, cfg, seed=5, dist=dist)
     finally:
         pgdist.shutdown()
     H = sums.result(cfg.self_seqs)

@@ -20,8 +20,9 @@ from pgolf import checkpoint
 from pgolf.errors import PgolfError
 from pgolf.model import ModelConfig
 from pgolf.optim import lr_multiplier
+from pgolf.seq_schedule import seq_change_ramp, seq_len_at
 from pgolf.shards import write_shard
-from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_change_ramp, seq_len_at
+from pgolf.train import TrainConfig, Trainer, main, pack, schedule_frac, seq_lens
 from pgolf.window_loader import WindowLoader
 
 from conftest import live_tree
@@ -291,7 +292,7 @@ def test_schedule_fractions_and_sequence_lengths():
     assert schedule_frac(timed, 7, 299.75) == pytest.approx(0.5)
     assert schedule_frac(timed, 7, 700.0) == 1.0
     progressive = ModelConfig(seq_schedule=[[1024, 0.1], [2048, 0.7], [3072, 1.0]])
-    assert [seq_len_at(progressive, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [
+    assert [seq_len_at(progressive.seq_schedule, f) for f in (0.0, 0.099, 0.1, 0.69, 0.7, 1.0)] == [
         1024,
         1024,
         2048,
@@ -299,7 +300,7 @@ def test_schedule_fractions_and_sequence_lengths():
         3072,
         3072,
     ]
-    assert seq_len_at(ModelConfig(), 0.5) == 2048
+    assert seq_lens(progressive) == [1024, 2048, 3072] and seq_lens(ModelConfig()) == [2048]
 
 
 def test_packings_cut_as_documented_and_stream_trains(data, tmp_path):
