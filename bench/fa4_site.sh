@@ -1,16 +1,14 @@
 # There (sourced by bench/device_common.sh, never run): flash-attn-4 into .fa4site/ from the two parts
-# bench/fa4_carry.sh made here. A call carrying .fa4a/ keeps its part in .fa4site/ and /tmp (whichever a warm machine
-# keeps for the next call); the call carrying .fa4b/ joins the parts, installs the wheels and puts flash-attn-4 on
-# PYTHONPATH. The cutlass package finds its modules through a .pth file, which PYTHONPATH does not read, hence its
-# dsl_packages folder on the path too.
+# bench/fa4_carry.sh made here. A call carrying .fa4a/ keeps its part in /tmp, which a warm machine keeps for the next
+# call (the checkout's ignored .fa4site/ did not survive there); the call carrying .fa4b/ joins the parts, installs
+# the wheels and puts flash-attn-4 on PYTHONPATH. The cutlass package finds its modules through a .pth file, which
+# PYTHONPATH does not read, hence its dsl_packages folder on the path too.
 FA4_SITE=$PWD/.fa4site
 mkdir -p "$FA4_SITE"
-if [ -f .fa4a/ir.xz.part1 ]; then
-    cp .fa4a/ir.xz.part1 "$FA4_SITE/ir.xz.part1" && cp .fa4a/ir.xz.part1 /tmp/fa4-ir.xz.part1
-fi
+[ -f .fa4a/ir.xz.part1 ] && cp .fa4a/ir.xz.part1 /tmp/fa4-ir.xz.part1
 if [ -f .fa4b/ir.xz.part2 ] && [ ! -f "$FA4_SITE/installed" ]; then
     part1=
-    for f in .fa4a/ir.xz.part1 "$FA4_SITE/ir.xz.part1" /tmp/fa4-ir.xz.part1; do
+    for f in .fa4a/ir.xz.part1 /tmp/fa4-ir.xz.part1; do
         [ -f "$f" ] && { part1=$f; break; }
     done
     if [ -z "$part1" ]; then
