@@ -27,20 +27,16 @@ def kernels():
     return _KERNELS[0]
 
 
-def _window(window: int) -> int | None:
-    return None if window < 0 else window
-
-
 # Explicit schemas: the submission's minified code has no annotations to infer them from.
 @torch.library.custom_op(
     "pgolf::fa4_forward",
     mutates_args=(),
-    schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, int window) -> (Tensor, Tensor)",
+    schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, int? window) -> (Tensor, Tensor)",
 )
 def _forward(q, k, v, cu_seqlens, max_seqlen, window):
     out, lse, *_ = kernels()[0](
         q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
-        max_seqlen_k=max_seqlen, causal=True, window_size_left=_window(window), return_lse=True,
+        max_seqlen_k=max_seqlen, causal=True, window_size_left=window, return_lse=True,
     )  # fmt: skip
     return out, lse
 
@@ -54,11 +50,11 @@ def _(q, k, v, cu_seqlens, max_seqlen, window):
     "pgolf::fa4_backward",
     mutates_args=(),
     schema="(Tensor q, Tensor k, Tensor v, Tensor out, Tensor grad_out, Tensor lse, Tensor cu_seqlens, int max_seqlen, "
-    "int window) -> (Tensor, Tensor, Tensor)",
+    "int? window) -> (Tensor, Tensor, Tensor)",
 )
 def _backward(q, k, v, out, grad_out, lse, cu_seqlens, max_seqlen, window):
     dq, dk, dv = kernels()[1](
-        q, k, v, out, grad_out.contiguous(), lse, causal=True, window_size_left=_window(window),
+        q, k, v, out, grad_out.contiguous(), lse, causal=True, window_size_left=window,
         cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
     )  # fmt: skip
     return dq, dk, dv
@@ -86,4 +82,4 @@ _forward.register_autograd(_grads, setup_context=_save)
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen: int, window: int | None = None) -> torch.Tensor:
     """Causal attention within each segment of a packed stream: q (total, H, D), k/v (total, Hkv, D), segments cut at
     `cu_seqlens` (int32), at most `window` keys back (None: the whole segment); scale 1/sqrt(D)."""
-    return _forward(q, k, v, cu_seqlens, max_seqlen, -1 if window is None else window)[0]
+    return _forward(q, k, v, cu_seqlens, max_seqlen, window)[0]
