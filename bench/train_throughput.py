@@ -42,6 +42,7 @@ from pgolf.optim import muon_momentum
 from pgolf.shards import shard_paths
 from pgolf.train import PACKINGS, TrainConfig, Trainer, pack
 
+IMPORTED_AT = time.time()  # the restart probe's breakdown: process launch -> imports done
 STATES = {"before_looping": False, "looping": True}
 STATE_NAMES = {v: k for k, v in STATES.items()}
 
@@ -145,15 +146,19 @@ class Run:
 
 
 def restart_probe(args, dist) -> dict:
-    """The wall-clock time at which the first step of each state ends (a fresh process on a filled cache)."""
+    """The wall-clock times at which the imports end, the trainer is built and the first step of each state ends (a
+    fresh process on a filled cache), and torch.compile's own timings of those steps."""
+    from torch._dynamo.utils import compile_times
+
     with tempfile.TemporaryDirectory() as tmp:
+        done = {"imported": IMPORTED_AT}
         run = Run(make_trainer(args, True, Path(tmp), dist))
-        done = {}
+        done["trainer_built"] = time.time()
         for looping in args.states:
             run.step(looping)
-            done["looping" if looping else "before_looping"] = time.time()
+            done[STATE_NAMES[looping]] = time.time()
         run.close()
-    return done
+    return {"at": done, "compile_times": compile_times(repr="str")}
 
 
 def kernel_table(run: Run, looping: bool, top: int = 30) -> list[dict]:
@@ -334,7 +339,9 @@ def restart(args, result: dict, cache: Path):
     if done.returncode:  # the figures above stand; say why this one is missing
         result["restart_error"] = done.stderr.strip().splitlines()[-5:]
         return
-    result["restart_s"] = {k: round(t - launched, 2) for k, t in json.loads(done.stdout.splitlines()[-1]).items()}
+    probed = json.loads(done.stdout.splitlines()[-1])
+    result["restart_s"] = {k: round(t - launched, 2) for k, t in probed["at"].items()}
+    result["restart_compile_times"] = probed["compile_times"]
 
 
 def save(path: Path | None, result: dict):
