@@ -25,6 +25,6 @@ if [ -f .fa4b/ir.xz.part2 ] && [ ! -f "$FA4_SITE/installed" ]; then
     fi
 fi
 if [ -f "$FA4_SITE/installed" ]; then
+    # its JIT cache goes beside Inductor's (pgolf.fa4), so a run on an emptied compile cache compiles it cold
     export PYTHONPATH=$FA4_SITE:$FA4_SITE/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
-    export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4-cache
 fi

@@ -18,11 +18,13 @@ import re
 import statistics
 from pathlib import Path
 
-STEP = re.compile(r"^\[\s*[0-9.]+\] (\d+)/\d+ train_loss: [0-9.]+ train_time: [0-9.]+m tok/s: (\d+)", re.M)
+STEP = re.compile(r"^\[\s*[0-9.]+\] (\d+)/\d+ train_loss: ([0-9.]+) train_time: [0-9.]+m tok/s: (\d+)", re.M)
+FIRST_LOSSES = 3  # the first steps' losses of both programs, side by side: same weights, same batches
 
 
 def upstream_figures(log: str, batch_tokens: int) -> dict:
-    clocks = [int(n) * batch_tokens / int(rate) for n, rate in STEP.findall(log)]  # seconds at each step's end
+    steps = STEP.findall(log)
+    clocks = [int(n) * batch_tokens / int(rate) for n, _, rate in steps]  # seconds at each step's end
     gaps = [b - a for a, b in zip(clocks, clocks[1:])][3:]
     if not gaps:
         return {"error": f"{len(clocks)} step lines in the log"}
@@ -33,6 +35,7 @@ def upstream_figures(log: str, batch_tokens: int) -> dict:
         "steps": len(clocks),
         "compile_s": round(clocks[0] - seconds, 1),
         "peak_gib": round(int(peak.group(1)) / 1024, 2) if peak else None,
+        "first_losses": [float(loss) for _, loss, _ in steps[:FIRST_LOSSES]],
     }
 
 
@@ -71,13 +74,24 @@ def main(argv=None):
             f"| {program} | {r['attention']} | {p['ms_per_step']:,} | {p['tokens_per_s']:,} | {ratio} | "
             f"{p['mfu']:.1%} | {p['compile_s']} | {r.get('peak_memory_gib')} |"
         )
+    if "error" not in up:
+        print(f"first losses: upstream {' / '.join(map(str, up['first_losses']))}")
     for r in runs:
-        restart = r.get("restart_s", {}).get(args.state, r.get("restart_error"))
+        restart_s = r.get("restart_s", {})
+        restart = restart_s.get(args.state, r.get("restart_error"))
+        parts = ", ".join(f"{k} at {v} s" for k, v in restart_s.items() if k not in ("before_looping", "looping"))
         check = r.get("eager_check", {})
         print(
-            f"pgolf {r['attention']}: restart on the cache, first step done at {restart} s; eager check "
-            f"{'pass' if check.get('passed') else check or 'not run'}"
+            f"pgolf {r['attention']}: restart on the cache, first step done at {restart} s"
+            f"{f' ({parts})' if parts else ''}; eager check {'pass' if check.get('passed') else check or 'not run'}"
         )
+        losses = [s["loss"] for s in r["losses"][:FIRST_LOSSES]]
+        if "error" not in up and losses:
+            worst = max(abs(a - b) for a, b in zip(losses, up["first_losses"]))
+            print(
+                f"pgolf {r['attention']}: first losses {' / '.join(map(str, losses))} (max |pgolf - upstream| "
+                f"{worst:.4f})"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ keeps them whole and its graph (and AOTAutograd's cache) stays intact. `model.at
 """
 
 import importlib
+import os
 
 import torch
 
@@ -17,6 +18,12 @@ _KERNELS: list = []  # [(forward, backward)] once imported, [None] where flash-a
 def kernels():
     """flash-attn-4's forward and backward host functions, or None where it is not installed."""
     if not _KERNELS:
+        # flash-attn-4 JIT-compiles its kernels (tens of seconds on the first step) and reads where to keep them
+        # when imported: beside Inductor's caches (pgolf.compile_cache), so a re-run or a resume skips that too
+        inductor_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        if inductor_cache:
+            os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+            os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", os.path.join(inductor_cache, "flash_attn_cute"))
         try:  # by name, as pgolf.attention imports FlashAttention-3: an optional kernel, not a requirement of the
             # submission folder (pgolf.submission lists the modules its script's code imports)
             interface = importlib.import_module("flash_attn.cute.interface")

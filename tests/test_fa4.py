@@ -1,6 +1,8 @@
 """pgolf.fa4's custom ops: the wiring of flash-attn-4's host functions into autograd and torch.compile, with plain
 torch kernels in their place (the real ones run on the card: bench/attention_backends.py checks them)."""
 
+import os
+
 import pytest
 import torch
 
@@ -121,3 +123,28 @@ def test_missing_or_off_card_is_refused(monkeypatch):
     with pytest.raises(PgolfError, match="'fa4' is not usable on cpu"):
         resolve_backend("fa4", "cpu")
     assert "fa4" not in attention.AUTO_ORDER["compiled"] + attention.AUTO_ORDER["eager"]
+
+
+def test_kernels_are_cached_beside_inductors(monkeypatch, tmp_path):
+    """flash-attn-4 reads its JIT cache settings when imported: kernels() points them into the compile cache first,
+    and leaves settings the user made alone."""
+    monkeypatch.setattr(fa4, "_KERNELS", [])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    for name in ("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    seen = {}
+
+    def import_module(name):
+        seen.update((k, v) for k, v in os.environ.items() if k.startswith("FLASH_ATTENTION_CUTE_DSL"))
+        raise ImportError(name)
+
+    monkeypatch.setattr(fa4.importlib, "import_module", import_module)
+    assert fa4.kernels() is None
+    assert seen == {
+        "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1",
+        "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": str(tmp_path / "flash_attn_cute"),
+    }
+    monkeypatch.setattr(fa4, "_KERNELS", [])
+    monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", "/elsewhere")
+    fa4.kernels()
+    assert seen["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/elsewhere"
