@@ -8,9 +8,9 @@ train_gpt.py`. The script carries the import closure of pgolf.runall (pgolf.stag
 statements, without importing), so the DAG-only stages (data, tokenizer, launch, report, config resolution, the
 submission folder) stay out, less the modules of OPTIONAL whose options the config turns off (their callers import
 them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block, the DAG
-advice of its error messages, the top-level definitions (and call-free assignments) nothing carried names, the
-entries of its subscript-only tables whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left
-reads; python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
+advice of its error messages, its config dataclasses' `check` methods (build_script runs them on the config first),
+the top-level definitions (and call-free assignments) nothing carried names, the entries of its subscript-only
+tables whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
 bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
 compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a latin-1 string literal, one
 byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that serves the pgolf.*
@@ -51,6 +51,7 @@ MINIFY_OPTIONS = dict(
     remove_asserts=True,
     prefer_single_line=True,
 )
+CHECK_METHOD = "check"  # config dataclasses' value checks, run at build time (check_config), not in the script
 LRZIP_ARGS = ("-z", "-L", "9")  # ZPAQ at its highest level, as pack.py compresses the weights
 
 BOOTSTRAP = """\
@@ -196,6 +197,24 @@ class _DropUnrun(ast.NodeTransformer):
 
     def visit_If(self, node):
         return None if _is_main_block(node) else self.generic_visit(node)
+
+    def visit_ClassDef(self, node):
+        # a config dataclass's `check`: build_script ran it on the script's config (check_config)
+        node.body = [n for n in node.body if not (isinstance(n, ast.FunctionDef) and n.name == CHECK_METHOD)]
+        self.generic_visit(node)
+        node.body = [n for n in node.body if not _is_empty_post_init(n)] or [ast.Pass()]
+        return node
+
+    def visit_Expr(self, node):
+        call = node.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == CHECK_METHOD:
+            return None  # self.check() or super().check()
+        return self.generic_visit(node)
+
+
+def _is_empty_post_init(node) -> bool:
+    """A `__post_init__` that calls only `check`, left without a body (a dataclass without one does the same)."""
+    return isinstance(node, ast.FunctionDef) and node.name == "__post_init__" and not node.body
 
 
 def _cut_advice(message):
@@ -454,10 +473,29 @@ def latin1_literal(data: bytes) -> str:
     return '"""' + "".join(out) + '"""'
 
 
+def check_config(config: dict):
+    """Build every config dataclass run_all's stages build from `config` (narrowed), so that their `check` methods,
+    which the script leaves out, run here on the very values it embeds: a bad value fails the build, not a judge's
+    run."""
+    from .evaluate import EvalConfig
+    from .hessians import HessianConfig
+    from .model import ModelConfig
+    from .quant.preset import Preset
+    from .stageconfig import from_dict
+    from .train import TrainConfig
+
+    ModelConfig.from_dict(config.get("model"))
+    from_dict(TrainConfig, config.get("train"), "config train")
+    from_dict(HessianConfig, config.get("hessians"), "config hessians")
+    EvalConfig.parse(config.get("eval"))
+    Preset.parse(config["quant"]["presets"][config["quant"]["submission_preset"]], "quant preset")
+
+
 def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> bytes:
     """The bytes of train_gpt.py for one preset (package_modules keeps the minified sources of each module set, so
     pgolf.capfit can size many presets)."""
     config = narrow_config(config, preset)
+    check_config(config)
     blob = lrzip_compress(payload(config, package_modules(package_dir, config=config)))
     header = LINE.format(preset=preset, python=platform.python_version(), minifier=version("python-minifier"))
     return (header + "\n" + STUB.format(literal=latin1_literal(blob))).encode("latin-1")

@@ -70,13 +70,18 @@ class EvalConfig:
         tilt = from_dict(TiltConfig, section.pop("tilt", None), "config eval.tilt")
         cfg = from_dict(cls, section, "config eval")
         cfg.ttt, cfg.tilt = ttt, tilt
+        cfg.check()
+        return cfg
+
+    def check(self):
+        """Run where the DAG builds the config; left out of the script (pgolf.model.ModelConfig.check says why)."""
+        ttt, tilt = self.ttt, self.tilt
         if tilt.enabled and not ttt.enabled:
             raise PgolfError("config eval.tilt.enabled: the tilt applies inside the TTT eval; enable eval.ttt too")
         if ttt.mode not in TTT_MODES:
             raise PgolfError(f"config eval.ttt.mode: {ttt.mode!r} is not one of {TTT_MODES}; fix it in your config")
         if tilt.enabled and ttt.mode == "sgd":
             raise PgolfError("config eval.tilt.enabled: the tilt runs inside the LoRA TTT only; set eval.ttt.mode lora")
-        return cfg
 
 
 def load_artifact(pgrp, pack_json) -> GPT:

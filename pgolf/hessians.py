@@ -48,6 +48,10 @@ class HessianConfig:
     self_batch: int = 8  # source self: sequences generated together
 
     def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Run where the DAG builds the config; left out of the script (pgolf.model.ModelConfig.check says why)."""
         for key in ("calibration_batches", "batch_seqs", "seq_len", "self_seqs", "self_batch"):
             if getattr(self, key) < 1:
                 raise PgolfError(f"config hessians.{key}: must be at least 1; fix it in config.yaml or your recipe")

@@ -94,6 +94,14 @@ class ModelConfig:
     fused_mlp: bool = True  # training MLP through pgolf.kernels.mlp (#1855's fused up-projection epilogue)
 
     def __post_init__(self):
+        if self.seq_schedule is not None:
+            self.seq_schedule = [[int(n), float(f)] for n, f in self.seq_schedule]
+        self.check()
+
+    def check(self):
+        """The values' consistency. A config dataclass's `check` runs where the DAG builds it; the submission's
+        script leaves it out, pgolf.codepack having run it on the script's config (codepack.check_config)."""
+
         def bad(key, why):
             raise PgolfError(f"config model.{key}: {why}; fix it in config.yaml or your recipe")
 
@@ -128,7 +136,6 @@ class ModelConfig:
 
             check_config(self, bad)
         if self.seq_schedule is not None:
-            self.seq_schedule = [[int(n), float(f)] for n, f in self.seq_schedule]
             fracs = [f for _, f in self.seq_schedule]
             if not fracs or fracs != sorted(fracs) or fracs[-1] != 1.0:
                 bad("seq_schedule", "list [[seq_len, until_frac], ...] with increasing fractions ending at 1.0")

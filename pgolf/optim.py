@@ -53,6 +53,10 @@ class OptimConfig:
     grad_clip_scope: str = "local"  # local: each rank clips its own gradient before the average (#1855); global: after
 
     def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Run where the DAG builds the config; left out of the script (pgolf.model.ModelConfig.check says why)."""
         if self.grad_clip_scope not in CLIP_SCOPES:
             raise PgolfError(
                 f"config train.grad_clip_scope: {self.grad_clip_scope!r} is not one of {CLIP_SCOPES}; fix it in your "

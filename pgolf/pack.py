@@ -194,31 +194,14 @@ def lrzip_decompress(data: bytes, source: str, expected: int | None = None) -> b
 # --- brotli, decoded no further than a declared size ----------------------------------------------------------
 
 
-def _brotli_bounded_output() -> bool:
-    try:
-        brotli.Decompressor().process(b"", output_buffer_limit=1)
-    except TypeError:  # brotli < 1.2
-        return False
-    return True
-
-
-BROTLI_BOUNDED = _brotli_bounded_output()
-
-
 def brotli_decompress(data: bytes, limit: int, source: str, what: str, whole=True) -> bytes:
     """Decode a brotli stream into at most `limit` bytes: the whole stream (an error if it decodes to more or
     ends early), or with whole=False just its first `limit` bytes."""
     dec, out = brotli.Decompressor(), bytearray()
-    try:
-        if BROTLI_BOUNDED:
-            out += dec.process(data, output_buffer_limit=limit + 1)
-            while len(out) <= limit and not dec.is_finished() and not dec.can_accept_more_data():
-                out += dec.process(b"", output_buffer_limit=limit + 1 - len(out))
-        else:  # small pieces of input, so that output past the limit stays small
-            for at in range(0, len(data), 256):
-                out += dec.process(data[at : at + 256])
-                if len(out) > limit:
-                    break
+    try:  # output_buffer_limit: brotli >= 1.2 (pyproject.toml; the submission's requirements.txt says so too)
+        out += dec.process(data, output_buffer_limit=limit + 1)
+        while len(out) <= limit and not dec.is_finished() and not dec.can_accept_more_data():
+            out += dec.process(b"", output_buffer_limit=limit + 1 - len(out))
     except brotli.error as e:
         raise PgolfError(f"{source}: {what} stream is corrupt (brotli: {e}); {REPACK}") from None
     if not whole:

@@ -12,9 +12,11 @@ import argparse
 import ast
 import json
 import platform
+import re
 import shutil
 import statistics
 import sys
+import tomllib
 from pathlib import Path
 
 from .cli import doc_summary
@@ -46,9 +48,26 @@ def requirements(script: Path) -> list[str]:
     if missing:
         raise PgolfError(f"train_gpt.py imports {missing}, which no installed distribution provides; install them")
     dists = sorted({known[n][0] for n in names}, key=str.lower)
-    return [f"{d}  # built with {version(d)}" for d in dists] + [
+    minimum = minimum_versions()
+    return [f"{d}{minimum.get(canonical(d), '')}  # built with {version(d)}" for d in dists] + [
         f"# built with Python {platform.python_version()}; lrzip (apt) decompresses the code and the model"
     ]
+
+
+def canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def minimum_versions(pyproject=Path(__file__).resolve().parent.parent / "pyproject.toml") -> dict:
+    """{distribution: ">=X"} as pgolf's pyproject.toml requires them (e.g. brotli>=1.2: pgolf.pack's bounded
+    decoding), for requirements.txt; none where pgolf runs from an install without its source tree."""
+    if not pyproject.is_file():
+        return {}
+    found = {}
+    for spec in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+        name, _, rest = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?(.*)", spec).groups()
+        found[canonical(name)] = ",".join(part for part in rest.split(",") if part.startswith(">="))
+    return found
 
 
 def seed_outputs(config: dict, run_dir: Path, seed: int, preset: str) -> dict:

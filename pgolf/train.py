@@ -78,8 +78,8 @@ class TrainConfig(OptimConfig):
     checkpoint_minutes: float = 5.0  # 0 = no periodic checkpoint
     log_every: int = 500  # TRAIN_LOG_EVERY
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self):
+        super().check()
         if self.loader not in LOADERS:
             raise PgolfError(f"config train.loader: {self.loader!r} is not one of {LOADERS}; fix it in your config")
         if self.packing not in PACKINGS:

@@ -397,3 +397,37 @@ def test_tables_keep_only_the_entries_whose_keys_the_carried_code_spells():
     ns = {}
     exec(out, ns)
     assert ns["stage"]("one") == ["x/a"] and ns["count"]() == 2 and "x/b" not in out and "x/c" not in out
+
+
+def test_config_checks_run_at_build_time_and_stay_out_of_the_script():
+    source = (
+        "import dataclasses\n"
+        "@dataclasses.dataclass\nclass Base:\n    n: int = 1\n    def __post_init__(self):\n        self.check()\n"
+        "    def check(self):\n        if self.n < 1:\n            raise ValueError('n must be positive')\n"
+        "@dataclasses.dataclass\nclass Derived(Base):\n    m: int = 2\n"
+        "    def check(self):\n        super().check()\n        raise ValueError('never in the script')\n"
+        "    def total(self):\n        return self.n + self.m\n"
+    )
+    out = C.minify(source, "c.py", preserve=["Base", "Derived"])
+    ns = {}
+    exec(out, ns)
+    assert "check" not in out and "__post_init__" not in out
+    assert ns["Base"](n=0).n == 0 and ns["Derived"]().total() == 3  # what the DAG refuses, the script takes as is
+    # ... so build_script refuses it first, with the message the stage would give
+    bad = json.loads(json.dumps(CONFIG))
+    bad["model"] = {"num_heads": 7}
+    with pytest.raises(PgolfError, match="config model.num_heads: must divide model_dim 512"):
+        C.build_script(bad, "record")
+    bad = json.loads(json.dumps(CONFIG))
+    bad["quant"]["presets"]["record"]["mlp"] = {"bits": 9}
+    with pytest.raises(PgolfError, match="quant preset: mlp needs 2 <= bits <= 8"):
+        C.build_script(bad, "record")
+
+
+def test_no_config_check_reaches_the_script(modules):
+    import ast
+
+    for name, (rel, source) in modules.items():
+        for node in ast.walk(ast.parse(source)):
+            assert not (isinstance(node, ast.FunctionDef) and node.name == C.CHECK_METHOD), rel
+            assert not (isinstance(node, ast.Attribute) and node.attr == C.CHECK_METHOD), rel

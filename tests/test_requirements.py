@@ -19,13 +19,16 @@ def test_requirements_name_every_outside_import(tmp_path):
     script = tmp_path / "train_gpt.py"
     script.write_text("import brotli as B,base64 as b\nexec(B.decompress(b.b85decode('')))\n")
     lines = requirements(script)
-    names = {line.split()[0].lower().replace("_", "-") for line in lines if not line.startswith("#")}
+    specs = {line.split()[0].split(">=")[0].lower().replace("_", "-"): line.split()[0] for line in lines[:-1]}
+    names = set(specs)
     # the stub's brotli and the carried modules' imports; the DAG-only ones (pgolf.codepack's minifier,
     # pgolf.download's hub client) stay out with their modules
     assert {"brotli", "torch", "numpy", "sentencepiece"} <= names
     assert not names & {"python-minifier", "huggingface-hub", "pyyaml", "jsonschema"}
     assert not names & {"pgolf", "json", "base64"}
     assert all(" # built with " in line for line in lines[:-1])
+    # the minimum versions pgolf's pyproject.toml requires: pgolf.pack's bounded brotli decoding needs 1.2
+    assert specs["brotli"] == "brotli>=1.2" and specs["torch"] == "torch>=2.9"
 
     script.write_text("import brotli\nimport no_such_module_xyz\n")
     with pytest.raises(PgolfError, match="no_such_module_xyz"):

@@ -62,6 +62,10 @@ class Preset:
     embed_plain_int8: bool = False  # #1512: tok_emb in int8 rows (clipped at a |w| quantile), without GPTQ
 
     def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Run where the DAG builds the preset; left out of the script (pgolf.model.ModelConfig.check says why)."""
         percentiles = self.gptq.clip_percentiles
         if percentiles is not None and (not percentiles or any(not 0 < p <= 1 for p in percentiles)):
             raise PgolfError(
