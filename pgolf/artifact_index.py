@@ -12,7 +12,7 @@ from pathlib import Path
 from .cli import doc_summary
 from .errors import PgolfError
 from .io import write_bytes, write_json
-from .pack import artifact_streams, sha256, unpack_artifact
+from .pack import MAGIC, artifact_streams, check_blob, sha256, unpack_artifact
 
 
 def index(blob_path, out):
@@ -21,6 +21,8 @@ def index(blob_path, out):
     if not path.exists():
         raise PgolfError(f"{path}: artifact not found; set eval.artifact to the path of a pgolf model.pgrp")
     data = path.read_bytes()
+    if data[:4] == MAGIC:
+        check_blob(data, str(path))
     unpack_artifact(data, str(path))
     out = Path(out)
     write_bytes(out, data)

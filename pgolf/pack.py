@@ -256,36 +256,48 @@ def _encode_remainder(tensors: dict, meta: dict, config: dict, shapes: list) -> 
     return struct.pack("<I", len(text)) + text + b"".join(chunks)
 
 
-def _decode_remainder(data: bytes, source: str):
-    """The remainder's JSON header and tensors, after checking every header field's type and bound."""
+def _corrupt(source: str, problem: str) -> PgolfError:
+    return PgolfError(f"{source}: remainder stream is corrupt ({problem}); {REPACK}")
 
-    def bad(problem):
-        return PgolfError(f"{source}: remainder stream is corrupt ({problem}); {REPACK}")
 
+def _remainder_header(data: bytes, source: str) -> tuple[dict, int]:
+    """The remainder's JSON header and the offset of the tensor bytes after it."""
     if len(data) < 4:
-        raise bad("shorter than its length field")
+        raise _corrupt(source, "shorter than its length field")
     (size,) = struct.unpack_from("<I", data)
     if 4 + size > len(data):
-        raise bad(f"a {size}-byte header in {len(data) - 4} bytes")
+        raise _corrupt(source, f"a {size}-byte header in {len(data) - 4} bytes")
     try:
-        header = json.loads(data[4 : 4 + size])
+        return json.loads(data[4 : 4 + size]), 4 + size
     except (ValueError, RecursionError) as e:
-        raise bad(f"header is not JSON: {e}") from None
-    _check_header(header, bad)
-    offset, tensors = 4 + size, {}
+        raise _corrupt(source, f"header is not JSON: {e}") from None
+
+
+def _decode_remainder(data: bytes, source: str):
+    """The remainder's JSON header and tensors."""
+    header, offset = _remainder_header(data, source)
+    tensors = {}
     for name, dtype_name, shape in header["tensors"]:
         dtype = DTYPES[dtype_name]
         numel = math.prod(shape)
         nbytes = numel * dtype.itemsize
         if offset + nbytes > len(data):
-            raise bad(f"tensor {name} runs past the end")
+            raise _corrupt(source, f"tensor {name} runs past the end")
         raw = bytearray(data[offset : offset + nbytes])
         flat = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
         tensors[name] = flat.reshape(shape)
         offset += nbytes
     if offset != len(data):
-        raise bad(f"{len(data) - offset} bytes left over")
+        raise _corrupt(source, f"{len(data) - offset} bytes left over")
     return header, tensors
+
+
+def check_blob(data: bytes, source: str = "PGRP blob"):
+    """Every field of a blob's remainder header, its type and bound, before a blob made elsewhere is unpacked
+    (pgolf.artifact_index). unpack itself reads the header as its seal holds it: the DAG unpacks only its own
+    blobs, once their sha256 matches pack.json's, and train_gpt.py the one it has just packed."""
+    header, _ = _remainder_header(_open_remainder(split_streams(data, source), source), source)
+    _check_header(header, lambda problem: _corrupt(source, problem))
 
 
 def _check_header(header, bad):
@@ -494,8 +506,8 @@ def stream_sizes(data: bytes, source: str = "PGRP blob") -> dict:
 def unpack(data: bytes, source: str = "PGRP blob") -> dict:
     """The quantized state {"tensors", "meta", "config"} that `pack` turned into `data`.
 
-    Checks the seal over every stream first, then the header; decodes each stream no further than the size the
-    header declares; any failure is one PgolfError naming `source`."""
+    Checks the seal over every stream first; decodes each stream no further than the size the header declares; a
+    damaged blob is one PgolfError naming `source`. A blob made elsewhere goes through check_blob first."""
     streams = split_streams(data, source)
     header, tensors = _decode_remainder(_open_remainder(streams, source), source)
     hot_rows = sum(rows for g, shapes in enumerate(header["groups"]) if GROUPS[g] in HOT for _, rows, _ in shapes)

@@ -259,11 +259,19 @@ def edit(path, value):
         (lambda h: h.pop("tensors"), "header lacks"),
     ],
 )
-def test_header_edits_are_refused(blob, change, message):
+def test_header_edits_are_refused(blob, change, message, tmp_path):
+    """A blob made elsewhere (eval.artifact) has its header checked when the DAG adopts it; unpack reads a header
+    under an intact seal as it is (the DAG's own blobs and the script's)."""
     streams, header, raw = sealed_parts(blob)
     change(header)
+    edited = reseal(streams, header, raw)
     with pytest.raises(PgolfError, match=f"model.pgrp: .*{message}"):
-        P.unpack(reseal(streams, header, raw), "model.pgrp")
+        P.check_blob(edited, "model.pgrp")
+    (tmp_path / "model.pgrp").write_bytes(edited)
+    with pytest.raises(PgolfError, match=f"model.pgrp: .*{message}"):
+        artifact_index.index(tmp_path / "model.pgrp", tmp_path / "adopted/model.pgrp")
+    assert not (tmp_path / "adopted").exists()
+    P.check_blob(blob)  # the untouched blob passes
 
 
 def test_group_shape_edit_is_refused(blob):
