@@ -20,9 +20,12 @@ python-minifier is needed only here, at build time.
 
 import argparse
 import ast
+import builtins
 import json
+import keyword
 import platform
 import shutil
+import string
 import subprocess
 from collections import Counter
 from importlib.metadata import version
@@ -388,12 +391,19 @@ def minify(
 ) -> str:
     """`source` minified; `outside` (reached_from_outside) lets unread imports go, None keeps every import; `entries`
     ({NAME: keys}, unread_entries) drops those entries of top-level dicts."""
+    return _minified(_unrun_dropped(source, filename, unused, outside, entries), filename, preserve, options)
+
+
+def _unrun_dropped(source: str, filename: str, unused=(), outside=None, entries=None):
+    """The tree of `source` without what _DropUnrun removes."""
     try:
-        tree = _DropUnrun(unused, outside, entries).visit(ast.parse(source, filename))
-        tree = ast.fix_missing_locations(tree)
-        return python_minifier.minify(ast.unparse(tree), filename=filename, preserve_globals=list(preserve), **options)
+        return ast.fix_missing_locations(_DropUnrun(unused, outside, entries).visit(ast.parse(source, filename)))
     except SyntaxError as e:
         raise PgolfError(f"{filename}: cannot be minified ({e}); fix the syntax error") from None
+
+
+def _minified(tree, filename: str, preserve=(), options=MINIFY_OPTIONS) -> str:
+    return python_minifier.minify(ast.unparse(tree), filename=filename, preserve_globals=list(preserve), **options)
 
 
 def package_modules(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS, config: dict | None = None) -> dict:
@@ -401,6 +411,15 @@ def package_modules(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS, config: dic
 
     A folder without __init__.py (a namespace package in the source tree) gets an empty package module.
     """
+    return dict(_minified_package(package_dir, options, config)[0])
+
+
+def package_renames(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS, config: dict | None = None) -> dict:
+    """{old: new}: the shared names package_modules' sources spell short (shared_renames)."""
+    return dict(_minified_package(package_dir, options, config)[1])
+
+
+def _minified_package(package_dir, options, config):
     package_dir = Path(package_dir)
     sources = {
         path.relative_to(package_dir.parent).as_posix(): path.read_text()
@@ -409,23 +428,266 @@ def package_modules(package_dir=PACKAGE_DIR, options=MINIFY_OPTIONS, config: dic
     key = (package_dir, tuple(sorted(options.items())), tuple(sources.items()))
     if key not in _MINIFIED:
         _MINIFIED[key] = _minify_all(sources, options)
-    return dict(_MINIFIED[key])
+    return _MINIFIED[key]
 
 
-_MINIFIED = {}  # (package folder, options, sources) -> package_modules' result: minifying takes seconds
+_MINIFIED = {}  # (package folder, options, sources) -> (modules, renames): minifying takes seconds
 
 
 def _minify_all(sources: dict, options: dict) -> dict:
     preserve, unused, outside = preserved_globals(sources), unused_definitions(sources), reached_from_outside(sources)
     entries = unread_entries(sources, unused)
+    trees = {rel: _unrun_dropped(source, rel, unused[rel], outside, entries[rel]) for rel, source in sources.items()}
+    renames = rename_shared(trees)
+    preserve = sorted(set(preserve) | set(renames.values()))
     modules = {}
-    for rel, source in sources.items():
-        modules[module_name(rel)] = (rel, minify(source, rel, preserve, unused[rel], options, outside, entries[rel]))
+    for rel, tree in trees.items():
+        modules[module_name(rel)] = (rel, _minified(tree, rel, preserve, options))
         for parent in Path(rel).parents:
             if parent.as_posix() != ".":
                 init = f"{parent.as_posix()}/__init__.py"
                 modules.setdefault(module_name(init), (init, ""))
-    return dict(sorted(modules.items()))
+    return dict(sorted(modules.items())), renames
+
+
+# --- shared names -------------------------------------------------------------------------------------------
+
+# Names kept as they are: the bootstrap calls pgolf.runall.run_all, and run_all calls each stage module's main.
+KEPT_NAMES = frozenset({"run_all", "main"})
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _package(rel: str) -> str:
+    """The package a module's relative imports start from."""
+    name = module_name(rel)
+    return name if rel.endswith("__init__.py") else name.rpartition(".")[0]
+
+
+def _imported_module(node, rel: str) -> str | None:
+    """The absolute module name an ImportFrom reads (`from .x import a` in pgolf/y.py: pgolf.x)."""
+    if not node.level:
+        return node.module
+    base = _package(rel).split(".")
+    base = base[: len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+class _Names:
+    """What one module does with its identifiers: the carried-module aliases it binds, the names it imports from
+    carried modules, the attributes it reads on them, and the identifiers no module-wide renaming may touch."""
+
+    def __init__(self, rel: str, tree, carried: set):
+        self.rel, self.carried = rel, carried
+        self.aliases = {}  # name -> the carried modules it is bound to (by an import)
+        self.imported = set()  # names imported by name from a carried module
+        self.fixed = set()  # parameters, class attributes, imports of other modules, `__all__` entries
+        self.identifiers = set()  # every identifier spelled, attributes and keywords included
+        self.bound_otherwise = set()  # names bound by anything but an import of a carried module
+        self._visit(tree)
+
+    def _visit(self, node):
+        ids = self.identifiers
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            self._import(node)
+        elif isinstance(node, ast.Name):
+            ids.add(node.id)
+            if not isinstance(node.ctx, ast.Load):
+                self.bound_otherwise.add(node.id)
+        elif isinstance(node, ast.arg):
+            ids.add(node.arg)
+            self.fixed.add(node.arg)
+        elif isinstance(node, ast.Attribute):
+            ids.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            ids.add(node.arg)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            ids.update(node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            ids.add(node.name)
+            self.bound_otherwise.add(node.name)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            ids.add(node.name)
+            self.bound_otherwise.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            ids.add(node.rest)
+            self.bound_otherwise.add(node.rest)
+        if isinstance(node, ast.ClassDef):  # what its body binds is an attribute of the class
+            for stmt in node.body:
+                self.fixed.update(_bound_in(stmt))
+        if _assigned_name(node) == "__all__" and isinstance(node.value, (ast.List, ast.Tuple)):
+            self.fixed.update(e.value for e in node.value.elts if isinstance(e, ast.Constant))
+        for child in ast.iter_child_nodes(node):
+            self._visit(child)
+
+    def _import(self, node):
+        for alias in node.names:
+            bound = alias.asname or alias.name.split(".")[0]
+            self.identifiers.update({bound, *alias.name.split(".")})
+            if isinstance(node, ast.Import):
+                target = alias.name if alias.asname else bound
+            else:
+                source = _imported_module(node, self.rel)
+                target = f"{source}.{alias.name}"
+                if target not in self.carried:
+                    if source in self.carried:
+                        self.imported.add(alias.name)
+                        self.bound_otherwise.add(bound)
+                    else:
+                        self.fixed.update({alias.name, bound})
+                    continue
+            if target in self.carried:
+                self.aliases.setdefault(bound, set()).add(target)
+            else:
+                self.fixed.update({alias.name, bound})
+
+    def module_of(self, node) -> str | None:
+        """The carried module an expression names (an alias, or a submodule read as an attribute of one), if any."""
+        if isinstance(node, ast.Name):
+            modules = self.aliases.get(node.id, set())
+            return next(iter(modules)) if len(modules) == 1 and node.id not in self.bound_otherwise else None
+        if isinstance(node, ast.Attribute):
+            base = self.module_of(node.value)
+            return f"{base}.{node.attr}" if base and f"{base}.{node.attr}" in self.carried else None
+        return None
+
+
+def _bound_in(stmt) -> set:
+    """The names a statement binds in the scope it runs in (a definition's name, assignment and loop targets,
+    imports), not those of the functions and classes inside it."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {alias.asname or alias.name.split(".")[0] for alias in stmt.names}
+    if isinstance(stmt, (ast.Lambda, *_COMPREHENSIONS)):
+        return set()
+    names = {stmt.id} if isinstance(stmt, ast.Name) and not isinstance(stmt.ctx, ast.Load) else set()
+    for child in ast.iter_child_nodes(stmt):
+        names |= _bound_in(child)
+    return names
+
+
+def _exception_classes(trees: dict) -> set:
+    """Classes of the carried modules that derive from an exception: a traceback prints their names."""
+    found, grew = set(), True
+    while grew:
+        grew = False
+        for tree in trees.values():
+            for node in tree.body:
+                if isinstance(node, ast.ClassDef) and node.name not in found:
+                    bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                    if bases & found or any(b.endswith(("Error", "Exception", "Interrupt")) for b in bases):
+                        found.add(node.name)
+                        grew = True
+    return found
+
+
+def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
+    """{old: new}: short names for the top-level names one carried module takes from another (imported by name, or
+    read as an attribute of the module), which python-minifier must keep as they are, being global to each module.
+
+    Applied to every module (rename_shared), the renaming is consistent: an identifier is renamed everywhere it
+    appears as a name, a definition, an import of a carried module or an attribute read on one, never as an
+    attribute of anything else. So a name is left alone where that could change what runs: a parameter (a caller may
+    pass it by keyword), a class attribute, a name also imported from a module the script does not carry or from
+    outside pgolf, an `__all__` entry, a builtin, an attribute read on a carried module the code passes around as a
+    value (run_all calls each stage module's `main`), and `kept`. The new names are spelled nowhere in the carried
+    code, so none can capture another; an exception class keeps its name (a traceback prints it) and gets the short
+    one as an alias.
+    """
+    carried = {module_name(rel) for rel in trees}
+    info = {rel: _Names(rel, tree, carried) for rel, tree in trees.items()}
+    shared, fixed = set(), set(kept) | set(dir(builtins))
+    for rel, tree in trees.items():
+        names = info[rel]
+        shared |= names.imported
+        fixed |= names.fixed | set(names.aliases)
+        bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        escapes = any(isinstance(n, ast.Name) and id(n) not in bases and names.module_of(n) for n in ast.walk(tree))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and names.module_of(node.value):
+                shared.add(node.attr)
+            elif escapes and isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                fixed.add(node.attr)  # it may be read on a module this one passes around (run_all: `module.main`)
+    defined = set().union(*(_bound_in(stmt) for tree in trees.values() for stmt in tree.body))
+    candidates = {x for x in shared & defined - fixed if not x.startswith("__")}
+    counts = Counter()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None) or getattr(node, "name", None)
+            if name in candidates:
+                counts[name] += 1
+    taken = set().union(*(n.identifiers for n in info.values())) | set(keyword.kwlist) | set(dir(builtins))
+    fresh = (name for name in _short_names() if name not in taken)
+    return {old: next(fresh) for old, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def _short_names():
+    letters = string.ascii_letters
+    yield from letters
+    for first in letters:
+        for second in letters + string.digits:
+            yield first + second
+
+
+class _Rename(ast.NodeTransformer):
+    """Applies shared_renames' map to one module (see there for where a name is renamed)."""
+
+    def __init__(self, names: _Names, renames: dict, exceptions: set):
+        self.names, self.renames, self.exceptions = names, renames, exceptions
+
+    def visit_Name(self, node):
+        node.id = self.renames.get(node.id, node.id)
+        return node
+
+    def visit_Attribute(self, node):
+        self.generic_visit(node)
+        module = self.names.module_of(node.value)
+        if module and f"{module}.{node.attr}" not in self.names.carried:
+            node.attr = self.renames.get(node.attr, node.attr)
+        return node
+
+    def visit_ImportFrom(self, node):
+        source = _imported_module(node, self.names.rel)
+        for alias in node.names:
+            if source in self.names.carried and f"{source}.{alias.name}" not in self.names.carried:
+                alias.name = self.renames.get(alias.name, alias.name)
+                alias.asname = self.renames.get(alias.asname, alias.asname)
+        return node
+
+    def visit_Global(self, node):
+        node.names = [self.renames.get(n, n) for n in node.names]
+        return node
+
+    visit_Nonlocal = visit_Global
+
+    def _definition(self, node):
+        self.generic_visit(node)
+        new = self.renames.get(node.name)
+        if new is None:
+            return node
+        if node.name in self.exceptions:  # keeps the name a traceback prints; the short one is an alias
+            return [node, ast.Assign([ast.Name(new, ast.Store())], ast.Name(node.name, ast.Load()))]
+        node.name = new
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _definition
+
+    def visit_ExceptHandler(self, node):
+        self.generic_visit(node)
+        node.name = self.renames.get(node.name, node.name)
+        return node
+
+
+def rename_shared(trees: dict, kept=KEPT_NAMES) -> dict:
+    """Renames in place (shared_renames) the names the carried modules `trees` ({path: ast.Module}) share; returns
+    the map."""
+    renames = shared_renames(trees, kept)
+    carried = {module_name(rel) for rel in trees}
+    exceptions = _exception_classes(trees)
+    for rel, tree in trees.items():
+        names = _Names(rel, tree, carried)
+        ast.fix_missing_locations(_Rename(names, renames, exceptions).visit(tree))
+    return renames
 
 
 # --- the script -----------------------------------------------------------------------------------------------

@@ -54,15 +54,16 @@ sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__mod
 sys.modules['python_minifier'] = None
 assert importlib.util.find_spec('pgolf') is None, 'pgolf is importable without the script'
 script = runpy.run_path(sys.argv[1], run_name='bundle')
-names = json.loads(sys.argv[2])
+names, renamed = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 for name in script['M']:
     __import__(name)
 import pgolf.pack, torch
+pack, unpack = (getattr(pgolf.pack, renamed.get(n, n)) for n in ('pack', 'unpack'))
 state = {'tensors': {'x': torch.arange(6, dtype=torch.int16)}, 'meta': {}, 'config': {}}
-rest = pgolf.pack.unpack(pgolf.pack.pack(state))['tensors']
+rest = unpack(pack(state))['tensors']
 import pgolf.runlog, tempfile
 log_path = os.path.join(tempfile.mkdtemp(), 'log.jsonl')
-pgolf.runlog.RunLog('probe', {}, log_path, echo=False).close()
+getattr(pgolf.runlog, renamed.get('RunLog', 'RunLog'))('probe', {}, log_path, echo=False).close()
 code_version = json.loads(open(log_path).readline())['code_version']
 print(json.dumps({
     'config': script['CONFIG'],
@@ -99,9 +100,11 @@ def script(modules, tmp_path_factory):
 
 
 def test_modules_import_from_memory(script, modules, tmp_path):
+    renamed = C.package_renames(config=C.narrow_config(CONFIG, "record"))
+    assert renamed["RunLog"] != "RunLog"  # the probe reaches the shared names by their short spelling
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(script), json.dumps(IMPORTED)],
+        [sys.executable, "-c", PROBE, str(script), json.dumps(IMPORTED), json.dumps(renamed)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -220,7 +223,9 @@ def test_entry_point_calls_run_all(tmp_path):
     result = json.loads((tmp_path / "out.json").read_text())
     assert result == {"config": C.narrow_config(CONFIG, "wide"), "value": 42}
     modules = C.package_modules(pkg)
-    assert "PRIVATE_NAME" not in modules["pgolf.inner.leaf"][1] and "VALUE" in modules["pgolf.inner.leaf"][1]
+    # python-minifier renames the private name, codepack the one runall imports (in both modules: the script ran)
+    assert C.package_renames(pkg) == {"VALUE": "a"}
+    assert "PRIVATE_NAME" not in modules["pgolf.inner.leaf"][1] and "VALUE" not in modules["pgolf.runall"][1]
     assert "goes" not in modules["pgolf.runall"][1] and "never run" not in modules["pgolf.runall"][1]
 
 
