@@ -1,6 +1,7 @@
 """The submission script: it carries the import closure of run_all and nothing else, its modules import from memory
 where pgolf and python-minifier are absent, its config is the run's, and its literal holds any bytes."""
 
+import ast
 import hashlib
 import json
 import os
@@ -436,3 +437,81 @@ def test_no_config_check_reaches_the_script(modules):
         for node in ast.walk(ast.parse(source)):
             assert not (isinstance(node, ast.FunctionDef) and node.name == C.CHECK_METHOD), rel
             assert not (isinstance(node, ast.Attribute) and node.attr == C.CHECK_METHOD), rel
+
+
+SHARING = {  # a package whose modules share names in every way codepack renames them, and in the ways it must not
+    "__init__.py": "",
+    "errors.py": "class PgolfError(Exception):\n    pass\n",
+    "util.py": "from .errors import PgolfError\nSCALE = 3\n\n"
+    "def helper(x):\n    return x * SCALE\n\n"
+    "def path(key):\n    return 'p/' + key\n\n"
+    "def main(argv):\n    return ['main', *argv]\n\n"
+    "def positive(value):\n    if value < 0:\n        raise PgolfError(f'{value}: negative')\n    return value\n",
+    "runall.py": "import json, sys\nimport pgolf.util\nfrom . import util\nfrom .util import helper, positive\n\n"
+    "def call(module, argv):\n    return module.main(argv)\n\n"
+    "def read(path):\n    return util.path(path)\n\n"
+    "def run_all(config):\n"
+    "    out = {'helper': helper(2), 'scale': pgolf.util.SCALE, 'main': call(util, ['x']), 'path': read('k')}\n"
+    "    try:\n        positive(-1)\n    except Exception as e:\n"
+    "        out['error'] = f'{type(e).__module__}.{type(e).__qualname__}: {e}'\n"
+    "    json.dump(out, open(sys.argv[1], 'w'))\n",
+}
+
+
+def test_shared_names_are_renamed_consistently_and_kept_names_keep_theirs(tmp_path):
+    pkg = tmp_path / "src" / "pgolf"
+    pkg.mkdir(parents=True)
+    for name, text in SHARING.items():
+        (pkg / name).write_text(text)
+    (tmp_path / "train_gpt.py").write_bytes(C.build_script(CONFIG, "record", package_dir=pkg))
+    proc = subprocess.run([sys.executable, "train_gpt.py", "out.json"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text()) == {
+        "helper": 6,
+        "scale": 3,
+        "main": ["main", "x"],
+        "path": "p/k",
+        "error": "pgolf.errors.PgolfError: -1: negative",  # a traceback prints the exception's own name
+    }
+    # imported by name (helper, positive, PgolfError) or read as a module's attribute (SCALE): renamed in every module;
+    # `path` is also a parameter (a caller may pass it by keyword) and `main` is read on a module passed as a value
+    renamed = C.package_renames(pkg)
+    assert set(renamed) == {"helper", "positive", "SCALE", "PgolfError"}
+    modules = {name: source for name, (_, source) in C.package_modules(pkg).items()}
+    util = ast.parse(modules["pgolf.util"])
+    defined = {n.name for n in util.body if isinstance(n, ast.FunctionDef)} | {
+        t.id for n in util.body if isinstance(n, ast.Assign) for t in n.targets
+    }
+    assert {renamed["helper"], renamed["positive"], renamed["SCALE"]} <= defined and not {"helper", "positive"} & defined
+    imports = [n for n in ast.walk(ast.parse(modules["pgolf.runall"])) if isinstance(n, ast.ImportFrom)]
+    assert {(n.module, a.name) for n in imports for a in n.names} >= {
+        ("util", renamed["positive"]),
+        ("util", renamed["helper"]),
+    }
+    assert f"pgolf.util.{renamed['SCALE']}" in modules["pgolf.runall"]
+    assert "def path(" in modules["pgolf.util"] and "def main(" in modules["pgolf.util"]
+    assert "class PgolfError(" in modules["pgolf.errors"]
+    assert f"{renamed['PgolfError']}=PgolfError" in modules["pgolf.errors"]
+
+
+def test_record_script_imports_its_modules_from_memory(tmp_path):
+    """The record preset's script (the OPTIONAL modules its config turns off left out, the shared names renamed):
+    every module it carries imports with pgolf itself unimportable."""
+    config = C.narrow_config(resolve([str(ROOT / "config.yaml")]), "record")
+    script = tmp_path / "train_gpt.py"
+    script.write_bytes(C.build_script(config, "record"))
+    renamed = C.package_renames(config=config)
+    assert {"PgolfError", "read_json", "ModelConfig"} <= set(renamed) and not {"run_all", "main"} & set(renamed)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    imported = ["pgolf.runall", "pgolf.model", "pgolf.train"]
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(script), json.dumps(imported), json.dumps(renamed)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    modules = C.package_modules(config=config)
+    assert out["carried"] == sorted(modules) and "pgolf.ngram" not in out["carried"] and out["works"] == list(range(6))
