@@ -585,14 +585,15 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
     """{old: new}: short names for the top-level names one carried module takes from another (imported by name, or
     read as an attribute of the module), which python-minifier must keep as they are, being global to each module.
 
-    Applied to every module (rename_shared), the renaming is consistent: an identifier is renamed everywhere it
-    appears as a name, a definition, an import of a carried module or an attribute read on one, never as an
-    attribute of anything else. So a name is left alone where that could change what runs: a parameter (a caller may
-    pass it by keyword), a class attribute, a name also imported from a module the script does not carry or from
-    outside pgolf, an `__all__` entry, a builtin, an attribute read on a carried module the code passes around as a
-    value (run_all calls each stage module's `main`), and `kept`. The new names are spelled nowhere in the carried
-    code, so none can capture another; an exception class keeps its name (a traceback prints it) and gets the short
-    one as an alias.
+    Applied to every module (rename_shared), the renaming is consistent: a module that defines such a name, or
+    imports it by name from a carried module, spells it the new way everywhere it appears as a name (a definition,
+    a reference, a local, an import); any module renames it where it reads it as an attribute of a carried module,
+    never as an attribute of anything else. So a name is left alone where that could change what runs: in a module
+    that spells it as its own, a parameter (a caller may pass it by keyword), a class attribute or a name imported
+    from a module the script does not carry or from outside pgolf; an `__all__` entry; a builtin; an attribute read
+    on a carried module the code passes around as a value (run_all calls each stage module's `main`); and `kept`. The
+    new names are spelled nowhere in the carried code, so none can capture another; an exception class keeps its
+    name (a traceback prints it) and gets the short one as an alias.
     """
     carried = {module_name(rel) for rel in trees}
     info = {rel: _Names(rel, tree, carried) for rel, tree in trees.items()}
@@ -600,7 +601,7 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
     for rel, tree in trees.items():
         names = info[rel]
         shared |= names.imported
-        fixed |= names.fixed | set(names.aliases)
+        fixed |= (_owned(tree, names) & names.fixed) | set(names.aliases)
         bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         escapes = any(isinstance(n, ast.Name) and id(n) not in bases and names.module_of(n) for n in ast.walk(tree))
         for node in ast.walk(tree):
@@ -621,6 +622,12 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
     return {old: next(fresh) for old, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
+def _owned(tree, names: _Names) -> set:
+    """The names a module spells as its own: its top-level bindings and what it imports by name from carried
+    modules."""
+    return set().union(*(_bound_in(stmt) for stmt in tree.body)) | names.imported
+
+
 def _short_names():
     letters = string.ascii_letters
     yield from letters
@@ -630,13 +637,15 @@ def _short_names():
 
 
 class _Rename(ast.NodeTransformer):
-    """Applies shared_renames' map to one module (see there for where a name is renamed)."""
+    """Applies shared_renames' map to one module (see there for where a name is renamed): `own`, the part of the map
+    the module spells as its own names (_owned), to its names; the whole map to the attributes it reads on carried
+    modules and the names it imports from them."""
 
-    def __init__(self, names: _Names, renames: dict, exceptions: set):
-        self.names, self.renames, self.exceptions = names, renames, exceptions
+    def __init__(self, names: _Names, renames: dict, own: dict, exceptions: set):
+        self.names, self.renames, self.own, self.exceptions = names, renames, own, exceptions
 
     def visit_Name(self, node):
-        node.id = self.renames.get(node.id, node.id)
+        node.id = self.own.get(node.id, node.id)
         return node
 
     def visit_Attribute(self, node):
@@ -651,18 +660,18 @@ class _Rename(ast.NodeTransformer):
         for alias in node.names:
             if source in self.names.carried and f"{source}.{alias.name}" not in self.names.carried:
                 alias.name = self.renames.get(alias.name, alias.name)
-                alias.asname = self.renames.get(alias.asname, alias.asname)
+                alias.asname = self.own.get(alias.asname, alias.asname)
         return node
 
     def visit_Global(self, node):
-        node.names = [self.renames.get(n, n) for n in node.names]
+        node.names = [self.own.get(n, n) for n in node.names]
         return node
 
     visit_Nonlocal = visit_Global
 
     def _definition(self, node):
         self.generic_visit(node)
-        new = self.renames.get(node.name)
+        new = self.own.get(node.name)
         if new is None:
             return node
         if node.name in self.exceptions:  # keeps the name a traceback prints; the short one is an alias
@@ -674,7 +683,7 @@ class _Rename(ast.NodeTransformer):
 
     def visit_ExceptHandler(self, node):
         self.generic_visit(node)
-        node.name = self.renames.get(node.name, node.name)
+        node.name = self.own.get(node.name, node.name)
         return node
 
 
@@ -686,7 +695,8 @@ def rename_shared(trees: dict, kept=KEPT_NAMES) -> dict:
     exceptions = _exception_classes(trees)
     for rel, tree in trees.items():
         names = _Names(rel, tree, carried)
-        ast.fix_missing_locations(_Rename(names, renames, exceptions).visit(tree))
+        own = {old: new for old, new in renames.items() if old in _owned(tree, names)}
+        ast.fix_missing_locations(_Rename(names, renames, own, exceptions).visit(tree))
     return renames
 
 

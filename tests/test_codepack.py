@@ -445,13 +445,15 @@ SHARING = {  # a package whose modules share names in every way codepack renames
     "util.py": "from .errors import PgolfError\nSCALE = 3\n\n"
     "def helper(x):\n    return x * SCALE\n\n"
     "def path(key):\n    return 'p/' + key\n\n"
+    "def where(key):\n    return 'w/' + key\n\n"
     "def main(argv):\n    return ['main', *argv]\n\n"
     "def positive(value):\n    if value < 0:\n        raise PgolfError(f'{value}: negative')\n    return value\n",
-    "runall.py": "import json, sys\nimport pgolf.util\nfrom . import util\nfrom .util import helper, positive\n\n"
+    "runall.py": "import json, sys\nimport pgolf.util\nfrom . import util\nfrom .util import helper, positive, where\n\n"
     "def call(module, argv):\n    return module.main(argv)\n\n"
     "def read(path):\n    return util.path(path)\n\n"
+    "def locate(where):\n    return where('k')\n\n"
     "def run_all(config):\n"
-    "    out = {'helper': helper(2), 'scale': pgolf.util.SCALE, 'main': call(util, ['x']), 'path': read('k')}\n"
+    "    out = {'helper': helper(2), 'scale': pgolf.util.SCALE, 'main': call(util, ['x']), 'path': read('k'), 'where': locate(where)}\n"
     "    try:\n        positive(-1)\n    except Exception as e:\n"
     "        out['error'] = f'{type(e).__module__}.{type(e).__qualname__}: {e}'\n"
     "    json.dump(out, open(sys.argv[1], 'w'))\n",
@@ -471,12 +473,15 @@ def test_shared_names_are_renamed_consistently_and_kept_names_keep_theirs(tmp_pa
         "scale": 3,
         "main": ["main", "x"],
         "path": "p/k",
+        "where": "w/k",
         "error": "pgolf.errors.PgolfError: -1: negative",  # a traceback prints the exception's own name
     }
-    # imported by name (helper, positive, PgolfError) or read as a module's attribute (SCALE): renamed in every module;
-    # `path` is also a parameter (a caller may pass it by keyword) and `main` is read on a module passed as a value
+    # imported by name (helper, positive, PgolfError) or read as a module's attribute (SCALE, path): renamed in every
+    # module (runall's parameter `path` stays: runall reads util's only as an attribute); runall spells `where` as its
+    # own name (imported) and as a parameter (a caller may pass it by keyword), and `main` is read on a module passed
+    # as a value: both kept
     renamed = C.package_renames(pkg)
-    assert set(renamed) == {"helper", "positive", "SCALE", "PgolfError"}
+    assert set(renamed) == {"helper", "positive", "SCALE", "PgolfError", "path"}
     modules = {name: source for name, (_, source) in C.package_modules(pkg).items()}
     util = ast.parse(modules["pgolf.util"])
     defined = {n.name for n in util.body if isinstance(n, ast.FunctionDef)} | {
@@ -489,7 +494,10 @@ def test_shared_names_are_renamed_consistently_and_kept_names_keep_theirs(tmp_pa
         ("util", renamed["helper"]),
     }
     assert f"pgolf.util.{renamed['SCALE']}" in modules["pgolf.runall"]
-    assert "def path(" in modules["pgolf.util"] and "def main(" in modules["pgolf.util"]
+    assert "def where(" in modules["pgolf.util"] and "def main(" in modules["pgolf.util"]
+    runall = ast.parse(modules["pgolf.runall"])
+    read = {n.attr for n in ast.walk(runall) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "util"}
+    assert read == {renamed["path"]}
     assert "class PgolfError(" in modules["pgolf.errors"]
     assert f"{renamed['PgolfError']}=PgolfError" in modules["pgolf.errors"]
 
