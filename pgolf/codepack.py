@@ -10,8 +10,9 @@ submission folder) stay out, less the modules of OPTIONAL whose options the conf
 them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block, the DAG
 advice of its error messages, its config dataclasses' `check` methods (build_script runs them on the config first),
 the top-level definitions (and call-free assignments) nothing carried names, the entries of its subscript-only
-tables whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
-bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
+tables whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules share (imported by name, read as a module attribute) get short names,
+consistently in every module (rename_shared), and python-minifier then renames locals and the module-level names no
+other module reads (bench/code_size.py and bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
 compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a latin-1 string literal, one
 byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that serves the pgolf.*
 modules from memory (and nothing else), then, run as a script, calls pgolf.runall.run_all(CONFIG).
@@ -44,8 +45,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ENTRY = "runall"  # pgolf.runall.run_all is what train_gpt.py runs; its import closure is what it carries
 # Upstream's `pyminify --no-hoist-literals --remove-literal-statements --remove-asserts --prefer-single-line`, but
 # renaming locals and the module-level names that no other module imports or reads as an attribute (see
-# preserved_globals); with the passes of _DropUnrun, 2.4 KB less after compression (bench/RESULTS.md). Other options
-# keep python-minifier's defaults.
+# preserved_globals; rename_shared shortens those others before); with the passes of _DropUnrun, 2.4 KB less after
+# compression (bench/RESULTS.md). Other options keep python-minifier's defaults.
 MINIFY_OPTIONS = dict(
     rename_locals=True,
     rename_globals=True,
