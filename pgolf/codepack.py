@@ -497,6 +497,7 @@ class _Names:
         elif isinstance(node, ast.arg):
             ids.add(node.arg)
             self.fixed.add(node.arg)
+            self.bound_otherwise.add(node.arg)
         elif isinstance(node, ast.Attribute):
             ids.add(node.attr)
         elif isinstance(node, ast.keyword) and node.arg:
@@ -591,25 +592,32 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
     a reference, a local, an import); any module renames it where it reads it as an attribute of a carried module,
     never as an attribute of anything else. So a name is left alone where that could change what runs: in a module
     that spells it as its own, a parameter (a caller may pass it by keyword), a class attribute or a name imported
-    from a module the script does not carry or from outside pgolf; an `__all__` entry; a builtin; an attribute read
-    on a carried module the code passes around as a value (run_all calls each stage module's `main`); and `kept`. The
-    new names are spelled nowhere in the carried code, so none can capture another; an exception class keeps its
+    from a module the script does not carry or from outside pgolf; an attribute read on a name that is a carried
+    module in one place and something else in another; an `__all__` entry; a builtin; `kept`; and, since run_all
+    passes modules around as values (and calls their `main`), any name also read as an attribute of an object that
+    is not a carried module (which also compresses better, spelled like the other reads). The new names are spelled
+    nowhere in the carried code and are no module's name, so none can capture another; an exception class keeps its
     name (a traceback prints it) and gets the short one as an alias.
     """
     carried = {module_name(rel) for rel in trees}
     info = {rel: _Names(rel, tree, carried) for rel, tree in trees.items()}
-    shared, fixed = set(), set(kept) | set(dir(builtins))
+    shared, fixed, elsewhere, escapes = set(), set(kept) | set(dir(builtins)), set(), False
     for rel, tree in trees.items():
         names = info[rel]
         shared |= names.imported
         fixed |= (_owned(tree, names) & names.fixed) | set(names.aliases)
         bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-        escapes = any(isinstance(n, ast.Name) and id(n) not in bases and names.module_of(n) for n in ast.walk(tree))
         for node in ast.walk(tree):
+            if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in bases and names.module_of(node):
+                escapes = True  # a module passed around as a value
             if isinstance(node, ast.Attribute) and names.module_of(node.value):
                 shared.add(node.attr)
-            elif escapes and isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                fixed.add(node.attr)  # it may be read on a module this one passes around (run_all: `module.main`)
+            elif isinstance(node, ast.Attribute) and _root(node.value) in names.aliases:
+                fixed.add(node.attr)  # read on a name that is a carried module somewhere in this module, not always
+            elif isinstance(node, ast.Attribute):
+                elsewhere.add(node.attr)
+    if escapes:  # such a module's attributes may be read on any object (run_all: `module.main`)
+        fixed |= elsewhere
     defined = set().union(*(_bound_in(stmt) for tree in trees.values() for stmt in tree.body))
     candidates = {x for x in shared & defined - fixed if not x.startswith("__")}
     counts = Counter()
@@ -619,8 +627,16 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
             if name in candidates:
                 counts[name] += 1
     taken = set().union(*(n.identifiers for n in info.values())) | set(keyword.kwlist) | set(dir(builtins))
+    taken |= {part for name in carried for part in name.split(".")}  # a package's global would hide its submodule
     fresh = (name for name in _short_names() if name not in taken)
     return {old: next(fresh) for old, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def _root(node) -> str | None:
+    """The name an attribute chain starts from (`a` of `a.b.c`)."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def _owned(tree, names: _Names) -> set:

@@ -446,6 +446,7 @@ SHARING = {  # a package whose modules share names in every way codepack renames
     "def helper(x):\n    return x * SCALE\n\n"
     "def path(key):\n    return 'p/' + key\n\n"
     "def where(key):\n    return 'w/' + key\n\n"
+    "def dumps(text):\n    return '<' + text + '>'\n\n"
     "def main(argv):\n    return ['main', *argv]\n\n"
     "def positive(value):\n    if value < 0:\n        raise PgolfError(f'{value}: negative')\n    return value\n",
     "runall.py": "import json, sys\nimport pgolf.util\nfrom . import util\nfrom .util import helper, positive, where\n\n"
@@ -454,6 +455,7 @@ SHARING = {  # a package whose modules share names in every way codepack renames
     "def locate(where):\n    return where('k')\n\n"
     "def run_all(config):\n"
     "    out = {'helper': helper(2), 'scale': pgolf.util.SCALE, 'main': call(util, ['x']), 'path': read('k'), 'where': locate(where)}\n"
+    "    out['dumps'] = util.dumps(json.dumps('k'))\n"
     "    try:\n        positive(-1)\n    except Exception as e:\n"
     "        out['error'] = f'{type(e).__module__}.{type(e).__qualname__}: {e}'\n"
     "    json.dump(out, open(sys.argv[1], 'w'))\n",
@@ -474,12 +476,13 @@ def test_shared_names_are_renamed_consistently_and_kept_names_keep_theirs(tmp_pa
         "main": ["main", "x"],
         "path": "p/k",
         "where": "w/k",
+        "dumps": '<"k">',
         "error": "pgolf.errors.PgolfError: -1: negative",  # a traceback prints the exception's own name
     }
     # imported by name (helper, positive, PgolfError) or read as a module's attribute (SCALE, path): renamed in every
     # module (runall's parameter `path` stays: runall reads util's only as an attribute); runall spells `where` as its
-    # own name (imported) and as a parameter (a caller may pass it by keyword), and `main` is read on a module passed
-    # as a value: both kept
+    # own name (imported) and as a parameter (a caller may pass it by keyword); `main` and `dumps` are read on other
+    # objects too (on a module run_all passes around as a value, and on json): all three kept
     renamed = C.package_renames(pkg)
     assert set(renamed) == {"helper", "positive", "SCALE", "PgolfError", "path"}
     modules = {name: source for name, (_, source) in C.package_modules(pkg).items()}
@@ -495,10 +498,10 @@ def test_shared_names_are_renamed_consistently_and_kept_names_keep_theirs(tmp_pa
         ("util", renamed["helper"]),
     }
     assert f"pgolf.util.{renamed['SCALE']}" in modules["pgolf.runall"]
-    assert "def where(" in modules["pgolf.util"] and "def main(" in modules["pgolf.util"]
+    assert all(f"def {name}(" in modules["pgolf.util"] for name in ("where", "main", "dumps"))
     runall = ast.parse(modules["pgolf.runall"])
     read = {n.attr for n in ast.walk(runall) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "util"}
-    assert read == {renamed["path"]}
+    assert read == {renamed["path"], "dumps"}
     assert "class PgolfError(" in modules["pgolf.errors"]
     assert f"{renamed['PgolfError']}=PgolfError" in modules["pgolf.errors"]
 
@@ -524,3 +527,17 @@ def test_record_script_imports_its_modules_from_memory(tmp_path):
     out = json.loads(proc.stdout)
     modules = C.package_modules(config=config)
     assert out["carried"] == sorted(modules) and "pgolf.ngram" not in out["carried"] and out["works"] == list(range(6))
+
+
+def test_attributes_of_a_name_that_is_not_always_the_module_keep_their_names():
+    sources = {
+        "pgolf/__init__.py": "",
+        "pgolf/a.py": "X = 1\nY = 2\nZ = 3\n",
+        "pgolf/b.py": "from . import a\nfrom .a import Z\n\ndef f():\n    return a.Y + Z\n\ndef g(a):\n    return a.X\n",
+    }
+    trees = {rel: ast.parse(source) for rel, source in sources.items()}
+    # `a` is the module in f and any object in g: X and Y keep their names in both modules; Z is imported by name
+    renamed = C.rename_shared(trees)
+    assert set(renamed) == {"Z"} and renamed["Z"] not in ("a", "b")  # nor a module's name
+    body = ast.unparse(trees["pgolf/b.py"])
+    assert "return a.Y + " + renamed["Z"] in body and "return a.X" in body
