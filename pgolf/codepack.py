@@ -9,10 +9,11 @@ statements, without importing), so the DAG-only stages (data, tokenizer, launch,
 submission folder) stay out, less the modules of OPTIONAL whose options the config turns off (their callers import
 them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block, the DAG
 advice of its error messages, its config dataclasses' `check` methods (build_script runs them on the config first),
-the top-level definitions (and call-free assignments) nothing carried names, the entries of its subscript-only
-tables whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules share (imported by name, read as a module attribute) get short names,
-consistently in every module (rename_shared), and python-minifier then renames locals and the module-level names no
-other module reads (bench/code_size.py and bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
+the top-level definitions (and call-free assignments) nothing carried names, the entries of its subscript-only tables
+whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules
+share (imported by name, read as a module attribute) get short names, consistently in every module (rename_shared),
+and python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
+bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
 compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a latin-1 string literal, one
 byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that serves the pgolf.*
 modules from memory (and nothing else), then, run as a script, calls pgolf.runall.run_all(CONFIG).
