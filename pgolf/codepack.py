@@ -130,6 +130,7 @@ OPTIONAL = {
     "pgolf/sliding_window.py": (("model.attn_window", none_of(None)),),  # #1512's window keys' check (pgolf.model)
     "pgolf/rope_scaling.py": (("model.rope_train_len", none_of(None)),),  # #1019's longer-sequence RoPE (pgolf.model)
     "pgolf/cudnn_attention.py": (("model.attention", one_of("cudnn")),),  # never "auto"'s pick (pgolf.attention)
+    "pgolf/checkpoint.py": (("train.checkpoint_minutes", none_of(0)),),  # checkpoints and resume (pgolf.train)
 }
 _MISSING = object()
 

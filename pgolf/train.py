@@ -8,11 +8,13 @@ Several ranks: `torchrun --standalone --nproc-per-node=N -m pgolf.train ...` (N 
 `train.batch_tokens` through 8 // N accumulated micro-steps). CFG (a resolved config, JSON text or path) holds the
 sections model, train, hardware and run, and eval's window keys (RAW_VAL_KEYS): after the last step the raw
 (pre-EMA) weights are scored on the val split, as upstream logs it. The budget is wall clock from the first step
-to the last, logging, syncs and checkpoint saves included. Writes model.pt ({"config", "state_dict": EMA weights fp32 by the unbanked
-names, "train": summary}), summary.json and log.jsonl into the out dir. A checkpoint.pt there (written every
-`train.checkpoint_minutes`) is resumed automatically (also on another world size: logged, and listed under
-"resumes" in summary.json) and deleted once model.pt is written. One trainer at a time per out dir: rank 0 holds
-an fcntl lock on .train.lock there and first deletes what a killed run left of its temporaries. `--compile-cache DIR`
+to the last, logging, syncs and checkpoint saves included. Writes model.pt ({"config", "state_dict": EMA weights fp32
+by the unbanked names, "train": summary}), summary.json and log.jsonl into the out dir. `train.checkpoint_minutes`
+> 0 turns checkpoints on (pgolf.checkpoint; #1855 saves none, so the record's 0 saves none and resumes nothing): a
+checkpoint.pt there, written every that many minutes and when a signal stops the loop, is resumed automatically
+(also on another world size: logged, and listed under "resumes" in summary.json) and deleted once model.pt is
+written. SIGINT/SIGTERM stop every rank at the end of a step. One trainer at a time per out dir: rank 0 holds an
+fcntl lock on .train.lock there and first deletes what a killed run left of its temporaries. `--compile-cache DIR`
 (the rule passes results/<name>/compile_cache) keeps torch.compile's caches there, so a re-run or a resume on the
 same machine starts training without recompiling.
 """
@@ -20,7 +22,6 @@ same machine starts training without recompiling.
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import os
 import resource
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from . import checkpoint, compile_cache
+from . import compile_cache
 from . import dist as pdist
 from .attention import segment_offsets
 from .bpb import batch_seqs, diagnostic_eval, load_val
@@ -48,12 +49,10 @@ from .stageconfig import from_dict, load_stage_config
 
 PACKINGS = ("rows", "stream")
 LOCK_NAME = ".train.lock"
-OUTPUTS = (checkpoint.NAME, "model.pt", "summary.json")  # what the trainer writes through atomic_path
+OUTPUTS = ("model.pt", "summary.json")  # what the trainer writes through atomic_path (pgolf.checkpoint: its own)
 # The `eval` keys the raw weights' last-step val reads (the rule passes these alone, so an eval-only change does not
 # re-run training); pgolf.evaluate.EvalConfig holds their defaults.
 RAW_VAL_KEYS = ("seq_len", "batch_tokens", "sliding_stride", "truncate_tail", "val_docs_limit")
-# The Trainer's loop state that a checkpoint holds as it is (beside the model, EMA, optimizer and RNG states)
-CHECKPOINTED = "step elapsed position phase looping_from qat_from seq_len seq_changed_at records".split()
 
 
 @dataclasses.dataclass
@@ -75,7 +74,7 @@ class TrainConfig(OptimConfig):
     ema_decay: float = 0.9965
     compile: bool = True  # torch.compile on GPU (never on the CPU)
     compile_warmup_steps: int = 20  # per looping state and sequence length, outside the timer, then undone
-    checkpoint_minutes: float = 5.0  # 0 = no periodic checkpoint
+    checkpoint_minutes: float = 0.0  # minutes between checkpoints (pgolf.checkpoint); 0: none (#1855 saves none)
     log_every: int = 500  # TRAIN_LOG_EVERY
 
     def check(self):
@@ -190,6 +189,7 @@ class Trainer:
         self.config, self.model_cfg, self.cfg = config, model_cfg, cfg
         self.val = val
         self.paths, self.seed, self.out_dir, self.dist = paths, seed, Path(out_dir), dist
+        self.manifest_sha256 = manifest_sha256  # a resume must train on the same data (pgolf.checkpoint)
         self.stop_after_step = stop_after_step
         self.device = dist.device
         self.accum = accum_steps(dist.world)
@@ -214,47 +214,9 @@ class Trainer:
         self.raw = None  # the raw weights' val score after the last step (raw_val)
         self.records = []  # the log's records after the header, kept for a resumed run's log
         self.resumes = []  # {"step", "from_world_size", "world_size"} per resume, kept across resumes
-        identity = {
-            "model": config_dict(model_cfg),
-            "train": dataclasses.asdict(cfg),
-            "seed": seed,
-            "manifest_sha256": manifest_sha256,
-        }
-        for volatile in ("checkpoint_minutes", "log_every", "compile", "compile_warmup_steps"):
-            identity["train"].pop(volatile)
-        self.identity = json.loads(json.dumps(identity))
         self.log = None
         if dist.is_main:
             self.log = RunLog("train", config, self.out_dir / "log.jsonl.partial", echo=not sys.stderr.isatty())
-
-    # ----- state -----
-    def state_dict(self) -> dict:
-        return {
-            "identity": self.identity,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "ema": [s.cpu() for s in self.ema.state_dict()],
-            "optimizer": _to_cpu(self.opt.state_dict()),
-            "rng": checkpoint.rng_state(),
-            "world_size": self.dist.world,
-            "resumes": self.resumes,
-            **{name: getattr(self, name) for name in CHECKPOINTED},
-        }
-
-    def load_state_dict(self, state: dict):
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
-        for name in CHECKPOINTED:
-            setattr(self, name, state[name])
-        self.model.qat = self.qat_from is not None
-        self.resumes = state.get("resumes", [])
-        checkpoint.set_rng_state(state["rng"])
-
-    def save_checkpoint(self):
-        state = self.state_dict()  # collective: every rank gathers its Muon shards
-        if self.dist.is_main:
-            checkpoint.save(self.out_dir, state)
-        self.dist.barrier()
 
     # ----- steps -----
     def micro_batches(self, rows: torch.Tensor, seq_len: int):
@@ -345,35 +307,6 @@ class Trainer:
         return float(value)
 
     # ----- the loop -----
-    def resume(self):
-        """Continue from the out dir's checkpoint, if any; its log records are written again (not echoed)."""
-        resumed = checkpoint.load(self.out_dir, self.identity)
-        if resumed is None:
-            return
-        self.load_state_dict(resumed)
-        if self.log:
-            self.log.echo, echo = False, self.log.echo
-            for record in self.records:
-                self.log.write(record)
-            self.log.echo = echo
-        before = resumed.get("world_size", self.dist.world)
-        self.resumes.append({"step": self.step, "from_world_size": before, "world_size": self.dist.world})
-        self.emit(
-            {
-                "event": "resume",
-                "step": self.step,
-                "elapsed_s": self.elapsed,
-                "from_world_size": before,
-                "world_size": self.dist.world,
-            }
-        )
-        if before != self.dist.world and self.dist.is_main:
-            print(
-                f"pgolf train: resuming a checkpoint of {before} rank(s) on {self.dist.world}: the same global "
-                "batch, but reduction order differs, so the weights will not be bitwise those of either run",
-                file=sys.stderr,
-            )
-
     def agree(self, checkpoint_due: bool) -> tuple[bool, bool, bool]:
         """(done, checkpoint now, interrupted), the same on every rank: one all-reduce (MAX) of the loop time,
         the checkpoint flag and the interrupt flag (a signal may reach the ranks at different steps)."""
@@ -389,12 +322,17 @@ class Trainer:
         return done, float(flags[1]) > 0 and not done, float(flags[2]) > 0 and not done
 
     def run(self):
-        self.resume()
+        saver = None
+        if self.cfg.checkpoint_minutes > 0:
+            from .checkpoint import Checkpoints  # shipped only where checkpoints are on (pgolf.codepack.OPTIONAL)
+
+            saver = Checkpoints(self)
+            saver.resume()
         INTERRUPT.resumes_from = self.step
         if self.compiled and self.cfg.compile_warmup_steps > 0:
             self.compile_warmup()
         loader = self.make_loader(self.position)
-        INTERRUPT.in_loop = True  # from here a signal stops at the end of the step, with a checkpoint
+        INTERRUPT.in_loop = True  # from here a signal stops at the end of the step (with a checkpoint, if on)
         bar = _progress_bar(self.cfg) if self.dist.is_main and sys.stderr.isatty() else None
         interval = [0.0, 0]  # seconds and steps since the last log record
         loss = torch.zeros((), device=self.device)
@@ -442,9 +380,9 @@ class Trainer:
             if bar:
                 bar.update(1 if self.cfg.schedule == "steps" else seconds)
             stop_here = (self.stop_after_step == self.step or interrupted) and not done
-            if save or stop_here:
+            if saver and (save or stop_here):
                 self.elapsed = resumed_seconds + time.perf_counter() - clock_start
-                self.save_checkpoint()  # the saved clock leaves out this save; the run that goes on counts it
+                saver.save()  # the saved clock leaves out this save; the run that goes on counts it
                 last_checkpoint = time.perf_counter()
             if stop_here:
                 reason = "interrupted" if interrupted else "--stop-after-step"
@@ -453,13 +391,16 @@ class Trainer:
                 if bar:
                     bar.close()
                 if interrupted:
-                    raise Interrupted(self.step)
+                    raise Interrupted(self.step if saver else 0)
                 return None
         loader.close()
         if bar:
             bar.close()
         self.raw_val()
-        return self.finish(self.mean_over_ranks(loss))
+        summary = self.finish(self.mean_over_ranks(loss))
+        if saver:
+            saver.remove()
+        return summary
 
     def raw_val(self):
         """Score the raw (pre-EMA) weights after the last step, outside the clock, as upstream logs
@@ -509,7 +450,7 @@ class Trainer:
             )
 
     def finish(self, final_loss: float) -> dict:
-        """Swap the EMA in, write model.pt, summary.json and log.jsonl (rank 0), delete the checkpoint."""
+        """Swap the EMA in, write model.pt, summary.json and log.jsonl (rank 0)."""
         self.ema.copy_to_params()
         ms = {k: round(1000 * s / n, 2) if n else None for k, (s, n) in self.phase.items()}
         summary = {
@@ -540,18 +481,17 @@ class Trainer:
             write_json(self.out_dir / "summary.json", summary)
             with atomic_path(self.out_dir / "model.pt") as tmp:
                 torch.save({"config": config_dict(self.model_cfg), "state_dict": state, "train": summary}, tmp)
-            checkpoint.remove(self.out_dir)
         self.dist.barrier()
         return summary
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped training; args[0] is the step the next run resumes from."""
+    """SIGINT/SIGTERM stopped training; args[0] is the step the next run resumes from (0: starts over)."""
 
 
 class _Interrupt:
     """The signal flag the loop reads each step. Before the loop (model build, resume, compile warm-up) a signal
-    stops at once: nothing is written there, and the last checkpoint still holds `resumes_from`."""
+    stops at once: nothing is written there, and the last checkpoint (if any) holds `resumes_from`."""
 
     requested = False
     in_loop = False
@@ -568,16 +508,6 @@ class _Interrupt:
 
 
 INTERRUPT = _Interrupt()
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def _progress_bar(cfg: TrainConfig):
@@ -613,6 +543,11 @@ def main(argv=None):
         raise PgolfError(f"--config lacks section(s) {missing}; pass a config resolved by `pgolf.config resolve`")
     model_cfg = ModelConfig.from_dict(config["model"], "config model")
     cfg = from_dict(TrainConfig, config["train"], "config train")
+    if args.stop_after_step is not None and cfg.checkpoint_minutes <= 0:
+        raise PgolfError(
+            "--stop-after-step: train.checkpoint_minutes is 0 (no checkpoints), so nothing would resume the run; "
+            "set it above 0 (a value longer than the run saves only at the stop)"
+        )
     check_inputs(model_cfg, cfg, args.manifest, args.audit)
     paths = shard_paths(args.manifest, "train")
     manifest_sha256 = file_sha256(args.manifest)  # a resume must train on the same data
@@ -628,7 +563,9 @@ def main(argv=None):
         ).run()
     except Interrupted as stop:
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"train: interrupted; the next run resumes from step {stop.args[0]}", file=sys.stderr, flush=True)
+            step = stop.args[0]
+            then = f"resumes from step {step}" if step else "starts from the first step (no checkpoint)"
+            print(f"train: interrupted; the next run {then}", file=sys.stderr, flush=True)
         interrupted_exit()
     finally:
         if lock:

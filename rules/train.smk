@@ -1,6 +1,7 @@
 # Training (torchrun): one model per seed. model.pt is protected, so a later edit cannot silently throw away a
-# 10-minute 8-GPU run; a checkpoint.pt beside the outputs (not an output itself) lets a crashed or requeued job
-# resume where it stopped. Paths and the command come from pgolf/stages.py.
+# 10-minute 8-GPU run; with train.checkpoint_minutes > 0 (the record's 0 saves none, as #1855) a checkpoint.pt beside
+# the outputs (not an output itself) lets a crashed or requeued job resume where it stopped. Paths and the command
+# come from pgolf/stages.py.
 
 
 rule train:

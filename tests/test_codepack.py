@@ -244,6 +244,7 @@ def test_errors(tmp_path):
 
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
 SEQ = "pgolf/seq_schedule.py"  # only #2164's recipe trains with progressive context
+CKPT = "pgolf/checkpoint.py"  # no recipe saves checkpoints (train.checkpoint_minutes 0): upstream saves none
 OFF = {
     "pgolf/sgd_ttt.py",
     "pgolf/ngram.py",
@@ -252,6 +253,7 @@ OFF = {
     "pgolf/quant/awq.py",
     "pgolf/window_loader.py",
     SEQ,
+    CKPT,
 }
 PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
@@ -262,12 +264,13 @@ FA4, CUDNN = "pgolf/fa4.py", "pgolf/cudnn_attention.py"
 WINDOW = {"pgolf/sliding_window.py", "pgolf/rope_scaling.py"}  # #1512's sliding window and longer-sequence RoPE
 MODEL_OPTIONS = {ASYM, CROSS, FA4, CUDNN} | WINDOW
 # #2123/#2164: LoRA TTT with the tilt, AWQ-lite, the lrzip groups and the documents loader
-LORA_TILT = {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS}
+LORA_TILT = {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, CKPT}
+PR1572_OFF = {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ, CKPT}  # SGD TTT, brotli, windows
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
     # none of #1512's options
     "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma; no awq
-    "pr1572": {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ} | PR1512 | MODEL_OPTIONS - {CROSS},
+    "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr2123": LORA_TILT | {SEQ} | PR1512 | MODEL_OPTIONS - {ASYM},
     "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM},
@@ -350,6 +353,9 @@ def test_a_config_without_the_key_keeps_the_module():
         ("pgolf/rope_scaling.py", "rope_train_len", 1024),
     ):
         assert C.needed(rel, {"model": {key: on}}) and not C.needed(rel, {"model": {key: None}})
+    # checkpoints (and resume) ship where train.checkpoint_minutes turns them on: the smoke recipe's 1.0, say
+    assert C.needed(CKPT, {"train": {"checkpoint_minutes": 1.0}})
+    assert not any(C.needed(CKPT, {"train": {"checkpoint_minutes": off}}) for off in (0, 0.0))
 
 
 def test_raised_messages_keep_what_went_wrong_without_the_dag_advice():

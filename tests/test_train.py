@@ -52,12 +52,15 @@ TRAIN = {
     "steps": STEPS,
     "batch_tokens": 8 * 2 * 32,
     "log_every": 1,
-    "checkpoint_minutes": 0,
+    "checkpoint_minutes": 0,  # the record's: no checkpoints
     "ema_decay": 0.5,
     "matrix_lr": 0.05,
     "embed_lr": 0.05,
     "scalar_lr": 0.05,
 }
+
+
+STOP_ONLY = 1e6  # checkpoints on, none due within a test: a checkpoint only where a stop saves one
 
 
 def byte_documents(first=0, last=40):
@@ -173,10 +176,10 @@ def test_outputs_and_loss_falls_on_real_text(uninterrupted):
 
 
 def test_resumed_run_ends_with_the_same_weights(uninterrupted, data, tmp_path):
-    out = tmp_path / "out"
-    main(args(config(tmp_path), data, out, "--stop-after-step", "4"))
+    out = tmp_path / "out"  # the run without checkpoints against one stopped and resumed
+    main(args(config(tmp_path, checkpoint_minutes=STOP_ONLY), data, out, "--stop-after-step", "4"))
     assert checkpoint.checkpoint_path(out).exists() and not (out / "model.pt").exists()
-    main(args(config(tmp_path), data, out))
+    main(args(config(tmp_path, checkpoint_minutes=STOP_ONLY), data, out))
     assert not checkpoint.checkpoint_path(out).exists()
     full, resumed = torch.load(uninterrupted / "model.pt"), torch.load(out / "model.pt")
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
@@ -254,13 +257,13 @@ def test_raw_weights_are_scored_after_the_last_step(data, tmp_path):
 
 def test_the_clock_counts_checkpoint_saves(data, tmp_path, monkeypatch):
     """Wall clock from the first step to the last: a slow save every step shows in train_seconds."""
-    save = Trainer.save_checkpoint
+    save = checkpoint.Checkpoints.save
 
     def slow_save(self):
         time.sleep(0.2)
         save(self)
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", slow_save)
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", slow_save)
     out = tmp_path / "out"
     main(args(config(tmp_path, checkpoint_minutes=1e-9), data, out))
     summary = json.loads((out / "summary.json").read_text())
@@ -330,7 +333,8 @@ def test_shuffled_loader_feeds_its_windows_trains_and_resumes_bitwise(data, tmp_
         return batches
 
     monkeypatch.setattr(Trainer, "micro_batches", spy)
-    cfg, full, out = config(tmp_path, loader="shuffled"), tmp_path / "full", tmp_path / "out"
+    cfg = config(tmp_path, loader="shuffled", checkpoint_minutes=STOP_ONLY)
+    full, out = tmp_path / "full", tmp_path / "out"
     main(args(cfg, data, full))
     paths = sorted(data.glob("fineweb_train_*.bin"))
     first = WindowLoader(paths, TRAIN["batch_tokens"], MODEL["train_seq_len"])
@@ -441,7 +445,8 @@ def test_sigkill_then_resume_is_bitwise_two_ranks_and_allowed_on_one(two_ranks, 
 
 def test_one_trainer_per_out_dir_and_a_killed_one_leaves_nothing_in_the_way(data, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pgolf.train", *args(config(tmp_path, steps=10**6), data, out)]
+    cfg = config(tmp_path, steps=10**6, checkpoint_minutes=STOP_ONLY)
+    cmd = [sys.executable, "-m", "pgolf.train", *args(cfg, data, out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -451,14 +456,14 @@ def test_one_trainer_per_out_dir_and_a_killed_one_leaves_nothing_in_the_way(data
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         with pytest.raises(PgolfError, match=rf"{out}: another trainer \(pid {first.pid}\) is running in this folder"):
-            main(args(config(tmp_path, steps=10**6), data, out, "--stop-after-step", "1"))
+            main(args(cfg, data, out, "--stop-after-step", "1"))
     finally:
         first.kill()
         first.wait()
     # what a writer killed mid-rename leaves: the next trainer sweeps its own kinds, nothing else
     for name in (".checkpoint.pt.k1d2.tmp", ".model.pt.x9.tmp", ".hessians.pt.h7.tmp"):
         (out / name).write_bytes(b"partial")
-    main(args(config(tmp_path, steps=10**6), data, out, "--stop-after-step", "1"))
+    main(args(cfg, data, out, "--stop-after-step", "1"))
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tmp") == [".hessians.pt.h7.tmp"]
     assert checkpoint.checkpoint_path(out).exists() and not (out / ".train.lock").exists()
 
@@ -467,12 +472,12 @@ def test_resume_refuses_another_data_manifest(data, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     out = tmp_path / "out"
-    main(args(config(tmp_path), copy, out, "--stop-after-step", "1"))
+    main(args(config(tmp_path, checkpoint_minutes=STOP_ONLY), copy, out, "--stop-after-step", "1"))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["shards"]["train"] = manifest["shards"]["train"][:2]  # other data, same model and train config
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PgolfError, match="checkpoint of a different model/train config, seed or data manifest"):
-        main(args(config(tmp_path), copy, out))
+        main(args(config(tmp_path, checkpoint_minutes=STOP_ONLY), copy, out))
 
 
 def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):
@@ -487,9 +492,9 @@ def test_refuses_failed_audit_bad_batch_and_foreign_checkpoint(data, tmp_path):
     with pytest.raises(PgolfError, match="train.schedule"):
         main(args(config(tmp_path, schedule="wallclock"), data, tmp_path / "out"))
     out = tmp_path / "out"
-    main(args(config(tmp_path), data, out, "--stop-after-step", "1"))
+    main(args(config(tmp_path, checkpoint_minutes=STOP_ONLY), data, out, "--stop-after-step", "1"))
     with pytest.raises(PgolfError, match="checkpoint of a different"):
-        main(args(config(tmp_path, matrix_lr=0.01), data, out))
+        main(args(config(tmp_path, matrix_lr=0.01, checkpoint_minutes=STOP_ONLY), data, out))
 
 
 def test_a_diverged_run_stops_at_its_first_logged_nan_and_writes_no_model(data, tmp_path, monkeypatch):
@@ -558,7 +563,7 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
     import time
 
     out = tmp_path / "out"
-    cfg = config(tmp_path, steps=100000)
+    cfg = config(tmp_path, steps=100000, checkpoint_minutes=STOP_ONLY)
     env, launch = LAUNCH_ENV, launch_command(ranks, cfg, data, out)
     proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     partial = out / "log.jsonl.partial"
@@ -583,6 +588,45 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = [json.loads(line) for line in partial.read_text().splitlines()]
     assert any(r["event"] == "resume" and r["step"] == step for r in resumed)
+
+
+def test_without_checkpoints_a_signal_stops_training_and_saves_nothing(data, tmp_path):
+    """train.checkpoint_minutes 0 (the record's): SIGINT still stops training at the end of a step, but writes no
+    checkpoint (and no model.pt), and says the next run starts over."""
+    import re
+
+    out = tmp_path / "out"
+    launch = launch_command(1, config(tmp_path, steps=100000), data, out)
+    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=LAUNCH_ENV, cwd=ROOT)
+    partial = out / "log.jsonl.partial"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (partial.exists() and '"step": 2,' in partial.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout
+    said = re.findall(r"^train: interrupted; the next run (.*)$", stderr, re.M)
+    assert said == ["starts from the first step (no checkpoint)"], stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl.partial"]  # no checkpoint, not even a temporary
+    last = json.loads(partial.read_text().splitlines()[-1])
+    assert last["event"] == "stopped" and last["reason"] == "interrupted" and last["step"] >= 2
+
+
+def test_without_checkpoints_nothing_is_resumed_and_stop_after_step_is_refused(data, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(PgolfError, match="--stop-after-step: train.checkpoint_minutes is 0"):
+        main(args(config(tmp_path), data, out, "--stop-after-step", "2"))
+    assert not out.exists()
+    main(args(config(tmp_path, checkpoint_minutes=STOP_ONLY), data, out, "--stop-after-step", "2"))
+    saved = checkpoint.checkpoint_path(out).read_bytes()
+    main(args(config(tmp_path), data, out))  # checkpoints off: the one there is neither resumed nor touched
+    log = records(out)
+    assert [r["step"] for r in log if r["event"] == "step"] == list(range(1, STEPS + 1))
+    assert not any(r["event"] == "resume" for r in log)
+    assert json.loads((out / "summary.json").read_text())["resumes"] == []
+    assert checkpoint.checkpoint_path(out).read_bytes() == saved
 
 
 def test_a_killed_launcher_takes_every_rank_with_it(data, tmp_path):
