@@ -2,8 +2,8 @@
 
 val_bpb = (Σ target NLL in nats / ln 2) / Σ target bytes, summed in float64 and all-reduced over ranks.
 Every byte count is attached to a stream position: `position_bytes[i]` is what the target token at stream
-position i covers, either from the CaseOps sidecar (original pre-transform UTF-8 bytes) or, for a tokenizer
-without one, from SentencePiece lookup tables (base bytes + one for a leading "▁" unless it follows a boundary).
+position i covers, either from the CaseOps sidecar (original pre-transform UTF-8 bytes) or, for data without one,
+from SentencePiece lookup tables (pgolf.piece_bytes).
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import PgolfError
-from .shards import BOS_ID, load_manifest, load_split, shard_paths, tokenizer_path
+from .shards import BOS_ID, load_split, shard_paths
 
 PAD_ID = 0  # fills windows past their end: no BOS, so it adds no document and, by causality, changes nothing
 
@@ -31,37 +31,6 @@ class ValData:
         """Every token after the first is a target, a BOS included: a document's last prediction is the next
         document's BOS (0 bytes, its loss counts), as upstream's `_find_docs` spans end one past the next BOS."""
         return max(int(self.tokens.size) - 1, 0)
-
-
-def sentencepiece_luts(model_path):
-    """Per token id: UTF-8 bytes of the piece without its leading "▁", whether it has one, whether it is a boundary."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(model_path))
-    vocab = sp.get_piece_size()
-    base = np.zeros(vocab, dtype=np.int32)
-    leading_space = np.zeros(vocab, dtype=bool)
-    boundary = np.zeros(vocab, dtype=bool)
-    for i in range(vocab):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            boundary[i] = True
-        elif sp.is_byte(i):
-            base[i] = 1
-        else:
-            piece = sp.id_to_piece(i)
-            leading_space[i] = piece.startswith("\u2581")
-            base[i] = len(piece[1:].encode() if leading_space[i] else piece.encode())
-    return base, leading_space, boundary
-
-
-def lut_position_bytes(tokens: np.ndarray, luts) -> np.ndarray:
-    """Bytes of the target at each position given the token before it (position 0 has no predecessor)."""
-    base, leading_space, boundary = luts
-    tokens = np.asarray(tokens, dtype=np.int64)
-    out = base[tokens].astype(np.int32)
-    out[1:] += (leading_space[tokens[1:]] & ~boundary[tokens[:-1]]).astype(np.int32)
-    out[0] = 0
-    return out
 
 
 def truncated_length(n_tokens: int, seq_len: int) -> int:
@@ -97,14 +66,9 @@ def load_val(manifest_path, docs_limit=None, truncate_seq_len=None) -> ValData:
             )
         position_bytes = sidecar[:end].astype(np.int32)
     else:
-        path = tokenizer_path(manifest_path)
-        if not path.exists():
-            raise PgolfError(f"{path}: tokenizer not found; re-run the data stage that writes it")
-        vocab = load_manifest(manifest_path)["vocab_size"]
-        luts = sentencepiece_luts(path)
-        if luts[0].size != vocab:
-            raise PgolfError(f"{path}: {luts[0].size} pieces but the manifest says vocab_size {vocab}; re-tokenize")
-        position_bytes = lut_position_bytes(tokens[:end], luts)
+        from .piece_bytes import tokenizer_position_bytes  # shipped only where data.hf.caseops is false (codepack)
+
+        position_bytes = tokenizer_position_bytes(manifest_path, tokens[:end])
     docs = int(np.count_nonzero(bos < end))
     return ValData(tokens=tokens[:end], position_bytes=position_bytes, docs=docs)
 

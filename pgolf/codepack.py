@@ -131,6 +131,7 @@ OPTIONAL = {
     "pgolf/rope_scaling.py": (("model.rope_train_len", none_of(None)),),  # #1019's longer-sequence RoPE (pgolf.model)
     "pgolf/cudnn_attention.py": (("model.attention", one_of("cudnn")),),  # never "auto"'s pick (pgolf.attention)
     "pgolf/checkpoint.py": (("train.checkpoint_minutes", none_of(0)),),  # checkpoints and resume (pgolf.train)
+    "pgolf/piece_bytes.py": (("data.hf.caseops", one_of(False)),),  # bpb without the byte sidecar (pgolf.bpb)
 }
 _MISSING = object()
 

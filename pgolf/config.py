@@ -149,7 +149,8 @@ RUN_SECTIONS = (
 
 
 def narrow_config(config: dict, preset: str) -> dict:
-    """The sections run_all reads, with this preset only: editing another preset, the data source, the audit or the
+    """The sections run_all reads, with this preset only, and of `data` its name and whether the val data has
+    CaseOps' byte sidecar (data.hf.caseops): editing another preset, the rest of the data source, the audit or the
     submission's texts leaves the script (and everything after it) unchanged."""
     presets = (config.get("quant") or {}).get("presets") or {}
     if preset not in presets:
@@ -158,8 +159,11 @@ def narrow_config(config: dict, preset: str) -> dict:
             "pass a preset defined in config.yaml or your recipe"
         )
     narrowed = {key: config[key] for key in RUN_SECTIONS if key in config}
-    if "name" in (config.get("data") or {}):
-        narrowed["data"] = {"name": config["data"]["name"]}
+    data = config.get("data") or {}
+    if "name" in data:
+        narrowed["data"] = {"name": data["name"]}
+    if "caseops" in (data.get("hf") or {}):  # false: val data may lack the byte sidecar (pgolf.piece_bytes ships)
+        narrowed.setdefault("data", {})["hf"] = {"caseops": data["hf"]["caseops"]}
     narrowed["quant"] = {"presets": {preset: presets[preset]}, "submission_preset": preset}
     if "eval" in narrowed:  # eval.artifact switches the DAG to an outside blob; the submission never reads it
         narrowed["eval"] = {key: value for key, value in narrowed["eval"].items() if key != "artifact"}

@@ -8,17 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgolf.bpb import (
-    Totals,
-    ValData,
-    diagnostic_eval,
-    load_val,
-    lut_position_bytes,
-    sentencepiece_luts,
-    windows,
-)
+from pgolf.bpb import Totals, ValData, diagnostic_eval, load_val, windows
 from pgolf.dist import Dist
 from pgolf.errors import PgolfError
+from pgolf.piece_bytes import lut_position_bytes, sentencepiece_luts
 from pgolf.shards import shard_name, write_shard
 
 torch.set_num_threads(1)

@@ -154,6 +154,11 @@ def test_baked_config_is_what_run_all_reads(script):
         "quant": {"presets": {"record": CONFIG["quant"]["presets"]["record"]}, "submission_preset": "record"},
     }
     assert C.narrow_config(narrowed, "record") == narrowed  # the rule passes the narrowed config
+    # of data.hf only whether the val data has the byte sidecar, which decides whether pgolf.piece_bytes ships
+    hub = {**CONFIG["data"]["hf"], "caseops": False}
+    narrowed = C.narrow_config({**CONFIG, "data": {**CONFIG["data"], "hf": hub}}, "record")
+    assert narrowed["data"] == {"name": "tiny", "hf": {"caseops": False}}
+    assert C.narrow_config(narrowed, "record") == narrowed
 
 
 def test_deterministic(modules):
@@ -245,6 +250,7 @@ def test_errors(tmp_path):
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
 SEQ = "pgolf/seq_schedule.py"  # only #2164's recipe trains with progressive context
 CKPT = "pgolf/checkpoint.py"  # no recipe saves checkpoints (train.checkpoint_minutes 0): upstream saves none
+PIECES = "pgolf/piece_bytes.py"  # bytes from SentencePiece tables: only #1512's and #1572's data lacks the sidecar
 OFF = {
     "pgolf/sgd_ttt.py",
     "pgolf/ngram.py",
@@ -254,6 +260,7 @@ OFF = {
     "pgolf/window_loader.py",
     SEQ,
     CKPT,
+    PIECES,
 }
 PARTS = "pgolf/lrzip_parts.py"  # no recipe cuts its groups (#1855's one stream per group)
 PR1512 = {"pgolf/embeds.py", "pgolf/pko.py", "pgolf/qat.py", "pgolf/selfcalib.py"}  # #1512's model and calibration
@@ -264,12 +271,20 @@ FA4, CUDNN = "pgolf/fa4.py", "pgolf/cudnn_attention.py"
 WINDOW = {"pgolf/sliding_window.py", "pgolf/rope_scaling.py"}  # #1512's sliding window and longer-sequence RoPE
 MODEL_OPTIONS = {ASYM, CROSS, FA4, CUDNN} | WINDOW
 # #2123/#2164: LoRA TTT with the tilt, AWQ-lite, the lrzip groups and the documents loader
-LORA_TILT = {"pgolf/sgd_ttt.py", "pgolf/pack_shuffle.py", "pgolf/prune.py", "pgolf/window_loader.py", PARTS, CKPT}
+LORA_TILT = {
+    "pgolf/sgd_ttt.py",
+    "pgolf/pack_shuffle.py",
+    "pgolf/prune.py",
+    "pgolf/window_loader.py",
+    PARTS,
+    CKPT,
+    PIECES,
+}
 PR1572_OFF = {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ, CKPT}  # SGD TTT, brotli, windows
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
     # none of #1512's options
     "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py"} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma; no awq
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py", PIECES} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma
     "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr2123": LORA_TILT | {SEQ} | PR1512 | MODEL_OPTIONS - {ASYM},
@@ -356,6 +371,9 @@ def test_a_config_without_the_key_keeps_the_module():
     # checkpoints (and resume) ship where train.checkpoint_minutes turns them on: the smoke recipe's 1.0, say
     assert C.needed(CKPT, {"train": {"checkpoint_minutes": 1.0}})
     assert not any(C.needed(CKPT, {"train": {"checkpoint_minutes": off}}) for off in (0, 0.0))
+    # the SentencePiece byte tables ship where the val data may lack CaseOps' byte sidecar
+    assert C.needed(PIECES, {"data": {"hf": {"caseops": False}}})
+    assert not C.needed(PIECES, {"data": {"hf": {"caseops": True}}})
 
 
 def test_raised_messages_keep_what_went_wrong_without_the_dag_advice():
