@@ -100,19 +100,24 @@ def script(modules, tmp_path_factory):
     return path
 
 
-def test_modules_import_from_memory(script, modules, tmp_path):
-    renamed = C.package_renames(config=C.narrow_config(CONFIG, "record"))
-    assert renamed["RunLog"] != "RunLog"  # the probe reaches the shared names by their short spelling
+def run_probe(script: Path, names: list, renamed: dict, cwd: Path) -> dict:
+    """PROBE's findings on `script` in a fresh interpreter without pgolf (names: modules whose sources it returns)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(script), json.dumps(IMPORTED), json.dumps(renamed)],
-        cwd=tmp_path,
+        [sys.executable, "-c", PROBE, str(script), json.dumps(names), json.dumps(renamed)],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_modules_import_from_memory(script, modules, tmp_path):
+    renamed = C.package_renames(config=C.narrow_config(CONFIG, "record"))
+    assert renamed["RunLog"] != "RunLog"  # the probe reaches the shared names by their short spelling
+    out = run_probe(script, IMPORTED, renamed, tmp_path)
     assert out["loaders"] == ["_PgolfModules"]
     assert out["json_loader"] != "_PgolfModules"  # shadows nothing outside pgolf
     assert out["works"] == list(range(6))
@@ -538,17 +543,7 @@ def test_record_script_imports_its_modules_from_memory(tmp_path):
     script.write_bytes(C.build_script(config, "record"))
     renamed = C.package_renames(config=config)
     assert {"PgolfError", "read_json", "ModelConfig"} <= set(renamed) and not {"run_all", "main"} & set(renamed)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    imported = ["pgolf.runall", "pgolf.model", "pgolf.train"]
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(script), json.dumps(imported), json.dumps(renamed)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = run_probe(script, ["pgolf.runall", "pgolf.model", "pgolf.train"], renamed, tmp_path)
     modules = C.package_modules(config=config)
     assert out["carried"] == sorted(modules) and "pgolf.ngram" not in out["carried"] and out["works"] == list(range(6))
 

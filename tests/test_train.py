@@ -554,28 +554,32 @@ def test_model_attention_picks_the_training_kernel(data, tmp_path):
     assert not (tmp_path / "out" / "model.pt").exists()
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_path, ranks):
-    """Ctrl-C (SIGINT to pgolf.launch) stops training at the end of a step on every gloo rank within seconds: a
-    checkpoint of that step, no model.pt, one message naming the step, no traceback; a rerun resumes there."""
-    import re
-    import signal
-    import time
-
-    out = tmp_path / "out"
-    cfg = config(tmp_path, steps=100000, checkpoint_minutes=STOP_ONLY)
-    env, launch = LAUNCH_ENV, launch_command(ranks, cfg, data, out)
-    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+def interrupt_at_step(launch: list, out: Path, step: int):
+    """Launch training, wait until its log holds `step`, send SIGINT: (exit code, stdout, stderr, seconds the run
+    took to stop after the signal)."""
+    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=LAUNCH_ENV, cwd=ROOT)
     partial = out / "log.jsonl.partial"
     deadline = time.time() + 240
-    while time.time() < deadline and not (partial.exists() and '"step": 3,' in partial.read_text()):
+    while time.time() < deadline and not (partial.exists() and f'"step": {step},' in partial.read_text()):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     sent = time.time()
     stdout, stderr = proc.communicate(timeout=60)
-    assert time.time() - sent < 15, "training kept running after the signal"
-    assert proc.returncode == 130, stderr[-3000:]
+    return proc.returncode, stdout, stderr, time.time() - sent
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_path, ranks):
+    """Ctrl-C (SIGINT to pgolf.launch) stops training at the end of a step on every gloo rank within seconds: a
+    checkpoint of that step, no model.pt, one message naming the step, no traceback; a rerun resumes there."""
+    import re
+
+    out = tmp_path / "out"
+    launch = launch_command(ranks, config(tmp_path, steps=100000, checkpoint_minutes=STOP_ONLY), data, out)
+    code, stdout, stderr, seconds = interrupt_at_step(launch, out, 3)
+    assert seconds < 15, "training kept running after the signal"
+    assert code == 130, stderr[-3000:]
     assert "Traceback" not in stderr + stdout and "KeyboardInterrupt" not in stderr and "SignalException" not in stderr
     said = re.findall(r"^train: interrupted; the next run resumes from step (\d+)$", stderr, re.M)
     assert len(said) == 1, stderr[-3000:]  # rank 0 alone says it
@@ -583,10 +587,15 @@ def test_sigint_to_the_launcher_stops_every_rank_with_a_checkpoint(data, tmp_pat
     assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
     assert torch.load(checkpoint.checkpoint_path(out), weights_only=False)["step"] == step >= 3
     rerun = subprocess.run(
-        [*launch, "--stop-after-step", str(step + 1)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+        [*launch, "--stop-after-step", str(step + 1)],
+        capture_output=True,
+        text=True,
+        env=LAUNCH_ENV,
+        cwd=ROOT,
+        timeout=300,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    resumed = [json.loads(line) for line in partial.read_text().splitlines()]
+    resumed = [json.loads(line) for line in (out / "log.jsonl.partial").read_text().splitlines()]
     assert any(r["event"] == "resume" and r["step"] == step for r in resumed)
 
 
@@ -596,21 +605,13 @@ def test_without_checkpoints_a_signal_stops_training_and_saves_nothing(data, tmp
     import re
 
     out = tmp_path / "out"
-    launch = launch_command(1, config(tmp_path, steps=100000), data, out)
-    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=LAUNCH_ENV, cwd=ROOT)
-    partial = out / "log.jsonl.partial"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (partial.exists() and '"step": 2,' in partial.read_text()):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-3000:]
+    code, stdout, stderr, _ = interrupt_at_step(launch_command(1, config(tmp_path, steps=100000), data, out), out, 2)
+    assert code == 130, stderr[-3000:]
     assert "Traceback" not in stderr + stdout
     said = re.findall(r"^train: interrupted; the next run (.*)$", stderr, re.M)
     assert said == ["starts from the first step (no checkpoint)"], stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["log.jsonl.partial"]  # no checkpoint, not even a temporary
-    last = json.loads(partial.read_text().splitlines()[-1])
+    last = json.loads((out / "log.jsonl.partial").read_text().splitlines()[-1])
     assert last["event"] == "stopped" and last["reason"] == "interrupted" and last["step"] >= 2
 
 
