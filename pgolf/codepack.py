@@ -209,7 +209,7 @@ class _DropUnrun(ast.NodeTransformer):
         # a config dataclass's `check`: build_script ran it on the script's config (check_config)
         node.body = [n for n in node.body if not (isinstance(n, ast.FunctionDef) and n.name == CHECK_METHOD)]
         self.generic_visit(node)
-        node.body = [n for n in node.body if not _is_empty_post_init(n)] or [ast.Pass()]
+        node.body = [n for n in node.body if not _is_empty_post_init(n)]
         return node
 
     def visit_Expr(self, node):
@@ -401,9 +401,13 @@ def minify(
 def _unrun_dropped(source: str, filename: str, unused=(), outside=None, entries=None):
     """The tree of `source` without what _DropUnrun removes."""
     try:
-        return ast.fix_missing_locations(_DropUnrun(unused, outside, entries).visit(ast.parse(source, filename)))
+        tree = _DropUnrun(unused, outside, entries).visit(ast.parse(source, filename))
     except SyntaxError as e:
         raise PgolfError(f"{filename}: cannot be minified ({e}); fix the syntax error") from None
+    for node in ast.walk(tree):  # a block whose only statement was dropped (a `check` call) still needs one
+        if not isinstance(node, ast.Module) and isinstance(getattr(node, "body", None), list) and not node.body:
+            node.body = [ast.Pass()]
+    return ast.fix_missing_locations(tree)
 
 
 def _minified(tree, filename: str, preserve=(), options=MINIFY_OPTIONS) -> str:

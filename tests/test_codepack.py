@@ -443,10 +443,16 @@ def test_config_checks_run_at_build_time_and_stay_out_of_the_script():
         "    def check(self):\n        super().check()\n        raise ValueError('never in the script')\n"
         "    def total(self):\n        return self.n + self.m\n"
     )
-    out = C.minify(source, "c.py", preserve=["Base", "Derived"])
+    source += (
+        "@dataclasses.dataclass\nclass Only:\n    def check(self):\n        pass\n"
+        "def validate(c):\n    c.check()\n"
+        "def maybe(c, flag):\n    if flag:\n        c.check()\n    return flag\n"
+    )
+    out = C.minify(source, "c.py", preserve=["Base", "Derived", "Only", "validate", "maybe"])
     ns = {}
     exec(out, ns)
     assert "check" not in out and "__post_init__" not in out
+    assert ns["validate"](ns["Only"]()) is None and ns["maybe"](ns["Only"](), True)  # emptied blocks stay valid
     assert ns["Base"](n=0).n == 0 and ns["Derived"]().total() == 3  # what the DAG refuses, the script takes as is
     # ... so build_script refuses it first, with the message the stage would give
     bad = json.loads(json.dumps(CONFIG))
