@@ -3,7 +3,7 @@
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
         [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--packing stream] \\
         [--flex-options JSON] [--states before_looping,looping] [--no-eager-check] [--no-restart] \\
-        [--out throughput.json]
+        [--no-fa4-precompile] [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
 one GPU), every step the product's `Trainer.train_step`. In one run:
@@ -226,12 +226,21 @@ def main(argv=None):
     )
     parser.add_argument("--no-eager-check", action="store_true", help="skip the eager run's first losses")
     parser.add_argument("--no-restart", action="store_true", help="skip the restart probe")
+    parser.add_argument(
+        "--no-fa4-precompile",
+        action="store_true",
+        help="fa4: compile its kernels on the first call, not in the background while the step compiles",
+    )
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.states = [STATES[name] for name in args.states.split(",")]
 
     if args.flex_options is not None:
         attention.FLEX_KERNEL_OPTIONS = args.flex_options
+    if args.no_fa4_precompile:
+        from pgolf import fa4
+
+        fa4.precompile = lambda *shapes: None
     dist = pdist.init(1 if torch.cuda.is_available() else 0)
     device = dist.device
     if args.restart_probe:
@@ -256,6 +265,7 @@ def main(argv=None):
     trainer = make_trainer(args, True, tmp / "compiled", dist)
     result["compiled"] = trainer.compiled
     result["attention"] = trainer.model.backend(device).name
+    result["fa4_precompile"] = result["attention"] == "fa4" and not args.no_fa4_precompile
     result["flex_kernel_options"] = attention.FLEX_KERNEL_OPTIONS
     result["packing"] = args.packing
     run = Run(trainer)

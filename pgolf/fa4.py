@@ -8,6 +8,7 @@ keeps them whole and its graph (and AOTAutograd's cache) stays intact. `model.at
 """
 
 import importlib
+import multiprocessing
 import os
 
 import torch
@@ -41,6 +42,10 @@ def kernels():
     schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, int? window) -> (Tensor, Tensor)",
 )
 def _forward(q, k, v, cu_seqlens, max_seqlen, window):
+    return _run_forward(q, k, v, cu_seqlens, max_seqlen, window)
+
+
+def _run_forward(q, k, v, cu_seqlens, max_seqlen, window):
     out, lse, *_ = kernels()[0](
         q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
         max_seqlen_k=max_seqlen, causal=True, window_size_left=window, return_lse=True,
@@ -50,6 +55,8 @@ def _forward(q, k, v, cu_seqlens, max_seqlen, window):
 
 @_forward.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, window):
+    if isinstance(q.size(0), int):  # torch.compile traces the step: the first real call's shapes are known now
+        precompile(q.size(1), k.size(1), q.size(2), q.size(0), max_seqlen, window)
     return torch.empty_like(q), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
 
 
@@ -60,6 +67,10 @@ def _(q, k, v, cu_seqlens, max_seqlen, window):
     "int? window) -> (Tensor, Tensor, Tensor)",
 )
 def _backward(q, k, v, out, grad_out, lse, cu_seqlens, max_seqlen, window):
+    return _run_backward(q, k, v, out, grad_out, lse, cu_seqlens, max_seqlen, window)
+
+
+def _run_backward(q, k, v, out, grad_out, lse, cu_seqlens, max_seqlen, window):
     dq, dk, dv = kernels()[1](
         q, k, v, out, grad_out.contiguous(), lse, causal=True, window_size_left=window,
         cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
@@ -90,3 +101,38 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen: int, window: int | None = 
     """Causal attention within each segment of a packed stream: q (total, H, D), k/v (total, Hkv, D), segments cut at
     `cu_seqlens` (int32), at most `window` keys back (None: the whole segment); scale 1/sqrt(D)."""
     return _forward(q, k, v, cu_seqlens, max_seqlen, window)[0]
+
+
+_PRECOMPILING: set = set()  # the shapes whose kernels this process has started compiling
+
+
+def precompile(heads: int, kv_heads: int, head_dim: int, tokens: int, max_seqlen: int, window) -> None:
+    """Compile flash-attn-4's forward and backward kernels for these shapes in the background, one process each,
+    into the persistent cache (kernels()). Called while torch.compile traces the step: the first real call, after
+    tracing and lowering, then loads them from disk instead of compiling them one after the other in this process
+    (bench/RESULTS.md has the seconds). Only where that cache is on, and on one process per host (local rank 0): the
+    other ranks load what it writes."""
+    if not os.environ.get("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR") or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    spawn = multiprocessing.get_context("spawn")  # CUDA is up in this process; a fork would inherit it
+    for direction in ("forward", "backward"):
+        shapes = (direction, heads, kv_heads, head_dim, tokens, max_seqlen, window)
+        if shapes not in _PRECOMPILING:
+            _PRECOMPILING.add(shapes)
+            spawn.Process(target=compile_kernels, args=(*shapes, "cuda"), daemon=True).start()
+
+
+def compile_kernels(direction, heads, kv_heads, head_dim, tokens, max_seqlen, window, device) -> None:
+    """One direction's kernels for these shapes, compiled (and saved to the cache) on fake tensors: flash-attn-4
+    compiles from shapes and dtypes alone, and nothing runs on the card."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(tokens, heads, head_dim, dtype=torch.bfloat16, device=device)
+        k, v = (torch.empty(tokens, kv_heads, head_dim, dtype=torch.bfloat16, device=device) for _ in "kv")
+        cu_seqlens = torch.empty(tokens // max_seqlen + 1, dtype=torch.int32, device=device)
+        if direction == "forward":
+            _run_forward(q, k, v, cu_seqlens, max_seqlen, window)
+        else:
+            lse = torch.empty(heads, tokens, dtype=torch.float32, device=device)
+            _run_backward(q, k, v, torch.empty_like(q), torch.empty_like(q), lse, cu_seqlens, max_seqlen, window)

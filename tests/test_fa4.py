@@ -69,6 +69,7 @@ def kernel_backward(q, k, v, out, dout, lse, *, causal, window_size_left, cu_seq
 @pytest.fixture
 def plain_kernels(monkeypatch):
     monkeypatch.setattr(fa4, "_KERNELS", [(kernel_forward, kernel_backward)])
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", raising=False)  # no background compiles (precompile)
     calls.clear()
     return Backend("fa4", fa4.varlen_attention)
 
@@ -148,3 +149,71 @@ def test_kernels_are_cached_beside_inductors(monkeypatch, tmp_path):
     monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", "/elsewhere")
     fa4.kernels()
     assert seen["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/elsewhere"
+
+
+class Spawned:
+    """multiprocessing's spawn context as precompile uses it, recording the processes it would start."""
+
+    def __init__(self):
+        self.started = []
+
+    def get_context(self, method):
+        assert method == "spawn"
+        return self
+
+    def Process(self, target, args, daemon):
+        assert target is fa4.compile_kernels and daemon
+        return type("P", (), {"start": lambda _: self.started.append(args)})()
+
+
+@pytest.fixture
+def spawned(monkeypatch, tmp_path):
+    recorder = Spawned()
+    monkeypatch.setattr(fa4, "multiprocessing", recorder)
+    monkeypatch.setattr(fa4, "_PRECOMPILING", set())
+    monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    return recorder
+
+
+def test_tracing_the_step_precompiles_its_shapes_once(plain_kernels, spawned, monkeypatch):
+    """torch.compile's trace runs the fake forward with the real shapes: both directions start compiling then, once
+    per shape, and only on the host's first rank and where the persistent cache is on."""
+    ids, q, k, v, grad = batch(seed=2)
+    run(plain_kernels, ids, q, k, v, grad, 3, compile_with="aot_eager")
+    shapes = (4, 2, 8, 48, 24, 3)  # heads, kv heads, head dim, packed tokens (B * T), max_seqlen, window
+    assert spawned.started == [("forward", *shapes, "cuda"), ("backward", *shapes, "cuda")]
+    fa4.precompile(*shapes)
+    assert len(spawned.started) == 2
+    monkeypatch.setattr(fa4, "_PRECOMPILING", set())
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    fa4.precompile(*shapes)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR")
+    fa4.precompile(*shapes)
+    assert len(spawned.started) == 2
+
+
+def test_compile_kernels_calls_both_kernels_on_fake_tensors(monkeypatch):
+    """The background compile makes the very calls the ops make, on tensors that hold no data."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    seen = []
+
+    def forward(q, k, v, **kw):
+        seen.append(("forward", q, k, v, kw))
+        return torch.empty_like(q), q.new_empty((q.size(1), q.size(0))), None, None, None
+
+    def backward(q, k, v, out, dout, lse, **kw):
+        seen.append(("backward", q, k, v, kw))
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    monkeypatch.setattr(fa4, "_KERNELS", [(forward, backward)])
+    for direction in ("forward", "backward"):
+        fa4.compile_kernels(direction, 8, 4, 64, 4096, 2048, None, "cpu")
+    assert [s[0] for s in seen] == ["forward", "backward"]
+    for _, q, k, v, kw in seen:
+        assert isinstance(q, FakeTensor) and q.shape == (4096, 8, 64) and q.dtype == torch.bfloat16
+        assert k.shape == v.shape == (4096, 4, 64)
+        assert kw["cu_seqlens_q"] is kw["cu_seqlens_k"] and kw["cu_seqlens_q"].dtype == torch.int32
+        assert kw["max_seqlen_q"] == kw["max_seqlen_k"] == 2048 and kw["causal"] and kw["window_size_left"] is None
