@@ -12,6 +12,7 @@
 #   PGOLF_SBS_STEPS       pgolf's steady steps (default 10)
 #   PGOLF_SBS_NO_PRECOMPILE=1  with fa4 first in PGOLF_SBS_ATTENTION: a second fa4 run that compiles its kernels on
 #                         the first call (--no-fa4-precompile), for the compile seconds the background compile saves
+#   PGOLF_SBS_PROFILE_RESTART=1  the first pgolf run's restart probe again under cProfile (--profile-restart)
 #   PGOLF_SBS_UPSTREAM=0  skip upstream's run (its log from a call before on the same warm machine compares)
 #   PGOLF_SBS_ATTENTION=  (empty) skip pgolf's runs
 source "$(dirname "$0")/device_common.sh"
@@ -57,6 +58,7 @@ BACKENDS=${PGOLF_SBS_ATTENTION-auto}
 for att in $BACKENDS; do
     extra=()
     [ "$att" != "${BACKENDS%% *}" ] && extra=(--no-eager-check --no-restart)  # once is enough
+    [ "$att" = "${BACKENDS%% *}" ] && [ "${PGOLF_SBS_PROFILE_RESTART:-0}" = 1 ] && extra=(--profile-restart)
     pgolf_run "$att" --attention "$att" "${extra[@]}"
 done
 [ -n "${PGOLF_SBS_MODEL:-}" ] && pgolf_run variant --model "$PGOLF_SBS_MODEL" --no-eager-check --no-restart

@@ -3,7 +3,7 @@
     python bench/train_throughput.py --manifest resources/data/bench-caseops/manifest.json \\
         [--steps 10] [--eager-steps 3] [--cache DIR] [--profile] [--attention auto] [--packing stream] \\
         [--flex-options JSON] [--states before_looping,looping] [--no-eager-check] [--no-restart] \\
-        [--no-fa4-precompile] [--out throughput.json]
+        [--no-fa4-precompile] [--profile-restart] [--out throughput.json]
 
 The record model (ModelConfig defaults) at the record batch (786,432 tokens through 8 accumulated micro-steps on
 one GPU), every step the product's `Trainer.train_step`. In one run:
@@ -12,7 +12,8 @@ one GPU), every step the product's `Trainer.train_step`. In one run:
   steady step;
 - median ms/step, tokens/s, model TFLOP/s and MFU before and after looping, peak memory, the loss curve;
 - the first steps' losses of an eager run from the same weights and data, against the compiled run's;
-- restart: a new process on the same --cache, seconds from its start to the end of its first step in each state;
+- restart: a new process on the same --cache, seconds from its start to the end of its first step in each state
+  (with --profile-restart, then the functions of a second one under cProfile with the most cumulative time);
 - with --profile, the CUDA kernels that take most time in one step of the last state measured.
 Model FLOPs per token = 6 x (matrix parameters applied per token, looped layers once per application, + LM head)
 + 12 x d_model x (mean attended keys per query) per layer application (docs/contracts.md). Prints a table last.
@@ -23,6 +24,7 @@ import contextlib
 import io
 import json
 import math
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -231,6 +233,7 @@ def main(argv=None):
         action="store_true",
         help="fa4: compile its kernels on the first call, not in the background while the step compiles",
     )
+    parser.add_argument("--profile-restart", action="store_true", help="then a restart probe under cProfile")
     parser.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.states = [STATES[name] for name in args.states.split(",")]
@@ -352,6 +355,18 @@ def restart(args, result: dict, cache: Path):
     probed = json.loads(done.stdout.splitlines()[-1])
     result["restart_s"] = {k: round(t - launched, 2) for k, t in probed["at"].items()}
     result["restart_compile_times"] = probed["compile_times"]
+    if args.profile_restart:  # a second probe under cProfile, whose overhead would skew the times above
+        with tempfile.NamedTemporaryFile(suffix=".prof") as stats:
+            done = subprocess.run([sys.executable, "-m", "cProfile", "-o", stats.name, *probe[1:]], capture_output=True)
+            if done.returncode == 0:
+                result["restart_profile"] = top_functions(stats.name)
+
+
+def top_functions(stats_path: str, top: int = 60) -> list[str]:
+    """The functions of a cProfile run with the most cumulative time, one line each."""
+    out = io.StringIO()
+    pstats.Stats(stats_path, stream=out).sort_stats("cumulative").print_stats(top)
+    return [line for line in out.getvalue().splitlines() if line.strip()][-top:]
 
 
 def save(path: Path | None, result: dict):
