@@ -4,7 +4,7 @@
         --out results/<name>/seed<seed>/quant/record/train_gpt.py
 
 The challenge counts the bytes of train_gpt.py and runs it with `torchrun --standalone --nproc_per_node=8
-train_gpt.py`. The script carries the import closure of pgolf.runall (pgolf.stages.closure, from the import
+train_gpt.py`. The script carries the import closure of pgolf.runall and pgolf.scriptconfig (pgolf.stages.closure, from the import
 statements, without importing), so the DAG-only stages (data, tokenizer, launch, report, config resolution, the
 submission folder) stay out, less the modules of OPTIONAL whose options the config turns off (their callers import
 them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block, the DAG
@@ -13,10 +13,11 @@ the top-level definitions (and call-free assignments) nothing carried names, the
 whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules
 share (imported by name, read as a module attribute) get short names, consistently in every module (rename_shared),
 and python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
-bench/RESULTS.md measure these choices). The bootstrap, the config and the modules, NUL-separated, are
-compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a latin-1 string literal, one
-byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that serves the pgolf.*
-modules from memory (and nothing else), then, run as a script, calls pgolf.runall.run_all(CONFIG).
+bench/RESULTS.md measure these choices). The bootstrap, the config (its dataclass sections less their defaults:
+pgolf.scriptconfig) and the modules, NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the
+model anyway) and stored as a latin-1 string literal, one byte per byte, under a three-line stub. The bootstrap
+installs a meta-path importer that serves the pgolf.* modules from memory (and nothing else), then, run as a
+script, calls pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)).
 python-minifier is needed only here, at build time.
 """
 
@@ -39,11 +40,14 @@ from .codeheader import LINE
 from .config import narrow_config
 from .errors import PgolfError
 from .io import write_bytes
+from .scriptconfig import sections, sparse_config
 from .stageconfig import load_stage_config
 from .stages import closure
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-ENTRY = "runall"  # pgolf.runall.run_all is what train_gpt.py runs; its import closure is what it carries
+# What the bootstrap calls, {module: function}: pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)); the
+# import closure of these modules is what train_gpt.py carries
+ENTRIES = {"runall": "run_all", "scriptconfig": "full_config"}
 # Upstream's `pyminify --no-hoist-literals --remove-literal-statements --remove-asserts --prefer-single-line`, but
 # renaming locals and the module-level names that no other module imports or reads as an attribute (see
 # preserved_globals; rename_shared shortens those others before); with the passes of _DropUnrun, 2.4 KB less after
@@ -75,7 +79,7 @@ class _PgolfModules(importlib.abc.MetaPathFinder,importlib.abc.Loader):
  def get_source(self,name):return M[name][1]
 sys.meta_path.insert(0,_PgolfModules())
 if __name__=='__main__':
- import pgolf.runall;pgolf.runall.run_all(CONFIG)
+ import pgolf.runall,pgolf.scriptconfig as c;pgolf.runall.run_all(c.full_config(CONFIG))
 """
 STUB = (
     "import subprocess as s\n"
@@ -155,12 +159,13 @@ def needed(rel: str, config: dict) -> bool:
 
 
 def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list[Path]:
-    """The source files train_gpt.py carries: the import closure of pgolf.runall (pgolf.stages.closure), less the
-    modules of OPTIONAL that `config` does not run (None: every module of the closure)."""
+    """The source files train_gpt.py carries: the import closure of ENTRIES' modules (pgolf.stages.closure), less
+    the modules of OPTIONAL that `config` does not run (None: every module of the closure)."""
     package_dir = Path(package_dir)
-    if not (package_dir / f"{ENTRY}.py").is_file():
-        raise PgolfError(f"{package_dir}: no {ENTRY}.py; the submission's entry point must exist")
-    rels = closure([ENTRY], package_dir)
+    for entry in ENTRIES:
+        if not (package_dir / f"{entry}.py").is_file():
+            raise PgolfError(f"{package_dir}: no {entry}.py; the submission's entry point must exist")
+    rels = closure(list(ENTRIES), package_dir)
     return [package_dir.parent / rel for rel in rels if config is None or needed(rel, config)]
 
 
@@ -286,18 +291,18 @@ def _referenced_names(node) -> set:
 
 def unused_definitions(sources: dict) -> dict:
     """{path: top-level definitions (_defined_name) nothing in the carried sources names outside their `__main__`
-    blocks}, repeated until none is left (a definition only a removed one used goes too). Nothing in pgolf reaches a
+    blocks and their own bodies (a recursive function nothing else calls)}, repeated until none is left (a definition only a removed one used goes too). Nothing in pgolf reaches a
     module-level name by a string."""
     trees = {rel: ast.parse(source) for rel, source in sources.items()}
     for tree in trees.values():  # a `__main__` block does not ship, so what only it names is unused
         tree.body = [node for node in tree.body if not _is_main_block(node)]
     unused = {rel: set() for rel in trees}
     while True:
-        names = {"run_all"}
+        names = set(ENTRIES.values())
         for rel, tree in trees.items():
             for node in tree.body:
                 if _defined_name(node) not in unused[rel]:
-                    names |= _referenced_names(node)
+                    names |= _referenced_names(node) - {_defined_name(node)}
         found = {rel: {_defined_name(n) for n in tree.body} - names - {None} for rel, tree in trees.items()}
         if all(found[rel] <= unused[rel] for rel in trees):
             return unused
@@ -307,9 +312,9 @@ def unused_definitions(sources: dict) -> dict:
 
 def preserved_globals(sources: dict) -> list[str]:
     """Names another module may reach: anything imported by name or read as an attribute anywhere in the sources,
-    plus run_all, which the bootstrap calls. Every other module-level name is private to its module, so renaming it
-    changes nothing."""
-    names = {"run_all"}
+    plus the functions the bootstrap calls (ENTRIES). Every other module-level name is private to its module, so
+    renaming it changes nothing."""
+    names = set(ENTRIES.values())
     for source in sources.values():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Attribute):
@@ -460,8 +465,8 @@ def _minify_all(sources: dict, options: dict) -> dict:
 
 # --- shared names -------------------------------------------------------------------------------------------
 
-# Names kept as they are: the bootstrap calls pgolf.runall.run_all, and run_all calls each stage module's main.
-KEPT_NAMES = frozenset({"run_all", "main"})
+# Names kept as they are: the bootstrap calls ENTRIES' functions, and run_all calls each stage module's main.
+KEPT_NAMES = frozenset({*ENTRIES.values(), "main"})
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
@@ -728,9 +733,9 @@ def rename_shared(trees: dict, kept=KEPT_NAMES) -> dict:
 
 
 def payload(config: dict, modules: dict) -> bytes:
-    """What the stub decompresses: the bootstrap, the config JSON, then each module's path and source, NUL-separated
-    (no Python source holds a NUL)."""
-    parts = [BOOTSTRAP, json.dumps(config, sort_keys=True, separators=(",", ":"))]
+    """What the stub decompresses: the bootstrap, the config JSON (sparse_config: the bootstrap fills it in), then
+    each module's path and source, NUL-separated (no Python source holds a NUL)."""
+    parts = [BOOTSTRAP, json.dumps(sparse_config(config), sort_keys=True, separators=(",", ":"))]
     for rel, source in modules.values():
         parts += [rel, source]
     return "\0".join(parts).encode()
@@ -771,20 +776,10 @@ def latin1_literal(data: bytes) -> str:
 
 def check_config(config: dict):
     """Build every config dataclass run_all's stages build from `config` (narrowed), so that their `check` methods,
-    which the script leaves out, run here on the very values it embeds: a bad value fails the build, not a judge's
-    run."""
-    from .evaluate import EvalConfig
-    from .hessians import HessianConfig
-    from .model import ModelConfig
-    from .quant.preset import Preset
-    from .stageconfig import from_dict
-    from .train import TrainConfig
-
-    ModelConfig.from_dict(config.get("model"))
-    from_dict(TrainConfig, config.get("train"), "config train")
-    from_dict(HessianConfig, config.get("hessians"), "config hessians")
-    EvalConfig.parse(config.get("eval"))
-    Preset.parse(config["quant"]["presets"][config["quant"]["submission_preset"]], "quant preset")
+    which the script leaves out, run here on the very values it runs with (pgolf.scriptconfig.full_config gives
+    the same dataclasses back): a bad value fails the build, not a judge's run."""
+    for holder, key, build in sections(config):
+        build(holder[key])
 
 
 def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> bytes:

@@ -14,6 +14,7 @@ import pytest
 from pgolf import codepack as C
 from pgolf.config import resolve
 from pgolf.errors import PgolfError
+from pgolf.scriptconfig import full_config, sections, sparse_config
 from pgolf.stages import closure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +67,10 @@ import pgolf.runlog, tempfile
 log_path = os.path.join(tempfile.mkdtemp(), 'log.jsonl')
 getattr(pgolf.runlog, renamed.get('RunLog', 'RunLog'))('probe', {}, log_path, echo=False).close()
 code_version = json.loads(open(log_path).readline())['code_version']
+import pgolf.scriptconfig
 print(json.dumps({
     'config': script['CONFIG'],
+    'full_config': pgolf.scriptconfig.full_config(script['CONFIG']),
     'carried': sorted(script['M']),
     'sources': {n: sys.modules[n].__loader__.get_source(n) for n in names},
     'loaders': sorted({type(sys.modules[n].__loader__).__name__ for n in names}),
@@ -124,7 +127,11 @@ def test_modules_import_from_memory(script, modules, tmp_path):
     assert out["carried"] == sorted(modules)
     for name in IMPORTED:
         assert out["sources"][name] == modules[name][1], name
-    assert out["config"] == C.narrow_config(CONFIG, "record")
+    # the config embedded sparse and filled in by the carried code: the same dataclasses, every narrowed value
+    narrowed = C.narrow_config(CONFIG, "record")
+    assert out["config"] == sparse_config(narrowed) and out["full_config"] == full_config(sparse_config(narrowed))
+    assert out["full_config"]["eval"]["seq_len"] == 64 and out["full_config"]["eval"]["batch_tokens"] == 524288
+    assert {k: b(h[k]) for h, k, b in sections(out["full_config"])} == {k: b(h[k]) for h, k, b in sections(narrowed)}
     # the run log names the sources the script carries, not the hash of nothing
     assert out["code_version"]["sources_sha256"] not in (hashlib.sha256().hexdigest()[:16], None)
 
@@ -219,6 +226,7 @@ def test_entry_point_calls_run_all(tmp_path):
     (pkg / "inner").mkdir(parents=True)  # a folder without __init__.py becomes an empty package
     (pkg / "__init__.py").write_text('"""Docstrings go."""\n')
     (pkg / "inner" / "leaf.py").write_text("PRIVATE_NAME = 40\nVALUE = PRIVATE_NAME + 1\n")
+    (pkg / "scriptconfig.py").write_text("def full_config(config):\n    return {**config, 'filled': True}\n")
     (pkg / "runall.py").write_text(
         "import argparse, json, sys\nfrom .inner.leaf import VALUE\n\n"
         "def run_all(config):\n    assert False, 'asserts are removed'\n"
@@ -232,7 +240,7 @@ def test_entry_point_calls_run_all(tmp_path):
     proc = subprocess.run([sys.executable, "train_gpt.py", "out.json"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out.json").read_text())
-    assert result == {"config": C.narrow_config(CONFIG, "wide"), "value": 42}
+    assert result == {"config": {**sparse_config(C.narrow_config(CONFIG, "wide")), "filled": True}, "value": 42}
     modules = C.package_modules(pkg)
     # python-minifier renames the private name, codepack the one runall imports (in both modules: the script ran)
     assert C.package_renames(pkg) == {"VALUE": "a"}
@@ -250,6 +258,10 @@ def test_errors(tmp_path):
         read_header(tmp_path / "plain.py")
     with pytest.raises(PgolfError, match="bad.py: cannot be minified"):
         C.minify("def f(:\n", "bad.py")
+    (tmp_path / "pgolf").mkdir()
+    (tmp_path / "pgolf" / "runall.py").write_text("def run_all(config):\n    pass\n")
+    with pytest.raises(PgolfError, match="no scriptconfig.py; the submission's entry point must exist"):
+        C.submitted_files(tmp_path / "pgolf")
 
 
 # Each seed recipe and the record config: the options its run turns off, by the values that turn them off.
@@ -314,7 +326,7 @@ def recipe_config(name: str) -> dict:
 @pytest.mark.parametrize("name", sorted(RECIPE_DROPS))
 def test_script_leaves_out_exactly_the_options_its_config_turns_off(name):
     config = recipe_config(name)
-    full = set(closure([C.ENTRY]))
+    full = set(closure(list(C.ENTRIES)))
     assert set(C.OPTIONAL) <= full  # every optional module is one run_all can reach
     shipped = {p.relative_to(ROOT).as_posix() for p in C.submitted_files(config=config)}
     assert shipped == full - RECIPE_DROPS[name]
@@ -324,7 +336,7 @@ def test_script_leaves_out_exactly_the_options_its_config_turns_off(name):
 @pytest.mark.parametrize("drops", sorted({tuple(sorted(d)) for d in RECIPE_DROPS.values()}), ids=str)
 def test_carried_modules_import_without_the_left_out_ones(drops):
     """No carried module imports a left-out one at import time (callers import it inside the branch that runs it)."""
-    carried = [C.module_name(rel) for rel in closure([C.ENTRY]) if rel not in drops]
+    carried = [C.module_name(rel) for rel in closure(list(C.ENTRIES)) if rel not in drops]
     blocked = [C.module_name(rel) for rel in drops]
     proc = subprocess.run(
         [sys.executable, "-c", BLOCKED_IMPORT, json.dumps(carried), json.dumps(blocked)],
@@ -405,8 +417,16 @@ def test_unread_assignments_and_imports_are_left_out():
         "def run_all():\n    return USED + len(re.escape('x'))\n",
         "pgolf/b.py": "from .a import CALLS\n",
     }
+    sources["pgolf/b.py"] += (
+        "def walk(n):\n    return walk(n - 1) if n else 0\n"  # only its own body calls it
+        "def count(n):\n    return count(n - 1) + 1 if n else 0\n"
+        "def run_twice():\n    return count(2)\n"  # only an unused function calls it
+        "def depth(n):\n    return depth(n - 1) + 1 if n else USED\n"
+        "USED = depth(1)\n"
+    )
     unused = C.unused_definitions(sources)
-    assert unused == {"pgolf/a.py": {"UNUSED"}, "pgolf/b.py": set()}  # CALLS runs a call: never dropped
+    # CALLS and USED run a call: never dropped
+    assert unused == {"pgolf/a.py": {"UNUSED"}, "pgolf/b.py": {"walk", "count", "run_twice"}}
     out = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"], outside=set())
     assert "os" not in out and "UNUSED" not in out and "Path" in out
     ns = {}
@@ -477,6 +497,7 @@ def test_no_config_check_reaches_the_script(modules):
 SHARING = {  # a package whose modules share names in every way codepack renames them, and in the ways it must not
     "__init__.py": "",
     "errors.py": "class PgolfError(Exception):\n    pass\n",
+    "scriptconfig.py": "def full_config(config):\n    return config\n",
     "util.py": "from .errors import PgolfError\nSCALE = 3\n\n"
     "def helper(x):\n    return x * SCALE\n\n"
     "def path(key):\n    return 'p/' + key\n\n"
