@@ -4,21 +4,21 @@
         --out results/<name>/seed<seed>/quant/record/train_gpt.py
 
 The challenge counts the bytes of train_gpt.py and runs it with `torchrun --standalone --nproc_per_node=8
-train_gpt.py`. The script carries the import closure of pgolf.runall and pgolf.scriptconfig (pgolf.stages.closure, from the import
-statements, without importing), so the DAG-only stages (data, tokenizer, launch, report, config resolution, the
-submission folder) stay out, less the modules of OPTIONAL whose options the config turns off (their callers import
-them inside the branch that runs them). Each module loses its argparse help texts, its `__main__` block, the DAG
-advice of its error messages, its config dataclasses' `check` methods (build_script runs them on the config first),
-the top-level definitions (and call-free assignments) nothing carried names, the entries of its subscript-only tables
-whose keys nothing carried spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules
-share (imported by name, read as a module attribute) get short names, consistently in every module (rename_shared),
-and python-minifier then renames locals and the module-level names no other module reads (bench/code_size.py and
-bench/RESULTS.md measure these choices). The bootstrap, the config (its dataclass sections less their defaults:
-pgolf.scriptconfig) and the modules, NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the
-model anyway) and stored as a latin-1 string literal, one byte per byte, under a three-line stub. The bootstrap
-installs a meta-path importer that serves the pgolf.* modules from memory (and nothing else), then, run as a
-script, calls pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)).
-python-minifier is needed only here, at build time.
+train_gpt.py`. The script carries the import closure of pgolf.runall and pgolf.scriptconfig (pgolf.stages.closure,
+from the import statements, without importing), so the DAG-only stages (data, tokenizer, launch, report, config
+resolution, the submission folder) stay out, less the modules of OPTIONAL whose options the config turns off and
+those only pgolf run from its files executes (OUTSIDE_SCRIPT; their callers import them inside the branch that runs
+them). Each module loses its argparse help texts, its `__main__` block, the DAG advice of its error messages, its
+config dataclasses' `check` methods (build_script runs them on the config first), the top-level definitions (and
+call-free assignments) nothing carried names, the entries of its subscript-only tables whose keys nothing carried
+spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules share (imported by name,
+read as a module attribute) get short names, consistently in every module (rename_shared), and python-minifier then
+renames locals and the module-level names no other module reads (bench/code_size.py and bench/RESULTS.md measure
+these choices). The bootstrap, the config (its dataclass sections less their defaults: pgolf.scriptconfig) and the
+modules, NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a
+latin-1 string literal, one byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that
+serves the pgolf.* modules from memory (and nothing else), then, run as a script, calls
+pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)). python-minifier is needed only here, at build time.
 """
 
 import argparse
@@ -137,6 +137,9 @@ OPTIONAL = {
     "pgolf/checkpoint.py": (("train.checkpoint_minutes", none_of(0)),),  # checkpoints and resume (pgolf.train)
     "pgolf/piece_bytes.py": (("data.hf.caseops", one_of(False)),),  # bpb without the byte sidecar (pgolf.bpb)
 }
+# Modules of the closure that only pgolf run from its files executes, never the script: their callers import them in
+# the branch that runs there (pgolf.runlog.code_version: the script's modules have no files and no git).
+OUTSIDE_SCRIPT = ("pgolf/package_version.py",)
 _MISSING = object()
 
 
@@ -148,7 +151,10 @@ def _lookup(config: dict, key: str):
 
 
 def needed(rel: str, config: dict) -> bool:
-    """Whether a script for `config` must carry the module at `rel` (every module outside OPTIONAL must)."""
+    """Whether a script for `config` must carry the module at `rel` (every module outside OPTIONAL and
+    OUTSIDE_SCRIPT must)."""
+    if rel in OUTSIDE_SCRIPT:
+        return False
     if rel not in OPTIONAL:
         return True
     for key, runs in OPTIONAL[rel]:
@@ -160,13 +166,13 @@ def needed(rel: str, config: dict) -> bool:
 
 def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list[Path]:
     """The source files train_gpt.py carries: the import closure of ENTRIES' modules (pgolf.stages.closure), less
-    the modules of OPTIONAL that `config` does not run (None: every module of the closure)."""
+    OUTSIDE_SCRIPT and the modules of OPTIONAL that `config` does not run (None: all of OPTIONAL's)."""
     package_dir = Path(package_dir)
     for entry in ENTRIES:
         if not (package_dir / f"{entry}.py").is_file():
             raise PgolfError(f"{package_dir}: no {entry}.py; the submission's entry point must exist")
     rels = closure(list(ENTRIES), package_dir)
-    return [package_dir.parent / rel for rel in rels if config is None or needed(rel, config)]
+    return [package_dir.parent / rel for rel in rels if needed(rel, config or {})]
 
 
 # --- minification ---------------------------------------------------------------------------------------------

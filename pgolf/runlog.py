@@ -3,44 +3,24 @@
 import hashlib
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def source_files() -> list[Path]:
-    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.parts)
-
 
 def code_version() -> dict:
-    """sha256 over the package sources (always available, also inside train_gpt.py) plus the git commit if any, and
-    whether the package's files differ from that commit (uncommitted edits or new files, or a copied working tree
-    whose .git lags behind it): then only sources_sha256 names the code that ran."""
-    digest = hashlib.sha256()
+    """sha256 over the sources that run: inside train_gpt.py the (minified) sources it carries, which have no files
+    and no git; elsewhere the package's files, with the git commit (pgolf.package_version)."""
     carried = getattr(getattr(__spec__, "loader", None), "modules", None)
-    if carried is not None:  # inside train_gpt.py: no files on disk, so hash the (minified) sources it carries
-        for relpath, source in sorted(carried.values()):
-            digest.update(relpath.encode())
-            digest.update(source.encode())
-    for path in source_files():
-        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
-        digest.update(path.read_bytes())
-    version = {"sources_sha256": digest.hexdigest()[:16]}
-    git = ["git", "-C", str(PACKAGE_DIR)]
-    try:
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0:
-            version["git_commit"] = commit.stdout.strip()
-            changed = subprocess.run(
-                [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
-            )
-            version["git_dirty"] = changed.returncode != 0 or bool(changed.stdout.strip())
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return version
+    if carried is None:
+        from .package_version import package_version
+
+        return package_version()
+    digest = hashlib.sha256()
+    for relpath, source in sorted(carried.values()):
+        digest.update(relpath.encode())
+        digest.update(source.encode())
+    return {"sources_sha256": digest.hexdigest()[:16]}
 
 
 def header(stage: str, config: dict) -> dict:

@@ -132,8 +132,12 @@ def test_modules_import_from_memory(script, modules, tmp_path):
     assert out["config"] == sparse_config(narrowed) and out["full_config"] == full_config(sparse_config(narrowed))
     assert out["full_config"]["eval"]["seq_len"] == 64 and out["full_config"]["eval"]["batch_tokens"] == 524288
     assert {k: b(h[k]) for h, k, b in sections(out["full_config"])} == {k: b(h[k]) for h, k, b in sections(narrowed)}
-    # the run log names the sources the script carries, not the hash of nothing
-    assert out["code_version"]["sources_sha256"] not in (hashlib.sha256().hexdigest()[:16], None)
+    # the run log names the sources the script carries (no files, no git there: pgolf.package_version stays out)
+    digest = hashlib.sha256()
+    for rel, source in sorted(modules.values()):
+        digest.update(rel.encode() + source.encode())
+    assert out["code_version"] == {"sources_sha256": digest.hexdigest()[:16]}
+    assert "pgolf.package_version" not in out["carried"]
 
 
 def test_carries_the_closure_of_run_all_only(modules):
@@ -327,6 +331,8 @@ def recipe_config(name: str) -> dict:
 def test_script_leaves_out_exactly_the_options_its_config_turns_off(name):
     config = recipe_config(name)
     full = set(closure(list(C.ENTRIES)))
+    assert set(C.OUTSIDE_SCRIPT) <= full  # each one a module the closure reaches ...
+    full -= set(C.OUTSIDE_SCRIPT)  # ... that no script carries
     assert set(C.OPTIONAL) <= full  # every optional module is one run_all can reach
     shipped = {p.relative_to(ROOT).as_posix() for p in C.submitted_files(config=config)}
     assert shipped == full - RECIPE_DROPS[name]
@@ -336,8 +342,8 @@ def test_script_leaves_out_exactly_the_options_its_config_turns_off(name):
 @pytest.mark.parametrize("drops", sorted({tuple(sorted(d)) for d in RECIPE_DROPS.values()}), ids=str)
 def test_carried_modules_import_without_the_left_out_ones(drops):
     """No carried module imports a left-out one at import time (callers import it inside the branch that runs it)."""
-    carried = [C.module_name(rel) for rel in closure(list(C.ENTRIES)) if rel not in drops]
-    blocked = [C.module_name(rel) for rel in drops]
+    carried = [C.module_name(rel) for rel in closure(list(C.ENTRIES)) if rel not in drops + C.OUTSIDE_SCRIPT]
+    blocked = [C.module_name(rel) for rel in drops + C.OUTSIDE_SCRIPT]
     proc = subprocess.run(
         [sys.executable, "-c", BLOCKED_IMPORT, json.dumps(carried), json.dumps(blocked)],
         cwd=ROOT,

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from pgolf import runlog
+from pgolf import package_version, runlog
 
 
 def git(repo, *args):
@@ -17,7 +17,7 @@ def test_code_version_says_when_the_sources_are_not_the_commits(tmp_path, monkey
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", ".")
     git(tmp_path, "commit", "-qm", "one")
-    monkeypatch.setattr(runlog, "PACKAGE_DIR", package)
+    monkeypatch.setattr(package_version, "PACKAGE_DIR", package)
     head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
 
@@ -36,6 +36,6 @@ def test_code_version_says_when_the_sources_are_not_the_commits(tmp_path, monkey
 
 def test_code_version_without_git_has_only_the_hash(tmp_path, monkeypatch):
     (tmp_path / "stage.py").write_text("STEPS = 1\n")
-    monkeypatch.setattr(runlog, "PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr(package_version, "PACKAGE_DIR", tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert set(runlog.code_version()) == {"sources_sha256"}
