@@ -189,6 +189,10 @@ class _DropUnrun(ast.NodeTransformer):
 
     def visit_Module(self, node):
         node.body = [n for n in node.body if _defined_name(n) not in self.unused]
+        for n in node.body:  # unused also names the pgolf imports nothing reads (unused_definitions)
+            if isinstance(n, (ast.Import, ast.ImportFrom)):
+                n.names = [a for a in n.names if _bound(a) not in self.unused]
+        node.body = [n for n in node.body if not isinstance(n, (ast.Import, ast.ImportFrom)) or n.names]
         for n in node.body:
             keys = self.entries.get(_assigned_name(n), ())
             if keys:
@@ -272,46 +276,123 @@ def _assigned_name(node) -> str | None:
 
 
 def _defined_name(node) -> str | None:
-    """The one name a top-level statement defines when running it does nothing else: a function, a class, or
-    `NAME = value` where the value calls nothing (constants, literals, operations on other names)."""
+    """The one name a top-level statement defines when running it does nothing else: a function, a class, a table
+    (_is_table) or `NAME = value` where the value calls nothing (constants, literals, operations on other names)."""
     if isinstance(node, DEFINITIONS):
         return node.name
-    if _assigned_name(node) and not any(isinstance(sub, ast.Call) for sub in ast.walk(node.value)):
-        return _assigned_name(node)
+    name = _assigned_name(node)
+    if name and (_is_table(node.value) or not any(isinstance(sub, ast.Call) for sub in ast.walk(node.value))):
+        return name
     return None
 
 
-def _referenced_names(node) -> set:
-    """Every name a piece of code could reach a definition by: plain names, attributes, imported names (an
-    assignment's own target aside)."""
-    names = set()
+def _is_table(value) -> bool:
+    """A dict display with string keys, such as STAGES: nothing in pgolf builds one whose values do more than build
+    values (STAGES' Stage(...) entries)."""
+    return isinstance(value, ast.Dict) and all(
+        isinstance(k, ast.Constant) and isinstance(k.value, str) for k in value.keys
+    )
+
+
+def _referenced_names(node, foreign=frozenset()) -> tuple[set, set]:
+    """The names a piece of code could reach a definition by (an assignment's own target aside): (plain names, which
+    reach its own module's; attributes and imported names, which reach any module's). An attribute read on a module
+    from outside pgolf (`foreign`: sys.argv) names no pgolf definition."""
+    own, shared = set(), set()
     for sub in ast.walk(node.value if isinstance(node, ast.Assign) and _defined_name(node) else node):
         if isinstance(sub, ast.Name):
-            names.add(sub.id)
-        elif isinstance(sub, ast.Attribute):
-            names.add(sub.attr)
+            own.add(sub.id)
+        elif isinstance(sub, ast.Attribute) and _root(sub.value) not in foreign:
+            shared.add(sub.attr)
         elif isinstance(sub, (ast.ImportFrom, ast.Import)):
-            names.update(alias.name for alias in sub.names)
-    return names
+            shared.update(alias.name for alias in sub.names)
+    return own, shared
+
+
+def _bound(alias) -> str:
+    """The name an import binds: `import a.b` binds a, `from x import y as z` z."""
+    return alias.asname or alias.name.split(".")[0]
+
+
+def _from_pgolf(node, alias) -> bool:
+    """Whether an import's name comes from pgolf (relative, or absolute from pgolf)."""
+    module = alias.name if isinstance(node, ast.Import) else node.module or ""
+    return bool(getattr(node, "level", 0)) or module.split(".")[0] == "pgolf"
+
+
+def _foreign_names(tree) -> set:
+    """The names a module binds only by a top-level import from outside pgolf (sys, np, Path): what is read as their
+    attribute is no pgolf definition."""
+    imported, bound = set(), set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imported |= {_bound(a) for a in node.names if a.name.split(".")[0] != "pgolf"}
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] != "pgolf":
+            imported |= {_bound(a) for a in node.names}
+        else:
+            bound |= _bound_in(node) | {n.arg for n in ast.walk(node) if isinstance(n, ast.arg)}
+    return imported - bound
+
+
+def _read_imports(imports: dict, own: dict, shared: Counter) -> tuple[dict, Counter]:
+    """({path: the top-level import aliases whose bound name something reads}, `shared` plus the names they import):
+    an import names what it imports while its bound name is read, in its module or from another (by an attribute or
+    an import of it: pgolf.quant re-exports), so repeated until no import is added."""
+    imported = Counter()
+    while True:
+        reach = shared + imported
+        read = {rel: [a for _, a in pairs if own[rel][_bound(a)] or reach[_bound(a)]] for rel, pairs in imports.items()}
+        more = Counter(a.name for aliases in read.values() for a in aliases)
+        if more == imported:
+            return read, reach
+        imported = more
 
 
 def unused_definitions(sources: dict) -> dict:
     """{path: top-level definitions (_defined_name) nothing in the carried sources names outside their `__main__`
-    blocks and their own bodies (a recursive function nothing else calls)}, repeated until none is left (a definition only a removed one used goes too). Nothing in pgolf reaches a
-    module-level name by a string."""
+    blocks and their own bodies (a recursive function nothing else calls), and the names its pgolf imports bind that
+    nothing reads (so no import outlives what it takes)}, repeated until none is left (a definition only a removed one
+    used goes too). A plain name names a definition of its own module, an attribute or an imported name one of any
+    module; a top-level import names what it imports only while something left reads the name it binds. Nothing in
+    pgolf reaches a module-level name by a string or a star import."""
     trees = {rel: ast.parse(source) for rel, source in sources.items()}
     for tree in trees.values():  # a `__main__` block does not ship, so what only it names is unused
         tree.body = [node for node in tree.body if not _is_main_block(node)]
+    foreign = {rel: _foreign_names(tree) for rel, tree in trees.items()}
+    refs = {id(n): _referenced_names(n, foreign[rel]) for rel, tree in trees.items() for n in tree.body}
     unused = {rel: set() for rel in trees}
     while True:
-        names = set(ENTRIES.values())
-        for rel, tree in trees.items():
-            for node in tree.body:
-                if _defined_name(node) not in unused[rel]:
-                    names |= _referenced_names(node) - {_defined_name(node)}
-        found = {rel: {_defined_name(n) for n in tree.body} - names - {None} for rel, tree in trees.items()}
-        if all(found[rel] <= unused[rel] for rel in trees):
-            return unused
+        kept = {rel: [n for n in tree.body if _defined_name(n) not in unused[rel]] for rel, tree in trees.items()}
+        # how many statements name each: a definition that only names itself (compile_cache.add_argument calls
+        # parser.add_argument) is named by none other
+        shared = Counter(ENTRIES.values())
+        own = {rel: Counter() for rel in trees}
+        for rel, nodes in kept.items():
+            for node in nodes:
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    own[rel].update(refs[id(node)][0])
+                    shared.update(refs[id(node)][1])
+        imports = {
+            rel: [(n, a) for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+            for rel, nodes in kept.items()
+        }
+        read, shared = _read_imports(imports, own, shared)
+        found = {}
+        for rel, nodes in kept.items():
+            found[rel] = set()
+            for node in nodes:
+                name = _defined_name(node)
+                if name is None:
+                    continue
+                own_refs, shared_refs = refs[id(node)]
+                if own[rel][name] - (name in own_refs) <= 0 and shared[name] - (name in shared_refs) <= 0:
+                    found[rel].add(name)
+        if not any(found.values()):
+            unread = {
+                rel: {_bound(a) for n, a in pairs if _from_pgolf(n, a) and a not in read[rel]}
+                for rel, pairs in imports.items()
+            }
+            return {rel: unused[rel] | unread[rel] for rel in trees}
         for rel in trees:
             unused[rel] |= found[rel]
 
@@ -471,8 +552,8 @@ def _minify_all(sources: dict, options: dict) -> dict:
 
 # --- shared names -------------------------------------------------------------------------------------------
 
-# Names kept as they are: the bootstrap calls ENTRIES' functions, and run_all calls each stage module's main.
-KEPT_NAMES = frozenset({*ENTRIES.values(), "main"})
+# Names kept as they are: the bootstrap calls ENTRIES' functions.
+KEPT_NAMES = frozenset(ENTRIES.values())
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
@@ -611,11 +692,11 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
     never as an attribute of anything else. So a name is left alone where that could change what runs: in a module
     that spells it as its own, a parameter (a caller may pass it by keyword), a class attribute or a name imported
     from a module the script does not carry or from outside pgolf; an attribute read on a name that is a carried
-    module in one place and something else in another; an `__all__` entry; a builtin; `kept`; and, since run_all
-    passes modules around as values (and calls their `main`), any name also read as an attribute of an object that
-    is not a carried module (which also compresses better, spelled like the other reads). The new names are spelled
-    nowhere in the carried code and are no module's name, so none can capture another; an exception class keeps its
-    name (a traceback prints it) and gets the short one as an alias.
+    module in one place and something else in another; an `__all__` entry; a builtin; `kept`; and, where a carried
+    module is passed around as a value (its attributes then read on any object), any name also read as an attribute
+    of an object that is not a carried module (which also compresses better, spelled like the other reads). The new
+    names are spelled nowhere in the carried code and are no module's name, so none can capture another; an exception
+    class keeps its name (a traceback prints it) and gets the short one as an alias.
     """
     carried = {module_name(rel) for rel in trees}
     info = {rel: _Names(rel, tree, carried) for rel, tree in trees.items()}
@@ -634,7 +715,7 @@ def shared_renames(trees: dict, kept=KEPT_NAMES) -> dict:
                 fixed.add(node.attr)  # read on a name that is a carried module somewhere in this module, not always
             elif isinstance(node, ast.Attribute):
                 elsewhere.add(node.attr)
-    if escapes:  # such a module's attributes may be read on any object (run_all: `module.main`)
+    if escapes:  # such a module's attributes may be read on any object (`module.main`)
         fixed |= elsewhere
     defined = set().union(*(_bound_in(stmt) for tree in trees.values() for stmt in tree.body))
     candidates = {x for x in shared & defined - fixed if not x.startswith("__")}

@@ -139,11 +139,44 @@ def check_coverage(coverage: torch.Tensor, val: ValData) -> int:
     return int(coverage.sum())
 
 
-def run_prequant(args, config, dist, log):
+def prequant(config: dict, model_path, manifest, out):
+    """Score the trained model on the val split (eval.json's `prequant`); `config` holds eval and hardware.
+
+    evaluate.prequant(config, "results/<name>/seed1/train/model.pt", "resources/data/<ds>/manifest.json",
+                      "results/<name>/seed1/train/prequant.json")
+    """
+    _write("prequant", _prequant, config, out, model_path, manifest)
+
+
+def artifact(config: dict, pgrp, pack_json, size, manifest, out, prequant_json=None, cache_dir=None):
+    """Score a packed artifact and run the timed TTT eval into eval.json; prequant_json is None for eval.artifact.
+
+    evaluate.artifact(config, ".../quant/record/model.pgrp", ".../quant/record/pack.json",
+                      ".../quant/record/size.json", "resources/data/<ds>/manifest.json", ".../quant/record/eval.json",
+                      "results/<name>/seed1/train/prequant.json", "results/<name>/compile_cache")
+    """
+    compile_cache.use(cache_dir)  # only the TTT chunk step compiles
+    _write("artifact", _artifact, config, out, pgrp, pack_json, size, manifest, prequant_json)
+
+
+def _write(command: str, evaluation, config: dict, out, *inputs):
+    """Run `evaluation(config, dist, log, *inputs)` on every rank; rank 0 writes its result to `out`."""
+    dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))
+    try:
+        log = RunLog(f"evaluate {command}", config, echo=dist.is_main)
+        result = evaluation(config, dist, log, *inputs)
+        if dist.is_main:
+            write_json(out, result)
+            log.write({"event": "done", "out": out})
+    finally:
+        pgdist.shutdown()
+
+
+def _prequant(config, dist, log, model_path, manifest):
     cfg = EvalConfig.parse(config.get("eval"))
     t0 = time.perf_counter()
-    model = prepare(load_trained(args.model)[0], dist)
-    val = load_eval_val(args.manifest, cfg)
+    model = prepare(load_trained(model_path)[0], dist)
+    val = load_eval_val(manifest, cfg)
     t1 = time.perf_counter()
     result = score(model, val, cfg, dist)
     sync(dist.device)
@@ -158,14 +191,14 @@ def projected_8gpu(seconds: float, scored: int, dist) -> float:
     return seconds * dist.world / 8 * FINEWEB_VAL_TARGETS / scored
 
 
-def run_artifact(args, config, dist, log):
+def _artifact(config, dist, log, pgrp, pack_json, size_json, manifest, prequant_json):
     cfg = EvalConfig.parse(config.get("eval"))
-    prequant = read_json(args.prequant) if args.prequant else None  # none for an artifact made elsewhere
-    size = read_json(args.size)
+    prequant = read_json(prequant_json) if prequant_json else None  # none for an artifact made elsewhere
+    size = read_json(size_json)
     seconds = {}
     t0 = time.perf_counter()
-    model = prepare(load_artifact(args.pgrp, args.pack_json), dist)
-    val = load_eval_val(args.manifest, cfg)
+    model = prepare(load_artifact(pgrp, pack_json), dist)
+    val = load_eval_val(manifest, cfg)
     ttt = None
     if cfg.ttt.enabled and cfg.ttt.mode == "sgd":
         from .sgd_ttt import SGDTTT  # shipped only in scripts whose config runs it (pgolf.codepack.OPTIONAL)
@@ -250,22 +283,15 @@ def main(argv=None):
         p.add_argument("--config", required=True, help="JSON text or path with the eval and hardware sections")
         p.add_argument("--manifest", required=True, help="resources/data/<ds>/manifest.json")
         p.add_argument("--out", required=True, help="the JSON to write")
-    compile_cache.add_argument(art)  # only the TTT chunk step compiles
+    compile_cache.add_argument(art)
     args = parser.parse_args(argv)
-    if args.command == "artifact":
-        compile_cache.use(args.compile_cache)
-
     config = load_stage_config(args.config)
-    dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))
-    try:
-        log = RunLog(f"evaluate {args.command}", config, echo=dist.is_main)
-        run = run_prequant if args.command == "prequant" else run_artifact
-        out = run(args, config, dist, log)
-        if dist.is_main:
-            write_json(args.out, out)
-            log.write({"event": "done", "out": args.out})
-    finally:
-        pgdist.shutdown()
+    if args.command == "prequant":
+        prequant(config, args.model, args.manifest, args.out)
+    else:
+        artifact(
+            config, args.pgrp, args.pack_json, args.size, args.manifest, args.out, args.prequant, args.compile_cache
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as torch_dist
 
 from . import dist as pgdist
-from .cli import doc_summary, run_cli
+from .cli import doc_summary
 from .errors import PgolfError
 from .io import atomic_path, write_json
 from .model import GPT, load_trained
@@ -158,30 +158,37 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, required=True, help="seeds the calibration windows (with the rank)")
     parser.add_argument("--out", required=True, help="results/<name>/seed<S>/train/hessians.pt")
     args = parser.parse_args(argv)
+    run(load_stage_config(args.config), args.model, args.manifest, args.seed, args.out)
 
-    config = load_stage_config(args.config)
+
+def run(config: dict, model_path, manifest, seed: int, out):
+    """Collect the Hessians of the model at model_path on every rank; `config` holds hessians and hardware.
+
+    hessians.run(config, "results/<name>/seed1/train/model.pt", "resources/data/<ds>/manifest.json", 1,
+                 "results/<name>/seed1/train/hessians.pt")
+    """
     calib = from_dict(HessianConfig, config.get("hessians"), "config hessians")
     dist = pgdist.init(config.get("hardware", {}).get("gpus", 0))
     try:
         log = RunLog("hessians", config, echo=dist.is_main)
-        model, model_config = load_trained(args.model, dist.device)
-        vocab = load_manifest(args.manifest)["vocab_size"]
+        model, model_config = load_trained(model_path, dist.device)
+        vocab = load_manifest(manifest)["vocab_size"]
         if vocab > model_config["vocab_size"]:
             raise PgolfError(
-                f"{args.manifest}: vocabulary {vocab} exceeds the model's {model_config['vocab_size']}; "
+                f"{manifest}: vocabulary {vocab} exceeds the model's {model_config['vocab_size']}; "
                 "pass the manifest the model was trained on"
             )
-        paths = shard_paths(args.manifest, "train")
+        paths = shard_paths(manifest, "train")
         if not paths:
-            raise PgolfError(f"{args.manifest}: lists no train shards; re-run the data stage")
+            raise PgolfError(f"{manifest}: lists no train shards; re-run the data stage")
         files = rank_files(paths, dist.rank, dist.world)
         if calib.source == "self":
             from . import selfcalib  # shipped only where hessians.source is self (pgolf.codepack.OPTIONAL)
 
-            sums, seconds = selfcalib.collect(model, calib, args.seed, dist)
+            sums, seconds = selfcalib.collect(model, calib, seed, dist)
             total_batches, batch_seqs, seq_tokens = calib.self_seqs, 1, calib.seq_len - 1
         else:
-            windows = CalibrationWindows(files, calib.seq_len, rank_rng(args.seed, dist.rank), vocab)
+            windows = CalibrationWindows(files, calib.seq_len, rank_rng(seed, dist.rank), vocab)
             sums, seconds = collect(model, windows, calib, dist.device)
             total_batches = calib.calibration_batches * dist.world
             batch_seqs, seq_tokens = calib.batch_seqs, calib.seq_len
@@ -201,9 +208,9 @@ def main(argv=None):
             "files_per_rank": len(files),
         }
         if dist.is_main:
-            with atomic_path(args.out) as tmp:
+            with atomic_path(out) as tmp:
                 torch.save(hessians, tmp)
-            write_json(Path(args.out).with_suffix(".json"), summary)
+            write_json(Path(out).with_suffix(".json"), summary)
             log.write({"event": "done", **summary})
         dist.barrier()
     finally:
@@ -211,4 +218,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from .cli import run_cli
+
     run_cli(main)

@@ -650,8 +650,6 @@ def cores() -> int:
 
 
 def main(argv=None):
-    from .runlog import RunLog
-
     parser = argparse.ArgumentParser(prog="python -m pgolf.pack", description="Pack quantized.pt into model.pgrp.")
     parser.add_argument("--quantized", required=True, help="quantized.pt from the quantize stage")
     parser.add_argument("--out", required=True, help="model.pgrp to write; pack.json goes beside it")
@@ -675,13 +673,25 @@ def main(argv=None):
         help="lzma_pruned: zero int6 codes until the blob is at most this many bytes; none = no pruning",
     )
     args = parser.parse_args(argv)
-    log = RunLog("pack", {"quantized": args.quantized, "out": args.out})
-    state = load_quantized(args.quantized)
+    run(args.quantized, args.out, args.compressor, args.prune_target, baseline=not args.no_baseline)
+
+
+def run(quantized, out, compressor: str, prune_target_bytes: int | None, baseline: bool):
+    """Pack quantized.pt into model.pgrp at `out` and write pack.json beside it; `baseline` adds the brotli-only size
+    (one core compresses the whole state: minutes).
+
+        pack.run("results/<name>/seed1/quant/record/quantized.pt", "results/<name>/seed1/quant/record/model.pgrp",
+                 "lrzip_groups", None, baseline=True)
+    """
+    from .runlog import RunLog
+
+    log = RunLog("pack", {"quantized": quantized, "out": out})
+    state = load_quantized(quantized)
     start = time.perf_counter()
-    data, pruned = pack_counted(state, args.compressor, args.prune_target)
+    data, pruned = pack_counted(state, compressor, prune_target_bytes)
     seconds = time.perf_counter() - start
     info = {
-        "compressor": args.compressor,
+        "compressor": compressor,
         "pruned_int6_codes": pruned,
         "streams": artifact_streams(data),
         "total_bytes": len(data),
@@ -691,10 +701,10 @@ def main(argv=None):
         "sha256": sha256(data),
     }
     log.write({"event": "packed", **info})
-    if not args.no_baseline:
+    if baseline:
         info["brotli_baseline_bytes"] = brotli_baseline_bytes(state)
         info["saved_vs_baseline_bytes"] = info["brotli_baseline_bytes"] - len(data)
-    out = Path(args.out)
+    out = Path(out)
     write_bytes(out, data)
     write_json(out.with_name("pack.json"), info)
     log.write({"event": "done", **info})

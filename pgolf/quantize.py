@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import doc_summary, run_cli
+from .cli import doc_summary
 from .dist import require_gpus
 from .errors import PgolfError
 from .io import atomic_path, load_torch, write_json
@@ -41,27 +41,38 @@ def main(argv=None):
     parser.add_argument("--preset", required=True, help="the preset's name (recorded in the report)")
     parser.add_argument("--out", required=True, help="results/<name>/seed<S>/quant/<preset>/quantized.pt")
     args = parser.parse_args(argv)
-
     config = load_stage_config(args.config)
     if "preset" not in config:
         raise PgolfError('--config: needs {"preset": {...}}, the quant.presets entry to apply')
-    preset = Preset.parse(config["preset"], f"config preset {args.preset}")
+    run(config, args.model, args.hessians, args.preset, args.out)
+
+
+def run(config: dict, model_path, hessians, preset_name: str, out):
+    """Quantize the model at model_path with `config`'s preset; writes quantized.pt at `out`, report.json beside it.
+
+    quantize.run({"preset": {...}, "hardware": {...}}, "results/<name>/seed1/train/model.pt",
+                 "results/<name>/seed1/train/hessians.pt", "record",
+                 "results/<name>/seed1/quant/record/quantized.pt")
+    """
+    preset = Preset.parse(config["preset"], f"config preset {preset_name}")
     gpus = config.get("hardware", {}).get("gpus", 0)
     require_gpus(gpus)
     device = torch.device("cuda" if gpus > 0 else "cpu")
     log = RunLog("quantize", config)
-    model, model_config = load_trained(args.model, "cpu")
+    model, model_config = load_trained(model_path, "cpu")
     quantized, report = quantize_state(
-        model.unbanked_state_dict(), load_hessians(args.hessians), preset, model_config=model_config, device=device
+        model.unbanked_state_dict(), load_hessians(hessians), preset, model_config=model_config, device=device
     )
-    with atomic_path(args.out) as tmp:
+    with atomic_path(out) as tmp:
         torch.save(quantized, tmp)
     write_json(
-        Path(args.out).with_name("report.json"),
-        {"preset": args.preset, "settings": dataclasses.asdict(preset), "device": str(device), **report},
+        Path(out).with_name("report.json"),
+        {"preset": preset_name, "settings": dataclasses.asdict(preset), "device": str(device), **report},
     )
     log.write({"event": "done", "seconds": report["seconds"], "lqer": report["lqer_picks"], "awq": report["awq_picks"]})
 
 
 if __name__ == "__main__":
+    from .cli import run_cli
+
     run_cli(main)

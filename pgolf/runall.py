@@ -2,14 +2,13 @@
 
     torchrun --standalone --nproc_per_node=8 train_gpt.py    # calls run_all(CONFIG)
 
-train -> hessians -> quantize -> pack -> size check -> evaluate, the rules' commands (pgolf.stages) run in-process,
-writing the same files as the DAG. The data (resources/data/<ds>/: shards, manifest.json, data_audit.json) must be
-there already: the DAG's data rules make it (`snakemake --until audit_data`), and the submission's README says so.
-This module is the entry point of the import closure that pgolf.codepack ships, so it imports only what a judge's
-run executes.
+train -> hessians -> quantize -> pack -> size check -> evaluate: each stage module's `run` (evaluate's `prequant`
+and `artifact`), which its command-line `main` calls too, on the files of pgolf.stages.path, so it writes what the
+DAG writes. The data (resources/data/<ds>/: shards, manifest.json, data_audit.json) must be there already: the
+DAG's data rules make it (`snakemake --until audit_data`), and the submission's README says so. This module is the
+entry point of the import closure that pgolf.codepack ships, so it imports only what a judge's run executes.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,11 +18,6 @@ from .errors import PgolfError
 from .io import read_json
 
 
-def _run(module, stage: str, root: Path, values: dict, extra=()):
-    """One stage in-process: its module's main() with the arguments pgolf.stages gives the rule."""
-    module.main(stages.argv(stage, values, root=root) + list(extra))
-
-
 def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
     """One seed of the whole pipeline in this (torchrun) process group; returns eval.json's contents."""
     from . import dist as pgdist
@@ -31,33 +25,32 @@ def run_all(config: dict, seed: int | None = None, code_path=None, root="."):
 
     seed = int(os.environ.get("SEED", config["run"]["seeds"][0])) if seed is None else seed
     preset = config["quant"]["submission_preset"]  # pgolf.config.narrow_config sets it
-    root = Path(root)
-    wc = {"ds": config["data"]["name"], "name": config["run"]["name"], "seed": seed, "preset": preset}
-    wildcards = {f"wildcards.{k}": v for k, v in wc.items()}
+    wildcards = {"ds": config["data"]["name"], "name": config["run"]["name"], "seed": seed, "preset": preset}
+
+    def at(key):
+        return Path(root, stages.path(key, **wildcards))
+
     for key in ("manifest", "data_audit"):
-        if not (root / stages.path(key, **wc)).exists():
-            raise PgolfError(
-                f"{root / stages.path(key, **wc)}: not found; make the data first (`snakemake --until audit_data`)"
-            )
-    cfg = json.dumps(config, sort_keys=True)
-    quant_cfg = json.dumps({"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]})
+        if not at(key).exists():
+            raise PgolfError(f"{at(key)}: not found; make the data first (`snakemake --until audit_data`)")
     dist = pgdist.init(config["hardware"]["gpus"])
     try:
-        _run(train, "train", root, {"params.config": cfg, **wildcards})
-        _run(hessians, "hessians", root, {"params.config": cfg, **wildcards})
+        train.run(config, at("manifest"), at("data_audit"), seed, at("train_dir"), at("compile_cache"))
+        hessians.run(config, at("model"), at("manifest"), seed, at("hessians"))
         if dist.is_main:
-            _run(quantize, "quantize", root, {"params.config": quant_cfg, **wildcards})
-            # no brotli-only comparison: minutes of one core that the judge's run does not need
+            quant_config = {"preset": config["quant"]["presets"][preset], "hardware": config["hardware"]}
+            quantize.run(quant_config, at("model"), at("hessians"), preset, at("quantized"))
             packing = config.get("pack", {})
-            compressor = {
-                "params.compressor": packing.get("compressor", "lrzip_groups"),
-                "params.prune_target": packing.get("prune_target_bytes") or "none",
-            }
-            _run(pack, "pack", root, {**compressor, **wildcards}, ["--no-baseline"])
-            _run(sizecheck, "size_check", root, {"input.script": str(code_path or sys.argv[0]), **wildcards})
+            compressor = packing.get("compressor", "lrzip_groups")
+            # no brotli-only comparison: minutes of one core that the judge's run does not need
+            pack.run(at("quantized"), at("pgrp"), compressor, packing.get("prune_target_bytes") or None, baseline=False)
+            sizecheck.run(at("pgrp"), at("pack_info"), Path(code_path or sys.argv[0]), at("size"), preset)
         dist.barrier()
-        _run(evaluate, "eval_prequant", root, {"params.config": cfg, **wildcards})
-        _run(evaluate, "evaluate", root, {"params.config": cfg, **wildcards})
-        return read_json(root / stages.path("eval", **wc))
+        evaluate.prequant(config, at("model"), at("manifest"), at("prequant"))
+        evaluate.artifact(
+            config, at("pgrp"), at("pack_info"), at("size"), at("manifest"), at("eval"), at("prequant"),
+            at("compile_cache"),
+        )  # fmt: skip
+        return read_json(at("eval"))
     finally:
         pgdist.shutdown()

@@ -62,10 +62,19 @@ def main(argv=None):
     parser.add_argument("--preset", default="<preset>", help="preset name, for the message over the cap")
     parser.add_argument("--out", required=True, help="size.json to write")
     args = parser.parse_args(argv)
-    report = size_report(args.pgrp, args.pack_json, args.code)
+    run(args.pgrp, args.pack_json, args.code, args.out, args.preset)
+
+
+def run(pgrp, pack_json, code, out, preset: str):
+    """Write size.json at `out`, or stop with the breakdown when model.pgrp and train_gpt.py are over the cap.
+
+    sizecheck.run(".../quant/record/model.pgrp", ".../quant/record/pack.json", "train_gpt.py",
+                  ".../quant/record/size.json", "record")
+    """
+    report = size_report(pgrp, pack_json, code)
     if report["headroom_bytes"] < 0:
-        raise PgolfError(f"{args.pgrp} + {args.code}: {over_cap_message(report, args.preset)}")
-    write_json(args.out, report)
+        raise PgolfError(f"{pgrp} + {code}: {over_cap_message(report, preset)}")
+    write_json(out, report)
 
 
 if __name__ == "__main__":

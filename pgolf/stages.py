@@ -4,9 +4,9 @@
     python -m pgolf.stages paths --ds D --name N --seed S --preset P   # shell assignments of every path
     python -m pgolf.stages argv train --ds D --name N --seed S --preset P --set params.config=train.json
 
-rules/*.smk build their input, output and shell sections from STAGES, runall.run_all runs the same
-commands in-process, and bench/device_common.sh asks this module's CLI for paths and commands, so a path or
-an option is spelled once. Only the standard library is imported here: Snakemake parses the workflow with it
+rules/*.smk build their input, output and shell sections from STAGES, runall.run_all calls the stages'
+functions on the files of `path`, and bench/device_common.sh asks this module's CLI for paths and commands, so a
+path or an option is spelled once. Only the standard library is imported here: Snakemake parses the workflow with it
 before any heavy dependency need exist (docs/design.md, "One stage table").
 """
 
@@ -67,7 +67,7 @@ PATHS = {
 }
 REPORT_FIGURES = ("loss", "size", "bpb", "presets")
 SUBMISSION_FILES = ("submission.json", "README.md", "audit.json", "train_gpt.py", "requirements.txt", "tokenizer.model")
-FIELD = re.compile(r"\{(input|output|params|wildcards)\.(\w+)\}|\{threads\}")
+FIELD = r"\{(input|output|params|wildcards)\.(\w+)\}|\{threads\}"  # a value in a Stage's args
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def shell_args(stage: str, drop=()) -> str:
         if args[i] in drop:
             i += 2
             continue
-        words.append(FIELD.sub(lambda m: m[0][:-1] + ":q}", args[i]))
+        words.append(re.sub(FIELD, lambda m: m[0][:-1] + ":q}", args[i]))
         i += 1
     return f"-m pgolf.{STAGES[stage].module} " + " ".join(words)
 
@@ -310,7 +310,7 @@ def argv(stage: str, values: dict, drop=(), root=None) -> list[str]:
         if word in drop:
             i += 2
             continue
-        match = FIELD.fullmatch(word)
+        match = re.fullmatch(FIELD, word)
         if match:
             ref = "threads" if match[0] == "{threads}" else f"{match[1]}.{match[2]}"
             if ref not in known:
@@ -391,9 +391,8 @@ def _table() -> str:
     return "\n".join(lines)
 
 
-def command_line(argv_=None):
-    """`python -m pgolf.stages`: not `main`, which run_all calls on the stages' own modules, so train_gpt.py
-    (pgolf.codepack, which drops what no carried code names) leaves it out."""
+def main(argv_=None):
+    """`python -m pgolf.stages` (train_gpt.py leaves it out: pgolf.codepack drops what no carried code names)."""
     parser = argparse.ArgumentParser(prog="python -m pgolf.stages", description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("table", help="every stage: command, inputs, outputs")
@@ -435,4 +434,4 @@ def command_line(argv_=None):
 
 
 if __name__ == "__main__":
-    sys.exit(command_line())
+    sys.exit(main())

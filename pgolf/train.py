@@ -536,31 +536,39 @@ def main(argv=None):
     parser.add_argument("--stop-after-step", type=int, help="debug: checkpoint after this step and exit")
     compile_cache.add_argument(parser)
     args = parser.parse_args(argv)
-    compile_cache.use(args.compile_cache)
     config = load_stage_config(args.config)
     missing = [s for s in ("model", "train", "hardware") if s not in config]
     if missing:
         raise PgolfError(f"--config lacks section(s) {missing}; pass a config resolved by `pgolf.config resolve`")
-    model_cfg = ModelConfig.from_dict(config["model"], "config model")
-    cfg = from_dict(TrainConfig, config["train"], "config train")
-    if args.stop_after_step is not None and cfg.checkpoint_minutes <= 0:
+    stop = args.stop_after_step
+    if stop is not None and from_dict(TrainConfig, config["train"], "config train").checkpoint_minutes <= 0:
         raise PgolfError(
             "--stop-after-step: train.checkpoint_minutes is 0 (no checkpoints), so nothing would resume the run; "
             "set it above 0 (a value longer than the run saves only at the stop)"
         )
-    check_inputs(model_cfg, cfg, args.manifest, args.audit)
-    paths = shard_paths(args.manifest, "train")
-    manifest_sha256 = file_sha256(args.manifest)  # a resume must train on the same data
-    val = load_raw_val(args.manifest, config.get("eval"))
+    run(config, args.manifest, args.audit, args.seed, args.out_dir, args.compile_cache, stop)
+
+
+def run(config: dict, manifest: Path, audit: Path, seed: int, out_dir: Path, cache_dir=None, stop_after_step=None):
+    """Train one seed into out_dir (model.pt, summary.json, log.jsonl); `config` holds model, train and hardware.
+
+    train.run(config, Path("resources/data/<ds>/manifest.json"), Path(".../data_audit.json"), 1,
+              Path("results/<name>/seed1/train"), Path("results/<name>/compile_cache"))
+    """
+    compile_cache.use(cache_dir)
+    model_cfg = ModelConfig.from_dict(config["model"], "config model")
+    cfg = from_dict(TrainConfig, config["train"], "config train")
+    check_inputs(model_cfg, cfg, manifest, audit)
+    paths = shard_paths(manifest, "train")
+    manifest_sha256 = file_sha256(manifest)  # a resume must train on the same data
+    val = load_raw_val(manifest, config.get("eval"))
     INTERRUPT.install()
     lock = None
     try:
         dist = pdist.init(config["hardware"]["gpus"])
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_out_dir(args.out_dir, dist)
-        Trainer(
-            config, model_cfg, cfg, paths, args.seed, args.out_dir, dist, args.stop_after_step, manifest_sha256, val
-        ).run()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_out_dir(out_dir, dist)
+        Trainer(config, model_cfg, cfg, paths, seed, out_dir, dist, stop_after_step, manifest_sha256, val).run()
     except Interrupted as stop:
         if int(os.environ.get("RANK", "0")) == 0:
             step = stop.args[0]

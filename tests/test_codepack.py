@@ -158,6 +158,15 @@ def test_carries_the_closure_of_run_all_only(modules):
     } <= carried
     assert not carried & set(DAG_ONLY)
     assert [p.relative_to(ROOT).as_posix() for p in C.submitted_files()] == sorted(rel for rel, _ in modules.values())
+    # run_all calls the stages' functions: no command line (argparse, the stage table's arguments) ships
+    imported = {
+        a.name
+        for _, source in modules.values()
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Import)
+        for a in n.names
+    }
+    assert "argparse" not in imported and "--config" not in modules["pgolf.stages"][1]
 
 
 def test_baked_config_is_what_run_all_reads(script):
@@ -431,8 +440,8 @@ def test_unread_assignments_and_imports_are_left_out():
         "USED = depth(1)\n"
     )
     unused = C.unused_definitions(sources)
-    # CALLS and USED run a call: never dropped
-    assert unused == {"pgolf/a.py": {"UNUSED"}, "pgolf/b.py": {"walk", "count", "run_twice"}}
+    # CALLS and USED run a call: never dropped; b's import of CALLS reads nothing
+    assert unused == {"pgolf/a.py": {"UNUSED"}, "pgolf/b.py": {"CALLS", "walk", "count", "run_twice"}}
     out = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"], outside=set())
     assert "os" not in out and "UNUSED" not in out and "Path" in out
     ns = {}
@@ -440,6 +449,31 @@ def test_unread_assignments_and_imports_are_left_out():
     assert ns["run_all"]() == 2
     kept = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"])  # outside=None keeps imports
     assert "import os" in kept
+
+
+def test_what_only_a_command_line_reaches_is_left_out():
+    """A plain name reaches its own module's definitions only (runall's local `files`), an attribute of a module from
+    outside pgolf none (sys.argv), a top-level import only what its module or another reads, a definition's own body
+    not itself; a table nobody reads goes with the class its entries build."""
+    sources = {
+        "pgolf/s.py": "import re\nclass Stage:\n    pass\nTABLE = {'one': Stage()}\n"
+        "def argv(stage):\n    return [TABLE[stage]]\ndef files():\n    return 1\n"
+        "def path(k):\n    return re.sub('x', 'y', k)\ndef add_argument(parser):\n    parser.add_argument('--x')\n",
+        "pgolf/c.py": "from .s import argv, files\ndef load(text):\n    return text\ndef work(x):\n    return x + '!'\n"
+        "def main(args):\n    return work(load(args))\n",
+        "pgolf/runall.py": "import sys\nfrom . import c, s\ndef run_all():\n    files = sys.argv\n"
+        "    return c.work(s.path(files[0]))\n",
+    }
+    unused = C.unused_definitions(sources)
+    assert unused == {
+        "pgolf/s.py": {"Stage", "TABLE", "argv", "files", "add_argument"},
+        "pgolf/c.py": {"load", "main", "argv", "files"},
+        "pgolf/runall.py": set(),
+    }
+    outside = C.reached_from_outside(sources)
+    ns = {}
+    exec(C.minify(sources["pgolf/s.py"], "s.py", ["path"], unused["pgolf/s.py"], outside=outside), ns)
+    assert ns["path"]("axb") == "ayb" and not {"argv", "files", "TABLE", "Stage"} & set(ns)
 
 
 def test_tables_keep_only_the_entries_whose_keys_the_carried_code_spells():
