@@ -34,6 +34,7 @@ def inputs(tmp_path_factory):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("X = 1\n")
     (pkg / "runall.py").write_text("def run_all(config):\n    pass\n")
+    (pkg / "scriptconfig.py").write_text("def full_config(config):\n    return config\n")  # the bootstrap's entries
     config = {"quant": {"presets": {"record": {}}}}
     (tmp / "train_gpt.py").write_bytes(codepack.build_script(config, "record", package_dir=pkg))
     return tmp
