@@ -3,8 +3,9 @@ which have Hopper forward and backward kernels with cumulative sequence lengths.
 
 Its own entry point is an autograd.Function whose host code JIT-compiles kernels, which torch.compile cannot trace;
 here the forward and the backward are each one custom op with a fake implementation, so the compiled training step
-keeps them whole and its graph (and AOTAutograd's cache) stays intact. `model.attention: fa4` asks for it
-(pgolf.attention); bench/attention_backends.py checks it against the float64 math reference on the card.
+keeps them whole and its graph (and AOTAutograd's cache) stays intact. Its kernels compile in the background while
+torch.compile lowers the step (precompile). `model.attention: fa4` asks for it (pgolf.attention);
+bench/attention_backends.py checks it against the float64 math reference on the card.
 """
 
 import importlib
