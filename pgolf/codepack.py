@@ -15,8 +15,9 @@ spells (STAGES, PATHS) and the imports nothing left reads; the top-level names t
 read as a module attribute) get short names, consistently in every module (rename_shared), and python-minifier then
 renames locals and the module-level names no other module reads (bench/code_size.py and bench/RESULTS.md measure
 these choices). The bootstrap, the config (its dataclass sections less their defaults: pgolf.scriptconfig) and the
-modules, NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the model anyway) and stored as a
-latin-1 string literal, one byte per byte, under a three-line stub. The bootstrap installs a meta-path importer that
+modules, NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the model anyway), XORed with the
+byte that leaves the fewest escapes (escape_key) and stored as a latin-1 string literal, one byte per byte, under a
+three-line stub. The bootstrap installs a meta-path importer that
 serves the pgolf.* modules from memory (and nothing else), then, run as a script, calls
 pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)). python-minifier is needed only here, at build time.
 """
@@ -83,8 +84,8 @@ if __name__=='__main__':
 """
 STUB = (
     "import subprocess as s\n"
-    "t=s.run(('lrzip','-dq'),input={literal}.encode('latin1'),capture_output=1,check=1).stdout.decode()"
-    ".split('\\0');exec(t[0])\n"
+    "t=s.run(('lrzip','-dq'),input=bytes(c^{key} for c in {literal}.encode('latin1')),capture_output=1,check=1)"
+    ".stdout.decode().split('\\0');exec(t[0])\n"
 )
 
 
@@ -861,6 +862,13 @@ def latin1_literal(data: bytes) -> str:
     return '"""' + "".join(out) + '"""'
 
 
+def escape_key(blob: bytes) -> int:
+    """The byte to XOR the blob with so that the fewest of its bytes land on NUL, CR or backslash, the bytes
+    latin1_literal escapes (lrzip's headers hold many NULs): about 150 bytes less for the record script."""
+    counts = Counter(blob)
+    return min(range(256), key=lambda key: sum(counts[key ^ escaped] for escaped in b"\0\r\\"))
+
+
 def check_config(config: dict):
     """Build every config dataclass run_all's stages build from `config` (narrowed), so that their `check` methods,
     which the script leaves out, run here on the very values it runs with (pgolf.scriptconfig.full_config gives
@@ -876,7 +884,9 @@ def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> bytes:
     check_config(config)
     blob = lrzip_compress(payload(config, package_modules(package_dir, config=config)))
     header = LINE.format(preset=preset, python=platform.python_version(), minifier=version("python-minifier"))
-    return (header + "\n" + STUB.format(literal=latin1_literal(blob))).encode("latin-1")
+    key = escape_key(blob)
+    literal = latin1_literal(bytes(byte ^ key for byte in blob))
+    return (header + "\n" + STUB.format(key=key, literal=literal)).encode("latin-1")
 
 
 def main(argv=None):
