@@ -31,7 +31,7 @@ import platform
 import shutil
 import string
 import subprocess
-from collections import Counter
+from collections import Counter, defaultdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -54,7 +54,7 @@ ENTRIES = {"runall": "run_all", "scriptconfig": "full_config"}
 # preserved_globals; rename_shared shortens those others before); with the passes of _DropUnrun, 2.4 KB less after
 # compression (bench/RESULTS.md). Other options keep python-minifier's defaults.
 MINIFY_OPTIONS = dict(
-    rename_locals=True,
+    rename_locals=False,  # rename_locals (below) does it, one name for an identifier in every function
     rename_globals=True,
     hoist_literals=False,
     remove_literal_statements=True,
@@ -540,6 +540,7 @@ def _minify_all(sources: dict, options: dict) -> dict:
     entries = unread_entries(sources, unused)
     trees = {rel: _unrun_dropped(source, rel, unused[rel], outside, entries[rel]) for rel, source in sources.items()}
     renames = rename_shared(trees)
+    rename_locals(trees)
     preserve = sorted(set(preserve) | set(renames.values()))
     modules = {}
     for rel, tree in trees.items():
@@ -814,6 +815,225 @@ def rename_shared(trees: dict, kept=KEPT_NAMES) -> dict:
         names = _Names(rel, tree, carried)
         own = {old: new for old, new in renames.items() if old in _owned(tree, names)}
         ast.fix_missing_locations(_Rename(names, renames, own, exceptions).visit(tree))
+    return renames
+
+
+# --- local names --------------------------------------------------------------------------------------------
+
+# Decorators that call the function they wrap with its callers' arguments, and nothing else: its parameters may be
+# renamed where nothing outside the script calls it by keyword (a foreign decorator may: rename_locals keeps them).
+PASSTHROUGH_DECORATORS = frozenset(
+    {"property", "setter", "staticmethod", "classmethod", "contextmanager", "no_grad", "inference_mode", "cache"}
+)
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+class _Scope:
+    def __init__(self, node, parent):
+        self.node, self.parent, self.bound, self.globals, self.nonlocals = node, parent, set(), set(), set()
+        self.is_class = isinstance(node, ast.ClassDef)
+        self.is_function = isinstance(node, (*_FUNCTIONS, *_COMPREHENSIONS))
+
+
+class _Bindings:
+    """Every identifier of one module a function's scope may bind, with the scope it is in: occurrences, a list of
+    (node, field, scope), where node.field is the identifier (a Name's id, an arg's arg, a def's name, ...)."""
+
+    def __init__(self, tree):
+        self.occurrences, self.fixed_bindings = [], set()  # fixed: (scope, name) a function binds by import or match
+        self.escaping = set()  # functions whose callers may be outside the script (a foreign decorator's)
+        self.inner = {}  # function -> its scope
+        self.module = _Scope(tree, None)
+        self._body(tree.body, self.module)
+
+    def _body(self, nodes, scope):
+        for node in nodes:
+            self._visit(node, scope)
+
+    def _bind(self, node, field, scope):
+        scope.bound.add(getattr(node, field))
+        self.occurrences.append((node, field, scope))
+
+    def _visit(self, node, scope):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            outside = [*getattr(node, "decorator_list", []), *args.defaults, *args.kw_defaults, getattr(node, "returns", None)]
+            outside += [arg.annotation for arg in _all_args(node)]  # evaluated where the function is defined
+            self._body(filter(None, outside), scope)
+            if not isinstance(node, ast.Lambda):
+                self._bind(node, "name", scope)
+                if any(_decorator_name(d) not in PASSTHROUGH_DECORATORS for d in node.decorator_list):
+                    self.escaping.add(node)
+            inner = self.inner[node] = _Scope(node, scope)
+            for arg in (*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg):
+                if arg is not None:
+                    self._bind(arg, "arg", inner)
+            self._body(node.body if isinstance(node.body, list) else [node.body], inner)
+        elif isinstance(node, ast.ClassDef):
+            self._body([*node.decorator_list, *node.bases, *node.keywords], scope)
+            self._bind(node, "name", scope)
+            self._body(node.body, _Scope(node, scope))
+        elif isinstance(node, _COMPREHENSIONS):
+            self._visit(node.generators[0].iter, scope)
+            inner = _Scope(node, scope)
+            for i, gen in enumerate(node.generators):
+                self._body([gen.target, *gen.ifs] + ([gen.iter] if i else []), inner)
+            self._body([node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt], inner)
+        elif isinstance(node, ast.NamedExpr):  # binds in the function around its comprehensions
+            self._visit(node.value, scope)
+            while isinstance(scope.node, _COMPREHENSIONS):
+                scope = scope.parent
+            self._bind(node.target, "id", scope)
+        elif isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.occurrences.append((node, "id", scope))
+            else:
+                self._bind(node, "id", scope)
+        elif isinstance(node, ast.Global):
+            scope.globals.update(node.names)
+        elif isinstance(node, ast.Nonlocal):
+            scope.nonlocals.update(node.names)
+            self.occurrences.extend((node, i, scope) for i in range(len(node.names)))
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            self._bind(node, "name", scope)
+            self.generic(node, scope)
+        elif isinstance(node, (ast.Import, ast.ImportFrom, ast.MatchAs, ast.MatchStar, ast.MatchMapping)):
+            names = [_bound(a) for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            names += [getattr(node, "name", None) or getattr(node, "rest", None)]
+            scope.bound.update(filter(None, names))
+            self.fixed_bindings.update((scope, n) for n in names if n)
+            self.generic(node, scope)
+        else:
+            self.generic(node, scope)
+
+    def generic(self, node, scope):
+        for child in ast.iter_child_nodes(node):
+            self._visit(child, scope)
+
+
+def _decorator_name(node) -> str | None:
+    node = node.func if isinstance(node, ast.Call) else node
+    return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+
+
+def _resolve(name: str, scope: _Scope) -> _Scope:
+    """The scope whose binding an occurrence of `name` in `scope` reads or writes (the module's: global or builtin)."""
+    if name in scope.globals:
+        return None
+    if name in scope.bound and name not in scope.nonlocals:
+        return scope
+    scope = scope.parent
+    while scope is not None and scope.parent is not None:
+        if not scope.is_class:
+            if name in scope.globals:
+                return None
+            if name in scope.bound and name not in scope.nonlocals:
+                return scope
+        scope = scope.parent
+    return None
+
+
+def _occurrence_name(node, field):
+    return node.names[field] if isinstance(field, int) else getattr(node, field)
+
+
+def local_renames(trees: dict, keep_defaults=True, keep_escaping=True) -> dict:
+    """{old: new}: one short name for each identifier that functions bind (parameters, assignments, loop variables,
+    nested definitions), the same in every carried module, the most frequent the shortest; rename_locals applies it.
+    Kept as they are: what a caller may pass by keyword (a parameter spelled as a keyword argument or as a string
+    anywhere in the carried code, a parameter with a default, any parameter of a function that escapes: decorated by
+    something outside PASSTHROUGH_DECORATORS or used other than by calling it, so that code outside the script may call
+    it, as torch calls register_autograd's setup_context by keyword), names a function binds by an import or a match
+    pattern, what a function calling locals, vars, eval or exec binds, dunder names, and the globals, builtins and
+    class attributes. Two identifiers share a new name only where no outermost function (a unit: what one binding's
+    occurrences can span) renames both, and none gets a name a unit it is renamed in spells as anything else, so no
+    renamed binding can capture or hide another. python-minifier, its own rename_locals off, keeps these names."""
+    return _local_plan(trees, keep_defaults, keep_escaping)[0]
+
+
+def _local_plan(trees, keep_defaults=True, keep_escaping=True):
+    keywords, strings, called = set(), set(), set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg:
+                keywords.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.add(node.value)
+            elif isinstance(node, ast.Call):
+                called.add(id(node.func))
+    # a function (by name) used as a value somewhere: passed, stored or returned, not only called
+    values = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in called:
+                values.add(node.id if isinstance(node, ast.Name) else node.attr)
+    plans, counts = [], Counter()
+    fixed_in, units = defaultdict(set), defaultdict(set)  # unit -> names left as they are; identifier -> units
+    for tree in trees.values():
+        b = _Bindings(tree)
+        kept = set(b.fixed_bindings)
+        for node in ast.walk(tree):
+            if isinstance(node, _FUNCTIONS):
+                scope, args = b.inner[node], node.args
+                defaulted = args.args[len(args.args) - len(args.defaults):] + args.kwonlyargs if keep_defaults else []
+                escapes = keep_escaping and (node in b.escaping or (not isinstance(node, ast.Lambda) and node.name in values))
+                for arg in _all_args(node):
+                    if escapes or arg in defaulted or arg.arg in keywords or arg.arg in strings:
+                        kept.add((scope, arg.arg))
+        renamed = []
+        for node, field, scope in b.occurrences:
+            name = _occurrence_name(node, field)
+            owner = _resolve(name, scope)
+            unit = _unit(scope)
+            frozen = owner is not None and any(  # what such a function binds is reachable by its names' strings
+                isinstance(n, ast.Name) and n.id in ("locals", "vars", "eval", "exec") for n in ast.walk(owner.node)
+            )
+            if owner is None or not owner.is_function or (owner, name) in kept or name.startswith("__") or frozen:
+                fixed_in[unit].add(name)
+            else:
+                renamed.append((node, field, name))
+                counts[name] += 1
+                units[name].add(unit)
+        plans.append(renamed)
+    # most frequent first; a name is free for an identifier where no unit it is renamed in spells it otherwise or
+    # has given it to another identifier already
+    renames, used = {}, defaultdict(set)  # unit -> new names given to its identifiers
+    reserved = set(keyword.kwlist) | set(dir(builtins))
+    for old, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        for new in _short_names():
+            if new in reserved or any(new in fixed_in[u] or new in used[u] for u in units[old]):
+                continue
+            renames[old] = new
+            for u in units[old]:
+                used[u].add(new)
+            break
+    return renames, plans
+
+
+def _unit(scope):
+    """The outermost function-like scope around `scope` (None at module or class level)."""
+    unit = None
+    while scope is not None:
+        if scope.is_function:
+            unit = scope
+        scope = scope.parent
+    return unit
+
+
+def _all_args(node):
+    a = node.args
+    return [x for x in (*a.posonlyargs, *a.args, a.vararg, *a.kwonlyargs, a.kwarg) if x is not None]
+
+
+def rename_locals(trees: dict, **keep) -> dict:
+    """Renames in place, in every module of `trees`, what functions bind (local_renames); returns the map."""
+    renames, plans = _local_plan(trees, **keep)
+    for renamed in plans:
+        for node, field, name in renamed:
+            if isinstance(field, int):
+                node.names[field] = renames[name]
+            else:
+                setattr(node, field, renames[name])
     return renames
 
 

@@ -644,3 +644,87 @@ def test_attributes_of_a_name_that_is_not_always_the_module_keep_their_names():
     assert set(renamed) == {"Z"} and renamed["Z"] not in ("a", "b")  # nor a module's name
     body = ast.unparse(trees["pgolf/b.py"])
     assert "return a.Y + " + renamed["Z"] in body and "return a.X" in body
+
+
+LOCALS = '''
+import functools
+SCALE = 3
+HOOKS = []
+
+
+def total(values, scale=2):
+    running = 0
+    for value in values:
+        running += value * scale
+    return running
+
+
+def closure(values):
+    count = 0
+
+    def bump(value):
+        nonlocal count
+        count += value
+        return count
+
+    squares = [bump(value) * SCALE for value in values if (kept := value) > 0]
+    return squares, count, kept
+
+
+def shadows(values):
+    SCALE = 10  # a local that hides the global of the same name
+    return [SCALE * value for value in values] + [total(values, scale=1)]
+
+
+def comprehension_scopes(values):
+    value = 100
+    inner = [value for value in values]  # the comprehension's own value
+    return inner, value, {key: [key * item for item in values] for key in values}
+
+
+def hook(ctx, inputs, output):
+    return [ctx, inputs, output]
+
+
+HOOKS.append(hook)  # called from outside by keyword
+
+
+def main(values):
+    partial = functools.partial(total, scale=5)
+    return [total(values), closure(values), shadows(values), comprehension_scopes(values), partial(values)]
+'''
+
+
+def _exec(source: str) -> dict:
+    space = {}
+    exec(compile(source, "<test>", "exec"), space)
+    return space
+
+
+def test_locals_are_renamed_alike_everywhere_and_the_code_still_runs():
+    tree = ast.parse(LOCALS)
+    renames = C.rename_locals({"pgolf/m.py": tree})
+    renamed = ast.unparse(tree)
+    before, after = _exec(LOCALS), _exec(renamed)
+    assert after["main"]([1, -2, 3]) == before["main"]([1, -2, 3])
+    # from outside: a parameter with a default by keyword, an escaping function's parameters by keyword
+    assert after["total"]([1, 2], scale=4) == 12
+    assert after["HOOKS"][0](ctx=1, inputs=2, output=3) == [1, 2, 3]
+    functions = {n.name: n for n in ast.parse(renamed).body if isinstance(n, ast.FunctionDef)}
+    params = {name: [a.arg for a in f.args.args] for name, f in functions.items()}
+    # total and hook escape (functools.partial, HOOKS): code outside the script may call them by keyword
+    assert params["total"] == ["values", "scale"] and params["hook"] == ["ctx", "inputs", "output"]
+    assert {params[f][0] for f in ("closure", "shadows", "comprehension_scopes", "main")} == {
+        renames["values"]
+    }  # one name for the identifier in every function
+    assert len(renames["values"]) == 1 and "running" not in renamed and "SCALE = 3" in renamed
+    for name in ("kept", "count", "inner", "squares", "item"):
+        assert name in renames and renames[name] != name
+
+
+def test_renamed_locals_never_take_a_name_their_function_reads_otherwise():
+    source = "a = 1\n\ndef f(long_name):\n    other = long_name + a\n    return [other, len([other])]\n"
+    tree = ast.parse(source)
+    renames = C.rename_locals({"pgolf/m.py": tree})
+    assert not {"a", "len"} & set(renames.values())  # the global and the builtin f reads
+    assert _exec(ast.unparse(tree))["f"](2) == [3, 1]
