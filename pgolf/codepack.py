@@ -746,8 +746,7 @@ def _owned(tree, names: _Names) -> set:
     return set().union(*(_bound_in(stmt) for stmt in tree.body)) | names.imported
 
 
-def _short_names():
-    letters = string.ascii_letters
+def _short_names(letters=string.ascii_uppercase + string.ascii_lowercase):
     yield from letters
     for first in letters:
         for second in letters + string.digits:
@@ -826,6 +825,7 @@ PASSTHROUGH_DECORATORS = frozenset(
     {"property", "setter", "staticmethod", "classmethod", "contextmanager", "no_grad", "inference_mode", "cache"}
 )
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+LOCAL_LETTERS = string.ascii_uppercase + string.ascii_lowercase
 
 
 class _Scope:
@@ -961,24 +961,34 @@ def _local_plan(trees, keep_defaults=True, keep_escaping=True):
                 strings.add(node.value)
             elif isinstance(node, ast.Call):
                 called.add(id(node.func))
-    # a function (by name) used as a value somewhere: passed, stored or returned, not only called
-    values = set()
+    # what a function may be reached by other than a call in the carried code, so that code outside may call it: a
+    # method's name as an attribute value (passed, stored, returned) anywhere, another's as a name value in its module
+    # or an attribute value of an imported name (a module); nothing in pgolf fetches a function by a string
+    names, attributes, module_attributes, modules = {}, set(), set(), set()
     for tree in trees.values():
+        modules.update(_bound(a) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names)
+    for rel, tree in trees.items():
+        names[rel] = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in called:
-                values.add(node.id if isinstance(node, ast.Name) else node.attr)
+            if isinstance(node, ast.Attribute) and id(node) not in called:
+                attributes.add(node.attr)
+                if isinstance(node.value, ast.Name) and node.value.id in modules:
+                    module_attributes.add(node.attr)
     plans, counts = [], Counter()
     fixed_in, units = defaultdict(set), defaultdict(set)  # unit -> names left as they are; identifier -> units
-    for tree in trees.values():
+    for rel, tree in trees.items():
         b = _Bindings(tree)
         kept = set(b.fixed_bindings)
         for node in ast.walk(tree):
             if isinstance(node, _FUNCTIONS):
                 scope, args = b.inner[node], node.args
                 defaulted = args.args[len(args.args) - len(args.defaults):] + args.kwonlyargs if keep_defaults else []
-                escapes = keep_escaping and (node in b.escaping or (not isinstance(node, ast.Lambda) and node.name in values))
+                name = getattr(node, "name", None)
+                reached = attributes if scope.parent.is_class else module_attributes | names[rel]
+                escapes = keep_escaping and (node in b.escaping or name in reached)
+                bound = _bound_instance(node, scope)
                 for arg in _all_args(node):
-                    if escapes or arg in defaulted or arg.arg in keywords or arg.arg in strings:
+                    if arg is not bound and (escapes or arg in defaulted or arg.arg in keywords or arg.arg in strings):
                         kept.add((scope, arg.arg))
         renamed = []
         for node, field, scope in b.occurrences:
@@ -1000,7 +1010,7 @@ def _local_plan(trees, keep_defaults=True, keep_escaping=True):
     renames, used = {}, defaultdict(set)  # unit -> new names given to its identifiers
     reserved = set(keyword.kwlist) | set(dir(builtins))
     for old, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        for new in _short_names():
+        for new in _short_names(LOCAL_LETTERS):
             if new in reserved or any(new in fixed_in[u] or new in used[u] for u in units[old]):
                 continue
             renames[old] = new
@@ -1018,6 +1028,13 @@ def _unit(scope):
             unit = scope
         scope = scope.parent
     return unit
+
+
+def _bound_instance(node, scope):
+    """A method's first parameter (self, cls): Python passes it, never by keyword."""
+    positional = [*node.args.posonlyargs, *node.args.args]
+    static = any(_decorator_name(d) == "staticmethod" for d in getattr(node, "decorator_list", ()))
+    return positional[0] if positional and scope.parent.is_class and not static else None
 
 
 def _all_args(node):

@@ -273,7 +273,7 @@ def test_entry_point_calls_run_all(tmp_path):
     assert result == {"config": {**sparse_config(C.narrow_config(CONFIG, "wide")), "filled": True}, "value": 42}
     modules = C.package_modules(pkg)
     # python-minifier renames the private name, codepack the one runall imports (in both modules: the script ran)
-    assert C.package_renames(pkg) == {"VALUE": "a"}
+    assert C.package_renames(pkg) == {"VALUE": "A"}
     assert "PRIVATE_NAME" not in modules["pgolf.inner.leaf"][1] and "VALUE" not in modules["pgolf.runall"][1]
     assert "goes" not in modules["pgolf.runall"][1] and "never run" not in modules["pgolf.runall"][1]
 
