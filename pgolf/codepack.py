@@ -12,11 +12,12 @@ them). Each module loses its argparse help texts, its `__main__` block, the DAG 
 config dataclasses' `check` methods (build_script runs them on the config first), the top-level definitions (and
 call-free assignments) nothing carried names, the entries of its subscript-only tables whose keys nothing carried
 spells (STAGES, PATHS) and the imports nothing left reads; the top-level names the modules share (imported by name,
-read as a module attribute) get short names, consistently in every module (rename_shared), and python-minifier then
-renames locals and the module-level names no other module reads (bench/code_size.py and bench/RESULTS.md measure
-these choices). The bootstrap, the config (its dataclass sections less their defaults: pgolf.scriptconfig) and the
-modules, NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the model anyway), XORed with the
-byte that leaves the fewest escapes (escape_key) and stored as a latin-1 string literal, one byte per byte, under a
+read as a module attribute) get short names, consistently in every module (rename_shared), so do the identifiers
+functions bind, one name for each in every function (rename_locals), and python-minifier then renames the
+module-level names no other module reads (bench/code_size.py and bench/RESULTS.md measure these choices). The
+bootstrap, the config (its dataclass sections less their defaults: pgolf.scriptconfig) and the modules,
+NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the model anyway), XORed with the byte that
+leaves the fewest escapes (escape_key) and stored as a latin-1 string literal, one byte per byte, under a
 three-line stub. The bootstrap installs a meta-path importer that
 serves the pgolf.* modules from memory (and nothing else), then, run as a script, calls
 pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)). python-minifier is needed only here, at build time.
@@ -50,9 +51,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # import closure of these modules is what train_gpt.py carries
 ENTRIES = {"runall": "run_all", "scriptconfig": "full_config"}
 # Upstream's `pyminify --no-hoist-literals --remove-literal-statements --remove-asserts --prefer-single-line`, but
-# renaming locals and the module-level names that no other module imports or reads as an attribute (see
-# preserved_globals; rename_shared shortens those others before); with the passes of _DropUnrun, 2.4 KB less after
-# compression (bench/RESULTS.md). Other options keep python-minifier's defaults.
+# renaming the module-level names that no other module imports or reads as an attribute (see preserved_globals;
+# rename_shared shortens those others before, rename_locals the locals); with the passes of _DropUnrun, 2.4 KB less
+# after compression (bench/RESULTS.md). Other options keep python-minifier's defaults.
 MINIFY_OPTIONS = dict(
     rename_locals=False,  # rename_locals (below) does it, one name for an identifier in every function
     rename_globals=True,
@@ -857,7 +858,12 @@ class _Bindings:
     def _visit(self, node, scope):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             args = node.args
-            outside = [*getattr(node, "decorator_list", []), *args.defaults, *args.kw_defaults, getattr(node, "returns", None)]
+            outside = [
+                *getattr(node, "decorator_list", []),
+                *args.defaults,
+                *args.kw_defaults,
+                getattr(node, "returns", None),
+            ]
             outside += [arg.annotation for arg in _all_args(node)]  # evaluated where the function is defined
             self._body(filter(None, outside), scope)
             if not isinstance(node, ast.Lambda):
@@ -865,9 +871,8 @@ class _Bindings:
                 if any(_decorator_name(d) not in PASSTHROUGH_DECORATORS for d in node.decorator_list):
                     self.escaping.add(node)
             inner = self.inner[node] = _Scope(node, scope)
-            for arg in (*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg):
-                if arg is not None:
-                    self._bind(arg, "arg", inner)
+            for arg in _all_args(node):
+                self._bind(arg, "arg", inner)
             self._body(node.body if isinstance(node.body, list) else [node.body], inner)
         elif isinstance(node, ast.ClassDef):
             self._body([*node.decorator_list, *node.bases, *node.keywords], scope)
@@ -937,21 +942,8 @@ def _occurrence_name(node, field):
     return node.names[field] if isinstance(field, int) else getattr(node, field)
 
 
-def local_renames(trees: dict, keep_defaults=True, keep_escaping=True) -> dict:
-    """{old: new}: one short name for each identifier that functions bind (parameters, assignments, loop variables,
-    nested definitions), the same in every carried module, the most frequent the shortest; rename_locals applies it.
-    Kept as they are: what a caller may pass by keyword (a parameter spelled as a keyword argument or as a string
-    anywhere in the carried code, a parameter with a default, any parameter of a function that escapes: decorated by
-    something outside PASSTHROUGH_DECORATORS or used other than by calling it, so that code outside the script may call
-    it, as torch calls register_autograd's setup_context by keyword), names a function binds by an import or a match
-    pattern, what a function calling locals, vars, eval or exec binds, dunder names, and the globals, builtins and
-    class attributes. Two identifiers share a new name only where no outermost function (a unit: what one binding's
-    occurrences can span) renames both, and none gets a name a unit it is renamed in spells as anything else, so no
-    renamed binding can capture or hide another. python-minifier, its own rename_locals off, keeps these names."""
-    return _local_plan(trees, keep_defaults, keep_escaping)[0]
-
-
-def _local_plan(trees, keep_defaults=True, keep_escaping=True):
+def _local_plan(trees: dict) -> tuple[dict, list]:
+    """(rename_locals' map, [per module: (node, field, old name) of each occurrence to rename])."""
     keywords, strings, called = set(), set(), set()
     for tree in trees.values():
         for node in ast.walk(tree):
@@ -966,7 +958,9 @@ def _local_plan(trees, keep_defaults=True, keep_escaping=True):
     # or an attribute value of an imported name (a module); nothing in pgolf fetches a function by a string
     names, attributes, module_attributes, modules = {}, set(), set(), set()
     for tree in trees.values():
-        modules.update(_bound(a) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names)
+        modules.update(
+            _bound(a) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names
+        )
     for rel, tree in trees.items():
         names[rel] = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
         for node in ast.walk(tree):
@@ -979,13 +973,16 @@ def _local_plan(trees, keep_defaults=True, keep_escaping=True):
     for rel, tree in trees.items():
         b = _Bindings(tree)
         kept = set(b.fixed_bindings)
+        for node, field, scope in b.occurrences:  # what a function reading its names by strings binds stays
+            if isinstance(node, ast.Name) and node.id in ("locals", "vars", "eval", "exec"):
+                kept.update((s, n) for s in _enclosing(scope) for n in s.bound)
         for node in ast.walk(tree):
             if isinstance(node, _FUNCTIONS):
                 scope, args = b.inner[node], node.args
-                defaulted = args.args[len(args.args) - len(args.defaults):] + args.kwonlyargs if keep_defaults else []
+                defaulted = args.args[len(args.args) - len(args.defaults) :] + args.kwonlyargs
                 name = getattr(node, "name", None)
                 reached = attributes if scope.parent.is_class else module_attributes | names[rel]
-                escapes = keep_escaping and (node in b.escaping or name in reached)
+                escapes = node in b.escaping or name in reached
                 bound = _bound_instance(node, scope)
                 for arg in _all_args(node):
                     if arg is not bound and (escapes or arg in defaulted or arg.arg in keywords or arg.arg in strings):
@@ -995,10 +992,7 @@ def _local_plan(trees, keep_defaults=True, keep_escaping=True):
             name = _occurrence_name(node, field)
             owner = _resolve(name, scope)
             unit = _unit(scope)
-            frozen = owner is not None and any(  # what such a function binds is reachable by its names' strings
-                isinstance(n, ast.Name) and n.id in ("locals", "vars", "eval", "exec") for n in ast.walk(owner.node)
-            )
-            if owner is None or not owner.is_function or (owner, name) in kept or name.startswith("__") or frozen:
+            if owner is None or not owner.is_function or (owner, name) in kept or name.startswith("__"):
                 fixed_in[unit].add(name)
             else:
                 renamed.append((node, field, name))
@@ -1018,6 +1012,12 @@ def _local_plan(trees, keep_defaults=True, keep_escaping=True):
                 used[u].add(new)
             break
     return renames, plans
+
+
+def _enclosing(scope):
+    while scope is not None:
+        yield scope
+        scope = scope.parent
 
 
 def _unit(scope):
@@ -1042,9 +1042,21 @@ def _all_args(node):
     return [x for x in (*a.posonlyargs, *a.args, a.vararg, *a.kwonlyargs, a.kwarg) if x is not None]
 
 
-def rename_locals(trees: dict, **keep) -> dict:
-    """Renames in place, in every module of `trees`, what functions bind (local_renames); returns the map."""
-    renames, plans = _local_plan(trees, **keep)
+def rename_locals(trees: dict) -> dict:
+    """Renames in place, in the carried modules `trees` ({path: ast.Module}), each identifier that functions bind
+    (parameters, assignments, loop variables, nested definitions) to one short name, the same in every function and
+    module, the most frequent first; returns the map {old: new}.
+
+    Kept as they are: what a caller may pass by keyword (a parameter spelled as a keyword argument or as a string
+    anywhere in the carried code, a parameter with a default, any parameter of a function that escapes: decorated by
+    something outside PASSTHROUGH_DECORATORS or used other than by calling it, so that code outside the script may
+    call it, as torch calls register_autograd's setup_context by keyword; a method's first parameter is renamed),
+    names a function binds by an import or a match pattern, what a function calling locals, vars, eval or exec binds,
+    dunder names, and the globals, builtins and class attributes. Two identifiers share a new name only where no
+    outermost function (a unit: what one binding's occurrences can span) renames both, and none gets a name that a
+    unit it is renamed in spells as anything else, so no renamed binding can capture or hide another.
+    python-minifier, its own rename_locals off, keeps these names."""
+    renames, plans = _local_plan(trees)
     for renamed in plans:
         for node, field, name in renamed:
             if isinstance(field, int):

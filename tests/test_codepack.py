@@ -646,7 +646,7 @@ def test_attributes_of_a_name_that_is_not_always_the_module_keep_their_names():
     assert "return a.Y + " + renamed["Z"] in body and "return a.X" in body
 
 
-LOCALS = '''
+LOCALS = """
 import functools
 SCALE = 3
 HOOKS = []
@@ -689,10 +689,34 @@ def hook(ctx, inputs, output):
 HOOKS.append(hook)  # called from outside by keyword
 
 
+def weighted(values, weight):
+    return [value * weight for value in values]
+
+
+def by_strings(values):
+    factor = 7
+    return eval("factor") * len(values), locals()["factor"]
+
+
+class Counter:
+    start = 5  # a class attribute
+
+    def __init__(self, values):
+        self.values = values
+
+    def count(self, extra):
+        start = self.start + extra
+        return start + len(self.values)
+
+
 def main(values):
     partial = functools.partial(total, scale=5)
-    return [total(values), closure(values), shadows(values), comprehension_scopes(values), partial(values)]
-'''
+    counted = Counter(values).count(1)
+    return [
+        total(values), closure(values), shadows(values), comprehension_scopes(values), partial(values),
+        weighted(values, weight=3), by_strings(values), counted,
+    ]
+"""
 
 
 def _exec(source: str) -> dict:
@@ -717,6 +741,11 @@ def test_locals_are_renamed_alike_everywhere_and_the_code_still_runs():
     assert {params[f][0] for f in ("closure", "shadows", "comprehension_scopes", "main")} == {
         renames["values"]
     }  # one name for the identifier in every function
+    assert params["weighted"] == [renames["values"], "weight"]  # passed by keyword in the carried code
+    assert "factor = 7" in renamed and "eval('factor')" in renamed  # a function reading its names by strings
+    methods = {n.name: n for n in ast.walk(ast.parse(renamed)) if isinstance(n, ast.FunctionDef)}
+    assert [a.arg for a in methods["count"].args.args] == [renames["self"], renames["extra"]]
+    assert "start = 5" in renamed and "self.start" not in renamed and f"{renames['self']}.start" in renamed
     assert len(renames["values"]) == 1 and "running" not in renamed and "SCALE = 3" in renamed
     for name in ("kept", "count", "inner", "squares", "item"):
         assert name in renames and renames[name] != name
