@@ -61,6 +61,9 @@ MINIFY_OPTIONS = dict(
     remove_literal_statements=True,
     remove_asserts=True,
     prefer_single_line=True,
+    # _DropUnrun drops the parameters' annotations but a Triton kernel's: `tl.constexpr` makes a parameter a
+    # compile-time constant (tl.arange needs one), and Triton reads it from the kernel's signature
+    remove_annotations=python_minifier.RemoveAnnotationsOptions(remove_argument_annotations=False),
 )
 CHECK_METHOD = "check"  # config dataclasses' value checks, run at build time (check_config), not in the script
 LRZIP_ARGS = ("-z", "-L", "9")  # ZPAQ at its highest level, as pack.py compresses the weights
@@ -221,6 +224,14 @@ class _DropUnrun(ast.NodeTransformer):
 
     def visit_If(self, node):
         return None if _is_main_block(node) else self.generic_visit(node)
+
+    def visit_FunctionDef(self, node):
+        if not any(_decorator_name(d) == "jit" for d in node.decorator_list):  # a Triton kernel keeps them
+            for arg in _all_args(node):
+                arg.annotation = None
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node):
         # a config dataclass's `check`: build_script ran it on the script's config (check_config)

@@ -757,3 +757,21 @@ def test_renamed_locals_never_take_a_name_their_function_reads_otherwise():
     renames = C.rename_locals({"pgolf/m.py": tree})
     assert not {"a", "len"} & set(renames.values())  # the global and the builtin f reads
     assert _exec(ast.unparse(tree))["f"](2) == [3, 1]
+
+
+def test_triton_kernels_keep_their_constexpr_parameters(modules):
+    """Triton makes a kernel's parameter a compile-time constant by its `tl.constexpr` annotation, read from the
+    signature (tl.arange needs one): the script's kernels keep them where every other annotation goes."""
+
+    def kernels(source):
+        tree = ast.parse(source)
+        jit = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and "jit" in ast.unparse(f.decorator_list)]
+        return [
+            [a.annotation is not None and "constexpr" in ast.unparse(a.annotation) for a in f.args.args] for f in jit
+        ]
+
+    minified = modules["pgolf.kernels"][1]
+    expected = kernels((C.PACKAGE_DIR / "kernels.py").read_text())
+    assert any(any(flags) for flags in expected) and kernels(minified) == expected
+    others = [f for f in ast.walk(ast.parse(modules["pgolf.model"][1])) if isinstance(f, ast.FunctionDef)]
+    assert not any(a.annotation for f in others for a in f.args.args)  # the rest lose theirs
