@@ -64,6 +64,6 @@ def _differences(default, values: dict) -> dict:
             value = _differences(base, value)
             if value:
                 out[key] = value
-        elif base is dataclasses.MISSING or json.dumps(value) != json.dumps(base):
+        elif base is dataclasses.MISSING or json.dumps(value, sort_keys=True) != json.dumps(base, sort_keys=True):
             out[key] = value
     return out

@@ -70,6 +70,16 @@ def test_a_plain_dict_value_stays_whole():
     assert built(S.full_config(sparse))["eval"].ttt.targets["k"] is True
 
 
+def test_key_order_does_not_change_the_embedded_config():
+    """A config read back from a JSON file with sorted keys (the code rule's --config) embeds what the same config
+    built in memory embeds (capfit sizes the script from the latter): a dict value equal to its default in another key
+    order is still the default."""
+    config = narrowed(None)
+    config["eval"]["ttt"]["targets"] = dict(reversed(config["eval"]["ttt"]["targets"].items()))
+    assert S.sparse_config(config) == S.sparse_config(narrowed(None))
+    assert S.sparse_config(config)["eval"] == {}
+
+
 @dataclasses.dataclass
 class Derived:
     """A dataclass whose default for `b` depends on `a`: b equal to its default is not b left out."""
