@@ -123,6 +123,8 @@ OPTIONAL = {
     "pgolf/prune.py": (("pack.compressor", one_of("lzma_pruned")),),  # #1512's pruned lzma format (pgolf.pack)
     "pgolf/lrzip_parts.py": (("pack.compressor", one_of("lrzip_parts")),),  # groups in parallel streams (pgolf.pack)
     "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
+    "pgolf/quant/percentile_clip.py": (("quant.presets.{preset}.gptq.clip_percentiles", none_of(None, [])),),  # #1512
+    "pgolf/quant/lqer_adaptive.py": (("quant.presets.{preset}.lqer.adaptive", one_of(True)),),  # #1935 (quant.state)
     "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
     "pgolf/seq_schedule.py": (("model.seq_schedule", none_of(None, [])),),  # progressive context (pgolf.train)
     "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)

@@ -327,15 +327,18 @@ LORA_TILT = {
     CKPT,
     PIECES,
 }
+# the quantizer's options, each left out where the submitted preset names its off value (a preset without the key,
+# as most recipes' are, keeps the module): #1512's clip search and #1935's adaptive LQER ranks
+PCT, ADAPTIVE = "pgolf/quant/percentile_clip.py", "pgolf/quant/lqer_adaptive.py"
 PR1572_OFF = {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ, CKPT}  # SGD TTT, brotli, windows
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
     # none of #1512's options
-    "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
+    "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS | {PCT, ADAPTIVE},
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py", PIECES} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma
     "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr2123": LORA_TILT | {SEQ} | PR1512 | MODEL_OPTIONS - {ASYM},
-    "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM},
+    "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM} | {PCT},
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """
@@ -417,6 +420,14 @@ def test_a_config_without_the_key_keeps_the_module():
         ("pgolf/rope_scaling.py", "rope_train_len", 1024),
     ):
         assert C.needed(rel, {"model": {key: on}}) and not C.needed(rel, {"model": {key: None}})
+    # the quantizer's options ship where the submitted preset turns them on
+    def preset(section, values):
+        return {"quant": {"presets": {"p": {section: values}}, "submission_preset": "p"}}
+
+    assert C.needed(PCT, preset("gptq", {"clip_percentiles": [0.999, 1.0]}))
+    assert not any(C.needed(PCT, preset("gptq", {"clip_percentiles": off})) for off in (None, []))
+    assert C.needed(ADAPTIVE, preset("lqer", {"adaptive": True}))
+    assert not C.needed(ADAPTIVE, preset("lqer", {"adaptive": False}))
     # checkpoints (and resume) ship where train.checkpoint_minutes turns them on: the smoke recipe's 1.0, say
     assert C.needed(CKPT, {"train": {"checkpoint_minutes": 1.0}})
     assert not any(C.needed(CKPT, {"train": {"checkpoint_minutes": off}}) for off in (0, 0.0))

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import PgolfError
 from . import dequant, lqer
-from .gptq import gptq_quantize, gptq_quantize_percentile, gptq_quantize_protected
+from .gptq import gptq_quantize
 from .preset import Preset
 
 MATRIX = re.compile(r"^(tok_emb\.weight|blocks\.\d+\.(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight)$")
@@ -127,15 +127,12 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
         groups = [(g["start"], g["size"]) for g in awq_picks if g["name"] == name]
         how = f"{dequant.GPTQ} (int{spec.bits})"
         keys[name] = key = (name, spec.bits, spec.clip_sigmas, *groups, *_gptq_args(preset).values())
-        if groups:
-            q, scale, scale_hi = memo(
-                key, lambda: gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
-            )
-            tensors[f"{name}.awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
-            tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
-            tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
+        if groups:  # AWQ-lite's picks, so `awq` is imported
+            q, scale = awq.quantize_protected(tensors, name, W, H, spec, groups, memo, key, _gptq_args(preset))
             how += dequant.AWQ
         elif preset.gptq.clip_percentiles:
+            from .percentile_clip import gptq_quantize_percentile  # shipped only where the preset sets them
+
             q, scale = gptq_quantize_percentile(W, H, spec.bits, preset.gptq.clip_percentiles, **_gptq_args(preset))
         else:
             q, scale = memo(key, lambda: gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset)))
@@ -159,7 +156,9 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     if preset.lqer.enabled:
         spec = preset.lqer
         if spec.adaptive:
-            ranks = lqer.adaptive_ranks(errors, spec.ranks, spec.budget_bytes, spec.group)
+            from .lqer_adaptive import adaptive_ranks  # shipped only where the preset turns it on (codepack.OPTIONAL)
+
+            ranks = adaptive_ranks(errors, spec.ranks, spec.budget_bytes, spec.group)
         else:
             ranks = {n: spec.rank for n in sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]}
         lqer_picks = list(ranks)
