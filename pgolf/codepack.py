@@ -125,6 +125,11 @@ OPTIONAL = {
     "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
     "pgolf/quant/percentile_clip.py": (("quant.presets.{preset}.gptq.clip_percentiles", none_of(None, [])),),  # #1512
     "pgolf/quant/lqer_adaptive.py": (("quant.presets.{preset}.lqer.adaptive", one_of(True)),),  # #1935 (quant.state)
+    "pgolf/quant/int8_clip.py": (  # #1512's int8 rows (pgolf.quant.state): #1019's tables, or tok_emb by the preset
+        ("model.bigram_buckets", none_of(0)),
+        ("model.value_embed_layers", none_of(None, [])),
+        ("quant.presets.{preset}.embed_plain_int8", one_of(True)),
+    ),
     "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
     "pgolf/seq_schedule.py": (("model.seq_schedule", none_of(None, [])),),  # progressive context (pgolf.train)
     "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)

@@ -328,12 +328,13 @@ LORA_TILT = {
     PIECES,
 }
 # the quantizer's options, each left out where the submitted preset names its off value (a preset without the key,
-# as most recipes' are, keeps the module): #1512's clip search and #1935's adaptive LQER ranks
-PCT, ADAPTIVE = "pgolf/quant/percentile_clip.py", "pgolf/quant/lqer_adaptive.py"
+# as most recipes' are, keeps the module): #1512's clip search, #1935's adaptive LQER ranks and #1512's int8 rows
+# (also shipped where the model has #1019's tables)
+PCT, ADAPTIVE, INT8 = "pgolf/quant/percentile_clip.py", "pgolf/quant/lqer_adaptive.py", "pgolf/quant/int8_clip.py"
 PR1572_OFF = {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ, CKPT}  # SGD TTT, brotli, windows
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
     # none of #1512's options
-    "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS | {PCT, ADAPTIVE},
+    "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS | {PCT, ADAPTIVE, INT8},
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py", PIECES} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma
     "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
@@ -428,6 +429,10 @@ def test_a_config_without_the_key_keeps_the_module():
     assert not any(C.needed(PCT, preset("gptq", {"clip_percentiles": off})) for off in (None, []))
     assert C.needed(ADAPTIVE, preset("lqer", {"adaptive": True}))
     assert not C.needed(ADAPTIVE, preset("lqer", {"adaptive": False}))
+    off = {"bigram_buckets": 0, "value_embed_layers": None}
+    assert C.needed(INT8, preset("embed_plain_int8", True) | {"model": off})
+    assert not C.needed(INT8, preset("embed_plain_int8", False) | {"model": off})
+    assert C.needed(INT8, preset("embed_plain_int8", False) | {"model": {**off, "value_embed_layers": [9, 10]}})
     # checkpoints (and resume) ship where train.checkpoint_minutes turns them on: the smoke recipe's 1.0, say
     assert C.needed(CKPT, {"train": {"checkpoint_minutes": 1.0}})
     assert not any(C.needed(CKPT, {"train": {"checkpoint_minutes": off}}) for off in (0, 0.0))

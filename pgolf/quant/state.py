@@ -21,7 +21,6 @@ MATRIX = re.compile(r"^(tok_emb\.weight|blocks\.\d+\.(attn\.(c_q|c_k|c_v|proj)|m
 PASSTHROUGH_MAX_NUMEL = 65_536
 GATE_NUMEL = (32, 8_192)
 TABLES_1019 = ("bigram.embed.weight", "value_embed.embed.weight")
-INT8_CLIP_QUANTILE = 0.9999984  # #1512's per-row clip for the tables it stores in int8
 
 
 def matrix_class(name: str) -> str:
@@ -62,21 +61,13 @@ def _int8_rows(W: torch.Tensor):
     return q, scale
 
 
-def int8_rows_clipped(W: torch.Tensor):
-    """#1512's int8 rows: clip each row at a quantile of |w|, scale clip/127 (at least 1/127), fp16 scales."""
-    W = W.float()
-    clip = torch.quantile(W.abs(), INT8_CLIP_QUANTILE, dim=1)
-    scale = (clip / 127).clamp_min(1 / 127)
-    clipped = torch.maximum(torch.minimum(W, clip[:, None]), -clip[:, None])
-    q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
-    return q, scale.to(torch.float16)
-
-
 def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict, gate_int8: bool):
     if gate_int8 and is_gate(name, t):
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = _int8_rows(t)
         meta[name] = dequant.INT8_ROW
     elif name in TABLES_1019 or name == "tok_emb.weight":  # the latter only with preset.embed_plain_int8
+        from .int8_clip import int8_rows_clipped  # shipped only where such a tensor is (codepack.OPTIONAL)
+
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = int8_rows_clipped(t)
         meta[name] = dequant.INT8_ROW
     elif not t.is_floating_point():
