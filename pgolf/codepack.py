@@ -369,15 +369,14 @@ def _read_imports(imports: dict, own: dict, shared: Counter) -> tuple[dict, Coun
 
 
 def unused_definitions(sources: dict) -> dict:
-    """{path: top-level definitions (_defined_name) nothing in the carried sources names outside their `__main__`
-    blocks and their own bodies (a recursive function nothing else calls), and the names its pgolf imports bind that
-    nothing reads (so no import outlives what it takes)}, repeated until none is left (a definition only a removed one
-    used goes too). A plain name names a definition of its own module, an attribute or an imported name one of any
-    module; a top-level import names what it imports only while something left reads the name it binds. Nothing in
-    pgolf reaches a module-level name by a string or a star import."""
-    trees = {rel: ast.parse(source) for rel, source in sources.items()}
-    for tree in trees.values():  # a `__main__` block does not ship, so what only it names is unused
-        tree.body = [node for node in tree.body if not _is_main_block(node)]
+    """{path: top-level definitions (_defined_name) nothing in the carried sources names outside what _DropUnrun
+    takes out of them (`__main__` blocks, config checks, the DAG advice of error messages) and their own bodies (a
+    recursive function nothing else calls), and the names its pgolf imports bind that nothing reads (so no import
+    outlives what it takes)}, repeated until none is left (a definition only a removed one used goes too). A plain
+    name names a definition of its own module, an attribute or an imported name one of any module; a top-level import
+    names what it imports only while something left reads the name it binds. Nothing in pgolf reaches a module-level
+    name by a string or a star import."""
+    trees = {rel: _unrun_dropped(source, rel) for rel, source in sources.items()}
     foreign = {rel: _foreign_names(tree) for rel, tree in trees.items()}
     refs = {id(n): _referenced_names(n, foreign[rel]) for rel, tree in trees.items() for n in tree.body}
     unused = {rel: set() for rel in trees}

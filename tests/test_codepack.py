@@ -484,6 +484,25 @@ def test_unread_assignments_and_imports_are_left_out():
     assert "import os" in kept
 
 
+def test_what_only_a_config_check_or_the_dag_advice_reads_is_left_out():
+    """A name that only a `check` method, an error's advice or a `__main__` block reads goes with them."""
+    sources = {
+        "pgolf/k.py": "import dataclasses\nKINDS = ('a', 'b')\nRERUN = 're-run the k rule'\nHELP = 'usage'\n"
+        "LIMIT = 3\n@dataclasses.dataclass\nclass Config:\n    kind: str = 'a'\n    def check(self):\n"
+        "        if self.kind not in KINDS:\n            raise ValueError(f'{self.kind}: unknown')\n"
+        "def run_all(n):\n    if n > LIMIT:\n        raise ValueError(f'{n} is over {LIMIT}; {RERUN}')\n"
+        "    return Config()\n"
+        "if __name__ == '__main__':\n    print(HELP)\n",
+    }
+    assert C.unused_definitions(sources) == {"pgolf/k.py": {"KINDS", "RERUN", "HELP"}}
+    out = C.minify(sources["pgolf/k.py"], "k.py", ["run_all", "Config"], C.unused_definitions(sources)["pgolf/k.py"])
+    ns = {}
+    exec(out, ns)
+    with pytest.raises(ValueError, match="^4 is over 3$"):
+        ns["run_all"](4)
+    assert ns["run_all"](1).kind == "a" and "re-run" not in out and "'b'" not in out
+
+
 def test_what_only_a_command_line_reaches_is_left_out():
     """A plain name reaches its own module's definitions only (runall's local `files`), an attribute of a module from
     outside pgolf none (sys.argv), a top-level import only what its module or another reads, a definition's own body
