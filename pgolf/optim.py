@@ -305,10 +305,3 @@ class EMA:
     def copy_to_params(self):
         for p, s in zip(self.params, self.shadow):
             p.copy_(s)
-
-    def state_dict(self) -> list:
-        return [s.clone() for s in self.shadow]
-
-    def load_state_dict(self, state: list):
-        for s, saved in zip(self.shadow, state):
-            s.copy_(saved)
