@@ -8,10 +8,22 @@ AWQ-lite on, so a script whose preset turns it off (the record's) leaves it out 
 
 import torch
 
+from ..errors import PgolfError
 from .dequant import dequantize
 from .gptq import AWQ_CLIP_RANGE, clip_range, gptq_codes, sdclip_scale
 
 SUFFIXES = ("awqg_start", "awqg_size", "awqg_s_hi")  # a protected matrix's groups, beside its .q and .scale
+
+
+def check_act_rms(matrices: dict, hessians: dict):
+    """Refuse Hessians without one activation RMS per input column of each matrix (the saliency needs them)."""
+    for name, W in matrices.items():
+        rms = hessians.get("act_rms", {}).get(name)
+        if rms is None or rms.numel() != W.shape[1]:
+            raise PgolfError(
+                f"hessians.pt: act_rms[{name}] (one RMS per input column) is missing or has the wrong size; "
+                "re-run the hessians stage, which records it for AWQ-lite"
+            )
 
 
 def group_scores(W: torch.Tensor, act_rms: torch.Tensor, group: int) -> list[tuple[int, int, float]]:

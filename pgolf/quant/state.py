@@ -38,7 +38,7 @@ def h_weighted_error(E: torch.Tensor, H: torch.Tensor) -> float:
     return float(((E @ H) * E).sum())
 
 
-def _check_hessians(matrices: dict, hessians: dict, need_rms: bool):
+def _check_hessians(matrices: dict, hessians: dict):
     for name, W in matrices.items():
         H = hessians.get(name)
         if H is None or tuple(H.shape) != (W.shape[1], W.shape[1]):
@@ -46,12 +46,6 @@ def _check_hessians(matrices: dict, hessians: dict, need_rms: bool):
             raise PgolfError(
                 f"hessians.pt: {name} needs a {W.shape[1]}x{W.shape[1]} Hessian, found {found}; "
                 "re-run the hessians stage for this model.pt"
-            )
-        rms = hessians.get("act_rms", {}).get(name)
-        if need_rms and (rms is None or rms.numel() != W.shape[1]):
-            raise PgolfError(
-                f"hessians.pt: act_rms[{name}] (one RMS per input column) is missing or has the wrong size; "
-                "re-run the hessians stage, which records it for AWQ-lite"
             )
 
 
@@ -94,7 +88,11 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
     if preset.embed_plain_int8:
         matrices.pop("tok_emb.weight", None)
-    _check_hessians(matrices, hessians, need_rms=preset.awq.enabled)
+    _check_hessians(matrices, hessians)
+    if preset.awq.enabled:
+        from . import awq  # shipped only where the preset turns AWQ on (pgolf.codepack.OPTIONAL)
+
+        awq.check_act_rms(matrices, hessians)
     tensors, meta, rows = {}, {}, {}
     for name, t in unbanked_state.items():  # the cheap tensors first: a tensor without a storage rule fails fast
         if name not in matrices:
@@ -103,8 +101,6 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
 
     awq_picks = []
     if preset.awq.enabled:
-        from . import awq  # shipped only where the preset turns AWQ on (pgolf.codepack.OPTIONAL)
-
         eligible = {n: W.to(device) for n, W in matrices.items() if preset.for_class(matrix_class(n)).bits < 8}
         awq_picks = memo(
             ("awq", *eligible, preset.awq.top_k, preset.awq.group),
