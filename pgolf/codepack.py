@@ -146,7 +146,6 @@ OPTIONAL = {
     "pgolf/sliding_window.py": (("model.attn_window", none_of(None)),),  # #1512's window keys' check (pgolf.model)
     "pgolf/rope_scaling.py": (("model.rope_train_len", none_of(None)),),  # #1019's longer-sequence RoPE (pgolf.model)
     "pgolf/cudnn_attention.py": (("model.attention", one_of("cudnn")),),  # never "auto"'s pick (pgolf.attention)
-    "pgolf/single_lane.py": (("model.parallel_residual", one_of("single")),),  # #1493's residual (pgolf.model)
     "pgolf/checkpoint.py": (("train.checkpoint_minutes", none_of(0)),),  # checkpoints and resume (pgolf.train)
     "pgolf/piece_bytes.py": (("data.hf.caseops", one_of(False)),),  # bpb without the byte sidecar (pgolf.bpb)
 }

@@ -457,6 +457,16 @@ class GPT(nn.Module):
         x = x + blk.attn_scale.to(dt) * self._attention(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
         return x + blk.mlp_scale.to(dt) * self._mlp(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
 
+    def _single_lane_block(self, p: _Pass, i: int, slot: int, x, x0):
+        """#1493's parallel residual: attention and MLP both read the mixed input and add to it."""
+        blk, dt = self.blocks[i], x.dtype
+        w = self._bank(p, i)
+        mix = blk.resid_mix.to(dt)
+        x = mix[0] * x + mix[1] * x0
+        attn_out = self._attention(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
+        mlp_out = self._mlp(p, i, slot, rms_norm(x) * blk.ln_scale_factor, w)
+        return x + blk.attn_scale.to(dt) * attn_out + blk.mlp_scale.to(dt) * mlp_out
+
     def _parallel_block(self, p: _Pass, i: int, slot: int, lane0, lane1, x0):
         """Attention reads lane 0 (mixed with x0), the MLP reads lane 1; both write both lanes."""
         blk, dt = self.blocks[i], lane0.dtype
@@ -558,10 +568,8 @@ class GPT(nn.Module):
                     x = self._skip(j, x, skip)
                 else:
                     lane0 = self._skip(j, lane0, skip)
-            if lane0 is None and psl is not None and i >= psl:  # parallel_residual single
-                from .single_lane import single_lane_block  # shipped only where it runs (pgolf.codepack.OPTIONAL)
-
-                x = single_lane_block(self, p, i, slot, x, x0)
+            if lane0 is None and psl is not None and i >= psl:
+                x = self._single_lane_block(p, i, slot, x, x0)
             elif lane0 is None:
                 x = self._block(p, i, slot, x, x0)
             else:

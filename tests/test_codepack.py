@@ -316,8 +316,7 @@ CROSS = "pgolf/cross_document.py"  # attention across documents (#1512, #1572)
 # backends only model.attention names ("auto" never picks them): no recipe does (upstream ran FlashAttention-3)
 FA4, CUDNN = "pgolf/fa4.py", "pgolf/cudnn_attention.py"
 WINDOW = {"pgolf/sliding_window.py", "pgolf/rope_scaling.py"}  # #1512's sliding window and longer-sequence RoPE
-SINGLE = "pgolf/single_lane.py"  # #1493's single-lane parallel residual (#1572)
-MODEL_OPTIONS = {ASYM, CROSS, FA4, CUDNN, SINGLE} | WINDOW
+MODEL_OPTIONS = {ASYM, CROSS, FA4, CUDNN} | WINDOW
 # #2123/#2164: LoRA TTT with the tilt, AWQ-lite, the lrzip groups and the documents loader
 LORA_TILT = {
     "pgolf/sgd_ttt.py",
@@ -336,8 +335,8 @@ PR1572_OFF = {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, S
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
     # none of #1512's options
     "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS | {PCT, ADAPTIVE, INT8},
-    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py", PIECES} | {PARTS, ASYM, FA4, CUDNN, SINGLE},  # pruned lzma
-    "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS, SINGLE},
+    "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py", PIECES} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma
+    "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr2123": LORA_TILT | {SEQ} | PR1512 | MODEL_OPTIONS - {ASYM},
     "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM} | {PCT},
@@ -434,8 +433,6 @@ def test_a_config_without_the_key_keeps_the_module():
     assert C.needed(INT8, preset("embed_plain_int8", True) | {"model": off})
     assert not C.needed(INT8, preset("embed_plain_int8", False) | {"model": off})
     assert C.needed(INT8, preset("embed_plain_int8", False) | {"model": {**off, "value_embed_layers": [9, 10]}})
-    assert C.needed(SINGLE, {"model": {"parallel_residual": "single"}})
-    assert not C.needed(SINGLE, {"model": {"parallel_residual": "lanes"}})
     # checkpoints (and resume) ship where train.checkpoint_minutes turns them on: the smoke recipe's 1.0, say
     assert C.needed(CKPT, {"train": {"checkpoint_minutes": 1.0}})
     assert not any(C.needed(CKPT, {"train": {"checkpoint_minutes": off}}) for off in (0, 0.0))
