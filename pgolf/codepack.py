@@ -150,8 +150,9 @@ OPTIONAL = {
     "pgolf/piece_bytes.py": (("data.hf.caseops", one_of(False)),),  # bpb without the byte sidecar (pgolf.bpb)
 }
 # Modules of the closure that only pgolf run from its files executes, never the script: their callers import them in
-# the branch that runs there (pgolf.runlog.code_version: the script's modules have no files and no git).
-OUTSIDE_SCRIPT = ("pgolf/package_version.py",)
+# the branch that runs there (pgolf.runlog.code_version: the script's modules have no files and no git; pgolf.pack's
+# brotli-only baseline, which run_all does not ask for).
+OUTSIDE_SCRIPT = ("pgolf/package_version.py", "pgolf/pack_baseline.py")
 _MISSING = object()
 
 

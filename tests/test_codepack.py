@@ -421,6 +421,7 @@ def test_a_config_without_the_key_keeps_the_module():
         ("pgolf/rope_scaling.py", "rope_train_len", 1024),
     ):
         assert C.needed(rel, {"model": {key: on}}) and not C.needed(rel, {"model": {key: None}})
+
     # the quantizer's options ship where the submitted preset turns them on
     def preset(section, values):
         return {"quant": {"presets": {"p": {section: values}}, "submission_preset": "p"}}
