@@ -84,7 +84,7 @@ class Checkpoints:
         return {
             "identity": self.identity,
             "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
-            "ema": [s.cpu() for s in t.ema.state_dict()],
+            "ema": [s.to("cpu", copy=True) for s in t.ema.shadow],
             "optimizer": _to_cpu(t.opt.state_dict()),  # collective: every rank gathers its Muon shards
             "rng": rng_state(),
             "world_size": t.dist.world,
@@ -95,7 +95,8 @@ class Checkpoints:
     def load_state_dict(self, state: dict):
         t = self.trainer
         t.model.load_state_dict(state["model"])
-        t.ema.load_state_dict(state["ema"])
+        for shadow, saved in zip(t.ema.shadow, state["ema"]):
+            shadow.copy_(saved)
         t.opt.load_state_dict(state["optimizer"])  # AdamW moves its state to the parameters' device
         for name in LOOP_STATE:
             setattr(t, name, state[name])

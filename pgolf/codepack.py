@@ -123,6 +123,13 @@ OPTIONAL = {
     "pgolf/prune.py": (("pack.compressor", one_of("lzma_pruned")),),  # #1512's pruned lzma format (pgolf.pack)
     "pgolf/lrzip_parts.py": (("pack.compressor", one_of("lrzip_parts")),),  # groups in parallel streams (pgolf.pack)
     "pgolf/quant/awq.py": (("quant.presets.{preset}.awq.enabled", one_of(True)),),  # AWQ-lite (pgolf.quant.state)
+    "pgolf/quant/percentile_clip.py": (("quant.presets.{preset}.gptq.clip_percentiles", none_of(None, [])),),  # #1512
+    "pgolf/quant/lqer_adaptive.py": (("quant.presets.{preset}.lqer.adaptive", one_of(True)),),  # #1935 (quant.state)
+    "pgolf/quant/int8_clip.py": (  # #1512's int8 rows (pgolf.quant.state): #1019's tables, or tok_emb by the preset
+        ("model.bigram_buckets", none_of(0)),
+        ("model.value_embed_layers", none_of(None, [])),
+        ("quant.presets.{preset}.embed_plain_int8", one_of(True)),
+    ),
     "pgolf/window_loader.py": (("train.loader", one_of("shuffled")),),  # #1572's shuffled windows (pgolf.train)
     "pgolf/seq_schedule.py": (("model.seq_schedule", none_of(None, [])),),  # progressive context (pgolf.train)
     "pgolf/embeds.py": (  # #1019's token-side modules (pgolf.model)
@@ -143,8 +150,9 @@ OPTIONAL = {
     "pgolf/piece_bytes.py": (("data.hf.caseops", one_of(False)),),  # bpb without the byte sidecar (pgolf.bpb)
 }
 # Modules of the closure that only pgolf run from its files executes, never the script: their callers import them in
-# the branch that runs there (pgolf.runlog.code_version: the script's modules have no files and no git).
-OUTSIDE_SCRIPT = ("pgolf/package_version.py",)
+# the branch that runs there (pgolf.runlog.code_version: the script's modules have no files and no git; pgolf.pack's
+# brotli-only baseline, which run_all does not ask for).
+OUTSIDE_SCRIPT = ("pgolf/package_version.py", "pgolf/pack_baseline.py")
 _MISSING = object()
 
 
@@ -362,15 +370,14 @@ def _read_imports(imports: dict, own: dict, shared: Counter) -> tuple[dict, Coun
 
 
 def unused_definitions(sources: dict) -> dict:
-    """{path: top-level definitions (_defined_name) nothing in the carried sources names outside their `__main__`
-    blocks and their own bodies (a recursive function nothing else calls), and the names its pgolf imports bind that
-    nothing reads (so no import outlives what it takes)}, repeated until none is left (a definition only a removed one
-    used goes too). A plain name names a definition of its own module, an attribute or an imported name one of any
-    module; a top-level import names what it imports only while something left reads the name it binds. Nothing in
-    pgolf reaches a module-level name by a string or a star import."""
-    trees = {rel: ast.parse(source) for rel, source in sources.items()}
-    for tree in trees.values():  # a `__main__` block does not ship, so what only it names is unused
-        tree.body = [node for node in tree.body if not _is_main_block(node)]
+    """{path: top-level definitions (_defined_name) nothing in the carried sources names outside what _DropUnrun
+    takes out of them (`__main__` blocks, config checks, the DAG advice of error messages) and their own bodies (a
+    recursive function nothing else calls), and the names its pgolf imports bind that nothing reads (so no import
+    outlives what it takes)}, repeated until none is left (a definition only a removed one used goes too). A plain
+    name names a definition of its own module, an attribute or an imported name one of any module; a top-level import
+    names what it imports only while something left reads the name it binds. Nothing in pgolf reaches a module-level
+    name by a string or a star import."""
+    trees = {rel: _unrun_dropped(source, rel) for rel, source in sources.items()}
     foreign = {rel: _foreign_names(tree) for rel, tree in trees.items()}
     refs = {id(n): _referenced_names(n, foreign[rel]) for rel, tree in trees.items() for n in tree.body}
     unused = {rel: set() for rel in trees}

@@ -57,6 +57,8 @@ class OptimConfig:
 
     def check(self):
         """Run where the DAG builds the config; left out of the script (pgolf.model.ModelConfig.check says why)."""
+        if self.muon_backend not in MUON_BACKENDS:
+            raise PgolfError(f"config train.muon_backend: {self.muon_backend!r} is not one of {MUON_BACKENDS}")
         if self.grad_clip_scope not in CLIP_SCOPES:
             raise PgolfError(
                 f"config train.grad_clip_scope: {self.grad_clip_scope!r} is not one of {CLIP_SCOPES}; fix it in your "
@@ -128,8 +130,6 @@ class Optimizers:
 
     def __init__(self, groups: dict, cfg: OptimConfig, world: int = 1, rank: int = 0, compile_muon=False):
         self.cfg, self.world, self.rank = cfg, world, rank
-        if cfg.muon_backend not in MUON_BACKENDS:
-            raise PgolfError(f"config train.muon_backend: {cfg.muon_backend!r} is not one of {MUON_BACKENDS}")
         self.banks = list(groups["matrix"])
         if any(p.ndim != 3 for p in self.banks):
             raise ValueError("Muon takes 3-D parameter banks (n, rows, cols)")
@@ -305,10 +305,3 @@ class EMA:
     def copy_to_params(self):
         for p, s in zip(self.params, self.shadow):
             p.copy_(s)
-
-    def state_dict(self) -> list:
-        return [s.clone() for s in self.shadow]
-
-    def load_state_dict(self, state: list):
-        for s, saved in zip(self.shadow, state):
-            s.copy_(saved)

@@ -25,7 +25,6 @@ writes #1512's: lzma of the torch-saved state, its least costly int6 codes zeroe
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import os
@@ -423,7 +422,7 @@ def _group_blob(members: list, hot: bool) -> tuple[bytes, bytes]:
     return b"".join(blob), b"".join(perms)
 
 
-def _brotli(data: bytes) -> bytes:
+def brotli_compress(data: bytes) -> bytes:
     return brotli.compress(data, quality=11, lgwin=24)
 
 
@@ -468,8 +467,8 @@ def pack(quantized_state: dict, memo=None, part_bytes: int | None = None) -> byt
             )
         perm_bytes = b"".join(perms)
         streams = dict(zip(GROUPS, (f.result() for f in futures)))
-        streams["perms"] = _brotli(perm_bytes) if perm_bytes else b""
-        streams["remainder"] = _brotli(_seal(payload.result(), streams))  # the seal covers the other streams
+        streams["perms"] = brotli_compress(perm_bytes) if perm_bytes else b""
+        streams["remainder"] = brotli_compress(_seal(payload.result(), streams))  # the seal covers the other streams
     ordered = [streams[name] for name in STREAMS]
     return MAGIC + struct.pack(f"<{len(ordered) + 1}I", len(ordered), *map(len, ordered)) + b"".join(ordered)
 
@@ -638,13 +637,6 @@ def load_quantized(path) -> dict:
     return state
 
 
-def brotli_baseline_bytes(state: dict) -> int:
-    """Size of the straightforward alternative: torch.save of the whole state, brotli quality 11, lgwin 24."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return len(_brotli(buf.getvalue()))
-
-
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -701,7 +693,9 @@ def run(quantized, out, compressor: str, prune_target_bytes: int | None, baselin
         "sha256": sha256(data),
     }
     log.write({"event": "packed", **info})
-    if baseline:
+    if baseline:  # never in train_gpt.py, whose run_all passes False (codepack.OUTSIDE_SCRIPT)
+        from .pack_baseline import brotli_baseline_bytes
+
         info["brotli_baseline_bytes"] = brotli_baseline_bytes(state)
         info["saved_vs_baseline_bytes"] = info["brotli_baseline_bytes"] - len(data)
     out = Path(out)

@@ -3,8 +3,9 @@
     python -m pgolf.sizecheck --pgrp results/<name>/seed<seed>/quant/<preset>/model.pgrp \
         --pack-json .../pack.json --code .../train_gpt.py --preset <preset> --out .../size.json
 
-Over the cap it stops with the breakdown and the preset knobs that shrink the artifact, and writes nothing, so
-evaluation never starts (docs/record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
+Over the cap it stops with the breakdown and the preset knobs that shrink the artifact (train_gpt.py's run: the
+breakdown alone, the knobs being the DAG's advice), and writes nothing, so evaluation never starts
+(docs/record-stack.md §1.1: code bytes + compressed model bytes <= 16,000,000).
 """
 
 import argparse
@@ -35,22 +36,16 @@ def size_report(pgrp, pack_json, code) -> dict:
     }
 
 
-def over_cap_message(report: dict, preset: str) -> str:
-    streams = ", ".join(f"{name} {size:,}" for name, size in report["streams"].items())
-    knobs = f"quant.presets.{preset}"
+def over_cap_advice(report: dict, preset: str) -> str:
+    """What shrinks an artifact over the cap: the preset's knobs, or the pruning target of #1512's lzma blob."""
     if "lzma_pruned" in report["streams"]:  # #1512's artifact: pruning sets its size
         return (
-            f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
-            f"{-report['headroom_bytes']:,} (model.pgrp: lzma_pruned {report['model_bytes']:,}; train_gpt.py "
-            f"{report['code_bytes']:,}). Shrink it: set pack.prune_target_bytes to at most "
-            f"{report['cap_bytes'] - report['code_bytes']:,} (the cap less the code), then re-run"
+            f"set pack.prune_target_bytes to at most {report['cap_bytes'] - report['code_bytes']:,} (the cap less the "
+            "code), then re-run"
         )
     return (
-        f"total {report['total_bytes']:,} bytes is over the cap of {report['cap_bytes']:,} by "
-        f"{-report['headroom_bytes']:,} (model.pgrp {report['model_bytes']:,} = {streams}; "
-        f"train_gpt.py {report['code_bytes']:,}). Shrink it in {knobs}: raise the clip sigmas "
-        f"({{attn,mlp,embed}}.clip_sigmas; a larger k gives smaller streams), lower embed.bits, or lower "
-        f"lqer.top_k; then re-run"
+        f"shrink it in quant.presets.{preset}: raise the clip sigmas ({{attn,mlp,embed}}.clip_sigmas; a larger k "
+        "gives smaller streams), lower embed.bits, or lower lqer.top_k; then re-run"
     )
 
 
@@ -73,7 +68,12 @@ def run(pgrp, pack_json, code, out, preset: str):
     """
     report = size_report(pgrp, pack_json, code)
     if report["headroom_bytes"] < 0:
-        raise PgolfError(f"{pgrp} + {code}: {over_cap_message(report, preset)}")
+        streams = ", ".join(f"{name} {size:,}" for name, size in report["streams"].items())
+        raise PgolfError(
+            f"{pgrp} + {code}: total {report['total_bytes']:,} bytes is over the cap of {CAP_BYTES:,} by "
+            f"{-report['headroom_bytes']:,} (model.pgrp {report['model_bytes']:,} = {streams}, plus train_gpt.py "
+            f"{report['code_bytes']:,}); {over_cap_advice(report, preset)}"
+        )
     write_json(out, report)
 
 

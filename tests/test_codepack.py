@@ -327,15 +327,19 @@ LORA_TILT = {
     CKPT,
     PIECES,
 }
+# the quantizer's options, each left out where the submitted preset names its off value (a preset without the key,
+# as most recipes' are, keeps the module): #1512's clip search, #1935's adaptive LQER ranks and #1512's int8 rows
+# (also shipped where the model has #1019's tables)
+PCT, ADAPTIVE, INT8 = "pgolf/quant/percentile_clip.py", "pgolf/quant/lqer_adaptive.py", "pgolf/quant/int8_clip.py"
 PR1572_OFF = {"pgolf/ngram.py", "pgolf/prune.py", "pgolf/quant/awq.py", PARTS, SEQ, CKPT}  # SGD TTT, brotli, windows
 RECIPE_DROPS = {  # OFF: LoRA TTT, no tilt, lrzip groups, no AWQ-lite, the documents loader, one sequence length;
     # none of #1512's options
-    "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
+    "record": OFF | PR1512 | {PARTS} | MODEL_OPTIONS | {PCT, ADAPTIVE, INT8},
     "pr1512": OFF - {"pgolf/prune.py", "pgolf/quant/awq.py", PIECES} | {PARTS, ASYM, FA4, CUDNN},  # pruned lzma
     "pr1572": PR1572_OFF | PR1512 | MODEL_OPTIONS - {CROSS},
     "pr1935": OFF | PR1512 | {PARTS} | MODEL_OPTIONS,
     "pr2123": LORA_TILT | {SEQ} | PR1512 | MODEL_OPTIONS - {ASYM},
-    "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM},
+    "pr2164": LORA_TILT | PR1512 | MODEL_OPTIONS - {ASYM} | {PCT},
 }
 # Import every module given in argv[1] with the ones in argv[2] unimportable (None in sys.modules: ImportError).
 BLOCKED_IMPORT = """
@@ -417,6 +421,19 @@ def test_a_config_without_the_key_keeps_the_module():
         ("pgolf/rope_scaling.py", "rope_train_len", 1024),
     ):
         assert C.needed(rel, {"model": {key: on}}) and not C.needed(rel, {"model": {key: None}})
+
+    # the quantizer's options ship where the submitted preset turns them on
+    def preset(section, values):
+        return {"quant": {"presets": {"p": {section: values}}, "submission_preset": "p"}}
+
+    assert C.needed(PCT, preset("gptq", {"clip_percentiles": [0.999, 1.0]}))
+    assert not any(C.needed(PCT, preset("gptq", {"clip_percentiles": off})) for off in (None, []))
+    assert C.needed(ADAPTIVE, preset("lqer", {"adaptive": True}))
+    assert not C.needed(ADAPTIVE, preset("lqer", {"adaptive": False}))
+    off = {"bigram_buckets": 0, "value_embed_layers": None}
+    assert C.needed(INT8, preset("embed_plain_int8", True) | {"model": off})
+    assert not C.needed(INT8, preset("embed_plain_int8", False) | {"model": off})
+    assert C.needed(INT8, preset("embed_plain_int8", False) | {"model": {**off, "value_embed_layers": [9, 10]}})
     # checkpoints (and resume) ship where train.checkpoint_minutes turns them on: the smoke recipe's 1.0, say
     assert C.needed(CKPT, {"train": {"checkpoint_minutes": 1.0}})
     assert not any(C.needed(CKPT, {"train": {"checkpoint_minutes": off}}) for off in (0, 0.0))
@@ -466,6 +483,25 @@ def test_unread_assignments_and_imports_are_left_out():
     assert ns["run_all"]() == 2
     kept = C.minify(sources["pgolf/a.py"], "a.py", ["run_all"], unused["pgolf/a.py"])  # outside=None keeps imports
     assert "import os" in kept
+
+
+def test_what_only_a_config_check_or_the_dag_advice_reads_is_left_out():
+    """A name that only a `check` method, an error's advice or a `__main__` block reads goes with them."""
+    sources = {
+        "pgolf/k.py": "import dataclasses\nKINDS = ('a', 'b')\nRERUN = 're-run the k rule'\nHELP = 'usage'\n"
+        "LIMIT = 3\n@dataclasses.dataclass\nclass Config:\n    kind: str = 'a'\n    def check(self):\n"
+        "        if self.kind not in KINDS:\n            raise ValueError(f'{self.kind}: unknown')\n"
+        "def run_all(n):\n    if n > LIMIT:\n        raise ValueError(f'{n} is over {LIMIT}; {RERUN}')\n"
+        "    return Config()\n"
+        "if __name__ == '__main__':\n    print(HELP)\n",
+    }
+    assert C.unused_definitions(sources) == {"pgolf/k.py": {"KINDS", "RERUN", "HELP"}}
+    out = C.minify(sources["pgolf/k.py"], "k.py", ["run_all", "Config"], C.unused_definitions(sources)["pgolf/k.py"])
+    ns = {}
+    exec(out, ns)
+    with pytest.raises(ValueError, match="^4 is over 3$"):
+        ns["run_all"](4)
+    assert ns["run_all"](1).kind == "a" and "re-run" not in out and "'b'" not in out
 
 
 def test_what_only_a_command_line_reaches_is_left_out():

@@ -5,9 +5,7 @@ import torch
 
 from pgolf.errors import PgolfError
 from pgolf.quant import dequantize, gptq_quantize, lqer
-from pgolf.quant.awq import group_scores, select_groups
-from pgolf.quant.dequant import apply_awq_groups
-from pgolf.quant.gptq import gptq_quantize_protected
+from pgolf.quant.awq import apply_awq_groups, gptq_quantize_protected, group_scores, select_groups
 
 
 def correlated_problem(rows=48, cols=96, n=2048, seed=0):
@@ -152,7 +150,8 @@ def test_lqer_rank_is_capped_by_the_matrix():
 
 def test_percentile_clip_search_keeps_the_lowest_mse_candidate():
     # #1512's search: one GPTQ pass per row-clip quantile; the returned codes are the candidate with the lowest MSE
-    from pgolf.quant.gptq import _gptq, gptq_quantize_percentile, percentile_scale
+    from pgolf.quant.gptq import gptq_codes
+    from pgolf.quant.percentile_clip import gptq_quantize_percentile, percentile_scale
 
     g = torch.Generator().manual_seed(11)
     W = torch.randn(12, 40, generator=g)
@@ -164,7 +163,7 @@ def test_percentile_clip_search_keeps_the_lowest_mse_candidate():
     errors = []
     for p in percentiles:
         s = percentile_scale(W, p, 31)
-        codes = _gptq(W, H, s, 31, 16, 0.01)
+        codes = gptq_codes(W, H, s, 31, 16, 0.01)
         errors.append(float((W - codes.float() * s.float()[:, None]).pow(2).mean()))
     best = percentiles[errors.index(min(errors))]
     assert torch.equal(scale, percentile_scale(W, best, 31)) and q.abs().max() <= 31

@@ -12,7 +12,7 @@ import torch
 from pgolf.errors import PgolfError
 from pgolf.hessians import HessianSums
 from pgolf.model import GPT, ModelConfig
-from pgolf.quant import Preset, dequant, dequantize_state, lqer, quantize_state
+from pgolf.quant import Preset, dequant, dequantize_state, lqer, lqer_adaptive, quantize_state
 
 TINY = {
     "vocab_size": 128,
@@ -42,7 +42,7 @@ def test_byte_cost_matches_the_rank_lines_of_1935s_log():
         (8192, 512, 6): 13922,
     }
     for (rows, cols, rank), nbytes in logged.items():
-        assert lqer.asym_bytes(rows, cols, rank, 64) == nbytes
+        assert lqer_adaptive.asym_bytes(rows, cols, rank, 64) == nbytes
 
 
 def slow_adaptive(errors: dict, ranks: list[int], budget: int, group: int) -> dict:
@@ -55,7 +55,7 @@ def slow_adaptive(errors: dict, ranks: list[int], budget: int, group: int) -> di
         for r in sorted(ranks):
             approx = (U[:, :r] * S[:r]) @ Vh[:r]
             energy = float((approx**2).sum())
-            cost = lqer.asym_bytes(E.shape[0], E.shape[1], r, group)
+            cost = lqer_adaptive.asym_bytes(E.shape[0], E.shape[1], r, group)
             options.append(((energy - prev_energy) / max(cost - prev_cost, 1), name, r, cost))
             prev_energy, prev_cost = energy, cost
     chosen, left, todo = {}, budget, list(options)
@@ -80,9 +80,9 @@ def test_adaptive_ranks_match_the_slow_reference(budget):
         f"t{i}": torch.randn(shape, generator=gen) @ torch.diag(torch.rand(shape[1], generator=gen) ** (i + 1))
         for i, shape in enumerate(shapes)
     }
-    fast = lqer.adaptive_ranks(errors, [6, 4, 8], budget, 32)
+    fast = lqer_adaptive.adaptive_ranks(errors, [6, 4, 8], budget, 32)
     assert fast == slow_adaptive(errors, [4, 6, 8], budget, 32)
-    spent = sum(lqer.asym_bytes(*errors[n].shape, r, 32) for n, r in fast.items())
+    spent = sum(lqer_adaptive.asym_bytes(*errors[n].shape, r, 32) for n, r in fast.items())
     assert spent <= budget
     if budget == 0:
         assert fast == {}
@@ -116,7 +116,7 @@ def test_adaptive_preset_stores_the_allocated_ranks(tiny):
     # the allocator sees the GPTQ errors of every quantized matrix, in state order
     base = dequantize_state(record | {"meta": {n: m.split("+lqer")[0] for n, m in record["meta"].items()}})
     errors = {n: state[n].float() - base[n] for n, row in report["tensors"].items() if "bits" in row}
-    expected = lqer.adaptive_ranks(errors, [2, 4], 3000, 32)
+    expected = lqer_adaptive.adaptive_ranks(errors, [2, 4], 3000, 32)
     assert expected and report["lqer_picks"] == list(expected)
     for name, rank in expected.items():
         assert report["tensors"][name]["lqer_rank"] == rank

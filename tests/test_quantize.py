@@ -286,7 +286,7 @@ def test_cli_error_is_one_line_naming_the_fix(tmp_path, capsys):
 
 def test_1512_storage_rules():
     # #1512's preset: tok_emb and the #1019 tables in clipped int8 rows, the matrices through GPTQ's clip search
-    from pgolf.quant.state import INT8_CLIP_QUANTILE
+    from pgolf.quant.int8_clip import INT8_CLIP_QUANTILE
 
     cfg = dict(
         TINY,

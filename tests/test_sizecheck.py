@@ -84,6 +84,17 @@ def test_cap_boundary(inputs, monkeypatch):
     assert not (inputs / "over.json").exists()
 
 
+def test_the_scripts_over_cap_message_is_the_breakdown_alone():
+    """train_gpt.py's size check says what is over the cap but not the advice, which names the DAG's config: the
+    advice follows the message's first "; ", which codepack cuts, and its function goes with it."""
+    source = Path(sizecheck.__file__).read_text()
+    caller = "from . import sizecheck\ndef run_all():\n    sizecheck.run(1, 2, 3, 4, 'record')\n"
+    unused = codepack.unused_definitions({"pgolf/sizecheck.py": source, "pgolf/runall.py": caller})
+    assert "over_cap_advice" in unused["pgolf/sizecheck.py"] and "main" in unused["pgolf/sizecheck.py"]
+    out = codepack.minify(source, "sizecheck.py", ["run"], unused["pgolf/sizecheck.py"], outside=set())
+    assert "plus train_gpt.py" in out and "shrink" not in out and "prune_target_bytes" not in out
+
+
 def test_cli_over_cap_is_one_line(inputs, monkeypatch):
     # A cap of 16,000,000 cannot be crossed with a small file, so make train_gpt.py huge instead (sparse write).
     big = inputs / "big" / "train_gpt.py"

@@ -19,19 +19,11 @@ AWQ = "+awq (int8)"
 INT8_ROW = "int8 per row"
 FP16 = "passthrough (fp16)"
 RAW = "passthrough"
-AWQ_SUFFIXES = ("awqg_start", "awqg_size", "awqg_s_hi")
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Ŵ = q·scale with one scale per row, in fp32."""
     return q.float() * scale.float().to(q.device).unsqueeze(1)
-
-
-def apply_awq_groups(W_hat, q, starts, sizes, scale_hi):
-    """Overwrite the protected column groups of Ŵ with their int8 codes times the second per-row scale."""
-    for start, size in zip(starts.tolist(), sizes.tolist()):
-        W_hat[:, start : start + size] = dequantize(q[:, start : start + size], scale_hi)
-    return W_hat
 
 
 def dequantize_tensor(tensors: dict, how: str, name: str) -> torch.Tensor:
@@ -42,7 +34,9 @@ def dequantize_tensor(tensors: dict, how: str, name: str) -> torch.Tensor:
         if how.startswith(GPTQ) or how == INT8_ROW:
             W = dequantize(part("q"), part("scale"))
             if AWQ in how:
-                apply_awq_groups(W, part("q"), *(part(s) for s in AWQ_SUFFIXES))
+                from .awq import SUFFIXES, apply_awq_groups  # shipped only where AWQ-lite is on (codepack.OPTIONAL)
+
+                apply_awq_groups(W, part("q"), *(part(s) for s in SUFFIXES))
             for mode in (lqer.ASYM, lqer.SYM):
                 if f"+{mode}" in how:
                     W += lqer.correction(mode, {s: part(s) for s in lqer.SUFFIXES[mode]}).to(W.device)

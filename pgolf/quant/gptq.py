@@ -38,7 +38,7 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
     return U
 
 
-def _gptq(W, H, scale, limit, block_size, damp, hi_cols=None, scale_hi=None) -> torch.Tensor:
+def gptq_codes(W, H, scale, limit, block_size, damp, hi_cols=None, scale_hi=None) -> torch.Tensor:
     """Integer codes of W (rows, cols) against H (cols, cols); columns in `hi_cols` use scale_hi and ±127."""
     rows, cols = W.shape
     W = W.float().clone()
@@ -74,45 +74,5 @@ def _gptq(W, H, scale, limit, block_size, damp, hi_cols=None, scale_hi=None) -> 
 def gptq_quantize(W, H, bits, clip_sigmas, block_size=128, damp=0.01):
     """GPTQ + SDClip: (q int8 of W's shape in ±(2^(bits-1)-1), fp16 per-row scale); Ŵ = q·scale."""
     scale = sdclip_scale(W, clip_sigmas, clip_range(bits))
-    q = _gptq(W, H, scale, clip_range(bits), block_size, damp)
+    q = gptq_codes(W, H, scale, clip_range(bits), block_size, damp)
     return q, scale
-
-
-def percentile_scale(W: torch.Tensor, percentile: float, limit: int) -> torch.Tensor:
-    """#1512's row clip: the row's `percentile` quantile of |w| (1.0: its max) / limit, at least 1/limit, in fp16."""
-    absW = W.float().abs()
-    clip = absW.amax(dim=1) if percentile >= 1.0 else torch.quantile(absW, percentile, dim=1)
-    return (clip / limit).clamp_min(1.0 / limit).to(torch.float16)
-
-
-def gptq_quantize_percentile(W, H, bits, percentiles, block_size=128, damp=0.01):
-    """#1512's clip search: one GPTQ pass per row-clip percentile, keeping the codes whose reconstruction has the
-    lowest mean squared error against W (the first on a tie); returns (q, scale) as gptq_quantize."""
-    limit = clip_range(bits)
-    target = W.float().clone()
-    target[:, H.diagonal() == 0] = 0.0  # GPTQ zeroes dead columns first
-    best = None
-    for p in percentiles:
-        scale = percentile_scale(W, p, limit)
-        q = _gptq(W, H, scale, limit, block_size, damp)
-        mse = float((target - q.float() * scale.float().to(q.device).unsqueeze(1)).pow(2).mean())
-        if best is None or mse < best[0]:
-            best = (mse, q, scale)
-    return best[1], best[2]
-
-
-def column_mask(cols: int, groups) -> torch.Tensor:
-    mask = torch.zeros(cols, dtype=torch.bool)
-    for start, size in groups:
-        mask[start : start + size] = True
-    return mask
-
-
-def gptq_quantize_protected(W, H, bits, clip_sigmas, groups, block_size=128, damp=0.01):
-    """GPTQ with the column ranges `groups` [(start, size)] at int8 under a second per-row scale
-    clip_sigmas·std(row)/127; returns (q, scale, scale_hi)."""
-    scale = sdclip_scale(W, clip_sigmas, clip_range(bits))
-    scale_hi = sdclip_scale(W, clip_sigmas, AWQ_CLIP_RANGE)
-    mask = column_mask(W.shape[1], groups)
-    q = _gptq(W, H, scale, clip_range(bits), block_size, damp, hi_cols=mask, scale_hi=scale_hi)
-    return q, scale, scale_hi

@@ -14,14 +14,13 @@ import torch
 
 from ..errors import PgolfError
 from . import dequant, lqer
-from .gptq import gptq_quantize, gptq_quantize_percentile, gptq_quantize_protected
+from .gptq import gptq_quantize
 from .preset import Preset
 
 MATRIX = re.compile(r"^(tok_emb\.weight|blocks\.\d+\.(attn\.(c_q|c_k|c_v|proj)|mlp\.(fc|proj))\.weight)$")
 PASSTHROUGH_MAX_NUMEL = 65_536
 GATE_NUMEL = (32, 8_192)
 TABLES_1019 = ("bigram.embed.weight", "value_embed.embed.weight")
-INT8_CLIP_QUANTILE = 0.9999984  # #1512's per-row clip for the tables it stores in int8
 
 
 def matrix_class(name: str) -> str:
@@ -39,7 +38,7 @@ def h_weighted_error(E: torch.Tensor, H: torch.Tensor) -> float:
     return float(((E @ H) * E).sum())
 
 
-def _check_hessians(matrices: dict, hessians: dict, need_rms: bool):
+def _check_hessians(matrices: dict, hessians: dict):
     for name, W in matrices.items():
         H = hessians.get(name)
         if H is None or tuple(H.shape) != (W.shape[1], W.shape[1]):
@@ -47,12 +46,6 @@ def _check_hessians(matrices: dict, hessians: dict, need_rms: bool):
             raise PgolfError(
                 f"hessians.pt: {name} needs a {W.shape[1]}x{W.shape[1]} Hessian, found {found}; "
                 "re-run the hessians stage for this model.pt"
-            )
-        rms = hessians.get("act_rms", {}).get(name)
-        if need_rms and (rms is None or rms.numel() != W.shape[1]):
-            raise PgolfError(
-                f"hessians.pt: act_rms[{name}] (one RMS per input column) is missing or has the wrong size; "
-                "re-run the hessians stage, which records it for AWQ-lite"
             )
 
 
@@ -62,21 +55,13 @@ def _int8_rows(W: torch.Tensor):
     return q, scale
 
 
-def int8_rows_clipped(W: torch.Tensor):
-    """#1512's int8 rows: clip each row at a quantile of |w|, scale clip/127 (at least 1/127), fp16 scales."""
-    W = W.float()
-    clip = torch.quantile(W.abs(), INT8_CLIP_QUANTILE, dim=1)
-    scale = (clip / 127).clamp_min(1 / 127)
-    clipped = torch.maximum(torch.minimum(W, clip[:, None]), -clip[:, None])
-    q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
-    return q, scale.to(torch.float16)
-
-
 def _small_tensor(name: str, t: torch.Tensor, tensors: dict, meta: dict, gate_int8: bool):
     if gate_int8 and is_gate(name, t):
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = _int8_rows(t)
         meta[name] = dequant.INT8_ROW
     elif name in TABLES_1019 or name == "tok_emb.weight":  # the latter only with preset.embed_plain_int8
+        from .int8_clip import int8_rows_clipped  # shipped only where such a tensor is (codepack.OPTIONAL)
+
         tensors[f"{name}.q"], tensors[f"{name}.scale"] = int8_rows_clipped(t)
         meta[name] = dequant.INT8_ROW
     elif not t.is_floating_point():
@@ -103,7 +88,11 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     matrices = {n: t.detach() for n, t in unbanked_state.items() if MATRIX.match(n)}
     if preset.embed_plain_int8:
         matrices.pop("tok_emb.weight", None)
-    _check_hessians(matrices, hessians, need_rms=preset.awq.enabled)
+    _check_hessians(matrices, hessians)
+    if preset.awq.enabled:
+        from . import awq  # shipped only where the preset turns AWQ on (pgolf.codepack.OPTIONAL)
+
+        awq.check_act_rms(matrices, hessians)
     tensors, meta, rows = {}, {}, {}
     for name, t in unbanked_state.items():  # the cheap tensors first: a tensor without a storage rule fails fast
         if name not in matrices:
@@ -112,8 +101,6 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
 
     awq_picks = []
     if preset.awq.enabled:
-        from . import awq  # shipped only where the preset turns AWQ on (pgolf.codepack.OPTIONAL)
-
         eligible = {n: W.to(device) for n, W in matrices.items() if preset.for_class(matrix_class(n)).bits < 8}
         awq_picks = memo(
             ("awq", *eligible, preset.awq.top_k, preset.awq.group),
@@ -127,15 +114,12 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
         groups = [(g["start"], g["size"]) for g in awq_picks if g["name"] == name]
         how = f"{dequant.GPTQ} (int{spec.bits})"
         keys[name] = key = (name, spec.bits, spec.clip_sigmas, *groups, *_gptq_args(preset).values())
-        if groups:
-            q, scale, scale_hi = memo(
-                key, lambda: gptq_quantize_protected(W, H, spec.bits, spec.clip_sigmas, groups, **_gptq_args(preset))
-            )
-            tensors[f"{name}.awqg_start"] = torch.tensor([s for s, _ in groups], dtype=torch.int16)
-            tensors[f"{name}.awqg_size"] = torch.tensor([n for _, n in groups], dtype=torch.int16)
-            tensors[f"{name}.awqg_s_hi"] = scale_hi.cpu()
+        if groups:  # AWQ-lite's picks, so `awq` is imported
+            q, scale = awq.quantize_protected(tensors, name, W, H, spec, groups, memo, key, _gptq_args(preset))
             how += dequant.AWQ
         elif preset.gptq.clip_percentiles:
+            from .percentile_clip import gptq_quantize_percentile  # shipped only where the preset sets them
+
             q, scale = gptq_quantize_percentile(W, H, spec.bits, preset.gptq.clip_percentiles, **_gptq_args(preset))
         else:
             q, scale = memo(key, lambda: gptq_quantize(W, H, spec.bits, spec.clip_sigmas, **_gptq_args(preset)))
@@ -159,7 +143,9 @@ def quantize_state(unbanked_state: dict, hessians: dict, preset, *, model_config
     if preset.lqer.enabled:
         spec = preset.lqer
         if spec.adaptive:
-            ranks = lqer.adaptive_ranks(errors, spec.ranks, spec.budget_bytes, spec.group)
+            from .lqer_adaptive import adaptive_ranks  # shipped only where the preset turns it on (codepack.OPTIONAL)
+
+            ranks = adaptive_ranks(errors, spec.ranks, spec.budget_bytes, spec.group)
         else:
             ranks = {n: spec.rank for n in sorted(errors, key=lambda n: -rows[n]["frob_error_gptq"])[: spec.top_k]}
         lqer_picks = list(ranks)
