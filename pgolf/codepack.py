@@ -61,9 +61,11 @@ MINIFY_OPTIONS = dict(
     remove_literal_statements=True,
     remove_asserts=True,
     prefer_single_line=True,
-    # _DropUnrun drops the parameters' annotations but a Triton kernel's: `tl.constexpr` makes a parameter a
-    # compile-time constant (tl.arange needs one), and Triton reads it from the kernel's signature
-    remove_annotations=python_minifier.RemoveAnnotationsOptions(remove_argument_annotations=False),
+    # _DropUnrun drops the parameters' and variables' annotations but a Triton kernel's: `tl.constexpr` makes a
+    # parameter or a local a compile-time constant (tl.arange and tl.reshape need one), which Triton reads from them
+    remove_annotations=python_minifier.RemoveAnnotationsOptions(
+        remove_argument_annotations=False, remove_variable_annotations=False
+    ),
 )
 CHECK_METHOD = "check"  # config dataclasses' value checks, run at build time (check_config), not in the script
 LRZIP_ARGS = ("-z", "-L", "9")  # ZPAQ at its highest level, as pack.py compresses the weights
@@ -191,6 +193,22 @@ def submitted_files(package_dir=PACKAGE_DIR, config: dict | None = None) -> list
 # --- minification ---------------------------------------------------------------------------------------------
 
 
+class _PlainAssignments(ast.NodeTransformer):
+    """`x: T = v` as `x = v` (a bare `x: T`, as pass) outside class bodies, where a dataclass reads its fields'
+    annotations, and outside nested functions (their own visit decides: a Triton kernel's `n: tl.constexpr = ...` is
+    a compile-time constant, so python-minifier keeps variable annotations and this pass drops the others)."""
+
+    def visit_AnnAssign(self, node):
+        if node.value is None:
+            return ast.Pass()
+        return ast.Assign(targets=[node.target], value=node.value, lineno=node.lineno)
+
+    def visit_FunctionDef(self, node):
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+
 class _DropUnrun(ast.NodeTransformer):
     """Remove what a judge's run never executes or cannot use: argparse help texts, descriptions and program names,
     `if __name__ == "__main__"`, the DAG advice in error messages (_cut_advice), the top-level definitions named in
@@ -201,6 +219,7 @@ class _DropUnrun(ast.NodeTransformer):
         self.unused, self.outside, self.entries = set(unused), outside, entries or {}
 
     def visit_Module(self, node):
+        node.body = _PlainAssignments().visit(node).body
         node.body = [n for n in node.body if _defined_name(n) not in self.unused]
         for n in node.body:  # unused also names the pgolf imports nothing reads (unused_definitions)
             if isinstance(n, (ast.Import, ast.ImportFrom)):
@@ -237,6 +256,7 @@ class _DropUnrun(ast.NodeTransformer):
         if not any(_decorator_name(d) == "jit" for d in node.decorator_list):  # a Triton kernel keeps them
             for arg in _all_args(node):
                 arg.annotation = None
+            node.body = _PlainAssignments().visit(ast.Module(node.body, [])).body
         return self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef

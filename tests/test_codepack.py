@@ -811,3 +811,40 @@ def test_triton_kernels_keep_their_constexpr_parameters(modules):
     assert any(any(flags) for flags in expected) and kernels(minified) == expected
     others = [f for f in ast.walk(ast.parse(modules["pgolf.model"][1])) if isinstance(f, ast.FunctionDef)]
     assert not any(a.annotation for f in others for a in f.args.args)  # the rest lose theirs
+
+
+def _annotated_locals(source: str) -> dict:
+    """{function name: [its annotated assignments' annotations]} over a module's functions."""
+    functions = [f for f in ast.walk(ast.parse(source)) if isinstance(f, ast.FunctionDef)]
+    return {f.name: [ast.unparse(n.annotation) for n in ast.walk(f) if isinstance(n, ast.AnnAssign)] for f in functions}
+
+
+def test_triton_kernels_keep_their_constexpr_locals(modules):
+    """`half: tl.constexpr = BN // 2` makes a kernel's local a compile-time constant (tl.reshape's shape needs one):
+    the script's kernels keep those annotations; other functions' annotated assignments become plain ones, and a
+    dataclass's fields (class-body annotations) keep theirs."""
+    source = _annotated_locals((C.PACKAGE_DIR / "kernels.py").read_text())
+    minified = _annotated_locals(modules["pgolf.kernels"][1])
+    assert sum(map(len, source.values())) > 0
+    assert sorted(map(len, minified.values())) == sorted(map(len, source.values()))
+    assert all(a.endswith(".constexpr") for annotations in minified.values() for a in annotations)
+    for name in ("pgolf.train", "pgolf.model", "pgolf.ttt"):
+        assert not any(_annotated_locals(modules[name][1]).values()), name
+    config = ast.parse(modules["pgolf.model"][1])
+    fields = [
+        n for c in ast.walk(config) if isinstance(c, ast.ClassDef) for n in c.body if isinstance(n, ast.AnnAssign)
+    ]
+    assert len(fields) >= 40  # ModelConfig's
+
+
+def test_annotated_assignments_become_plain_outside_classes_and_kernels():
+    tree = ast.parse(
+        "import triton\nX: int = 1\nY: int\n"
+        "def f(a: int):\n    b: int = a + X\n    c: int\n    return b\n"
+        "class K:\n    z: int = 2\n"
+        "@triton.jit\ndef k(n: tl.constexpr):\n    h: tl.constexpr = n // 2\n"
+    )
+    out = ast.unparse(C._DropUnrun().visit(tree))
+    assert "X = 1" in out and "Y: int" not in out and "b = a + X" in out and "c: int" not in out
+    assert "z: int = 2" in out and "h: tl.constexpr = n // 2" in out and "def f(a):" in out
+    assert _exec(out.replace("import triton", "").split("@triton.jit")[0])["f"](1) == 2
