@@ -7,7 +7,7 @@ the last row is what it writes (checked against build_script). The payload is th
 (its dataclass sections less their defaults, `pgolf.scriptconfig.sparse_config`) and the modules, NUL-separated
 (`pgolf.codepack.payload`). Wrappers: base85 in a str literal (upstream's: `exec(B.decompress(b.b85decode("...")))`)
 or the compressed bytes XORed with `pgolf.codepack.escape_key` in a latin-1 str literal
-(`pgolf.codepack.latin1_literal`). Compressors at their maximum settings: zlib 9, bz2 9, xz preset 9e, raw LZMA2
+(`pgolf.codepack.blob_expression`). Compressors at their maximum settings: zlib 9, bz2 9, xz preset 9e, raw LZMA2
 9e (lc/pb tuned), brotli q11 (lgwin 24), lrzip ZPAQ -L 9.
 """
 
@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pgolf import codepack as C  # noqa: E402
 from pgolf.config import resolve  # noqa: E402
-from pgolf.scriptconfig import sparse_config  # noqa: E402
 
 UPSTREAM = dict(
     rename_locals=False,
@@ -73,8 +72,7 @@ def script_bytes(blob: bytes, compressor: str, wrapper: str) -> int:
     if wrapper == "base85":
         x = f'__import__("base64").b85decode("{base64.b85encode(blob).decode()}")'
     else:
-        key = C.escape_key(blob)
-        x = f"bytes(c^{key} for c in {C.latin1_literal(bytes(b ^ key for b in blob))}.encode('latin1'))"
+        x = C.blob_expression(blob)
     stub = STUB_CALL[compressor].replace("X", x)
     return len((HEADER + stub + TAIL).encode("latin-1"))
 
@@ -120,7 +118,7 @@ def main():
             modules = C.package_modules(config=config if module_set == CONFIG_AWARE else None)
         else:
             modules = minified(every if module_set == ALL_MODULES else closure, options)
-        data = C.payload(sparse_config(config), modules)
+        data = C.payload(config, modules)
         for name, compress in COMPRESSORS.items():
             start = time.perf_counter()
             blob = compress(data)
@@ -130,7 +128,7 @@ def main():
                 f"{script_bytes(blob, name, 'base85'):,} | {script_bytes(blob, name, 'latin-1'):,} |"
             )
     written = len(C.build_script(config, args.preset))
-    blob = C.lrzip_compress(C.payload(sparse_config(config), C.package_modules(config=config)))
+    blob = C.lrzip_compress(C.payload(config, C.package_modules(config=config)))
     assert abs(written - script_bytes(blob, "lrzip ZPAQ -L 9", "latin-1")) < 40, "stub drifted from codepack"
     print(f"\npgolf.codepack.build_script writes {written:,} bytes (this Python's versions in its header).")
 

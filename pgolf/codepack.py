@@ -18,9 +18,8 @@ module-level names no other module reads (bench/code_size.py and bench/RESULTS.m
 bootstrap, the config (its dataclass sections less their defaults: pgolf.scriptconfig) and the modules,
 NUL-separated, are compressed by lrzip's ZPAQ (the binary that unpacks the model anyway), XORed with the byte that
 leaves the fewest escapes (escape_key) and stored as a latin-1 string literal, one byte per byte, under a
-three-line stub. The bootstrap installs a meta-path importer that
-serves the pgolf.* modules from memory (and nothing else), then, run as a script, calls
-pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)). python-minifier is needed only here, at build time.
+three-line stub. The bootstrap installs a meta-path importer that serves the pgolf.* modules from memory (and
+nothing else), then, run as a script, calls pgolf.runall.run_all(pgolf.scriptconfig.full_config(CONFIG)). python-minifier is needed only here, at build time.
 """
 
 import argparse
@@ -90,7 +89,7 @@ if __name__=='__main__':
 """
 STUB = (
     "import subprocess as s\n"
-    "t=s.run(('lrzip','-dq'),input=bytes(c^{key} for c in {literal}.encode('latin1')),capture_output=1,check=1)"
+    "t=s.run(('lrzip','-dq'),input={blob},capture_output=1,check=1)"
     ".stdout.decode().split('\\0');exec(t[0])\n"
 )
 
@@ -1156,6 +1155,13 @@ def escape_key(blob: bytes) -> int:
     return min(range(256), key=lambda key: sum(counts[key ^ escaped] for escaped in b"\0\r\\"))
 
 
+def blob_expression(blob: bytes) -> str:
+    """The Python expression the stub reads the compressed blob from: a latin-1 literal of the blob XORed with
+    escape_key's byte, XORed back."""
+    key = escape_key(blob)
+    return f"bytes(c^{key} for c in {latin1_literal(bytes(byte ^ key for byte in blob))}.encode('latin1'))"
+
+
 def check_config(config: dict):
     """Build every config dataclass run_all's stages build from `config` (narrowed), so that their `check` methods,
     which the script leaves out, run here on the very values it runs with (pgolf.scriptconfig.full_config gives
@@ -1171,9 +1177,7 @@ def build_script(config: dict, preset: str, package_dir=PACKAGE_DIR) -> bytes:
     check_config(config)
     blob = lrzip_compress(payload(config, package_modules(package_dir, config=config)))
     header = LINE.format(preset=preset, python=platform.python_version(), minifier=version("python-minifier"))
-    key = escape_key(blob)
-    literal = latin1_literal(bytes(byte ^ key for byte in blob))
-    return (header + "\n" + STUB.format(key=key, literal=literal)).encode("latin-1")
+    return (header + "\n" + STUB.format(blob=blob_expression(blob))).encode("latin-1")
 
 
 def main(argv=None):
