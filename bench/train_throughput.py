@@ -13,7 +13,8 @@ one GPU), every step the product's `Trainer.train_step`. In one run:
 - median ms/step, tokens/s, model TFLOP/s and MFU before and after looping, peak memory, the loss curve;
 - the first steps' losses of an eager run from the same weights and data, against the compiled run's;
 - restart: a new process on the same --cache, seconds from its start to the end of its first step in each state
-  (with --profile-restart, then the functions of a second one under cProfile with the most cumulative time);
+  (where pgolf.bytecode keeps Python's bytecode in the cache, after a first one that fills it; with
+  --profile-restart, then the functions of one more under cProfile with the most cumulative time);
 - with --profile, the CUDA kernels that take most time in one step of the last state measured.
 Model FLOPs per token = 6 x (matrix parameters applied per token, looped layers once per application, + LM head)
 + 12 x d_model x (mean attended keys per query) per layer application (docs/contracts.md). Prints a table last.
@@ -24,6 +25,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import pstats
 import shutil
 import statistics
@@ -36,7 +38,7 @@ from pathlib import Path
 import torch
 from attended_keys import mean_keys  # bench/, on the path of a script run from it
 
-from pgolf import attention, compile_cache
+from pgolf import attention, bytecode, compile_cache
 from pgolf import dist as pdist
 from pgolf.loader import start_position
 from pgolf.model import ModelConfig, layer_orders
@@ -347,19 +349,36 @@ def restart(args, result: dict, cache: Path):
         probe += ["--model", args.model]
     if args.flex_options is not None:
         probe += ["--flex-options", json.dumps(args.flex_options)]
-    launched = time.time()
-    done = subprocess.run(probe, capture_output=True, text=True)
-    if done.returncode:  # the figures above stand; say why this one is missing
-        result["restart_error"] = done.stderr.strip().splitlines()[-5:]
-        return
-    probed = json.loads(done.stdout.splitlines()[-1])
-    result["restart_s"] = {k: round(t - launched, 2) for k, t in probed["at"].items()}
-    result["restart_compile_times"] = probed["compile_times"]
+    # as pgolf.launch starts a stage's ranks: the bytecode kept in the cache where the installed one cannot serve;
+    # this process ran without that, so then a first probe compiles the sources into it, as a pipeline's first run
+    env = bytecode.child_env(cache)
+    filling = env.get("PYTHONPYCACHEPREFIX") != os.environ.get("PYTHONPYCACHEPREFIX")
+    for name in ["restart_uncached_bytecode_s"] * filling + ["restart_s"]:
+        timed = time_probe(probe, env)
+        if "error" in timed:  # the figures before stand; say why this one is missing
+            result["restart_error"] = timed["error"]
+            return
+        result[name] = timed["at"]
+    result["restart_compile_times"] = timed["compile_times"]
     if args.profile_restart:  # a second probe under cProfile, whose overhead would skew the times above
         with tempfile.NamedTemporaryFile(suffix=".prof") as stats:
-            done = subprocess.run([sys.executable, "-m", "cProfile", "-o", stats.name, *probe[1:]], capture_output=True)
+            profiled = [sys.executable, "-m", "cProfile", "-o", stats.name, *probe[1:]]
+            done = subprocess.run(profiled, capture_output=True, env=env)
             if done.returncode == 0:
                 result["restart_profile"] = top_functions(stats.name)
+
+
+def time_probe(probe: list[str], env: dict) -> dict:
+    """One restart probe: seconds from its launch to each point it reports, or its last error lines."""
+    launched = time.time()
+    done = subprocess.run(probe, capture_output=True, text=True, env=env)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-5:]}
+    probed = json.loads(done.stdout.splitlines()[-1])
+    return {
+        "at": {k: round(t - launched, 2) for k, t in probed["at"].items()},
+        "compile_times": probed["compile_times"],
+    }
 
 
 def top_functions(stats_path: str, top: int = 60) -> list[str]:

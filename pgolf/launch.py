@@ -5,7 +5,8 @@ torchrun per node meeting at the first node.
 
 `--gpus 0` starts `--cpu-procs` gloo ranks on the CPU. In a SLURM allocation of several nodes (the
 slurm-multinode profile) the first call re-runs itself under `srun` with one task per node; each task then
-starts torchrun with a c10d rendezvous at the first host of the allocation.
+starts torchrun with a c10d rendezvous at the first host of the allocation. The ranks of a stage given
+`--compile-cache DIR` keep Python's bytecode there where the installed bytecode cannot serve (pgolf.bytecode).
 
 Stopping: torchrun runs in its own session, so a terminal's Ctrl-C reaches only this launcher, which passes
 SIGINT (or SIGTERM, as Snakemake and SLURM send) on to the ranks themselves: training stops at the end of its
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import bytecode
 from .cli import LAUNCHED_ENV, doc_summary
 
 RENDEZVOUS_PORT = 29500
@@ -110,11 +112,18 @@ def kill_now(torchrun: int):
     os.killpg(torchrun, signal.SIGKILL)
 
 
-def run_forwarding_signals(cmd: list[str]) -> int:
+def stage_env(stage_args: list[str], env=os.environ) -> dict:
+    """The ranks' environment: marked as launched, and for a stage with `--compile-cache DIR` Python's bytecode kept
+    there from the first import on, where the installed bytecode cannot serve (pgolf.bytecode)."""
+    env = {**env, LAUNCHED_ENV: "1"}
+    if "--compile-cache" in stage_args[:-1]:
+        env = bytecode.child_env(Path(stage_args[stage_args.index("--compile-cache") + 1]), env)
+    return env
+
+
+def run_forwarding_signals(cmd: list[str], env: dict) -> int:
     """Run torchrun in its own session; SIGINT/SIGTERM here become SIGINT to each rank (once they exist)."""
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, preexec_fn=dying_with_this_process(), env={**os.environ, LAUNCHED_ENV: "1"}
-    )
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=dying_with_this_process(), env=env)
     signals = []
 
     def note(signum, frame):
@@ -148,7 +157,7 @@ def main(argv=None):
     cmd = command(args.gpus, args.cpu_procs, stage_args)
     if cmd[0] == "srun":  # srun passes a signal on to every node's launcher
         os.execvp(cmd[0], cmd)
-    sys.exit(run_forwarding_signals(cmd))
+    sys.exit(run_forwarding_signals(cmd, stage_env(stage_args)))
 
 
 if __name__ == "__main__":
