@@ -282,6 +282,9 @@ def main(argv=None):
         name = "looping" if looping else "before_looping"
         phases[name] = phase_summary(run.steps[first:], run.keys[first:], trainer.model_cfg, args.batch_tokens, ceiling)
     result["phases"] = phases
+    from torch._dynamo.utils import compile_times  # imported late, as the restart probe's breakdown needs
+
+    result["compile_times"] = compile_times(repr="str")  # torch.compile's own breakdown of the cold compiles
     save(args.out, result)
     result["peak_memory_gib"] = (
         round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
