@@ -13,7 +13,9 @@ SIGINT (or SIGTERM, as Snakemake and SLURM send) on to the ranks themselves: tra
 step on every rank, checkpoints and says which step the next run resumes from; the launcher exits 130. A
 second signal (a second later or more: one request may arrive twice, from a job's shell and from its process
 group) stops torchrun's whole process group at once. Should the launcher itself die, even by SIGKILL, torchrun
-gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops its ranks in turn.
+gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops its ranks in turn. Should torchrun die first (SIGKILL, the
+OOM killer), the processes it leaves become the launcher's children (PR_SET_CHILD_SUBREAPER), and the launcher
+kills them once torchrun is gone.
 """
 
 import argparse
@@ -83,6 +85,7 @@ def children(pid: int) -> list[int]:
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
 REPEAT_SECONDS = 1.0  # a second signal sooner than this is the first one arriving by another path
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -102,13 +105,19 @@ def dying_with_this_process(signum=signal.SIGTERM):
     return preexec
 
 
-def kill_now(torchrun: int):
-    """SIGKILL torchrun's ranks (each in a session of its own) and torchrun's process group."""
-    for pid in children(torchrun):
+def kill_rank(pid: int):
+    """SIGKILL a rank and its process group (torchrun starts each rank in a session of its own)."""
+    for kill in (os.killpg, os.kill):
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
+
+
+def kill_now(torchrun: int):
+    """SIGKILL torchrun's ranks and torchrun's process group."""
+    for pid in children(torchrun):
+        kill_rank(pid)
     os.killpg(torchrun, signal.SIGKILL)
 
 
@@ -123,6 +132,8 @@ def stage_env(stage_args: list[str], env=os.environ) -> dict:
 
 def run_forwarding_signals(cmd: list[str], env: dict) -> int:
     """Run torchrun in its own session; SIGINT/SIGTERM here become SIGINT to each rank (once they exist)."""
+    # ranks that outlive torchrun (killed by SIGKILL or the OOM killer) become this process's children, not init's
+    LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=dying_with_this_process(), env=env)
     signals = []
 
@@ -144,6 +155,8 @@ def run_forwarding_signals(cmd: list[str], env: dict) -> int:
                     continue
                 forwarded.add(pid)
         time.sleep(0.1)
+    for pid in children(os.getpid()):  # torchrun is gone: whatever is left of its ranks would run on unwatched
+        kill_rank(pid)
     return 130 if signals else proc.returncode
 
 

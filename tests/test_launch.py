@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from pgolf import launch
 
@@ -62,3 +63,26 @@ def test_tee_passes_sigterm_on_and_reports_the_signal(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.communicate(timeout=30)[0] == "got SIGTERM\n" and proc.returncode == 7
     assert log.read_text() == "ready\ngot SIGTERM\n"
+
+
+def test_ranks_left_by_a_killed_torchrun_die_with_it(tmp_path):
+    """A stand-in torchrun starts a rank in a session of its own (as torchrun does), then dies by SIGKILL: the
+    launcher, their subreaper, kills the orphaned rank instead of leaving it to run on."""
+    pid_file = tmp_path / "rank.pid"
+    torchrun = (
+        "import os, signal, subprocess, sys, time\n"
+        "rank = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(rank.pid))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    launcher = (
+        "import os, sys\nfrom pgolf import launch\n"
+        f"sys.exit(launch.run_forwarding_signals([sys.executable, '-c', {torchrun!r}], dict(os.environ)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", launcher], cwd=ROOT, timeout=60)
+    assert done.returncode == -signal.SIGKILL % 256  # torchrun's status (-9), passed on through sys.exit
+    rank = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{rank}") and time.monotonic() < deadline:  # reaped by init once killed
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{rank}")
